@@ -1,0 +1,751 @@
+//! Messages: send (channels and DMs by nick), edit, delete, reactions, pins, typing, read states, threads,
+//! group DMs.
+
+use crate::command::{ChannelRef, Outgoing, Target};
+use crate::core::{Actor, Core, Created, TYPING_INTERVAL_MS};
+use crate::error::{Error, Field};
+use crate::event::{Audience, ChannelInfo, EventKind};
+use crate::id::{ChannelId, MessageId, UserId};
+use crate::model::{ChannelFlags, ChannelKind, Message, MessageKind};
+use crate::name::{casefold, check_label, check_text};
+use crate::perm::Permissions;
+
+/// Most members of a group DM.
+pub(crate) const GROUP_DM_MAX: usize = 10;
+/// Most pinned messages per channel.
+const PINS_MAX: usize = 50;
+/// Most distinct reaction emoji per message.
+const REACTIONS_MAX: usize = 20;
+/// Most users resolved from one message's mentions.
+const MENTIONS_MAX: usize = 100;
+
+/// What a message's body mentions.
+struct Mentions {
+    users: Vec<UserId>,
+    everyone: bool,
+    here: bool,
+}
+
+impl Core {
+    /// Parses `@nick`, `<@id>`, `<@!id>`, `@everyone` and `@here` in a body.
+    fn parse_mentions(&self, body: &str) -> Mentions {
+        let mut out = Mentions {
+            users: Vec::new(),
+            everyone: false,
+            here: false,
+        };
+        let bytes = body.as_bytes();
+        let mut i = 0;
+        while let Some(off) = bytes[i..].iter().position(|b| *b == b'@') {
+            let at = i + off;
+            i = at + 1;
+            let discord = at > 0 && bytes[at - 1] == b'<';
+            let rest = &body[at + 1..];
+            let rest = if discord {
+                rest.strip_prefix('!').unwrap_or(rest)
+            } else {
+                rest
+            };
+            if discord {
+                let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+                if digits > 0
+                    && rest.as_bytes().get(digits) == Some(&b'>')
+                    && let Some(id) = rest[..digits]
+                        .parse()
+                        .ok()
+                        .and_then(crate::id::UserId::from_raw)
+                    && self.state.users.get(&id).is_some_and(|u| !u.released)
+                {
+                    out.users.push(id);
+                }
+                continue;
+            }
+            // A mention follows start-of-text or a non-word character, so e-mail addresses do not mention.
+            if at > 0 && (bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_') {
+                continue;
+            }
+            let len = rest
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || b"_-[]\\^{}|`".contains(b))
+                .count()
+                .min(crate::name::NICK_MAX);
+            let word = &rest[..len];
+            if word == "everyone" {
+                out.everyone = true;
+            } else if word == "here" {
+                out.here = true;
+            } else if !word.is_empty()
+                && let Some(id) = self.state.nicks.get(&casefold(word))
+            {
+                out.users.push(*id);
+            }
+            if out.users.len() >= MENTIONS_MAX {
+                break;
+            }
+        }
+        out.users.sort_unstable();
+        out.users.dedup();
+        out
+    }
+
+    fn check_body(&self, body: &str, has_attachments: bool) -> Result<(), Error> {
+        if body.len() > self.config.max_message_size {
+            return Err(Error::MessageTooLong {
+                len: body.len(),
+                max: self.config.max_message_size,
+            });
+        }
+        if body.trim().is_empty() && !has_attachments {
+            return Err(Error::NoTextToSend);
+        }
+        // IRC formatting codes (bold, colors...) are control characters and stay; NUL never does.
+        if body.contains('\0') {
+            return Err(Error::InvalidInput {
+                field: Field::Body,
+                reason: "contains NUL",
+            });
+        }
+        Ok(())
+    }
+
+    fn check_outgoing(&self, m: &Outgoing) -> Result<MessageKind, Error> {
+        let kind = m.kind.unwrap_or(MessageKind::Message);
+        if !kind.is_user_written() {
+            return Err(Error::InvalidInput {
+                field: Field::Body,
+                reason: "system kinds cannot be sent",
+            });
+        }
+        self.check_body(&m.body, !m.attachments.is_empty())?;
+        if let Some(meta) = &m.meta {
+            check_text(Field::Meta, meta, 8192, false)?;
+        }
+        if let Some(embeds) = &m.embeds {
+            check_text(Field::Embeds, embeds, 16384, false)?;
+        }
+        if let Some(nonce) = &m.nonce {
+            check_text(Field::Nonce, nonce, 64, true)?;
+        }
+        if m.attachments.len() > 10 {
+            return Err(Error::InvalidInput {
+                field: Field::Attachments,
+                reason: "more than 10",
+            });
+        }
+        for a in &m.attachments {
+            check_label(Field::Attachments, &a.filename, 255)?;
+        }
+        Ok(kind)
+    }
+
+    pub(crate) fn send(
+        &mut self,
+        actor: Actor,
+        to: Target,
+        message: Outgoing,
+    ) -> Result<Option<Created>, Error> {
+        let kind = self.check_outgoing(&message)?;
+        // Where the message goes: an existing channel, or a user with no DM channel yet.
+        let dest = match &to {
+            Target::Channel(c) => Ok(self.resolve_channel(c)?),
+            Target::User(u) => {
+                let other = self.resolve_user(u)?;
+                if other == actor.user && !actor.system {
+                    return Err(Error::InvalidInput {
+                        field: Field::Body,
+                        reason: "cannot DM yourself",
+                    });
+                }
+                self.dm_channel(actor.user, other).ok_or(other)
+            }
+        };
+        let perms = match dest {
+            Ok(c) => self.check_can_send(actor, c)?,
+            Err(_) => Permissions::all(),
+        };
+        if let Some(reply) = message.reply_to {
+            let same = dest.is_ok_and(|c| {
+                self.state
+                    .messages
+                    .get(&reply)
+                    .is_some_and(|m| m.channel == c)
+            });
+            if !same {
+                return Err(Error::NoSuchMessage);
+            }
+        }
+        let mentions = self.parse_mentions(&message.body);
+        let may_mention_all = perms.contains(Permissions::MENTION_EVERYONE);
+        let channel = match dest {
+            Ok(c) => c,
+            Err(other) => {
+                let id = ChannelId(self.next_id());
+                let info = ChannelInfo {
+                    id,
+                    kind: ChannelKind::Dm,
+                    space: None,
+                    parent: None,
+                    name: String::new(),
+                    topic: None,
+                    position: 0,
+                    slowmode_secs: 0,
+                    flags: ChannelFlags::default(),
+                    owner: None,
+                    starter: None,
+                    overwrites: Vec::new(),
+                };
+                self.emit(
+                    Audience::Channel(id),
+                    EventKind::ChannelCreated {
+                        channel: info,
+                        members: vec![actor.user, other],
+                    },
+                );
+                id
+            }
+        };
+        let id = MessageId(self.next_id());
+        let m = Message {
+            id,
+            channel,
+            author: actor.user,
+            kind,
+            body: message.body,
+            meta: message.meta,
+            reply_to: message.reply_to,
+            mentions: mentions.users,
+            mention_everyone: mentions.everyone && may_mention_all,
+            mention_here: mentions.here && may_mention_all,
+            attachments: message.attachments,
+            embeds: message.embeds,
+            nonce: message.nonce,
+            tts: message.tts && perms.contains(Permissions::SEND_TTS_MESSAGES),
+        };
+        self.emit(
+            Audience::Channel(channel),
+            EventKind::MessageCreated { message: m },
+        );
+        Ok(Some(Created::Message(id)))
+    }
+
+    /// Checks the actor may send to a channel now; returns their permissions there.
+    fn check_can_send(&self, actor: Actor, channel: ChannelId) -> Result<Permissions, Error> {
+        let ch = self.chan(channel);
+        let perms = if actor.system {
+            Permissions::all()
+        } else {
+            self.channel_permissions(actor.user, channel)
+        };
+        match ch.kind {
+            ChannelKind::Category => {
+                return Err(Error::NotSupported {
+                    what: "categories hold no messages",
+                });
+            }
+            ChannelKind::Dm | ChannelKind::GroupDm => {
+                return if ch.members.contains_key(&actor.user) {
+                    Ok(perms)
+                } else {
+                    Err(Error::NotOnChannel)
+                };
+            }
+            ChannelKind::Text | ChannelKind::Thread => {}
+        }
+        let network = ch.space == self.state.network && ch.kind == ChannelKind::Text;
+        if !perms.contains(Permissions::VIEW_CHANNEL) {
+            return Err(if network && !self.is_member(actor.user, channel) {
+                Error::CannotSend
+            } else {
+                Error::NoSuchChannel
+            });
+        }
+        if network && ch.flags.no_external && !ch.members.contains_key(&actor.user) && !actor.system
+        {
+            return Err(Error::CannotSend);
+        }
+        let send = if ch.kind == ChannelKind::Thread {
+            Permissions::SEND_MESSAGES_IN_THREADS
+        } else {
+            Permissions::SEND_MESSAGES
+        };
+        if !perms.contains(send) {
+            return Err(Error::CannotSend);
+        }
+        if ch.slowmode_secs > 0
+            && !perms.intersects(Permissions::MANAGE_MESSAGES | Permissions::MANAGE_CHANNELS)
+        {
+            let wait = u64::from(ch.slowmode_secs) * 1000;
+            if let Some(last) = self.state.slow_mode_last.get(&(channel, actor.user))
+                && self.now < last + wait
+            {
+                return Err(Error::RateLimited {
+                    retry_after_ms: last + wait - self.now,
+                });
+            }
+        }
+        Ok(perms)
+    }
+
+    /// The message and its channel, if the actor may see the channel.
+    fn visible_message(
+        &self,
+        actor: Actor,
+        message: MessageId,
+    ) -> Result<(ChannelId, Permissions), Error> {
+        let rec = self
+            .state
+            .messages
+            .get(&message)
+            .ok_or(Error::NoSuchMessage)?;
+        let perms = if actor.system {
+            Permissions::all()
+        } else {
+            self.channel_permissions(actor.user, rec.channel)
+        };
+        let member = self.is_member(actor.user, rec.channel);
+        if !perms.contains(Permissions::VIEW_CHANNEL)
+            || (!member && !actor.system && !perms.contains(Permissions::ADMINISTRATOR))
+        {
+            return Err(Error::NoSuchMessage);
+        }
+        Ok((rec.channel, perms))
+    }
+
+    pub(crate) fn edit(
+        &mut self,
+        actor: Actor,
+        message: MessageId,
+        body: String,
+        meta: Option<String>,
+    ) -> Result<Option<Created>, Error> {
+        let (channel, _) = self.visible_message(actor, message)?;
+        let rec = &self.state.messages[&message];
+        if rec.author != actor.user {
+            return Err(Error::NotOwner);
+        }
+        if !rec.kind.is_user_written() {
+            return Err(Error::NotSupported {
+                what: "system messages cannot be edited",
+            });
+        }
+        self.check_body(&body, false)?;
+        if let Some(meta) = &meta {
+            check_text(Field::Meta, meta, 8192, false)?;
+        }
+        let mentions = self.parse_mentions(&body).users;
+        self.emit(
+            Audience::Channel(channel),
+            EventKind::MessageEdited {
+                channel,
+                message,
+                body,
+                meta,
+                mentions,
+                edited_at: self.now,
+            },
+        );
+        Ok(None)
+    }
+
+    pub(crate) fn delete(
+        &mut self,
+        actor: Actor,
+        message: MessageId,
+    ) -> Result<Option<Created>, Error> {
+        let (channel, perms) = self.visible_message(actor, message)?;
+        let rec = &self.state.messages[&message];
+        let own = rec.author == actor.user && rec.kind.is_user_written();
+        if !own && !perms.contains(Permissions::MANAGE_MESSAGES) {
+            return Err(Error::PrivilegesNeeded {
+                permission: Permissions::MANAGE_MESSAGES,
+            });
+        }
+        self.emit(
+            Audience::Channel(channel),
+            EventKind::MessageDeleted {
+                channel,
+                message,
+                by: actor.user,
+            },
+        );
+        Ok(None)
+    }
+
+    pub(crate) fn bulk_delete(
+        &mut self,
+        actor: Actor,
+        channel: ChannelId,
+        messages: Vec<MessageId>,
+    ) -> Result<Option<Created>, Error> {
+        if !self.state.channels.contains_key(&channel) {
+            return Err(Error::NoSuchChannel);
+        }
+        if !(2..=100).contains(&messages.len()) {
+            return Err(Error::InvalidInput {
+                field: Field::List,
+                reason: "2 to 100 messages",
+            });
+        }
+        self.require_channel(
+            actor,
+            channel,
+            Permissions::MANAGE_MESSAGES | Permissions::VIEW_CHANNEL,
+        )?;
+        let mut messages = messages;
+        messages.sort_unstable();
+        messages.dedup();
+        if messages.iter().any(|m| {
+            self.state
+                .messages
+                .get(m)
+                .is_none_or(|r| r.channel != channel)
+        }) {
+            return Err(Error::NoSuchMessage);
+        }
+        self.emit(
+            Audience::Channel(channel),
+            EventKind::MessagesDeleted {
+                channel,
+                messages,
+                by: actor.user,
+            },
+        );
+        Ok(None)
+    }
+
+    fn check_emoji(emoji: &str) -> Result<(), Error> {
+        if emoji.is_empty()
+            || emoji.len() > 64
+            || emoji.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(Error::InvalidInput {
+                field: Field::Emoji,
+                reason: "1..64 bytes, no spaces",
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn react(
+        &mut self,
+        actor: Actor,
+        message: MessageId,
+        emoji: String,
+    ) -> Result<Option<Created>, Error> {
+        Self::check_emoji(&emoji)?;
+        let (channel, perms) = self.visible_message(actor, message)?;
+        let rec = &self.state.messages[&message];
+        let users = rec.reactions.get(&emoji);
+        if users.is_some_and(|u| u.contains(&actor.user)) {
+            return Ok(None);
+        }
+        if users.is_none() {
+            if !perms.contains(Permissions::ADD_REACTIONS) {
+                return Err(Error::PrivilegesNeeded {
+                    permission: Permissions::ADD_REACTIONS,
+                });
+            }
+            if rec.reactions.len() >= REACTIONS_MAX {
+                return Err(Error::LimitReached {
+                    what: "reaction emoji per message",
+                });
+            }
+        }
+        self.emit(
+            Audience::Channel(channel),
+            EventKind::ReactionAdded {
+                channel,
+                message,
+                user: actor.user,
+                emoji,
+            },
+        );
+        Ok(None)
+    }
+
+    pub(crate) fn unreact(
+        &mut self,
+        actor: Actor,
+        message: MessageId,
+        emoji: String,
+        user: Option<UserId>,
+    ) -> Result<Option<Created>, Error> {
+        Self::check_emoji(&emoji)?;
+        let (channel, perms) = self.visible_message(actor, message)?;
+        let user = user.unwrap_or(actor.user);
+        if user != actor.user && !perms.contains(Permissions::MANAGE_MESSAGES) {
+            return Err(Error::PrivilegesNeeded {
+                permission: Permissions::MANAGE_MESSAGES,
+            });
+        }
+        let reacted = self.state.messages[&message]
+            .reactions
+            .get(&emoji)
+            .is_some_and(|u| u.contains(&user));
+        if !reacted {
+            return Ok(None);
+        }
+        self.emit(
+            Audience::Channel(channel),
+            EventKind::ReactionRemoved {
+                channel,
+                message,
+                user,
+                emoji,
+            },
+        );
+        Ok(None)
+    }
+
+    pub(crate) fn pin(
+        &mut self,
+        actor: Actor,
+        message: MessageId,
+        on: bool,
+    ) -> Result<Option<Created>, Error> {
+        let (channel, perms) = self.visible_message(actor, message)?;
+        if !perms.intersects(Permissions::MANAGE_MESSAGES | Permissions::PIN_MESSAGES) {
+            return Err(Error::PrivilegesNeeded {
+                permission: Permissions::PIN_MESSAGES,
+            });
+        }
+        let rec = &self.state.messages[&message];
+        if rec.pinned == on {
+            return Ok(None);
+        }
+        if on {
+            if !rec.kind.is_user_written() {
+                return Err(Error::NotSupported {
+                    what: "system messages cannot be pinned",
+                });
+            }
+            if self.chan(channel).pins.len() >= PINS_MAX {
+                return Err(Error::LimitReached {
+                    what: "pins per channel",
+                });
+            }
+            let notice = MessageId(self.next_id());
+            self.emit(
+                Audience::Channel(channel),
+                EventKind::Pinned {
+                    channel,
+                    message,
+                    by: actor.user,
+                    notice,
+                },
+            );
+            Ok(Some(Created::Message(notice)))
+        } else {
+            self.emit(
+                Audience::Channel(channel),
+                EventKind::Unpinned {
+                    channel,
+                    message,
+                    by: actor.user,
+                },
+            );
+            Ok(None)
+        }
+    }
+
+    pub(crate) fn typing(
+        &mut self,
+        actor: Actor,
+        channel: ChannelRef,
+    ) -> Result<Option<Created>, Error> {
+        let channel = self.resolve_channel(&channel)?;
+        if !self.is_member(actor.user, channel) {
+            return Err(Error::NotOnChannel);
+        }
+        self.check_can_send(actor, channel)?;
+        let key = (actor.user, channel);
+        if let Some(last) = self.state.typing.get(&key)
+            && self.now < last + TYPING_INTERVAL_MS
+        {
+            return Ok(None);
+        }
+        if self.state.typing.len() >= 100_000 {
+            let now = self.now;
+            self.state
+                .typing
+                .retain(|_, at| now < *at + TYPING_INTERVAL_MS);
+        }
+        self.state.typing.insert(key, self.now);
+        self.emit(
+            Audience::Channel(channel),
+            EventKind::Typing {
+                user: actor.user,
+                channel,
+            },
+        );
+        Ok(None)
+    }
+
+    pub(crate) fn read(
+        &mut self,
+        actor: Actor,
+        channel: ChannelRef,
+        message: MessageId,
+    ) -> Result<Option<Created>, Error> {
+        let channel = self.resolve_channel(&channel)?;
+        if !self.is_member(actor.user, channel) {
+            return Err(Error::NotOnChannel);
+        }
+        let ch = self.chan(channel);
+        let known = self.state.messages.get(&message).is_some_and(|m| m.channel == channel)
+            // An id older than retention still marks everything up to it read.
+            || ch.history.front().is_some_and(|first| message < *first);
+        if !known {
+            return Err(Error::NoSuchMessage);
+        }
+        let rs = self.state.read_states.get(&(channel, actor.user));
+        if rs.and_then(|r| r.last_read) == Some(message) {
+            return Ok(None);
+        }
+        let mention_count = rs.map_or(0, |r| r.mentions.iter().filter(|m| **m > message).count());
+        self.emit(
+            Audience::User(actor.user),
+            EventKind::ReadAck {
+                user: actor.user,
+                channel,
+                message,
+                mention_count: mention_count as u32,
+            },
+        );
+        Ok(None)
+    }
+
+    pub(crate) fn create_thread(
+        &mut self,
+        actor: Actor,
+        channel: ChannelRef,
+        name: String,
+        message: Option<MessageId>,
+    ) -> Result<Option<Created>, Error> {
+        let parent = self.resolve_channel(&channel)?;
+        if self.chan(parent).kind != ChannelKind::Text || self.chan(parent).space.is_none() {
+            return Err(Error::NotSupported {
+                what: "threads start in text channels",
+            });
+        }
+        if !self.is_member(actor.user, parent) && !actor.system {
+            return Err(Error::NotOnChannel);
+        }
+        self.require_channel(
+            actor,
+            parent,
+            Permissions::VIEW_CHANNEL | Permissions::CREATE_PUBLIC_THREADS,
+        )?;
+        check_label(Field::Name, &name, 100)?;
+        if let Some(m) = message {
+            let rec = self
+                .state
+                .messages
+                .get(&m)
+                .filter(|r| r.channel == parent)
+                .ok_or(Error::NoSuchMessage)?;
+            if rec.thread.is_some() {
+                return Err(Error::NotSupported {
+                    what: "that message already has a thread",
+                });
+            }
+        }
+        let id = ChannelId(self.next_id());
+        let info = ChannelInfo {
+            id,
+            kind: ChannelKind::Thread,
+            space: self.chan(parent).space,
+            parent: Some(parent),
+            name: name.clone(),
+            topic: None,
+            position: 0,
+            slowmode_secs: 0,
+            flags: ChannelFlags::default(),
+            owner: Some(actor.user),
+            starter: message,
+            overwrites: Vec::new(),
+        };
+        self.emit(
+            Audience::Channel(id),
+            EventKind::ChannelCreated {
+                channel: info,
+                members: Vec::new(),
+            },
+        );
+        let notice = MessageId(self.next_id());
+        let m = Message {
+            id: notice,
+            channel: parent,
+            author: actor.user,
+            kind: MessageKind::ThreadCreated,
+            body: name,
+            meta: None,
+            reply_to: message,
+            mentions: Vec::new(),
+            mention_everyone: false,
+            mention_here: false,
+            attachments: Vec::new(),
+            embeds: None,
+            nonce: None,
+            tts: false,
+        };
+        self.emit(
+            Audience::Channel(parent),
+            EventKind::MessageCreated { message: m },
+        );
+        Ok(Some(Created::Channel(id)))
+    }
+
+    pub(crate) fn create_group_dm(
+        &mut self,
+        actor: Actor,
+        users: Vec<UserId>,
+        name: Option<String>,
+    ) -> Result<Option<Created>, Error> {
+        if actor.system {
+            return Err(Error::NotSupported {
+                what: "the server's user has no DMs",
+            });
+        }
+        let mut members = users;
+        members.push(actor.user);
+        members.sort_unstable();
+        members.dedup();
+        if members.len() < 2 || members.len() > GROUP_DM_MAX {
+            return Err(Error::InvalidInput {
+                field: Field::List,
+                reason: "1 to 9 other users",
+            });
+        }
+        for u in &members {
+            self.resolve_user(&crate::command::UserRef::Id(*u))?;
+        }
+        let name = name.filter(|n| !n.is_empty());
+        if let Some(n) = &name {
+            check_label(Field::Name, n, 100)?;
+        }
+        let id = ChannelId(self.next_id());
+        let info = ChannelInfo {
+            id,
+            kind: ChannelKind::GroupDm,
+            space: None,
+            parent: None,
+            name: name.unwrap_or_default(),
+            topic: None,
+            position: 0,
+            slowmode_secs: 0,
+            flags: ChannelFlags::default(),
+            owner: Some(actor.user),
+            starter: None,
+            overwrites: Vec::new(),
+        };
+        self.emit(
+            Audience::Channel(id),
+            EventKind::ChannelCreated {
+                channel: info,
+                members,
+            },
+        );
+        Ok(Some(Created::Channel(id)))
+    }
+}
