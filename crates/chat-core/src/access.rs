@@ -251,7 +251,7 @@ impl Core {
         match &event.audience {
             Audience::Nobody => false,
             Audience::User(u) => *u == user,
-            Audience::Users(users) => users.binary_search(&user).is_ok() || users.contains(&user),
+            Audience::Users(users) => users.binary_search(&user).is_ok(),
             Audience::Channel(c) => self.is_member(user, *c),
             Audience::ChannelAnd(c, u) => *u == user || self.is_member(user, *c),
             Audience::Space(s) => self
@@ -314,8 +314,14 @@ impl Core {
                 }
             }
             if user.is_none() {
-                // Members who left the space are dropped by MemberLeft; nothing else can be stale here.
-                removed.extend(ch.members.keys().filter(|u| !users.contains(u)).copied());
+                // MemberLeft drops leavers from every channel; this only guards against a stale entry.
+                let members = &self.state.spaces[&space].members;
+                removed.extend(
+                    ch.members
+                        .keys()
+                        .filter(|u| !members.contains_key(u))
+                        .copied(),
+                );
             }
             if !added.is_empty() || !removed.is_empty() {
                 changes.push((c, added, removed));

@@ -481,23 +481,21 @@ impl State {
             EventKind::TopicChanged {
                 channel,
                 topic,
+                by,
                 message,
             } => {
-                let by = topic.as_ref().map(|t| t.by);
                 let ch = self
                     .channels
                     .get_mut(channel)
                     .ok_or_else(|| unknown("channel"))?;
                 ch.topic.clone_from(topic);
-                if let Some(by) = by.or(ch.owner) {
-                    self.record_message(
-                        *channel,
-                        *message,
-                        by,
-                        crate::model::MessageKind::Topic,
-                        config,
-                    );
-                }
+                self.record_message(
+                    *channel,
+                    *message,
+                    *by,
+                    crate::model::MessageKind::Topic,
+                    config,
+                );
             }
             EventKind::ModeChanged {
                 channel,

@@ -450,6 +450,8 @@ pub enum EventKind {
         channel: ChannelId,
         /// The new topic; `None` clears it.
         topic: Option<Topic>,
+        /// Who changed it.
+        by: UserId,
         /// The system message.
         message: MessageId,
     },

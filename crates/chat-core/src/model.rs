@@ -33,7 +33,8 @@ pub struct User {
     pub created_at: UnixMillis,
     /// The away message, if away.
     pub away: Option<String>,
-    /// An explicit presence that overrides the derived one.
+    /// An explicit presence that overrides the derived one. Live-only, like presence: not in snapshots.
+    #[serde(skip)]
     pub status_override: Option<Status>,
     /// A guest whose session ended: its nick is free again and it has no clients or memberships.
     pub released: bool,

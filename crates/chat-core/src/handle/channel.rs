@@ -328,6 +328,7 @@ impl Core {
             EventKind::TopicChanged {
                 channel: id,
                 topic,
+                by: actor.user,
                 message,
             },
         );

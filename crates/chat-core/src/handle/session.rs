@@ -217,6 +217,25 @@ impl Core {
             Vec::new()
         };
         let audience = Audience::Users(self.peers(user));
+        if release {
+            // Members of the spaces a released guest was in see it leave; the network's see the QUIT.
+            let spaces: Vec<_> = u
+                .spaces
+                .iter()
+                .copied()
+                .filter(|s| Some(*s) != self.state.network)
+                .collect();
+            for space in spaces {
+                self.emit(
+                    Audience::SpaceAnd(space, user),
+                    EventKind::MemberLeft {
+                        space,
+                        user,
+                        reason: crate::event::LeaveReason::Gone,
+                    },
+                );
+            }
+        }
         for client in clients {
             self.emit(
                 Audience::User(user),
