@@ -1,7 +1,7 @@
 //! Who may do what (permissions, with IRC modes folded in as overwrites) and who sees what (audiences,
 //! recipients, derived channel membership).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::core::{Actor, Core};
 use crate::error::Error;
@@ -206,8 +206,10 @@ impl Core {
     /// Users who should hear about a change to `user` (nick, quit, presence, profile): the user and everyone
     /// on a channel they are on explicitly (network channels, DMs, group DMs). Sorted, deduplicated.
     pub(crate) fn peers(&self, user: UserId) -> Vec<UserId> {
-        let mut peers = BTreeSet::new();
-        peers.insert(user);
+        // Each channel's member keys are already sorted, so the concatenation is a few sorted runs that the
+        // stable sort merges in O(n log k); that is several times faster than inserting into a BTreeSet, which
+        // dominated a nick change seen in many channels.
+        let mut peers = vec![user];
         if let Some(u) = self.state.users.get(&user) {
             for ch in &u.channels {
                 if let Some(members) = self.member_map(*ch) {
@@ -215,7 +217,9 @@ impl Core {
                 }
             }
         }
-        peers.into_iter().collect()
+        peers.sort();
+        peers.dedup();
+        peers
     }
 
     /// Who receives an event in their stream, without scanning all users: a channel's member list, a space's

@@ -259,7 +259,9 @@ impl State {
                 for u in members {
                     self.remove_space_member(*space, u);
                 }
-                self.invites.retain(|_, i| !matches!(i.target, crate::model::InviteTarget::Space(s, _) if s == *space));
+                self.retain_invites(
+                    |i| !matches!(i.target, crate::model::InviteTarget::Space(s, _) if s == *space),
+                );
                 self.spaces.remove(space);
             }
             EventKind::MemberJoined { space, user, .. } => {
@@ -802,10 +804,23 @@ impl State {
         self.dms.retain(|_, c| *c != channel);
         self.read_states.retain(|(c, _), _| *c != channel);
         self.slow_mode_last.retain(|(c, _), _| *c != channel);
-        self.invites.retain(|_, i| match i.target {
+        self.retain_invites(|i| match i.target {
             crate::model::InviteTarget::Channel(c)
             | crate::model::InviteTarget::Space(_, Some(c)) => c != channel,
             crate::model::InviteTarget::Space(_, None) => true,
+        });
+    }
+
+    /// Drops the invites `keep` refuses, with their expiry deadlines, so that `poll_timeout` does not wake
+    /// the caller for invites that are gone.
+    fn retain_invites(&mut self, keep: impl Fn(&crate::model::Invite) -> bool) {
+        let deadlines = &mut self.invite_deadlines;
+        self.invites.retain(|code, i| {
+            let kept = keep(i);
+            if !kept && let Some(at) = i.expires_at {
+                deadlines.remove(&(at, code.clone()));
+            }
+            kept
         });
     }
 

@@ -1,7 +1,11 @@
 //! The [`Core`]: its input/output contract, the state it owns, and the queries and permission rules that
 //! every command handler shares.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+// A fixed hasher, not std's randomly seeded one: the core reads no RNG, and the same inputs must give the
+// same state, down to a snapshot's bytes.
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -395,7 +399,7 @@ impl Core {
         let Some(c) = self.state.clients.get_mut(&client) else {
             return;
         };
-        if now < c.last_seen + TOUCH_GRANULARITY_MS {
+        if now < c.last_seen.saturating_add(TOUCH_GRANULARITY_MS) {
             return;
         }
         self.state
@@ -731,16 +735,23 @@ impl Core {
         self.state.read_states.get(&(channel, user))
     }
 
-    /// Messages in a channel after the user's last read one (within retention).
+    /// Messages others wrote in a channel after the user's last read one (within retention).
     pub fn unread_count(&self, user: UserId, channel: ChannelId) -> usize {
         let Some(ch) = self.state.channels.get(&channel) else {
             return 0;
         };
         let last = self.read_state(user, channel).and_then(|r| r.last_read);
-        match last {
-            None => ch.history.len(),
-            Some(last) => ch.history.len() - ch.history.partition_point(|id| *id <= last),
-        }
+        let start = last.map_or(0, |last| ch.history.partition_point(|id| *id <= last));
+        // Only what others wrote is unread: one's own messages and joins, parts and mode changes are not.
+        ch.history
+            .range(start..)
+            .filter(|id| {
+                self.state
+                    .messages
+                    .get(id)
+                    .is_some_and(|m| m.author != user && m.kind.is_user_written())
+            })
+            .count()
     }
 
     /// An invite by code.

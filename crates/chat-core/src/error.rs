@@ -206,6 +206,8 @@ impl Error {
 pub enum Field {
     /// A message body.
     Body,
+    /// Where a message or command is addressed.
+    Target,
     /// A message's client-supplied JSON metadata.
     Meta,
     /// A message's embeds.
@@ -262,6 +264,7 @@ impl fmt::Display for Field {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = match self {
             Field::Body => "body",
+            Field::Target => "target",
             Field::Meta => "meta",
             Field::Embeds => "embeds",
             Field::Attachments => "attachments",

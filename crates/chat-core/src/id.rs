@@ -95,7 +95,7 @@ impl SnowflakeGen {
         let mut raw = (ms << shift) | (u64::from(self.node) << SEQUENCE_BITS) | seq;
         if raw <= self.last {
             // Only reachable at the very top of the range; keep the order promise over the layout.
-            raw = self.last + 1;
+            raw = self.last.saturating_add(1);
         }
         // A zero id needs ms, node and sequence all zero; bump it so that 0 is never handed out.
         let raw = raw.max(1);

@@ -129,10 +129,12 @@ impl Permissions {
         .union(Self::MENTION_EVERYONE)
         .union(Self::PIN_MESSAGES);
 
-    /// What a voiced member (`+v`) is granted back on a moderated channel.
+    /// What a voiced member (`+v`) is granted back on a moderated channel. Starting a thread counts as
+    /// speaking: it posts a `thread_created` message in the channel.
     pub const VOICE: Self = Self::SEND_MESSAGES
         .union(Self::SEND_MESSAGES_IN_THREADS)
-        .union(Self::ADD_REACTIONS);
+        .union(Self::ADD_REACTIONS)
+        .union(Self::CREATE_PUBLIC_THREADS);
 
     /// What `+m` denies @everyone.
     pub const MODERATED: Self = Self::VOICE;

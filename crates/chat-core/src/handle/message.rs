@@ -152,7 +152,7 @@ impl Core {
                 let other = self.resolve_user(u)?;
                 if other == actor.user && !actor.system {
                     return Err(Error::InvalidInput {
-                        field: Field::Body,
+                        field: Field::Target,
                         reason: "cannot DM yourself",
                     });
                 }
@@ -221,10 +221,13 @@ impl Core {
             nonce: message.nonce,
             tts: message.tts && perms.contains(Permissions::SEND_TTS_MESSAGES),
         };
-        self.emit(
-            Audience::Channel(channel),
-            EventKind::MessageCreated { message: m },
-        );
+        // A message sent from outside a channel (-n) still reaches the author's other devices.
+        let audience = if actor.system || self.is_member(actor.user, channel) {
+            Audience::Channel(channel)
+        } else {
+            Audience::ChannelAnd(channel, actor.user)
+        };
+        self.emit(audience, EventKind::MessageCreated { message: m });
         Ok(Some(Created::Message(id)))
     }
 
@@ -251,7 +254,12 @@ impl Core {
             }
             ChannelKind::Text | ChannelKind::Thread => {}
         }
-        let network = ch.space == self.state.network && ch.kind == ChannelKind::Text;
+        // A thread of a network channel is under its parent's `+n`: membership and flags are the parent's.
+        let base = match (ch.kind, ch.parent) {
+            (ChannelKind::Thread, Some(parent)) => self.chan(parent),
+            _ => ch,
+        };
+        let network = base.space == self.state.network && base.kind == ChannelKind::Text;
         if !perms.contains(Permissions::VIEW_CHANNEL) {
             return Err(if network && !self.is_member(actor.user, channel) {
                 Error::CannotSend
@@ -259,7 +267,10 @@ impl Core {
                 Error::NoSuchChannel
             });
         }
-        if network && ch.flags.no_external && !ch.members.contains_key(&actor.user) && !actor.system
+        if network
+            && base.flags.no_external
+            && !base.members.contains_key(&actor.user)
+            && !actor.system
         {
             return Err(Error::CannotSend);
         }
@@ -275,11 +286,12 @@ impl Core {
             && !perms.intersects(Permissions::MANAGE_MESSAGES | Permissions::MANAGE_CHANNELS)
         {
             let wait = u64::from(ch.slowmode_secs) * 1000;
+            // Times are the caller's; saturating keeps an absurd `now` from overflowing into a panic.
             if let Some(last) = self.state.slow_mode_last.get(&(channel, actor.user))
-                && self.now < last + wait
+                && self.now < last.saturating_add(wait)
             {
                 return Err(Error::RateLimited {
-                    retry_after_ms: last + wait - self.now,
+                    retry_after_ms: last.saturating_add(wait) - self.now,
                 });
             }
         }
@@ -560,7 +572,7 @@ impl Core {
         self.check_can_send(actor, channel)?;
         let key = (actor.user, channel);
         if let Some(last) = self.state.typing.get(&key)
-            && self.now < last + TYPING_INTERVAL_MS
+            && self.now < last.saturating_add(TYPING_INTERVAL_MS)
         {
             return Ok(None);
         }
@@ -568,7 +580,7 @@ impl Core {
             let now = self.now;
             self.state
                 .typing
-                .retain(|_, at| now < *at + TYPING_INTERVAL_MS);
+                .retain(|_, at| now < at.saturating_add(TYPING_INTERVAL_MS));
         }
         self.state.typing.insert(key, self.now);
         self.emit(

@@ -90,6 +90,9 @@ impl Core {
         id
     }
 
+    /// Adds a client to a session. Guests may have several devices too (SPEC: a guest's *last* client ends
+    /// its session), so the core does not refuse them; the engine decides who may ask (a password for an
+    /// account, an existing client's token for a guest).
     pub(crate) fn login(
         &mut self,
         _actor: Actor,

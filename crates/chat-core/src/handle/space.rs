@@ -902,6 +902,11 @@ impl Core {
                     self.require_channel(actor, channel, Permissions::MANAGE_THREADS)?;
                 }
             }
+            ChannelKind::Text if ch.space.is_some() && ch.space == self.state.network => {
+                // A network channel lives while it has members (SPEC 3); its operators' MANAGE_CHANNELS does
+                // not stretch to removing everyone at once. The server's operators may.
+                self.require_space(actor, self.network_id(), Permissions::ADMINISTRATOR)?;
+            }
             _ => {
                 self.require_channel(actor, channel, Permissions::MANAGE_CHANNELS)?;
             }
@@ -1127,7 +1132,8 @@ impl Core {
             creator: actor.user,
             max_uses,
             uses: 0,
-            expires_at: (max_age_secs > 0).then(|| self.now + u64::from(max_age_secs) * 1000),
+            expires_at: (max_age_secs > 0)
+                .then(|| self.now.saturating_add(u64::from(max_age_secs) * 1000)),
             created_at: self.now,
         };
         self.emit(

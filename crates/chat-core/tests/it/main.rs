@@ -1,0 +1,5 @@
+//! chat-core's integration tests: one binary, one module per kind of test.
+
+mod harness;
+mod hostile;
+mod scenarios;
