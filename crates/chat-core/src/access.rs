@@ -203,8 +203,9 @@ impl Core {
         (role.position, -(role.id.get() as i64))
     }
 
-    /// Users who should hear about a change to `user` (nick, quit, presence, profile): the user and everyone
-    /// on a channel they are on explicitly (network channels, DMs, group DMs). Sorted, deduplicated.
+    /// Users who should hear about a change to `user` (nick, quit, presence, profile): the user, everyone on a
+    /// channel they are on explicitly (network channels, DMs, group DMs), and the members of the spaces they
+    /// are in besides the network (as Discord tells guild members). Sorted, deduplicated.
     pub(crate) fn peers(&self, user: UserId) -> Vec<UserId> {
         // Each channel's member keys are already sorted, so the concatenation is a few sorted runs that the
         // stable sort merges in O(n log k); that is several times faster than inserting into a BTreeSet, which
@@ -214,6 +215,12 @@ impl Core {
             for ch in &u.channels {
                 if let Some(members) = self.member_map(*ch) {
                     peers.extend(members.keys().copied());
+                }
+            }
+            // Everyone is in the network, so telling its members would tell every user: IRC never does.
+            for space in u.spaces.iter().filter(|s| Some(**s) != self.state.network) {
+                if let Some(sp) = self.state.spaces.get(space) {
+                    peers.extend(sp.members.keys().copied());
                 }
             }
         }

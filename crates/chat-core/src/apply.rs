@@ -173,6 +173,10 @@ impl State {
                         self.nicks.remove(&key);
                     }
                     self.read_states.retain(|(_, u), _| u != user);
+                    self.slow_mode_last.retain(|(_, u), _| u != user);
+                    for ch in self.channels.values_mut() {
+                        ch.invited.remove(user);
+                    }
                 }
             }
             EventKind::AwayChanged { user, message } => {

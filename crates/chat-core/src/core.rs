@@ -289,7 +289,21 @@ impl Core {
                 break;
             }
             self.state.client_deadlines.pop_first();
-            self.expire_client(client);
+            // A client with a live connection is in use even when it sends nothing: keep it.
+            let rearm = now.saturating_add(self.config.session_idle_timeout_ms.max(1));
+            let live = self
+                .state
+                .clients
+                .get(&client)
+                .is_some_and(|c| c.connections > 0);
+            if live && rearm > now {
+                if let Some(c) = self.state.clients.get_mut(&client) {
+                    c.last_seen = now;
+                }
+                self.state.client_deadlines.insert((rearm, client));
+            } else {
+                self.expire_client(client);
+            }
         }
         while let Some((at, code)) = self.state.invite_deadlines.first().cloned() {
             if at > now {
