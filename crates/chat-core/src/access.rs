@@ -55,9 +55,9 @@ impl Core {
     }
 
     /// A user's permissions in a channel, by Discord's algorithm with the IRC modes folded in:
-    /// space permissions; then the @everyone overwrite (`+m`, `+i` live there); then role overwrites; then
-    /// `+b` masks that match the user's nick; then the member layer, which adds what membership (`VIEW`), an
-    /// invite (`VIEW`), `+v` and `+o` grant on network channels to any stored member overwrite.
+    /// space permissions; then the @everyone overwrite (`+m`, `+i` live there); then role overwrites; then an
+    /// invite (`VIEW`); then `+b` masks that match the user's nick; then the member layer, which adds what
+    /// membership (`VIEW`), `+v` and `+o` grant on network channels to any stored member overwrite.
     /// Without VIEW_CHANNEL nothing else is left. Threads take their parent's permissions.
     pub fn channel_permissions(&self, user: UserId, channel: ChannelId) -> Permissions {
         let Some(ch) = self.state.channels.get(&channel) else {
@@ -99,6 +99,11 @@ impl Core {
             }
         }
         perms = (perms & !role_deny) | role_allow;
+        // An invite opens a `+i` channel but does not lift a ban: it sits below the `+b` layer, so an operator
+        // lets a banned user back in by removing the ban (or giving them voice once they are on).
+        if sp.network && ch.invited.contains(&user) {
+            perms |= Permissions::VIEW_CHANNEL;
+        }
         if !ch.bans.is_empty() {
             let nick = self.state.users.get(&user).map_or("", |u| u.nick.as_str());
             if ch.bans.iter().any(|b| mask_matches(&b.mask, nick)) {
@@ -110,18 +115,15 @@ impl Core {
             .get(&OverwriteTarget::Member(user))
             .copied()
             .unwrap_or((Permissions::empty(), Permissions::empty()));
-        if sp.network {
-            if let Some(modes) = ch.members.get(&user) {
-                allow |= Permissions::JOINED;
-                if modes.voice {
-                    allow |= Permissions::VOICE;
-                }
-                if modes.op {
-                    allow |= Permissions::OPERATOR;
-                }
+        if sp.network
+            && let Some(modes) = ch.members.get(&user)
+        {
+            allow |= Permissions::JOINED;
+            if modes.voice {
+                allow |= Permissions::VOICE;
             }
-            if ch.invited.contains(&user) {
-                allow |= Permissions::VIEW_CHANNEL;
+            if modes.op {
+                allow |= Permissions::OPERATOR;
             }
         }
         perms = (perms & !deny) | allow;
@@ -201,6 +203,16 @@ impl Core {
     pub(crate) fn role_rank(role: &crate::model::Role) -> (i32, i64) {
         // Ids are below 2^63 for any date before the year 2084, so the cast keeps the order.
         (role.position, -(role.id.get() as i64))
+    }
+
+    /// The audience of an event a user caused on a channel: its members, plus the actor when acting from
+    /// outside (a `-n` message, a server operator's MODE or deletion), so that their own devices see it.
+    pub(crate) fn channel_echo(&self, actor: Actor, channel: ChannelId) -> Audience {
+        if actor.system || self.is_member(actor.user, channel) {
+            Audience::Channel(channel)
+        } else {
+            Audience::ChannelAnd(channel, actor.user)
+        }
     }
 
     /// Users who should hear about a change to `user` (nick, quit, presence, profile): the user, everyone on a

@@ -96,7 +96,8 @@ pub struct Reply {
 /// The core's whole durable state: what a snapshot holds.
 ///
 /// Serializable (the engine stores it with postcard); rebuilding it by [`Core::apply`]ing the log from the
-/// start gives an equal value, apart from live-only fields (connections, typing).
+/// start gives an equal value, apart from live-only fields: clients' connections and last activity (with
+/// the idle deadlines it sets), presence overrides, typing. See [`Core::resume`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub(crate) last_seq: Seq,
@@ -198,6 +199,21 @@ impl Core {
             state,
             out: VecDeque::new(),
             now: 0,
+        }
+    }
+
+    /// Starts every client's idle window afresh at `now`. Call once after restoring (a snapshot plus the log
+    /// tail) and before the first input: clients' activity is live-only and not in the log, so without this a
+    /// client that was busy a minute before a restart could expire at once.
+    pub fn resume(&mut self, now: UnixMillis) {
+        let timeout = self.config.session_idle_timeout_ms;
+        self.now = self.now.max(now);
+        self.state.client_deadlines.clear();
+        for c in self.state.clients.values_mut() {
+            c.last_seen = c.last_seen.max(now);
+            self.state
+                .client_deadlines
+                .insert((c.last_seen.saturating_add(timeout), c.id));
         }
     }
 

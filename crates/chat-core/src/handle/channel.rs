@@ -1,5 +1,7 @@
 //! IRC-style channel commands: JOIN, PART, KICK, INVITE, TOPIC, MODE.
 
+use std::collections::BTreeMap;
+
 use crate::command::{ChannelRef, UserRef};
 use crate::core::{Actor, Core, Created};
 use crate::error::{Error, Field};
@@ -217,9 +219,18 @@ impl Core {
             return Err(Error::UserNotInChannel);
         }
         let reason = Self::check_reason(reason)?;
+        // The kicked user hears of it; so does a server operator kicking from outside the channel (rare, so
+        // the list is spelled out).
+        let audience = if actor.system || self.is_member(actor.user, id) {
+            Audience::ChannelAnd(id, target)
+        } else {
+            let mut users: Vec<UserId> = self.chan(id).members.keys().copied().collect();
+            users.push(actor.user);
+            Audience::users(users)
+        };
         let message = MessageId(self.next_id());
         self.emit(
-            Audience::ChannelAnd(id, target),
+            audience,
             EventKind::Kicked {
                 channel: id,
                 user: target,
@@ -323,8 +334,9 @@ impl Core {
             return Ok(None);
         }
         let message = MessageId(self.next_id());
+        let audience = self.channel_echo(actor, id);
         self.emit(
-            Audience::Channel(id),
+            audience,
             EventKind::TopicChanged {
                 channel: id,
                 topic,
@@ -354,8 +366,9 @@ impl Core {
             return Ok(None);
         }
         let message = MessageId(self.next_id());
+        let audience = self.channel_echo(actor, id);
         self.emit(
-            Audience::Channel(id),
+            audience,
             EventKind::ModeChanged {
                 channel: id,
                 by: actor.user,
@@ -381,20 +394,35 @@ impl Core {
         let mut with_args = 0;
         // What the channel would look like after the changes so far, to drop no-ops and duplicates.
         let mut flags = (ch.is_invite_only(), ch.is_moderated(), ch.flags.clone());
-        let mut member_modes = ch.members.clone();
+        // Member modes touched so far; the rest are read from the channel (no copy of a big member list).
+        let mut member_modes: BTreeMap<UserId, MemberModes> = BTreeMap::new();
         let mut bans: Vec<String> = ch.bans.iter().map(|b| b.mask.clone()).collect();
-        let mut needed = Permissions::empty();
         if modes.is_empty() {
             return Err(Error::NeedMoreParams {
                 what: "mode string",
             });
+        }
+        // Permission first, as IRC servers answer 482 before looking at arguments: a non-operator learns
+        // nothing about nicks or masks from the refusal.
+        let mut needed = Permissions::empty();
+        for letter in modes.chars() {
+            needed |= match letter {
+                '+' | '-' => Permissions::empty(),
+                'i' | 'm' | 'n' | 's' | 't' | 'k' | 'l' => Permissions::MANAGE_CHANNELS,
+                'b' => Permissions::BAN_MEMBERS,
+                'o' | 'v' => Permissions::MANAGE_ROLES,
+                other => return Err(Error::UnknownMode { letter: other }),
+            };
+        }
+        if !needed.is_empty() {
+            self.require_on_channel(actor, id)?;
+            self.require_channel(actor, id, needed)?;
         }
         for letter in modes.chars() {
             match letter {
                 '+' => on = true,
                 '-' => on = false,
                 'i' | 'm' | 'n' | 's' | 't' => {
-                    needed |= Permissions::MANAGE_CHANNELS;
                     let current = match letter {
                         'i' => &mut flags.0,
                         'm' => &mut flags.1,
@@ -408,7 +436,6 @@ impl Core {
                     }
                 }
                 'k' => {
-                    needed |= Permissions::MANAGE_CHANNELS;
                     with_args += 1;
                     if on {
                         let key = args
@@ -436,7 +463,6 @@ impl Core {
                     }
                 }
                 'l' => {
-                    needed |= Permissions::MANAGE_CHANNELS;
                     if on {
                         with_args += 1;
                         let arg = args
@@ -459,7 +485,6 @@ impl Core {
                     }
                 }
                 'b' => {
-                    needed |= Permissions::BAN_MEMBERS;
                     with_args += 1;
                     let mask = args
                         .next()
@@ -484,13 +509,17 @@ impl Core {
                     }
                 }
                 'o' | 'v' => {
-                    needed |= Permissions::MANAGE_ROLES;
                     with_args += 1;
                     let nick = args
                         .next()
                         .ok_or(Error::NeedMoreParams { what: "+o/+v nick" })?;
                     let user = self.resolve_user(&UserRef::Nick(nick))?;
-                    let m = member_modes.get_mut(&user).ok_or(Error::UserNotInChannel)?;
+                    let current = ch
+                        .members
+                        .get(&user)
+                        .copied()
+                        .ok_or(Error::UserNotInChannel)?;
+                    let m = member_modes.entry(user).or_insert(current);
                     let slot = if letter == 'o' {
                         &mut m.op
                     } else {
@@ -512,10 +541,6 @@ impl Core {
                     what: "mode changes with arguments per command",
                 });
             }
-        }
-        if !needed.is_empty() {
-            self.require_on_channel(actor, id)?;
-            self.require_channel(actor, id, needed)?;
         }
         Ok(changes)
     }

@@ -222,11 +222,7 @@ impl Core {
             tts: message.tts && perms.contains(Permissions::SEND_TTS_MESSAGES),
         };
         // A message sent from outside a channel (-n) still reaches the author's other devices.
-        let audience = if actor.system || self.is_member(actor.user, channel) {
-            Audience::Channel(channel)
-        } else {
-            Audience::ChannelAnd(channel, actor.user)
-        };
+        let audience = self.channel_echo(actor, channel);
         self.emit(audience, EventKind::MessageCreated { message: m });
         Ok(Some(Created::Message(id)))
     }
@@ -345,8 +341,9 @@ impl Core {
             check_text(Field::Meta, meta, 8192, false)?;
         }
         let mentions = self.parse_mentions(&body).users;
+        let audience = self.channel_echo(actor, channel);
         self.emit(
-            Audience::Channel(channel),
+            audience,
             EventKind::MessageEdited {
                 channel,
                 message,
@@ -372,8 +369,9 @@ impl Core {
                 permission: Permissions::MANAGE_MESSAGES,
             });
         }
+        let audience = self.channel_echo(actor, channel);
         self.emit(
-            Audience::Channel(channel),
+            audience,
             EventKind::MessageDeleted {
                 channel,
                 message,
@@ -414,8 +412,9 @@ impl Core {
         }) {
             return Err(Error::NoSuchMessage);
         }
+        let audience = self.channel_echo(actor, channel);
         self.emit(
-            Audience::Channel(channel),
+            audience,
             EventKind::MessagesDeleted {
                 channel,
                 messages,
@@ -463,8 +462,9 @@ impl Core {
                 });
             }
         }
+        let audience = self.channel_echo(actor, channel);
         self.emit(
-            Audience::Channel(channel),
+            audience,
             EventKind::ReactionAdded {
                 channel,
                 message,
@@ -497,8 +497,9 @@ impl Core {
         if !reacted {
             return Ok(None);
         }
+        let audience = self.channel_echo(actor, channel);
         self.emit(
-            Audience::Channel(channel),
+            audience,
             EventKind::ReactionRemoved {
                 channel,
                 message,
@@ -537,8 +538,9 @@ impl Core {
                 });
             }
             let notice = MessageId(self.next_id());
+            let audience = self.channel_echo(actor, channel);
             self.emit(
-                Audience::Channel(channel),
+                audience,
                 EventKind::Pinned {
                     channel,
                     message,
@@ -548,8 +550,9 @@ impl Core {
             );
             Ok(Some(Created::Message(notice)))
         } else {
+            let audience = self.channel_echo(actor, channel);
             self.emit(
-                Audience::Channel(channel),
+                audience,
                 EventKind::Unpinned {
                     channel,
                     message,

@@ -2,4 +2,6 @@
 
 mod harness;
 mod hostile;
+mod props;
+mod restart;
 mod scenarios;
