@@ -157,6 +157,31 @@ pub struct ChannelInfo {
     pub overwrites: Vec<(OverwriteTarget, Permissions, Permissions)>,
 }
 
+impl ChannelInfo {
+    /// A new channel's settings: everything but its id, kind, space and name at its default.
+    pub(crate) fn new(
+        id: ChannelId,
+        kind: ChannelKind,
+        space: Option<SpaceId>,
+        name: String,
+    ) -> Self {
+        Self {
+            id,
+            kind,
+            space,
+            parent: None,
+            name,
+            topic: None,
+            position: 0,
+            slowmode_secs: 0,
+            flags: ChannelFlags::default(),
+            owner: None,
+            starter: None,
+            overwrites: Vec::new(),
+        }
+    }
+}
+
 /// A space's settings as carried by create and update events.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpaceInfo {

@@ -129,14 +129,6 @@ impl Core {
                 let network = self.network_id();
                 let id = ChannelId(self.next_id());
                 let info = ChannelInfo {
-                    id,
-                    kind: ChannelKind::Text,
-                    space: Some(network),
-                    parent: None,
-                    name,
-                    topic: None,
-                    position: 0,
-                    slowmode_secs: 0,
                     // New channels get IRC's usual `+nt`.
                     flags: ChannelFlags {
                         no_external: true,
@@ -144,8 +136,7 @@ impl Core {
                         ..ChannelFlags::default()
                     },
                     owner: Some(actor.user),
-                    starter: None,
-                    overwrites: Vec::new(),
+                    ..ChannelInfo::new(id, ChannelKind::Text, Some(network), name)
                 };
                 self.emit(
                     Audience::User(actor.user),

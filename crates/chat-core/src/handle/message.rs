@@ -6,7 +6,7 @@ use crate::core::{Actor, Core, Created, TYPING_INTERVAL_MS};
 use crate::error::{Error, Field};
 use crate::event::{Audience, ChannelInfo, EventKind};
 use crate::id::{ChannelId, MessageId, UserId};
-use crate::model::{ChannelFlags, ChannelKind, Message, MessageKind};
+use crate::model::{ChannelKind, Message, MessageKind};
 use crate::name::{casefold, check_label, check_text};
 use crate::perm::Permissions;
 
@@ -180,20 +180,7 @@ impl Core {
             Ok(c) => c,
             Err(other) => {
                 let id = ChannelId(self.next_id());
-                let info = ChannelInfo {
-                    id,
-                    kind: ChannelKind::Dm,
-                    space: None,
-                    parent: None,
-                    name: String::new(),
-                    topic: None,
-                    position: 0,
-                    slowmode_secs: 0,
-                    flags: ChannelFlags::default(),
-                    owner: None,
-                    starter: None,
-                    overwrites: Vec::new(),
-                };
+                let info = ChannelInfo::new(id, ChannelKind::Dm, None, String::new());
                 self.emit(
                     Audience::Channel(id),
                     EventKind::ChannelCreated {
@@ -667,18 +654,15 @@ impl Core {
         }
         let id = ChannelId(self.next_id());
         let info = ChannelInfo {
-            id,
-            kind: ChannelKind::Thread,
-            space: self.chan(parent).space,
             parent: Some(parent),
-            name: name.clone(),
-            topic: None,
-            position: 0,
-            slowmode_secs: 0,
-            flags: ChannelFlags::default(),
             owner: Some(actor.user),
             starter: message,
-            overwrites: Vec::new(),
+            ..ChannelInfo::new(
+                id,
+                ChannelKind::Thread,
+                self.chan(parent).space,
+                name.clone(),
+            )
         };
         self.emit(
             Audience::Channel(id),
@@ -741,18 +725,8 @@ impl Core {
         }
         let id = ChannelId(self.next_id());
         let info = ChannelInfo {
-            id,
-            kind: ChannelKind::GroupDm,
-            space: None,
-            parent: None,
-            name: name.unwrap_or_default(),
-            topic: None,
-            position: 0,
-            slowmode_secs: 0,
-            flags: ChannelFlags::default(),
             owner: Some(actor.user),
-            starter: None,
-            overwrites: Vec::new(),
+            ..ChannelInfo::new(id, ChannelKind::GroupDm, None, name.unwrap_or_default())
         };
         self.emit(
             Audience::Channel(id),

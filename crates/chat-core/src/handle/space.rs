@@ -7,7 +7,7 @@ use crate::core::{Actor, Core, Created};
 use crate::error::{Error, Field};
 use crate::event::{Audience, ChannelInfo, EventKind, LeaveReason, SpaceInfo};
 use crate::id::{ChannelId, InviteId, MessageId, RoleId, SpaceId, UserId};
-use crate::model::{ChannelFlags, ChannelKind, Invite, InviteTarget, Role};
+use crate::model::{ChannelKind, Invite, InviteTarget, Role};
 use crate::name::{check_label, check_text};
 use crate::perm::{OverwriteTarget, Permissions};
 
@@ -145,20 +145,7 @@ impl Core {
             },
         );
         let general = ChannelId(self.next_id());
-        let info = ChannelInfo {
-            id: general,
-            kind: ChannelKind::Text,
-            space: Some(id),
-            parent: None,
-            name: "general".to_owned(),
-            topic: None,
-            position: 0,
-            slowmode_secs: 0,
-            flags: ChannelFlags::default(),
-            owner: None,
-            starter: None,
-            overwrites: Vec::new(),
-        };
+        let info = ChannelInfo::new(general, ChannelKind::Text, Some(id), "general".to_owned());
         self.emit(
             Audience::Channel(general),
             EventKind::ChannelCreated {
@@ -737,22 +724,15 @@ impl Core {
         let id = ChannelId(self.next_id());
         let position = self.state.spaces[&space].channels.len() as i32;
         let info = ChannelInfo {
-            id,
-            kind,
-            space: Some(space),
             parent,
-            name,
             topic: topic.map(|text| crate::model::Topic {
                 text,
                 by: actor.user,
                 at: self.now,
             }),
             position,
-            slowmode_secs: 0,
-            flags: ChannelFlags::default(),
-            owner: None,
-            starter: None,
             overwrites,
+            ..ChannelInfo::new(id, kind, Some(space), name)
         };
         let audience = if kind == ChannelKind::Category {
             Audience::Space(space)
