@@ -1,5 +1,43 @@
-//! Durable storage for chatd behind a trait: the event log, snapshots and the queries that serve history and
-//! search, with a SQLite implementation and an in-memory reference implementation.
+//! Durable storage for chatd behind one trait, [`Store`]: the append-only event log, snapshots of the core's
+//! state, clients' cursors, nonces, and the materialized tables that serve history and search.
 //!
-//! Not built yet: this crate is a placeholder in the workspace layout and has no behaviour.
+//! Two implementations share one contract and one test suite: [`SqliteStore`] (rusqlite, WAL, FTS5; the one
+//! the server runs) and [`MemoryStore`] (a plain in-memory reference, for tests and for embedders that need
+//! no durability). The core never calls storage; the engine does, and it alone decides what to append.
+//!
+//! Both apply the same projection (`project.rs`: one event becomes a short list of row effects) from the
+//! log to their tables, so history, search and streams agree; the test suite holds them side by side and
+//! against the core's live deliveries.
+//!
+//! ```
+//! use chat_core::{Config, Core};
+//! use chat_store::{Batch, Durability, SqliteStore, Store};
+//!
+//! let now = 1_800_000_000_000;
+//! let dir = tempfile::tempdir()?;
+//! let store = SqliteStore::open(dir.path().join("chat.db"), Durability::Full, now)?;
+//! let mut core = Core::new(Config { invite_seed: store.meta().invite_seed, ..Config::default() }, now);
+//! let mut events = Vec::new();
+//! while let Some(event) = core.poll_event() {
+//!     events.push(event);
+//! }
+//! // The genesis is one input: its events end where the core's log ends.
+//! store.append(&Batch { events: &events, command_ends: &[core.last_seq()], ..Batch::default() })?;
+//! assert_eq!(store.last_seq()?, core.last_seq());
+//! assert_eq!(store.events_after(0, 100)?, events);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(missing_docs)]
+
+mod memory;
+mod project;
+mod sqlite;
+mod text;
+mod types;
+
+pub use crate::memory::MemoryStore;
+pub use crate::sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
+pub use crate::types::{
+    Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, Store,
+    StoreError, StoredMessage, StreamPage,
+};

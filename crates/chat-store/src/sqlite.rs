@@ -1,0 +1,1373 @@
+//! The SQLite store: the event log and the projected tables in one WAL database, with FTS5 for search.
+//!
+//! One writer connection sits behind a mutex (SQLite allows one writer at a time anyway, and the engine's
+//! writer task is its only caller on the hot path); readers take connections from a small pool, so that a
+//! history page or a stream replay never waits for a commit in progress: in WAL mode readers see the last
+//! committed state while the writer works.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use chat_core::{
+    Attachment, ChannelId, ClientId, Event, MessageId, OverwriteTarget, Seq, SpaceId, UnixMillis,
+    UserId,
+};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+use crate::project::{self, AUD_CHANNEL, AUD_CHANNEL_AND, AUD_USERS, Effect};
+use crate::text;
+use crate::types::{
+    Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, Store,
+    StoreError, StoredMessage, StreamPage,
+};
+
+/// The schema migrations, in order, embedded at build time. A version is never edited once released: a
+/// change is a new file.
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../../../migrations/0001_init.sql")),
+    (2, include_str!("../../../migrations/0002_pinned_index.sql")),
+];
+
+/// The newest schema version this binary knows.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Read connections kept open for reuse; more are opened when all are busy and closed when returned.
+const READ_POOL: usize = 8;
+
+/// Rows removed per retention transaction: small, so a writer waiting on the lock waits for little.
+const RETENTION_CHUNK: usize = 500;
+
+/// Chunks one retention call works through at most, per kind of row.
+const RETENTION_CHUNKS_PER_CALL: usize = 20;
+
+/// Seqs a stream query looks at per statement, and statements per call: a user who sees little of a busy
+/// log gets a page with few events and a `next` to continue from, rather than one unbounded scan.
+const STREAM_WINDOW: u64 = 20_000;
+const STREAM_WINDOWS_PER_CALL: usize = 8;
+
+/// How hard a commit waits for the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// WAL with `synchronous = FULL`: a commit is on disk when `append` returns, even across power loss.
+    #[default]
+    Full,
+    /// WAL with `synchronous = NORMAL`: survives a process crash; the last commits may be lost on power loss.
+    Relaxed,
+}
+
+#[derive(Debug)]
+struct Writer {
+    conn: Connection,
+    last_seq: Seq,
+}
+
+/// The SQLite store. Open it with [`SqliteStore::open`]; it is `Send + Sync` and meant to be shared.
+#[derive(Debug)]
+pub struct SqliteStore {
+    meta: DbMeta,
+    path: PathBuf,
+    /// The last committed seq, readable without waiting for a commit in progress.
+    committed: AtomicU64,
+    writer: Mutex<Writer>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// Stores a u64 id or seq in SQLite's signed INTEGER; the cast round-trips every value exactly.
+fn sql(v: u64) -> i64 {
+    v as i64
+}
+
+/// Reads back a u64 stored by [`sql`].
+fn uns(v: i64) -> u64 {
+    v as u64
+}
+
+/// A range bound for SQL (a time, a seq or an id compared with `<` or `>`): values beyond `i64` (e.g.
+/// `u64::MAX` for "everything") are capped, not wrapped into negatives. Real ids and seqs are far below.
+fn bound(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+/// A limit for SQL: `usize` values beyond `i64` are capped, which is the same as unlimited.
+fn lim(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn corrupt(what: &'static str, at: u64, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        at,
+        detail: detail.to_string(),
+    }
+}
+
+fn id_of<T>(raw: i64, make: fn(u64) -> Option<T>, what: &'static str) -> Result<T, StoreError> {
+    make(uns(raw)).ok_or_else(|| corrupt(what, uns(raw), "a zero id"))
+}
+
+fn opt_id<T>(
+    raw: Option<i64>,
+    make: fn(u64) -> Option<T>,
+    what: &'static str,
+) -> Result<Option<T>, StoreError> {
+    raw.map(|r| id_of(r, make, what)).transpose()
+}
+
+fn encode<T: serde::Serialize>(v: &T, what: &'static str, at: u64) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(v).map_err(|e| corrupt(what, at, e))
+}
+
+fn decode_event(seq: i64, payload: &[u8]) -> Result<Event, StoreError> {
+    postcard::from_bytes(payload).map_err(|e| corrupt("event", uns(seq), e))
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // The projection uses a few dozen distinct statements; the default cache of 16 would re-prepare them.
+    conn.set_prepared_statement_cache_capacity(128);
+    // A larger page cache (64 MiB) keeps the hot ends of the log, message and FTS b-trees in memory.
+    conn.execute_batch("PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;")?;
+    Ok(())
+}
+
+/// Applies the migrations the database lacks, each in its own transaction with its record.
+fn migrate(conn: &mut Connection, now: UnixMillis) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             applied_at INTEGER NOT NULL
+         )",
+    )?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    let found = u32::try_from(current).unwrap_or(u32::MAX);
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (version, script) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(script)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![version, sql(now)],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn random_u64() -> Result<u64, StoreError> {
+    getrandom::u64().map_err(|e| {
+        StoreError::Io(std::io::Error::other(format!(
+            "no randomness from the OS: {e}"
+        )))
+    })
+}
+
+/// Reads the database's identity, creating it on first open.
+fn load_meta(conn: &mut Connection, now: UnixMillis) -> Result<DbMeta, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let get = |key: &str| -> Result<Option<i64>, StoreError> {
+        Ok(tx
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    };
+    let meta = match (get("epoch")?, get("invite_seed")?, get("created_at")?) {
+        (Some(epoch), Some(seed), Some(at)) => DbMeta {
+            epoch: uns(epoch),
+            invite_seed: uns(seed),
+            created_at: uns(at),
+        },
+        _ => {
+            let meta = DbMeta {
+                epoch: random_u64()?,
+                invite_seed: random_u64()?,
+                created_at: now,
+            };
+            for (k, v) in [
+                ("epoch", meta.epoch),
+                ("invite_seed", meta.invite_seed),
+                ("created_at", meta.created_at),
+            ] {
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                    params![k, sql(v)],
+                )?;
+            }
+            meta
+        }
+    };
+    tx.commit()?;
+    Ok(meta)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path`: applies missing migrations, refuses a database from a newer
+    /// chatd with [`StoreError::TooNew`], and on creation draws a random epoch and invite seed.
+    pub fn open(
+        path: impl AsRef<Path>,
+        durability: Durability,
+        now: UnixMillis,
+    ) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = Connection::open(&path)?;
+        configure(&conn)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Io(std::io::Error::other(format!(
+                "the database refused WAL mode (journal_mode is {mode})"
+            ))));
+        }
+        conn.execute_batch(match durability {
+            Durability::Full => "PRAGMA synchronous = FULL",
+            Durability::Relaxed => "PRAGMA synchronous = NORMAL",
+        })?;
+        migrate(&mut conn, now)?;
+        let meta = load_meta(&mut conn, now)?;
+        let last: i64 =
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+        Ok(Self {
+            meta,
+            path,
+            committed: AtomicU64::new(uns(last)),
+            writer: Mutex::new(Writer {
+                conn,
+                last_seq: uns(last),
+            }),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        // A panic while holding the writer can only come from a bug here; the connection's open transaction,
+        // if any, was rolled back when its guard dropped, so the connection is still good to use.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on a pooled read connection.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open(&self.path)?;
+                configure(&c)?;
+                c.execute_batch("PRAGMA query_only = ON")?;
+                c
+            }
+        };
+        let out = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < READ_POOL && conn.is_autocommit() {
+            pool.push(conn);
+        }
+        out
+    }
+}
+
+/// The columns history and search read, in the order [`message_from_row`] expects.
+const MESSAGE_COLS: &str = "m.id, m.seq, m.ts, m.channel, m.space, m.author, m.kind, m.body, m.meta, \
+     m.reply_to, m.thread, m.mention_everyone, m.embeds, m.pinned, m.edited_at, m.nonce, m.mentions, \
+     m.attachments";
+
+fn message_from_row(conn: &Connection, r: &Row<'_>) -> Result<StoredMessage, StoreError> {
+    let id: i64 = r.get(0)?;
+    let at = uns(id);
+    let kind: String = r.get(6)?;
+    let mentions: Vec<u8> = r.get(16)?;
+    let attachments: Vec<u8> = r.get(17)?;
+    let mut m = StoredMessage {
+        id: id_of(id, MessageId::from_raw, "message")?,
+        seq: uns(r.get(1)?),
+        ts: uns(r.get(2)?),
+        channel: id_of(r.get(3)?, ChannelId::from_raw, "message channel")?,
+        space: opt_id(r.get(4)?, SpaceId::from_raw, "message space")?,
+        author: id_of(r.get(5)?, UserId::from_raw, "message author")?,
+        kind: project::message_kind_from(&kind)
+            .ok_or_else(|| corrupt("message kind", at, kind.clone()))?,
+        body: r.get(7)?,
+        meta: r.get(8)?,
+        reply_to: opt_id(r.get(9)?, MessageId::from_raw, "reply")?,
+        thread: opt_id(r.get(10)?, ChannelId::from_raw, "thread")?,
+        mention_everyone: r.get(11)?,
+        embeds: r.get(12)?,
+        pinned: r.get(13)?,
+        edited_at: r.get::<_, Option<i64>>(14)?.map(uns),
+        nonce: r.get(15)?,
+        mentions: postcard::from_bytes::<Vec<UserId>>(&mentions)
+            .map_err(|e| corrupt("mentions", at, e))?,
+        attachments: postcard::from_bytes::<Vec<Attachment>>(&attachments)
+            .map_err(|e| corrupt("attachments", at, e))?,
+        reactions: BTreeMap::new(),
+    };
+    let mut stmt = conn
+        .prepare_cached("SELECT emoji, user FROM reactions WHERE message = ?1 ORDER BY emoji, n")?;
+    let mut rows = stmt.query([id])?;
+    while let Some(row) = rows.next()? {
+        let emoji: String = row.get(0)?;
+        let user = id_of(row.get(1)?, UserId::from_raw, "reaction user")?;
+        m.reactions.entry(emoji).or_default().push(user);
+    }
+    Ok(m)
+}
+
+fn messages_where(
+    conn: &Connection,
+    clause: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let sql = format!("SELECT {MESSAGE_COLS} FROM messages m WHERE {clause}");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(message_from_row(conn, r)?);
+    }
+    Ok(out)
+}
+
+/// Ends `user`'s open channel memberships that `channels` (a subquery over `channels`) selects.
+fn leave_channels(
+    tx: &Connection,
+    seq: i64,
+    user: i64,
+    channels: &str,
+    arg: Option<i64>,
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "UPDATE members SET to_seq = ?1 WHERE user = ?2 AND to_seq IS NULL AND channel IN ({channels})"
+    );
+    let mut stmt = tx.prepare_cached(&sql)?;
+    match arg {
+        Some(a) => stmt.execute(params![seq, user, a])?,
+        None => stmt.execute(params![seq, user])?,
+    };
+    Ok(())
+}
+
+/// Removes a channel with its threads: memberships end, its messages leave history.
+fn channel_gone(tx: &Connection, seq: i64, channel: i64) -> Result<(), StoreError> {
+    let threads: Vec<i64> = tx
+        .prepare_cached("SELECT id FROM channels WHERE kind = 'thread' AND parent = ?1")?
+        .query_map([channel], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for t in threads {
+        channel_gone(tx, seq, t)?;
+    }
+    tx.prepare_cached(
+        "UPDATE channels SET deleted_seq = ?1 WHERE id = ?2 AND deleted_seq IS NULL",
+    )?
+    .execute(params![seq, channel])?;
+    tx.prepare_cached("UPDATE members SET to_seq = ?1 WHERE channel = ?2 AND to_seq IS NULL")?
+        .execute(params![seq, channel])?;
+    tx.prepare_cached(
+        "DELETE FROM reactions WHERE message IN (SELECT id FROM messages WHERE channel = ?1)",
+    )?
+    .execute([channel])?;
+    tx.prepare_cached("DELETE FROM messages WHERE channel = ?1")?
+        .execute([channel])?;
+    Ok(())
+}
+
+fn space_join(tx: &Connection, seq: i64, space: i64, user: i64) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO space_members (space, user, from_seq)
+         SELECT ?1, ?2, ?3 WHERE NOT EXISTS (
+             SELECT 1 FROM space_members WHERE space = ?1 AND user = ?2 AND to_seq IS NULL)
+         ON CONFLICT (space, user, from_seq) DO UPDATE SET to_seq = NULL",
+    )?
+    .execute(params![space, user, seq])?;
+    Ok(())
+}
+
+fn target_cols(t: OverwriteTarget) -> (i64, i64) {
+    match t {
+        OverwriteTarget::Role(r) => (0, sql(r.get())),
+        OverwriteTarget::Member(u) => (1, sql(u.get())),
+    }
+}
+
+/// Applies one projected effect inside the append transaction.
+fn apply(tx: &Connection, ev: &Event, effect: Effect<'_>) -> Result<(), StoreError> {
+    let seq = sql(ev.seq);
+    match effect {
+        Effect::User {
+            id,
+            nick,
+            password_hash,
+            bot,
+            system,
+        } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO users (id, nick, password_hash, bot, system, released, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
+            )?
+            .execute(params![sql(id.get()), nick, password_hash, bot, system, sql(ev.ts)])?;
+        }
+        Effect::NetworkJoin(user) => {
+            let network: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT id FROM spaces WHERE network = 1 AND deleted_seq IS NULL ORDER BY id LIMIT 1",
+                )?
+                .query_row([], |r| r.get(0))
+                .optional()?;
+            if let Some(n) = network {
+                space_join(tx, seq, n, sql(user.get()))?;
+            }
+        }
+        Effect::SpaceJoinAll(space) => {
+            let users: Vec<i64> = tx
+                .prepare_cached("SELECT id FROM users WHERE released = 0")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for u in users {
+                space_join(tx, seq, sql(space.get()), u)?;
+            }
+        }
+        Effect::Nick(user, nick) => {
+            tx.prepare_cached("UPDATE users SET nick = ?1 WHERE id = ?2")?
+                .execute(params![nick, sql(user.get())])?;
+        }
+        Effect::Profile {
+            user,
+            display_name,
+            bio,
+            avatar_url,
+        } => {
+            tx.prepare_cached(
+                "UPDATE users SET display_name = ?1, bio = ?2, avatar_url = ?3 WHERE id = ?4",
+            )?
+            .execute(params![display_name, bio, avatar_url, sql(user.get())])?;
+        }
+        Effect::Password(user, hash) => {
+            tx.prepare_cached("UPDATE users SET password_hash = ?1 WHERE id = ?2")?
+                .execute(params![hash, sql(user.get())])?;
+        }
+        Effect::Away(user, message) => {
+            tx.prepare_cached("UPDATE users SET away = ?1 WHERE id = ?2")?
+                .execute(params![message, sql(user.get())])?;
+        }
+        Effect::Client {
+            id,
+            user,
+            name,
+            token_hash,
+        } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO clients (id, user, name, token_hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                sql(id.get()),
+                sql(user.get()),
+                name,
+                &token_hash[..],
+                sql(ev.ts)
+            ])?;
+        }
+        Effect::ClientGone(id) => {
+            tx.prepare_cached("DELETE FROM clients WHERE id = ?1")?
+                .execute([sql(id.get())])?;
+        }
+        Effect::Quit { user, released } => {
+            let u = sql(user.get());
+            if released {
+                leave_channels(
+                    tx,
+                    seq,
+                    u,
+                    "SELECT id FROM channels WHERE kind != 'dm'",
+                    None,
+                )?;
+                tx.prepare_cached(
+                    "UPDATE space_members SET to_seq = ?1 WHERE user = ?2 AND to_seq IS NULL",
+                )?
+                .execute(params![seq, u])?;
+                tx.prepare_cached("UPDATE users SET released = 1, away = NULL WHERE id = ?1")?
+                    .execute([u])?;
+                tx.prepare_cached("DELETE FROM read_states WHERE user = ?1")?
+                    .execute([u])?;
+            } else {
+                leave_channels(
+                    tx,
+                    seq,
+                    u,
+                    "SELECT id FROM channels WHERE space = (SELECT id FROM spaces
+                         WHERE network = 1 AND deleted_seq IS NULL ORDER BY id LIMIT 1)",
+                    None,
+                )?;
+            }
+        }
+        Effect::Read {
+            user,
+            channel,
+            message,
+            mentions,
+        } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO read_states (user, channel, last_read, mention_count)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                sql(user.get()),
+                sql(channel.get()),
+                sql(message.get()),
+                mentions
+            ])?;
+        }
+        Effect::Space(info) => {
+            tx.prepare_cached(
+                "INSERT INTO spaces (id, name, description, icon_url, owner, public, network, created_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (id) DO UPDATE SET name = ?2, description = ?3, icon_url = ?4, owner = ?5,
+                     public = ?6, network = ?7",
+            )?
+            .execute(params![
+                sql(info.id.get()),
+                info.name,
+                info.description,
+                info.icon_url,
+                sql(info.owner.get()),
+                info.public,
+                info.network,
+                seq
+            ])?;
+        }
+        Effect::SpaceGone(space) => {
+            let s = sql(space.get());
+            let channels: Vec<i64> = tx
+                .prepare_cached("SELECT id FROM channels WHERE space = ?1")?
+                .query_map([s], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for c in channels {
+                channel_gone(tx, seq, c)?;
+            }
+            tx.prepare_cached(
+                "UPDATE space_members SET to_seq = ?1 WHERE space = ?2 AND to_seq IS NULL",
+            )?
+            .execute(params![seq, s])?;
+            tx.prepare_cached("UPDATE spaces SET deleted_seq = ?1 WHERE id = ?2")?
+                .execute(params![seq, s])?;
+            tx.prepare_cached("DELETE FROM invites WHERE space = ?1")?
+                .execute([s])?;
+        }
+        Effect::SpaceJoin(space, user) => {
+            space_join(tx, seq, sql(space.get()), sql(user.get()))?;
+        }
+        Effect::SpaceLeave(space, user) => {
+            let (s, u) = (sql(space.get()), sql(user.get()));
+            tx.prepare_cached(
+                "UPDATE space_members SET to_seq = ?1
+                 WHERE space = ?2 AND user = ?3 AND to_seq IS NULL",
+            )?
+            .execute(params![seq, s, u])?;
+            leave_channels(
+                tx,
+                seq,
+                u,
+                "SELECT id FROM channels WHERE space = ?3",
+                Some(s),
+            )?;
+        }
+        Effect::SpaceBan {
+            space,
+            user,
+            reason,
+            on,
+        } => {
+            let (s, u) = (sql(space.get()), sql(user.get()));
+            if on {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO space_bans (space, user, reason) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![s, u, reason])?;
+            } else {
+                tx.prepare_cached("DELETE FROM space_bans WHERE space = ?1 AND user = ?2")?
+                    .execute(params![s, u])?;
+            }
+        }
+        Effect::MemberUpdate {
+            space,
+            user,
+            roles,
+            nick,
+        } => {
+            let blob = encode(&roles, "roles", ev.seq)?;
+            tx.prepare_cached(
+                "UPDATE space_members SET roles = ?1, nick = ?2
+                 WHERE space = ?3 AND user = ?4 AND to_seq IS NULL",
+            )?
+            .execute(params![blob, nick, sql(space.get()), sql(user.get())])?;
+        }
+        Effect::Role(space, role) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO roles
+                     (id, space, name, permissions, color, hoist, mentionable, position)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                sql(role.id.get()),
+                sql(space.get()),
+                role.name,
+                sql(role.permissions.bits()),
+                role.color,
+                role.hoist,
+                role.mentionable,
+                role.position
+            ])?;
+        }
+        Effect::RoleGone(role) => {
+            let r = sql(role.get());
+            tx.prepare_cached("DELETE FROM roles WHERE id = ?1")?
+                .execute([r])?;
+            tx.prepare_cached("DELETE FROM overwrites WHERE target_kind = 0 AND target = ?1")?
+                .execute([r])?;
+        }
+        Effect::Channel { info, created } => {
+            let kind = match info.kind {
+                chat_core::ChannelKind::Text => "text",
+                chat_core::ChannelKind::Category => "category",
+                chat_core::ChannelKind::Dm => "dm",
+                chat_core::ChannelKind::GroupDm => "group_dm",
+                chat_core::ChannelKind::Thread => "thread",
+            };
+            let c = sql(info.id.get());
+            let topic = info.topic.as_ref();
+            if created {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO channels (id, space, kind, parent, name, topic, topic_by,
+                         topic_at, position, slowmode_secs, owner, starter, created_seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                )?
+                .execute(params![
+                    c,
+                    info.space.map(|s| sql(s.get())),
+                    kind,
+                    info.parent.map(|p| sql(p.get())),
+                    info.name,
+                    topic.map(|t| t.text.as_str()),
+                    topic.map(|t| sql(t.by.get())),
+                    topic.map(|t| sql(t.at)),
+                    info.position,
+                    info.slowmode_secs,
+                    info.owner.map(|o| sql(o.get())),
+                    info.starter.map(|s| sql(s.get())),
+                    seq
+                ])?;
+                for (t, allow, deny) in &info.overwrites {
+                    let (tk, tv) = target_cols(*t);
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO overwrites (channel, target_kind, target, allow, deny)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![c, tk, tv, sql(allow.bits()), sql(deny.bits())])?;
+                }
+            } else {
+                tx.prepare_cached(
+                    "UPDATE channels SET name = ?2, topic = ?3, topic_by = ?4, topic_at = ?5,
+                         position = ?6, parent = ?7, slowmode_secs = ?8, owner = ?9
+                     WHERE id = ?1",
+                )?
+                .execute(params![
+                    c,
+                    info.name,
+                    topic.map(|t| t.text.as_str()),
+                    topic.map(|t| sql(t.by.get())),
+                    topic.map(|t| sql(t.at)),
+                    info.position,
+                    info.parent.map(|p| sql(p.get())),
+                    info.slowmode_secs,
+                    info.owner.map(|o| sql(o.get())),
+                ])?;
+            }
+        }
+        Effect::ChannelGone(channel) => channel_gone(tx, seq, sql(channel.get()))?,
+        Effect::ChannelJoin {
+            channel,
+            user,
+            op,
+            voice,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO members (channel, user, from_seq, op, voice)
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (
+                     SELECT 1 FROM members WHERE channel = ?1 AND user = ?2 AND to_seq IS NULL)
+                 ON CONFLICT (channel, user, from_seq) DO UPDATE SET to_seq = NULL",
+            )?
+            .execute(params![sql(channel.get()), sql(user.get()), seq, op, voice])?;
+        }
+        Effect::ChannelLeave(channel, user) => {
+            tx.prepare_cached(
+                "UPDATE members SET to_seq = ?1 WHERE channel = ?2 AND user = ?3 AND to_seq IS NULL",
+            )?
+            .execute(params![seq, sql(channel.get()), sql(user.get())])?;
+        }
+        Effect::Overwrite {
+            channel,
+            target,
+            value,
+        } => {
+            let (tk, tv) = target_cols(target);
+            match value {
+                Some((allow, deny)) => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO overwrites (channel, target_kind, target, allow, deny)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![
+                        sql(channel.get()),
+                        tk,
+                        tv,
+                        sql(allow.bits()),
+                        sql(deny.bits())
+                    ])?;
+                }
+                None => {
+                    tx.prepare_cached(
+                        "DELETE FROM overwrites WHERE channel = ?1 AND target_kind = ?2 AND target = ?3",
+                    )?
+                    .execute(params![sql(channel.get()), tk, tv])?;
+                }
+            }
+        }
+        Effect::Topic(channel, topic) => {
+            tx.prepare_cached(
+                "UPDATE channels SET topic = ?1, topic_by = ?2, topic_at = ?3 WHERE id = ?4",
+            )?
+            .execute(params![
+                topic.map(|t| t.text.as_str()),
+                topic.map(|t| sql(t.by.get())),
+                topic.map(|t| sql(t.at)),
+                sql(channel.get())
+            ])?;
+        }
+        Effect::MemberMode {
+            channel,
+            user,
+            op,
+            voice,
+        } => {
+            tx.prepare_cached(
+                "UPDATE members SET op = COALESCE(?1, op), voice = COALESCE(?2, voice)
+                 WHERE channel = ?3 AND user = ?4 AND to_seq IS NULL",
+            )?
+            .execute(params![op, voice, sql(channel.get()), sql(user.get())])?;
+        }
+        Effect::Message(m) => {
+            let c = sql(m.channel.get());
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO messages (id, seq, ts, channel, space, author, kind, body, meta,
+                     reply_to, thread, mention_everyone, embeds, pinned, edited_at, nonce, mentions,
+                     attachments)
+                 VALUES (?1, ?2, ?3, ?4, (SELECT space FROM channels WHERE id = ?4), ?5, ?6, ?7, ?8,
+                     ?9, ?10, ?11, ?12, 0, NULL, ?13, ?14, ?15)",
+            )?
+            .execute(params![
+                sql(m.id.get()),
+                sql(m.seq),
+                sql(m.ts),
+                c,
+                sql(m.author.get()),
+                project::message_kind_name(m.kind),
+                m.body,
+                m.meta,
+                m.reply_to.map(|r| sql(r.get())),
+                m.thread.map(|t| sql(t.get())),
+                m.mention_everyone,
+                m.embeds,
+                m.nonce,
+                encode(&m.mentions, "mentions", ev.seq)?,
+                encode(&m.attachments, "attachments", ev.seq)?,
+            ])?;
+            tx.prepare_cached("UPDATE channels SET last_message = ?1 WHERE id = ?2")?
+                .execute(params![sql(m.id.get()), c])?;
+        }
+        Effect::Edit {
+            id,
+            body,
+            meta,
+            mentions,
+            edited_at,
+        } => {
+            tx.prepare_cached(
+                "UPDATE messages SET body = ?1, meta = COALESCE(?2, meta), mentions = ?3, edited_at = ?4
+                 WHERE id = ?5",
+            )?
+            .execute(params![
+                body,
+                meta,
+                encode(&mentions, "mentions", ev.seq)?,
+                sql(edited_at),
+                sql(id.get())
+            ])?;
+        }
+        Effect::Delete(id) => {
+            let m = sql(id.get());
+            tx.prepare_cached("DELETE FROM reactions WHERE message = ?1")?
+                .execute([m])?;
+            tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
+                .execute([m])?;
+        }
+        Effect::React {
+            id,
+            user,
+            emoji,
+            on,
+        } => {
+            if on {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO reactions (message, emoji, user, n)
+                     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
+                )?
+                .execute(params![sql(id.get()), emoji, sql(user.get()), seq])?;
+            } else {
+                tx.prepare_cached(
+                    "DELETE FROM reactions WHERE message = ?1 AND emoji = ?2 AND user = ?3",
+                )?
+                .execute(params![sql(id.get()), emoji, sql(user.get())])?;
+            }
+        }
+        Effect::Pin(id, on) => {
+            tx.prepare_cached("UPDATE messages SET pinned = ?1 WHERE id = ?2")?
+                .execute(params![on, sql(id.get())])?;
+        }
+        Effect::Thread { starter, thread } => {
+            tx.prepare_cached("UPDATE messages SET thread = ?1 WHERE id = ?2")?
+                .execute(params![sql(thread.get()), sql(starter.get())])?;
+        }
+        Effect::Invite(inv) => {
+            let (space, channel) = match inv.target {
+                chat_core::InviteTarget::Space(s, c) => (Some(s.get()), c.map(|c| c.get())),
+                chat_core::InviteTarget::Channel(c) => (None, Some(c.get())),
+            };
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO invites
+                     (code, id, space, channel, creator, max_uses, uses, expires_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                inv.code,
+                sql(inv.id.get()),
+                space.map(sql),
+                channel.map(sql),
+                sql(inv.creator.get()),
+                inv.max_uses,
+                inv.uses,
+                inv.expires_at.map(sql),
+                sql(inv.created_at)
+            ])?;
+        }
+        Effect::InviteUsed(code) => {
+            tx.prepare_cached("UPDATE invites SET uses = uses + 1 WHERE code = ?1")?
+                .execute([code])?;
+        }
+        Effect::InviteGone(code) => {
+            tx.prepare_cached("DELETE FROM invites WHERE code = ?1")?
+                .execute([code])?;
+        }
+    }
+    Ok(())
+}
+
+/// The channel whose members receive `channel`'s events: a thread's parent, else the channel itself.
+fn membership_channel(tx: &Connection, channel: ChannelId) -> Result<i64, StoreError> {
+    let c = sql(channel.get());
+    let parent: Option<Option<i64>> = tx
+        .prepare_cached("SELECT parent FROM channels WHERE id = ?1 AND kind = 'thread'")?
+        .query_row([c], |r| r.get(0))
+        .optional()?;
+    Ok(parent.flatten().unwrap_or(c))
+}
+
+fn append_event(tx: &Connection, ev: &Event, at: Seq) -> Result<(), StoreError> {
+    for effect in project::effects(ev) {
+        apply(tx, ev, effect)?;
+    }
+    // Resolved after the event's own effects: a new thread's first event names the thread.
+    let cols = project::audience_cols(&ev.audience);
+    let channel = match cols.kind {
+        AUD_CHANNEL | AUD_CHANNEL_AND => cols
+            .channel
+            .map(|c| membership_channel(tx, c))
+            .transpose()?,
+        _ => None,
+    };
+    let payload = encode(ev, "event", ev.seq)?;
+    tx.prepare_cached(
+        "INSERT INTO events (seq, ts, kind, aud, aud_at, aud_channel, aud_space, aud_user, payload)
+         VALUES (?1, ?2, ?3, ?4, ?9, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        sql(ev.seq),
+        sql(ev.ts),
+        project::kind_name(&ev.kind),
+        cols.kind,
+        channel,
+        cols.space.map(|s| sql(s.get())),
+        cols.user.map(|u| sql(u.get())),
+        payload,
+        sql(at)
+    ])?;
+    Ok(())
+}
+
+fn save_cursors_in(tx: &Connection, cursors: &[(ClientId, Seq)]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO cursors (client, seq) VALUES (?1, ?2)
+         ON CONFLICT (client) DO UPDATE SET seq = ?2",
+    )?;
+    for (c, s) in cursors {
+        stmt.execute(params![sql(c.get()), sql(*s)])?;
+    }
+    Ok(())
+}
+
+/// The visible events of one user's stream in `(lo, hi]`, at most `limit` rows from SQL (rows of `users`
+/// audiences are filtered after decoding). Returns the rows' events that pass, and the last seq returned.
+fn stream_window(
+    conn: &Connection,
+    user: UserId,
+    lo: Seq,
+    hi: Seq,
+    limit: usize,
+) -> Result<(Vec<Event>, Option<Seq>, usize), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.seq, e.aud, e.payload FROM events e
+         WHERE e.seq > ?1 AND e.seq <= ?2 AND (
+             (e.aud IN (1, 4, 6) AND e.aud_user = ?3)
+             OR e.aud = 2
+             OR (e.aud IN (3, 4) AND EXISTS (SELECT 1 FROM members m
+                 WHERE m.channel = e.aud_channel AND m.user = ?3 AND m.from_seq <= e.aud_at
+                   AND (m.to_seq IS NULL OR m.to_seq > e.aud_at)))
+             OR (e.aud IN (5, 6) AND EXISTS (SELECT 1 FROM space_members m
+                 WHERE m.space = e.aud_space AND m.user = ?3 AND m.from_seq <= e.aud_at
+                   AND (m.to_seq IS NULL OR m.to_seq > e.aud_at))))
+         ORDER BY e.seq LIMIT ?4",
+    )?;
+    let mut rows = stmt.query(params![sql(lo), sql(hi), sql(user.get()), lim(limit)])?;
+    let mut out = Vec::new();
+    let mut last = None;
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        let aud: u8 = r.get(1)?;
+        let payload: Vec<u8> = r.get(2)?;
+        n += 1;
+        last = Some(uns(seq));
+        let ev = decode_event(seq, &payload)?;
+        let visible = aud != AUD_USERS
+            || matches!(&ev.audience, chat_core::Audience::Users(us) if us.binary_search(&user).is_ok());
+        if visible {
+            out.push(ev);
+        }
+    }
+    Ok((out, last, n))
+}
+
+impl Store for SqliteStore {
+    fn meta(&self) -> DbMeta {
+        self.meta
+    }
+
+    fn last_seq(&self) -> Result<Seq, StoreError> {
+        Ok(self.committed.load(Ordering::Acquire))
+    }
+
+    fn first_seq(&self) -> Result<Option<Seq>, StoreError> {
+        self.read(|c| {
+            let v: Option<i64> = c.query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))?;
+            Ok(v.map(uns))
+        })
+    }
+
+    fn append(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
+        let mut guard = self.writer();
+        let w = &mut *guard;
+        // The order check comes first so that a batch that does not continue the log touches nothing.
+        let mut last = w.last_seq;
+        for ev in batch.events {
+            if ev.seq != last + 1 || !ev.is_durable() {
+                return Err(StoreError::OutOfOrder { last, got: ev.seq });
+            }
+            last = ev.seq;
+        }
+        let tx = w
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let points = project::audience_points(batch.events, batch.command_ends);
+        for (ev, at) in batch.events.iter().zip(points) {
+            append_event(&tx, ev, at)?;
+        }
+        save_cursors_in(&tx, batch.cursors)?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO nonces (user, nonce, at, reply) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for n in batch.nonces {
+                stmt.execute(params![sql(n.user.get()), n.nonce, sql(n.at), n.reply])?;
+            }
+        }
+        tx.commit()?;
+        w.last_seq = last;
+        self.committed.store(last, Ordering::Release);
+        Ok(())
+    }
+
+    fn events_after(&self, after: Seq, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![bound(after), lim(limit)])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let seq: i64 = r.get(0)?;
+                let payload: Vec<u8> = r.get(1)?;
+                out.push(decode_event(seq, &payload)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn user_stream(
+        &self,
+        user: UserId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<StreamPage, StoreError> {
+        self.read(|c| {
+            // One read transaction: the bounds and the rows come from the same committed state.
+            let tx = c.unchecked_transaction()?;
+            let (first, last): (Option<i64>, Option<i64>) =
+                tx.query_row("SELECT MIN(seq), MAX(seq) FROM events", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            if let Some(first) = first.map(uns)
+                && after < first - 1
+            {
+                return Ok(StreamPage {
+                    events: Vec::new(),
+                    next: first - 1,
+                    reset: true,
+                });
+            }
+            let end = last.map_or(0, uns);
+            let mut events = Vec::new();
+            let mut cursor = after;
+            let mut windows = 0;
+            while events.len() < limit && cursor < end && windows < STREAM_WINDOWS_PER_CALL {
+                let hi = end.min(cursor.saturating_add(STREAM_WINDOW));
+                let want = limit - events.len();
+                let (found, last_row, rows) = stream_window(&tx, user, cursor, hi, want)?;
+                events.extend(found);
+                cursor = match last_row {
+                    Some(s) if rows == want => s,
+                    _ => hi,
+                };
+                windows += 1;
+            }
+            tx.finish()?;
+            Ok(StreamPage {
+                events,
+                next: cursor,
+                reset: false,
+            })
+        })
+    }
+
+    fn save_snapshot(&self, seq: Seq, state: &[u8]) -> Result<(), StoreError> {
+        let mut w = self.writer();
+        let tx = w
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Start-up reads only the newest snapshot; older ones are dead weight.
+        tx.execute("DELETE FROM snapshots WHERE seq <= ?1", [sql(seq)])?;
+        tx.execute(
+            "INSERT INTO snapshots (seq, state) VALUES (?1, ?2)",
+            params![sql(seq), state],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn latest_snapshot(&self) -> Result<Option<(Seq, Vec<u8>)>, StoreError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT seq, state FROM snapshots ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((uns(r.get(0)?), r.get(1)?)),
+            )
+            .optional()?)
+        })
+    }
+
+    fn save_cursors(&self, cursors: &[(ClientId, Seq)]) -> Result<(), StoreError> {
+        let mut w = self.writer();
+        let tx = w
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        save_cursors_in(&tx, cursors)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn cursors(&self) -> Result<Vec<(ClientId, Seq)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT client, seq FROM cursors ORDER BY client")?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push((
+                    id_of(r.get(0)?, ClientId::from_raw, "cursor client")?,
+                    uns(r.get(1)?),
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    fn nonce(&self, user: UserId, nonce: &str) -> Result<Option<NonceRecord>, StoreError> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT at, reply FROM nonces WHERE user = ?1 AND nonce = ?2")?
+                    .query_row(params![sql(user.get()), nonce], |r| {
+                        Ok(NonceRecord {
+                            user,
+                            nonce: nonce.to_owned(),
+                            at: uns(r.get(0)?),
+                            reply: r.get(1)?,
+                        })
+                    })
+                    .optional()?,
+            )
+        })
+    }
+
+    fn history(&self, q: &HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        let limit = q.limit.clamp(1, 100);
+        let c = sql(q.channel.get());
+        self.read(|conn| {
+            let newest_before =
+                |bound: Option<i64>, n: usize| -> Result<Vec<StoredMessage>, StoreError> {
+                    let mut v = messages_where(
+                        conn,
+                        "m.channel = ?1 AND (?2 IS NULL OR m.id < ?2) ORDER BY m.id DESC LIMIT ?3",
+                        &[&c, &bound, &lim(n)],
+                    )?;
+                    v.reverse();
+                    Ok(v)
+                };
+            let oldest_from = |bound: i64, inclusive: bool, n: usize| {
+                let clause = if inclusive {
+                    "m.channel = ?1 AND m.id >= ?2 ORDER BY m.id LIMIT ?3"
+                } else {
+                    "m.channel = ?1 AND m.id > ?2 ORDER BY m.id LIMIT ?3"
+                };
+                messages_where(conn, clause, &[&c, &bound, &lim(n)])
+            };
+            if let Some(before) = q.before {
+                newest_before(Some(bound(before.get())), limit)
+            } else if let Some(after) = q.after {
+                oldest_from(bound(after.get()), false, limit)
+            } else if let Some(around) = q.around {
+                let mut out = if limit / 2 > 0 {
+                    newest_before(Some(bound(around.get())), limit / 2)?
+                } else {
+                    Vec::new()
+                };
+                let room = limit - out.len();
+                out.extend(oldest_from(bound(around.get()), true, room)?);
+                Ok(out)
+            } else {
+                newest_before(None, limit)
+            }
+        })
+    }
+
+    fn message(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError> {
+        self.read(|c| Ok(messages_where(c, "m.id = ?1", &[&sql(id.get())])?.pop()))
+    }
+
+    fn search(&self, q: &SearchQuery) -> Result<Vec<SearchHit>, StoreError> {
+        let terms = text::parse(&q.text);
+        if terms.is_empty() || q.channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let expr = text::fts_query(&terms);
+        let channels = format!(
+            "[{}]",
+            q.channels
+                .iter()
+                .map(|c| sql(c.get()).to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        self.read(|conn| {
+            let sql_text = format!(
+                "SELECT {MESSAGE_COLS},
+                     snippet(messages_fts, 0, char(2), char(3), '…', 24)
+                 FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid
+                 WHERE messages_fts MATCH ?1
+                   AND m.channel IN (SELECT value FROM json_each(?2))
+                   AND (?3 IS NULL OR m.author = ?3)
+                   AND (?4 IS NULL OR m.channel = ?4)
+                   AND (?5 IS NULL OR m.space = ?5)
+                   AND (?6 IS NULL OR m.id < ?6)
+                   AND (?7 IS NULL OR m.id > ?7)
+                 ORDER BY messages_fts.rowid DESC LIMIT ?8 OFFSET ?9"
+            );
+            let mut stmt = conn.prepare_cached(&sql_text)?;
+            let mut rows = stmt.query(params![
+                expr,
+                channels,
+                q.author.map(|a| sql(a.get())),
+                q.channel.map(|c| sql(c.get())),
+                q.space.map(|s| sql(s.get())),
+                q.before.map(|b| bound(b.get())),
+                q.after.map(|a| bound(a.get())),
+                lim(q.limit.clamp(1, 100)),
+                lim(q.offset),
+            ])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let message = message_from_row(conn, r)?;
+                out.push(SearchHit {
+                    message,
+                    snippet: r.get(18)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn enforce_retention(
+        &self,
+        max_history: usize,
+        events_before: UnixMillis,
+        nonces_before: UnixMillis,
+    ) -> Result<RetentionReport, StoreError> {
+        let mut report = RetentionReport::default();
+        // What to trim is found on a reader, so the writer is held only for the deletions themselves.
+        let over: Vec<(i64, i64)> = self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT channel, COUNT(*) - ?1 FROM messages GROUP BY channel HAVING COUNT(*) > ?1",
+            )?;
+            let rows = stmt
+                .query_map([lim(max_history)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<(i64, i64)>, _>>()?;
+            Ok(rows)
+        })?;
+        let mut chunks = 0;
+        'channels: for (channel, mut excess) in over {
+            while excess > 0 {
+                if chunks >= RETENTION_CHUNKS_PER_CALL {
+                    break 'channels;
+                }
+                let n = excess.min(lim(RETENTION_CHUNK));
+                let mut w = self.writer();
+                let tx = w
+                    .conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute(
+                    "DELETE FROM reactions WHERE message IN
+                         (SELECT id FROM messages WHERE channel = ?1 ORDER BY id LIMIT ?2)",
+                    params![channel, n],
+                )?;
+                let removed = tx.execute(
+                    "DELETE FROM messages WHERE id IN
+                         (SELECT id FROM messages WHERE channel = ?1 ORDER BY id LIMIT ?2)",
+                    params![channel, n],
+                )?;
+                tx.commit()?;
+                report.messages += removed as u64;
+                excess -= n;
+                chunks += 1;
+                if removed == 0 {
+                    break;
+                }
+            }
+        }
+        // Events go from the front of the log only, so the retained log stays a contiguous range: up to the
+        // first event at or after the cutoff time, and never the newest snapshot's seq or later.
+        let log_end: Option<i64> = self.read(|c| {
+            let snap: Option<i64> =
+                c.query_row("SELECT MAX(seq) FROM snapshots", [], |r| r.get(0))?;
+            let Some(snap) = snap else {
+                return Ok(None);
+            };
+            let young: Option<i64> = c.query_row(
+                "SELECT MIN(seq) FROM events WHERE ts >= ?1",
+                [bound(events_before)],
+                |r| r.get(0),
+            )?;
+            Ok(Some(young.map_or(snap, |y| y.min(snap))))
+        })?;
+        if let Some(log_end) = log_end {
+            for _ in 0..RETENTION_CHUNKS_PER_CALL {
+                let mut w = self.writer();
+                let tx = w
+                    .conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let removed = tx.execute(
+                    "DELETE FROM events WHERE seq IN
+                         (SELECT seq FROM events WHERE seq < ?1 ORDER BY seq LIMIT ?2)",
+                    params![log_end, lim(RETENTION_CHUNK)],
+                )?;
+                tx.commit()?;
+                report.events += removed as u64;
+                if removed < RETENTION_CHUNK {
+                    break;
+                }
+            }
+        }
+        for _ in 0..RETENTION_CHUNKS_PER_CALL {
+            let mut w = self.writer();
+            let tx = w
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let removed = tx.execute(
+                "DELETE FROM nonces WHERE (user, nonce) IN
+                     (SELECT user, nonce FROM nonces WHERE at < ?1 LIMIT ?2)",
+                params![bound(nonces_before), lim(RETENTION_CHUNK)],
+            )?;
+            tx.commit()?;
+            report.nonces += removed as u64;
+            if removed < RETENTION_CHUNK {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    fn backup(&self, path: &Path) -> Result<(), StoreError> {
+        self.read(|src| {
+            let mut dst = Connection::open(path)?;
+            let backup = rusqlite::backup::Backup::new(src, &mut dst)?;
+            // All pages in one step: the copy is one consistent read of the source, with no restart when the
+            // writer commits meanwhile.
+            loop {
+                match backup.step(-1)? {
+                    rusqlite::backup::StepResult::Done => return Ok(()),
+                    // Busy or locked: another connection holds a lock for a moment; try again shortly.
+                    _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        })
+    }
+}
