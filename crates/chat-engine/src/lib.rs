@@ -1,5 +1,44 @@
 //! The async heart of chatd: owns the core and the store, sequences commands, group-commits events, wakes
 //! readers and drives the core's timers.
 //!
-//! Not built yet: this crate is a placeholder in the workspace layout and has no behaviour.
+//! An [`Engine`] is started on a [`chat_store::Store`] with [`Engine::open`], which rebuilds the
+//! [`chat_core::Core`] from the latest snapshot and the log after it and spawns the writer task. That one task
+//! owns the core: commands queue on a bounded channel, the writer takes them in batches, applies each, appends
+//! every durable event of the batch in one store transaction (group commit), and only then answers the callers
+//! and publishes the events. Readers follow their user's stream with [`Engine::read`] and [`Engine::wait`]
+//! from a [`Cursor`]; recent events come from an in-memory tail, older ones from the store. Passwords are
+//! hashed with argon2id on a bounded blocking pool, tokens are kept only as SHA-256, commands with a nonce are
+//! idempotent, and messages are rate-limited per user. [`Engine::shutdown`] drains, saves and stops.
+//!
+//! ```no_run
+//! # async fn demo(store: std::sync::Arc<impl chat_store::Store>) -> Result<(), chat_engine::EngineError> {
+//! use chat_core::{Command, Outgoing, Target};
+//! use chat_engine::{Engine, EngineConfig};
+//! use std::time::Duration;
+//!
+//! let (engine, task) = Engine::open(store, EngineConfig::default()).await?;
+//! let alice = engine.guest("alice", "laptop").await?;
+//! engine.command(&alice.session, Command::Join { channel: "#rust".into(), key: None }, None).await?;
+//! engine.command(&alice.session, Command::Send {
+//!     to: Target::parse("#rust"),
+//!     message: Outgoing { body: "hello".into(), ..Outgoing::default() },
+//! }, Some("n-1".into())).await?;
+//! let page = engine.wait(&alice.session, Some(alice.cursor), 100, Duration::from_secs(15)).await?;
+//! assert!(!page.events.is_empty());
+//! engine.shutdown().await?;
+//! let _ = task.await;
+//! # Ok(()) }
+//! ```
 #![deny(missing_docs)]
+
+mod auth;
+mod config;
+mod engine;
+mod error;
+mod streams;
+mod writer;
+
+pub use crate::config::{EngineConfig, RateLimit};
+pub use crate::engine::{CommandReply, Engine, EngineTask, Login, MAX_NONCE, Session};
+pub use crate::error::EngineError;
+pub use crate::streams::{Cursor, StreamRead};

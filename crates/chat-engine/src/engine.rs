@@ -1,0 +1,1019 @@
+//! The [`Engine`] handle: start-up (snapshot plus log tail), the request API every transport calls, stream
+//! reads and waits, credentials, idempotency and rate limits. The state it shares with the writer lives in
+//! [`Shared`].
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chat_core::{
+    ClientId, Command, Core, Created, Event, EventKind, NewClient, Origin, Seq, State, UnixMillis,
+    UserId,
+};
+use chat_store::{Batch, Store};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::auth::{self, Bucket};
+use crate::config::EngineConfig;
+use crate::error::EngineError;
+use crate::streams::{Cursor, StreamRead, Streams, TailRead};
+use crate::writer::{Job, Writer};
+
+/// Unix milliseconds from the wall clock: the engine's only clock, passed to the core as `now`.
+pub(crate) fn now_ms() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves its data consistent at each step,
+/// so a panic elsewhere while holding the lock leaves nothing half-done worth refusing service over.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An authenticated client: which device, of which user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Session {
+    /// The client (device).
+    pub client: ClientId,
+    /// Its user.
+    pub user: UserId,
+}
+
+/// A new client's credentials, given once: only the token's hash is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Login {
+    /// The bearer token (64 hex digits, 256 random bits). Shown to the client once.
+    pub token: String,
+    /// The client and its user.
+    pub session: Session,
+    /// Where the client's stream starts.
+    pub cursor: Cursor,
+}
+
+/// What an accepted command answers, once its events are durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandReply {
+    /// The seq of the command's last durable event (or the log's last seq if it made none).
+    pub seq: Seq,
+    /// What it made.
+    pub created: Option<Created>,
+}
+
+/// The stored form of a [`CommandReply`] for nonces: `Created` is the core's type and not serializable, so
+/// this mirrors it.
+#[derive(Serialize, Deserialize)]
+enum StoredCreated {
+    User(UserId, Option<ClientId>),
+    Client(ClientId),
+    Message(chat_core::MessageId),
+    Channel(chat_core::ChannelId),
+    Space(chat_core::SpaceId),
+    Role(chat_core::RoleId),
+    Invite(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredReply {
+    seq: Seq,
+    created: Option<StoredCreated>,
+}
+
+pub(crate) fn encode_reply(reply: &CommandReply) -> Vec<u8> {
+    let created = reply.created.as_ref().and_then(|c| match c {
+        Created::User { user, client } => Some(StoredCreated::User(*user, *client)),
+        Created::Client(c) => Some(StoredCreated::Client(*c)),
+        Created::Message(m) => Some(StoredCreated::Message(*m)),
+        Created::Channel(c) => Some(StoredCreated::Channel(*c)),
+        Created::Space(s) => Some(StoredCreated::Space(*s)),
+        Created::Role(r) => Some(StoredCreated::Role(*r)),
+        Created::Invite(code) => Some(StoredCreated::Invite(code.clone())),
+        // A kind of result this engine does not know yet is replayed without it; the seq still says where
+        // the command's events end.
+        _ => None,
+    });
+    // Encoding plain data into a Vec cannot fail; an empty record decodes to nothing and is treated as unseen.
+    postcard::to_stdvec(&StoredReply {
+        seq: reply.seq,
+        created,
+    })
+    .unwrap_or_default()
+}
+
+fn decode_reply(bytes: &[u8]) -> Option<CommandReply> {
+    let stored: StoredReply = postcard::from_bytes(bytes).ok()?;
+    Some(CommandReply {
+        seq: stored.seq,
+        created: stored.created.map(|c| match c {
+            StoredCreated::User(user, client) => Created::User { user, client },
+            StoredCreated::Client(c) => Created::Client(c),
+            StoredCreated::Message(m) => Created::Message(m),
+            StoredCreated::Channel(c) => Created::Channel(c),
+            StoredCreated::Space(s) => Created::Space(s),
+            StoredCreated::Role(r) => Created::Role(r),
+            StoredCreated::Invite(code) => Created::Invite(code),
+        }),
+    })
+}
+
+/// The longest nonce accepted, in bytes (the spec's limit).
+pub const MAX_NONCE: usize = 64;
+
+#[derive(Debug, Default)]
+struct CursorTable {
+    saved: HashMap<ClientId, Seq>,
+    dirty: HashMap<ClientId, Seq>,
+}
+
+/// Live clients by token hash: the committed view of the core's token index, so that authenticating a request
+/// (the hottest read there is) never waits for the writer. It changes only with committed `ClientCreated` and
+/// `ClientRemoved` events, the same events that change the core's index.
+#[derive(Debug, Default)]
+struct TokenTable {
+    by_hash: HashMap<[u8; 32], Session>,
+    by_client: HashMap<ClientId, [u8; 32]>,
+}
+
+impl TokenTable {
+    fn from_core(core: &Core) -> Self {
+        let mut table = Self::default();
+        for user in core.users() {
+            for id in user.clients() {
+                if let Some(c) = core.client(id) {
+                    table.insert(c.token_hash, c.id, c.user);
+                }
+            }
+        }
+        table
+    }
+
+    fn insert(&mut self, hash: [u8; 32], client: ClientId, user: UserId) {
+        self.by_hash.insert(hash, Session { client, user });
+        self.by_client.insert(client, hash);
+    }
+
+    fn remove(&mut self, client: ClientId) {
+        if let Some(hash) = self.by_client.remove(&client) {
+            self.by_hash.remove(&hash);
+        }
+    }
+
+    fn apply(&mut self, event: &Event) {
+        match &event.kind {
+            EventKind::ClientCreated {
+                client,
+                user,
+                token_hash,
+                ..
+            } => self.insert(*token_hash, *client, *user),
+            EventKind::ClientRemoved { client, .. } => self.remove(*client),
+            _ => {}
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum LoginKey {
+    Account(String),
+    Address(IpAddr),
+}
+
+/// What the handles and the writer share.
+pub(crate) struct Shared {
+    pub(crate) config: EngineConfig,
+    pub(crate) store: Arc<dyn Store>,
+    epoch: u64,
+    started_at: UnixMillis,
+    streams: Mutex<Streams>,
+    cursors: Mutex<CursorTable>,
+    nonces: Mutex<HashMap<(UserId, String), (UnixMillis, CommandReply)>>,
+    rates: Mutex<HashMap<UserId, Bucket>>,
+    logins: Mutex<HashMap<LoginKey, Bucket>>,
+    hash_pool: Arc<Semaphore>,
+    tokens: RwLock<TokenTable>,
+    pub(crate) closed: AtomicBool,
+    fatal: Mutex<Option<Arc<str>>>,
+    last_prune: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn nonce_lookup(
+        &self,
+        key: &(UserId, String),
+        now: UnixMillis,
+    ) -> Option<CommandReply> {
+        let ttl = ttl_ms(self.config.nonce_ttl);
+        lock(&self.nonces)
+            .get(key)
+            .filter(|(at, _)| at.saturating_add(ttl) > now)
+            .map(|(_, r)| r.clone())
+    }
+
+    pub(crate) fn remember_nonces(
+        &self,
+        records: Vec<chat_store::NonceRecord>,
+        mut replies: HashMap<(UserId, String), CommandReply>,
+    ) {
+        let mut nonces = lock(&self.nonces);
+        for r in records {
+            let key = (r.user, r.nonce);
+            if let Some(reply) = replies.remove(&key) {
+                nonces.insert(key, (r.at, reply));
+            }
+        }
+    }
+
+    /// Takes the cursors waiting to be saved, after registering new clients' start and dropping removed ones.
+    pub(crate) fn take_dirty_cursors(
+        &self,
+        new: &[(ClientId, Seq)],
+        removed: &[ClientId],
+    ) -> Vec<(ClientId, Seq)> {
+        let mut table = lock(&self.cursors);
+        for (client, seq) in new {
+            table.saved.insert(*client, *seq);
+            table.dirty.insert(*client, *seq);
+        }
+        for client in removed {
+            table.saved.remove(client);
+            table.dirty.remove(client);
+        }
+        table.dirty.drain().collect()
+    }
+
+    fn set_cursor(&self, client: ClientId, seq: Seq) {
+        let mut table = lock(&self.cursors);
+        if table.saved.get(&client) != Some(&seq) {
+            table.saved.insert(client, seq);
+            table.dirty.insert(client, seq);
+        }
+    }
+
+    /// Publishes a committed batch to the readers.
+    pub(crate) fn publish(
+        &self,
+        durable: Vec<Event>,
+        recipients: Vec<Vec<UserId>>,
+        live: Vec<(Event, Vec<UserId>)>,
+    ) {
+        {
+            let mut tokens = self.tokens.write().unwrap_or_else(PoisonError::into_inner);
+            for event in &durable {
+                tokens.apply(event);
+            }
+        }
+        let mut streams = lock(&self.streams);
+        for (event, users) in durable.into_iter().zip(recipients) {
+            streams.publish_durable(Arc::new(event), &users);
+        }
+        for (event, users) in live {
+            streams.publish_live(Arc::new(event), &users);
+        }
+    }
+
+    /// Forgets expired nonces and refilled rate buckets, at most every few seconds.
+    pub(crate) fn forget_old(&self, now: UnixMillis) {
+        let last = self.last_prune.load(Ordering::Relaxed);
+        if now < last.saturating_add(5_000) {
+            return;
+        }
+        self.last_prune.store(now, Ordering::Relaxed);
+        let ttl = ttl_ms(self.config.nonce_ttl);
+        lock(&self.nonces).retain(|_, (at, _)| at.saturating_add(ttl) > now);
+        if let Some(limit) = self.config.rate_limit {
+            lock(&self.rates).retain(|_, b| !b.is_full(limit, now));
+        }
+        let login = self.config.login_limit;
+        lock(&self.logins).retain(|_, b| !b.is_full(login, now));
+    }
+
+    pub(crate) fn set_fatal(&self, reason: Arc<str>) {
+        *lock(&self.fatal) = Some(reason);
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn gone(&self) -> EngineError {
+        match lock(&self.fatal).clone() {
+            Some(reason) => EngineError::Stopped { reason },
+            None => EngineError::ShuttingDown,
+        }
+    }
+}
+
+fn ttl_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The writer task: resolves when the engine stops, with the fatal error if a commit failed.
+pub type EngineTask = JoinHandle<Result<(), EngineError>>;
+
+/// A handle to a running engine; cheap to clone, one per transport or connection.
+///
+/// Every method that changes something answers only after the change is durable. The engine stops when
+/// [`Engine::shutdown`] is called or the last handle is dropped; either way it flushes cursors and saves a
+/// snapshot first.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("epoch", &self.shared.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Starts an engine on a store: restores the latest snapshot and replays the log after it (a new store
+    /// gets a new core whose genesis events are logged), gives every client a fresh idle window, and spawns
+    /// the writer on the current tokio runtime.
+    pub async fn open<S: Store>(
+        store: Arc<S>,
+        mut config: EngineConfig,
+    ) -> Result<(Engine, EngineTask), EngineError> {
+        let store: Arc<dyn Store> = store;
+        let meta = store.meta();
+        config.core.invite_seed = meta.invite_seed;
+        let now = now_ms();
+        let loader = Arc::clone(&store);
+        let core_config = config.core.clone();
+        let (core, cursors) = tokio::task::spawn_blocking(move || load(&*loader, core_config, now))
+            .await
+            .map_err(|e| EngineError::Stopped {
+                reason: format!("the start-up task failed: {e}").into(),
+            })??;
+        let last = core.last_seq();
+        let tokens = TokenTable::from_core(&core);
+        // tokio refuses a zero or an absurdly large capacity with a panic; settings must not be able to.
+        let (tx, rx) = mpsc::channel(config.queue_capacity.clamp(1, 1 << 20));
+        let shared = Arc::new(Shared {
+            epoch: meta.epoch,
+            started_at: now,
+            streams: Mutex::new(Streams::new(
+                last,
+                config.tail_capacity,
+                config.user_tail_capacity,
+            )),
+            cursors: Mutex::new(CursorTable {
+                saved: cursors.into_iter().collect(),
+                dirty: HashMap::new(),
+            }),
+            nonces: Mutex::new(HashMap::new()),
+            rates: Mutex::new(HashMap::new()),
+            logins: Mutex::new(HashMap::new()),
+            hash_pool: Arc::new(Semaphore::new(config.hash_concurrency.clamp(1, 1024))),
+            tokens: RwLock::new(tokens),
+            closed: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            last_prune: AtomicU64::new(now),
+            store,
+            config,
+        });
+        let writer = Writer {
+            core,
+            shared: Arc::clone(&shared),
+            rx,
+            since_snapshot: 0,
+            snapshot_task: None,
+            now,
+        };
+        let task = tokio::spawn(writer.run());
+        spawn_retention(&shared);
+        Ok((Engine { shared, tx }, task))
+    }
+
+    /// The log's epoch (cursors carry it).
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch
+    }
+
+    /// The seq of the last committed event.
+    pub fn last_seq(&self) -> Seq {
+        lock(&self.shared.streams).last()
+    }
+
+    /// The cursor a client continues from when it gives none.
+    pub fn cursor(&self, client: ClientId) -> Option<Seq> {
+        lock(&self.shared.cursors).saved.get(&client).copied()
+    }
+
+    /// The store, for history and search queries that need no ordering with commands.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    fn check_open(&self) -> Result<(), EngineError> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            Err(self.shared.gone())
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn submit(
+        &self,
+        origin: Origin,
+        command: Command,
+        nonce: Option<(UserId, String)>,
+    ) -> Result<CommandReply, EngineError> {
+        self.check_open()?;
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Command {
+            origin,
+            command: Box::new(command),
+            nonce,
+            reply,
+        };
+        self.tx.send(job).await.map_err(|_| self.shared.gone())?;
+        rx.await.map_err(|_| self.shared.gone())?
+    }
+
+    /// Runs `f` on the core's committed state, in the writer's order: it sees every command acknowledged
+    /// before it was called. Keep it short: the writer waits for it.
+    pub async fn query<R, F>(&self, f: F) -> Result<R, EngineError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Core) -> R + Send + 'static,
+    {
+        self.check_open()?;
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Query(Box::new(move |core: &Core| {
+            let _ = tx.send(f(core));
+        }));
+        self.tx.send(job).await.map_err(|_| self.shared.gone())?;
+        rx.await.map_err(|_| self.shared.gone())
+    }
+
+    /// Runs a command as a client. With a `nonce`, a repeat by the same user within the nonce lifetime
+    /// returns the first reply and changes nothing. Message-like commands are subject to the per-user rate
+    /// limit, checked before the core sees them.
+    pub async fn command(
+        &self,
+        session: &Session,
+        command: Command,
+        nonce: Option<String>,
+    ) -> Result<CommandReply, EngineError> {
+        self.check_open()?;
+        let now = now_ms();
+        let nonce = match nonce {
+            Some(n) if n.is_empty() || n.len() > MAX_NONCE => {
+                return Err(EngineError::InvalidInput {
+                    field: "nonce",
+                    reason: "must be 1 to 64 bytes",
+                });
+            }
+            Some(n) => {
+                let key = (session.user, n);
+                if let Some(first) = self.earlier_reply(&key, now).await? {
+                    return Ok(first);
+                }
+                Some(key)
+            }
+            None => None,
+        };
+        if rate_limited(&command)
+            && let Some(limit) = self.shared.config.rate_limit
+        {
+            let mut rates = lock(&self.shared.rates);
+            let bucket = rates
+                .entry(session.user)
+                .or_insert_with(|| Bucket::full(limit, now));
+            if let Err(wait) = bucket.take(limit, now) {
+                return Err(EngineError::RateLimited {
+                    retry_after: Duration::from_millis(wait),
+                });
+            }
+        }
+        self.submit(Origin::Client(session.client), command, nonce)
+            .await
+    }
+
+    /// The reply a nonce got before: from memory, or from the store while the engine is younger than a
+    /// nonce's lifetime (after that, every live nonce was accepted by this run and is in memory).
+    async fn earlier_reply(
+        &self,
+        key: &(UserId, String),
+        now: UnixMillis,
+    ) -> Result<Option<CommandReply>, EngineError> {
+        if let Some(first) = self.shared.nonce_lookup(key, now) {
+            return Ok(Some(first));
+        }
+        let ttl = ttl_ms(self.shared.config.nonce_ttl);
+        if now >= self.shared.started_at.saturating_add(ttl) {
+            return Ok(None);
+        }
+        let store = Arc::clone(&self.shared.store);
+        let (user, nonce) = key.clone();
+        let record = tokio::task::spawn_blocking(move || store.nonce(user, &nonce))
+            .await
+            .map_err(|_| self.shared.gone())??;
+        Ok(record
+            .filter(|r| r.at.saturating_add(ttl) > now)
+            .and_then(|r| decode_reply(&r.reply)))
+    }
+
+    /// Runs a command as the server's operator (the CLI, housekeeping): no rate limit, no nonce.
+    pub async fn system(&self, command: Command) -> Result<CommandReply, EngineError> {
+        self.submit(Origin::System, command, None).await
+    }
+
+    /// Starts a guest session: a user without a password, released when its last client ends.
+    pub async fn guest(&self, nick: &str, client_name: &str) -> Result<Login, EngineError> {
+        self.create_user(nick, None, false, client_name).await
+    }
+
+    /// Creates an account (or a bot) with a password, hashed on the bounded pool, and its first client.
+    pub async fn register(
+        &self,
+        nick: &str,
+        password: &str,
+        bot: bool,
+        client_name: &str,
+    ) -> Result<Login, EngineError> {
+        check_password(password)?;
+        let hash = self.hash(password.to_owned()).await?;
+        self.create_user(nick, Some(hash), bot, client_name).await
+    }
+
+    async fn create_user(
+        &self,
+        nick: &str,
+        password_hash: Option<String>,
+        bot: bool,
+        client_name: &str,
+    ) -> Result<Login, EngineError> {
+        let (token, token_hash) = auth::new_token()?;
+        let reply = self
+            .submit(
+                Origin::Anonymous,
+                Command::Register {
+                    nick: nick.to_owned(),
+                    password_hash,
+                    bot,
+                    client: Some(NewClient {
+                        name: client_name.to_owned(),
+                        token_hash,
+                    }),
+                },
+                None,
+            )
+            .await?;
+        match reply.created {
+            Some(Created::User {
+                user,
+                client: Some(client),
+            }) => Ok(self.login_result(token, client, user, reply.seq)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn login_result(&self, token: String, client: ClientId, user: UserId, seq: Seq) -> Login {
+        Login {
+            token,
+            session: Session { client, user },
+            cursor: Cursor {
+                epoch: self.shared.epoch,
+                seq,
+            },
+        }
+    }
+
+    /// Adds a client to an account after checking its password. Failures are throttled per account and per
+    /// address (`ip`), with a typed [`EngineError::RateLimited`].
+    pub async fn login(
+        &self,
+        nick: &str,
+        password: &str,
+        client_name: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<Login, EngineError> {
+        self.check_open()?;
+        let now = now_ms();
+        let keys: Vec<LoginKey> = std::iter::once(LoginKey::Account(chat_core::casefold(nick)))
+            .chain(ip.map(LoginKey::Address))
+            .collect();
+        let limit = self.shared.config.login_limit;
+        {
+            let mut logins = lock(&self.shared.logins);
+            let wait = keys
+                .iter()
+                .filter_map(|k| logins.get_mut(k).map(|b| b.wait_ms(limit, now)))
+                .max()
+                .unwrap_or(0);
+            if wait > 0 {
+                return Err(EngineError::RateLimited {
+                    retry_after: Duration::from_millis(wait),
+                });
+            }
+        }
+        if password.len() > auth::MAX_PASSWORD {
+            return Err(EngineError::InvalidCredentials);
+        }
+        let nick_owned = nick.to_owned();
+        let account = self
+            .query(move |core| {
+                core.user_by_nick(&nick_owned)
+                    .filter(|u| !u.system && !u.released)
+                    .and_then(|u| u.password_hash.clone().map(|h| (u.id, h)))
+            })
+            .await?;
+        // An unknown nick or a guest is checked against a dummy hash, so the answer takes as long as a wrong
+        // password and does not tell which nicks have accounts.
+        let (user, phc) = match account {
+            Some((user, phc)) => (Some(user), phc),
+            None => (None, dummy_hash()?),
+        };
+        let ok = self.verify(password.to_owned(), phc).await?;
+        let Some(user) = user.filter(|_| ok) else {
+            let mut logins = lock(&self.shared.logins);
+            for key in keys {
+                let bucket = logins
+                    .entry(key)
+                    .or_insert_with(|| Bucket::full(limit, now));
+                let _ = bucket.take(limit, now);
+            }
+            return Err(EngineError::InvalidCredentials);
+        };
+        let (token, token_hash) = auth::new_token()?;
+        let reply = self
+            .submit(
+                Origin::Anonymous,
+                Command::Login {
+                    user,
+                    client: NewClient {
+                        name: client_name.to_owned(),
+                        token_hash,
+                    },
+                },
+                None,
+            )
+            .await?;
+        match reply.created {
+            Some(Created::Client(client)) => Ok(self.login_result(token, client, user, reply.seq)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sets the session's user's password (a guest becomes an account).
+    pub async fn set_password(
+        &self,
+        session: &Session,
+        password: &str,
+    ) -> Result<CommandReply, EngineError> {
+        check_password(password)?;
+        let password_hash = self.hash(password.to_owned()).await?;
+        self.submit(
+            Origin::Client(session.client),
+            Command::SetPassword {
+                user: session.user,
+                password_hash,
+            },
+            None,
+        )
+        .await
+    }
+
+    /// Finds the client a bearer token belongs to. The token is hashed, looked up among the committed live
+    /// clients, and the stored hash is compared in constant time. It does not wait for the writer.
+    pub async fn authenticate(&self, token: &str) -> Result<Session, EngineError> {
+        self.check_open()?;
+        if !auth::token_well_formed(token) {
+            return Err(EngineError::InvalidToken);
+        }
+        let hash = auth::token_hash(token);
+        let tokens = self
+            .shared
+            .tokens
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        tokens
+            .by_hash
+            .get(&hash)
+            .filter(|s| {
+                tokens
+                    .by_client
+                    .get(&s.client)
+                    .is_some_and(|stored| auth::same_hash(stored, &hash))
+            })
+            .copied()
+            .ok_or(EngineError::InvalidToken)
+    }
+
+    async fn hash(&self, password: String) -> Result<String, EngineError> {
+        self.on_pool(move || auth::hash_password(&password)).await
+    }
+
+    async fn verify(&self, password: String, phc: String) -> Result<bool, EngineError> {
+        self.on_pool(move || auth::verify_password(&password, &phc))
+            .await
+    }
+
+    /// Runs slow hashing on the blocking pool, at most `hash_concurrency` at once, so that a flood of logins
+    /// queues here instead of taking every blocking thread (and never touches the writer).
+    async fn on_pool<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let permit = Arc::clone(&self.shared.hash_pool)
+            .acquire_owned()
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f()
+        })
+        .await
+        .map_err(|e| EngineError::Hashing(e.to_string()))?
+    }
+
+    /// Reads the session's user's stream after `after` (this client's saved cursor when `None`), at most
+    /// `limit` events, without waiting. The cursor returned is saved as the client's. A client that no longer
+    /// exists gets [`EngineError::InvalidToken`].
+    pub async fn read(
+        &self,
+        session: &Session,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<StreamRead, EngineError> {
+        self.read_inner(session, after, limit, None).await
+    }
+
+    /// Like [`Engine::read`], but when nothing is there yet, waits up to `timeout` for the user's next
+    /// event (live-only ones such as typing included).
+    pub async fn wait(
+        &self,
+        session: &Session,
+        after: Option<Cursor>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<StreamRead, EngineError> {
+        // Callers pass what a client asked for; a timeout too large to represent waits for a day instead.
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or(now + Duration::from_secs(86_400));
+        let mut rx = lock(&self.shared.streams).subscribe(session.user);
+        let live_since = *rx.borrow_and_update();
+        let first = self.read_inner(session, after, limit, None).await?;
+        if !first.events.is_empty() || first.reset {
+            return Ok(first);
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out, or the stream entry is gone: an empty answer with the same cursor.
+                Ok(Err(_)) | Err(_) => return Ok(first),
+            }
+            let next = self
+                .read_inner(session, Some(first.cursor), limit, Some(live_since))
+                .await?;
+            if !next.events.is_empty() || next.reset {
+                return Ok(next);
+            }
+        }
+    }
+
+    async fn read_inner(
+        &self,
+        session: &Session,
+        after: Option<Cursor>,
+        limit: usize,
+        live_since: Option<u64>,
+    ) -> Result<StreamRead, EngineError> {
+        // A client that logged out or expired has no stream any more; refusing here also keeps its cursor
+        // from being saved again after its removal dropped it.
+        let live = self
+            .shared
+            .tokens
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_client
+            .contains_key(&session.client);
+        if !live {
+            return Err(EngineError::InvalidToken);
+        }
+        let epoch = self.shared.epoch;
+        let limit = limit.clamp(1, self.shared.config.max_read.max(1));
+        let after = match after {
+            Some(c) if c.epoch != epoch => return Ok(self.reset(session)),
+            Some(c) => c.seq,
+            None => match self.cursor(session.client) {
+                Some(seq) => seq,
+                None => self.last_seq(),
+            },
+        };
+        let tail = lock(&self.shared.streams).read(session.user, after, limit, live_since);
+        let (events, seq) = match tail {
+            TailRead::Ahead => return Ok(self.reset(session)),
+            TailRead::Hit { events, cursor } => (events, cursor),
+            TailRead::Miss => {
+                let store = Arc::clone(&self.shared.store);
+                let user = session.user;
+                let page =
+                    tokio::task::spawn_blocking(move || store.user_stream(user, after, limit))
+                        .await
+                        .map_err(|_| self.shared.gone())??;
+                if page.reset {
+                    return Ok(self.reset(session));
+                }
+                let events = page.events.into_iter().map(Arc::new).collect();
+                (events, page.next.max(after))
+            }
+        };
+        self.shared.set_cursor(session.client, seq);
+        Ok(StreamRead {
+            events,
+            cursor: Cursor { epoch, seq },
+            reset: false,
+        })
+    }
+
+    fn reset(&self, session: &Session) -> StreamRead {
+        let seq = self.last_seq();
+        self.shared.set_cursor(session.client, seq);
+        StreamRead {
+            events: Vec::new(),
+            cursor: Cursor {
+                epoch: self.shared.epoch,
+                seq,
+            },
+            reset: true,
+        }
+    }
+
+    /// Stops the engine gracefully: refuses new requests, finishes the batch in flight, saves cursors and a
+    /// snapshot, then returns. Other handles get [`EngineError::ShuttingDown`] from then on.
+    pub async fn shutdown(&self) -> Result<(), EngineError> {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return Err(self.shared.gone());
+        }
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Shutdown(done))
+            .await
+            .map_err(|_| self.shared.gone())?;
+        rx.await.map_err(|_| self.shared.gone())?
+    }
+}
+
+fn check_password(password: &str) -> Result<(), EngineError> {
+    if password.is_empty() {
+        return Err(EngineError::InvalidInput {
+            field: "password",
+            reason: "must not be empty",
+        });
+    }
+    if password.len() > auth::MAX_PASSWORD {
+        return Err(EngineError::InvalidInput {
+            field: "password",
+            reason: "longer than 1024 bytes",
+        });
+    }
+    Ok(())
+}
+
+fn dummy_hash() -> Result<String, EngineError> {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    if let Some(h) = DUMMY.get() {
+        return Ok(h.clone());
+    }
+    let h = auth::hash_password("not a password anyone has")?;
+    Ok(DUMMY.get_or_init(|| h).clone())
+}
+
+fn unexpected(created: &Option<Created>) -> EngineError {
+    // The core's register and login always report what they made; anything else is a bug in one of the two,
+    // surfaced as an error rather than a panic.
+    EngineError::Stopped {
+        reason: format!("the core answered an unexpected result: {created:?}").into(),
+    }
+}
+
+/// Which commands count against the per-user message rate: everything a user does on purpose, not the
+/// keep-alives and presence that transports send on the user's behalf, not reading, and not typing (the core
+/// throttles typing itself).
+fn rate_limited(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Touch
+            | Command::Connect
+            | Command::Disconnect
+            | Command::Read { .. }
+            | Command::Typing { .. }
+            | Command::Logout
+            | Command::Quit { .. }
+    )
+}
+
+/// Rebuilds the core: the newest snapshot plus the log after it, or a new core on an empty store (whose
+/// genesis events are logged here). Blocking: runs on the blocking pool.
+fn load(
+    store: &dyn Store,
+    config: chat_core::Config,
+    now: UnixMillis,
+) -> Result<(Core, Vec<(ClientId, Seq)>), EngineError> {
+    let last = store.last_seq()?;
+    let mut core = match store.latest_snapshot()? {
+        Some((seq, bytes)) => {
+            let state: State = postcard::from_bytes(&bytes).map_err(|e| EngineError::Snapshot {
+                seq,
+                detail: e.to_string(),
+            })?;
+            Core::from_state(config, state)
+        }
+        None if last == 0 => {
+            let mut core = Core::new(config, now);
+            let mut genesis = Vec::new();
+            while let Some(event) = core.poll_event() {
+                if event.is_durable() {
+                    genesis.push(event);
+                }
+            }
+            // Genesis is one input of its own: its events end together.
+            let ends: Vec<Seq> = genesis.last().map(|e| e.seq).into_iter().collect();
+            store.append(&Batch {
+                events: &genesis,
+                command_ends: &ends,
+                ..Batch::default()
+            })?;
+            core
+        }
+        None => Core::empty(config),
+    };
+    loop {
+        let events = store.events_after(core.last_seq(), 10_000)?;
+        if events.is_empty() {
+            break;
+        }
+        for event in &events {
+            core.apply(event)?;
+        }
+    }
+    if core.last_seq() != last {
+        tracing::warn!(
+            replayed = core.last_seq(),
+            logged = last,
+            "the replayed state does not end at the log's last seq"
+        );
+    }
+    core.resume(now);
+    Ok((core, store.cursors()?))
+}
+
+/// Runs the store's retention in the background every `retention_interval`, pass after bounded pass on the
+/// blocking pool, so the writer never waits for it. It holds the engine only weakly and ends with it.
+fn spawn_retention(shared: &Arc<Shared>) {
+    let every = shared.config.retention_interval;
+    if every.is_zero() {
+        return;
+    }
+    let every = every.min(Duration::from_secs(86_400));
+    let weak = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick completes at once; retention at start-up would only slow the start down.
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(shared) = weak.upgrade() else { break };
+            if shared.closed.load(Ordering::SeqCst) {
+                break;
+            }
+            let store = Arc::clone(&shared.store);
+            let max_history = shared.config.core.max_history;
+            let now = now_ms();
+            let events_before = now.saturating_sub(ttl_ms(shared.config.queue_max_age));
+            let nonces_before = now.saturating_sub(ttl_ms(shared.config.nonce_ttl));
+            drop(shared);
+            let pass = tokio::task::spawn_blocking(move || {
+                let mut total = chat_store::RetentionReport::default();
+                loop {
+                    let report =
+                        store.enforce_retention(max_history, events_before, nonces_before)?;
+                    if report.messages + report.events + report.nonces == 0 {
+                        return Ok::<_, chat_store::StoreError>(total);
+                    }
+                    total.messages += report.messages;
+                    total.events += report.events;
+                    total.nonces += report.nonces;
+                }
+            })
+            .await;
+            match pass {
+                Ok(Ok(report)) => tracing::debug!(?report, "retention pass"),
+                // Retention failing costs disk space, not correctness: try again next time.
+                Ok(Err(e)) => tracing::warn!(error = %e, "retention failed"),
+                Err(e) => tracing::warn!(error = %e, "the retention task failed"),
+            }
+        }
+    });
+}

@@ -1,0 +1,399 @@
+//! The writer: the one task that owns the [`Core`]. It takes batches of commands, applies them, appends their
+//! events in one group commit, and only then answers the callers and wakes the readers. Like quinn's
+//! `ConnectionDriver`, it re-arms a timer to the core's `poll_timeout` after every batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chat_core::{
+    ClientId, Command, Core, Created, Event, EventKind, Origin, Seq, UnixMillis, UserId,
+};
+use chat_store::{Batch, NonceRecord};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::engine::{CommandReply, Shared, encode_reply, now_ms};
+use crate::error::EngineError;
+
+/// A request to the writer.
+pub(crate) enum Job {
+    /// A command to apply and commit.
+    Command {
+        origin: Origin,
+        /// Boxed: commands are large, and the queue should not reserve that much per slot.
+        command: Box<Command>,
+        /// The acting user and the nonce, when the command carries one.
+        nonce: Option<(UserId, String)>,
+        reply: oneshot::Sender<Result<CommandReply, EngineError>>,
+    },
+    /// A read of the committed state, run after the batch it arrives in has committed.
+    Query(Box<dyn FnOnce(&Core) + Send>),
+    /// Stop: finish, flush, snapshot, then answer.
+    Shutdown(oneshot::Sender<Result<(), EngineError>>),
+}
+
+/// An event with its recipients.
+type Routed = (Event, Vec<UserId>);
+
+/// The outcome of one command inside a batch, answered after the commit.
+type Pending = (
+    oneshot::Sender<Result<CommandReply, EngineError>>,
+    Result<CommandReply, EngineError>,
+);
+
+pub(crate) struct Writer {
+    pub(crate) core: Core,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) rx: mpsc::Receiver<Job>,
+    pub(crate) since_snapshot: u64,
+    pub(crate) snapshot_task: Option<JoinHandle<()>>,
+    pub(crate) now: UnixMillis,
+}
+
+impl Writer {
+    fn clock(&mut self) -> UnixMillis {
+        // Never let time run backwards inside the engine: a stepped-back wall clock would reorder event
+        // timestamps (the core's ids cope on their own, timestamps do not).
+        self.now = self.now.max(now_ms());
+        self.now
+    }
+
+    /// The writer's loop. Returns when every handle is gone or on `Shutdown`, after flushing; returns an error
+    /// after a failed commit, having refused everything still queued.
+    pub(crate) async fn run(mut self) -> Result<(), EngineError> {
+        let flush_every = self
+            .shared
+            .config
+            .cursor_flush_interval
+            .clamp(Duration::from_millis(10), Duration::from_secs(3600));
+        let mut next_flush = Instant::now() + flush_every;
+        loop {
+            // One millisecond late rather than early: waking before the deadline would find nothing due and
+            // spin until the wall clock catches up.
+            // A deadline too far to represent is no deadline at all.
+            let deadline = self.core.poll_timeout().and_then(|at| {
+                let now = now_ms();
+                Instant::now().checked_add(Duration::from_millis(
+                    at.saturating_sub(now).saturating_add(1),
+                ))
+            });
+            let first = tokio::select! {
+                biased;
+                job = self.rx.recv() => match job {
+                    Some(job) => Some(job),
+                    None => return self.finish().await,
+                },
+                () = sleep_opt(deadline) => None,
+                () = tokio::time::sleep_until(next_flush) => {
+                    next_flush = Instant::now() + flush_every;
+                    self.flush_cursors().await?;
+                    continue;
+                }
+            };
+            let mut jobs = Vec::new();
+            let mut stop = None;
+            match first {
+                Some(Job::Shutdown(done)) => stop = Some(done),
+                Some(job) => jobs.push(job),
+                None => {}
+            }
+            // Group commit: take whatever else is already queued, up to the cap, into the same transaction.
+            while stop.is_none() && jobs.len() < self.shared.config.max_batch.max(1) {
+                match self.rx.try_recv() {
+                    Ok(Job::Shutdown(done)) => stop = Some(done),
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.batch(jobs).await {
+                if let Some(done) = stop {
+                    let _ = done.send(Err(stopped(&e)));
+                }
+                return Err(e);
+            }
+            if let Some(done) = stop {
+                let result = self.finish().await;
+                let answer = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(stopped(e)),
+                };
+                let _ = done.send(answer);
+                return result;
+            }
+        }
+    }
+
+    /// Runs due timers (always: a batch is also the moment to expire what is due), then the commands, commits
+    /// everything in one append, then answers and publishes.
+    async fn batch(&mut self, jobs: Vec<Job>) -> Result<(), EngineError> {
+        let now = self.clock();
+        let mut events: Vec<Event> = Vec::new();
+        let mut recipients: Vec<Vec<UserId>> = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut queries = Vec::new();
+        let mut nonces: Vec<NonceRecord> = Vec::new();
+        let mut batch_nonces: HashMap<(UserId, String), CommandReply> = HashMap::new();
+        let mut new_cursors: Vec<(ClientId, Seq)> = Vec::new();
+
+        // The seq where each command's (or timer call's) durable events end: the store resolves audiences
+        // at those points, as the core did.
+        let mut command_ends: Vec<Seq> = Vec::new();
+        let mut mark = self.core.last_seq();
+
+        if self.core.poll_timeout().is_some_and(|at| at <= now) {
+            self.core.handle_timeout(now);
+            self.drain(&mut events, &mut recipients);
+            note_end(self.core.last_seq(), &mut mark, &mut command_ends);
+        }
+        for job in jobs {
+            match job {
+                Job::Query(q) => queries.push(q),
+                Job::Shutdown(_) => {}
+                Job::Command {
+                    origin,
+                    command,
+                    nonce,
+                    reply,
+                } => {
+                    if let Some(key) = &nonce {
+                        let seen = batch_nonces
+                            .get(key)
+                            .cloned()
+                            .or_else(|| self.shared.nonce_lookup(key, now));
+                        if let Some(first) = seen {
+                            pending.push((reply, Ok(first)));
+                            continue;
+                        }
+                    }
+                    let result = self.core.handle(now, origin, *command);
+                    self.drain(&mut events, &mut recipients);
+                    note_end(self.core.last_seq(), &mut mark, &mut command_ends);
+                    let result = result.map(|r| CommandReply {
+                        seq: r.seq,
+                        created: r.created,
+                    });
+                    if let Ok(r) = &result {
+                        if let Some(client) = new_client(r.created.as_ref()) {
+                            new_cursors.push((client, r.seq));
+                        }
+                        if let Some(key) = nonce {
+                            nonces.push(NonceRecord {
+                                user: key.0,
+                                nonce: key.1.clone(),
+                                at: now,
+                                reply: encode_reply(r),
+                            });
+                            batch_nonces.insert(key, r.clone());
+                        }
+                    }
+                    pending.push((reply, result.map_err(EngineError::from)));
+                }
+            }
+        }
+
+        // Clients that went away no longer need a cursor; new ones start where they were created.
+        let mut removed = Vec::new();
+        for e in &events {
+            if let EventKind::ClientRemoved { client, .. } = &e.kind {
+                removed.push(*client);
+            }
+        }
+        let cursors = self.shared.take_dirty_cursors(&new_cursors, &removed);
+
+        let (durable, live): (Vec<Routed>, Vec<Routed>) = events
+            .into_iter()
+            .zip(recipients)
+            .partition(|(e, _)| e.is_durable());
+        let (durable_events, durable_recipients): (Vec<Event>, Vec<Vec<UserId>>) =
+            durable.into_iter().unzip();
+
+        if !durable_events.is_empty() || !cursors.is_empty() || !nonces.is_empty() {
+            let store = Arc::clone(&self.shared.store);
+            let committed = tokio::task::spawn_blocking(move || {
+                let result = store.append(&Batch {
+                    events: &durable_events,
+                    command_ends: &command_ends,
+                    cursors: &cursors,
+                    nonces: &nonces,
+                });
+                result.map(|()| (durable_events, nonces))
+            })
+            .await
+            .map_err(|e| EngineError::Stopped {
+                reason: format!("the commit task failed: {e}").into(),
+            })
+            .and_then(|r| r.map_err(EngineError::from));
+            let (durable_events, nonces) = match committed {
+                Ok(done) => done,
+                Err(e) => {
+                    // Nothing of this batch may be acknowledged: tell each caller why, before anyone else
+                    // can observe the engine as merely closed.
+                    self.fail(&e);
+                    for (tx, _) in pending {
+                        let _ = tx.send(Err(stopped(&e)));
+                    }
+                    return Err(e);
+                }
+            };
+            // From here on the batch is durable: answer, remember and publish.
+            self.shared.remember_nonces(nonces, batch_nonces);
+            self.since_snapshot += u64::try_from(durable_events.len()).unwrap_or(u64::MAX);
+            self.shared
+                .publish(durable_events, durable_recipients, live);
+        } else {
+            self.shared.publish(Vec::new(), Vec::new(), live);
+        }
+        for (tx, result) in pending {
+            let _ = tx.send(result);
+        }
+        for q in queries {
+            q(&self.core);
+        }
+        let every = self.shared.config.snapshot_every;
+        if every > 0 && self.since_snapshot >= every {
+            self.snapshot(false).await;
+        }
+        self.shared.forget_old(now);
+        Ok(())
+    }
+
+    /// Moves the core's queued events out, each with its recipients resolved right away: the core's contract
+    /// is that an audience is resolved against the state just after the input that produced it.
+    fn drain(&mut self, events: &mut Vec<Event>, recipients: &mut Vec<Vec<UserId>>) {
+        while let Some(event) = self.core.poll_event() {
+            recipients.push(self.core.recipients(&event).collect());
+            events.push(event);
+        }
+    }
+
+    /// Saves a snapshot of the state in the background (or waits for it at shutdown).
+    async fn snapshot(&mut self, wait: bool) {
+        if let Some(task) = self.snapshot_task.take() {
+            if !task.is_finished() && !wait {
+                // One snapshot at a time: a slow disk must not pile them up.
+                self.snapshot_task = Some(task);
+                return;
+            }
+            let _ = task.await;
+        }
+        let seq = self.core.last_seq();
+        let bytes = match postcard::to_stdvec(self.core.state()) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a snapshot");
+                return;
+            }
+        };
+        self.since_snapshot = 0;
+        let store = Arc::clone(&self.shared.store);
+        let task = tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.save_snapshot(seq, &bytes) {
+                // A missing snapshot costs start-up time, never data: the log still holds everything.
+                tracing::warn!(error = %e, seq, "cannot save a snapshot");
+            }
+        });
+        if wait {
+            let _ = task.await;
+        } else {
+            self.snapshot_task = Some(task);
+        }
+    }
+
+    async fn flush_cursors(&mut self) -> Result<(), EngineError> {
+        let cursors = self.shared.take_dirty_cursors(&[], &[]);
+        if cursors.is_empty() {
+            return Ok(());
+        }
+        let store = Arc::clone(&self.shared.store);
+        let result = tokio::task::spawn_blocking(move || store.save_cursors(&cursors)).await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            // A lost cursor save is not a divergence of state: the next save carries the newer cursor.
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot save cursors");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the cursor save task failed");
+                Ok(())
+            }
+        }
+    }
+
+    /// The end of a clean run: refuse what is still queued, flush cursors, save a snapshot.
+    async fn finish(&mut self) -> Result<(), EngineError> {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.rx.close();
+        while let Ok(job) = self.rx.try_recv() {
+            refuse(job, || EngineError::ShuttingDown);
+        }
+        self.flush_cursors().await?;
+        if self.since_snapshot > 0 || self.snapshot_task.is_some() {
+            self.snapshot(true).await;
+        }
+        Ok(())
+    }
+
+    /// After a failed commit the core holds changes the log does not: answering anything from it again would
+    /// acknowledge state that a restart would not have. So every waiting and later request is refused, and
+    /// the error goes to whoever awaits the writer task; a restart rebuilds the state from the log.
+    fn fail(&mut self, error: &EngineError) {
+        tracing::error!(%error, "a commit failed; the engine stops");
+        let reason: Arc<str> = error.to_string().into();
+        self.shared.set_fatal(Arc::clone(&reason));
+        self.rx.close();
+        while let Ok(job) = self.rx.try_recv() {
+            refuse(job, || EngineError::Stopped {
+                reason: Arc::clone(&reason),
+            });
+        }
+    }
+}
+
+fn refuse(job: Job, error: impl Fn() -> EngineError) {
+    match job {
+        Job::Command { reply, .. } => {
+            let _ = reply.send(Err(error()));
+        }
+        Job::Shutdown(done) => {
+            let _ = done.send(Err(error()));
+        }
+        // Dropping a query drops its reply sender, which its caller reads as the engine being gone.
+        Job::Query(_) => {}
+    }
+}
+
+fn stopped(e: &EngineError) -> EngineError {
+    EngineError::Stopped {
+        reason: e.to_string().into(),
+    }
+}
+
+/// Records the end of a command's durable events, if it made any.
+fn note_end(last: Seq, mark: &mut Seq, ends: &mut Vec<Seq>) {
+    if last > *mark {
+        ends.push(last);
+        *mark = last;
+    }
+}
+
+fn new_client(created: Option<&Created>) -> Option<ClientId> {
+    match created {
+        Some(Created::User {
+            client: Some(client),
+            ..
+        })
+        | Some(Created::Client(client)) => Some(*client),
+        _ => None,
+    }
+}
+
+async fn sleep_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
