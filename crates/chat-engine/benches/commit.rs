@@ -1,8 +1,9 @@
 //! Durable commit figures for the engine on SQLite: group-commit throughput (messages/s, FTS maintained) with
-//! DURABILITY=full and relaxed, single-message commit latency p50/p99, and the raw fdatasync latency of the
-//! same disk measured in the same run for comparison. A load generator, not a criterion bench: it prints
-//! figures. Run with `cargo bench -p chat-engine --bench commit` (`BENCH_DIR` picks the disk; default: a
-//! temporary directory; `BENCH_STARTUP_MESSAGES` the size of the start-up test, default 100000).
+//! DURABILITY=full (also with a nonce on every message) and relaxed, single-message commit latency p50/p99,
+//! and the raw fdatasync latency of the same disk measured in the same run for comparison. A load generator,
+//! not a criterion bench: it prints figures. Run with `cargo bench -p chat-engine --bench commit` (`BENCH_DIR`
+//! picks the disk; default: a temporary directory; `BENCH_STARTUP_MESSAGES` the size of the start-up test,
+//! default 100000).
 
 use std::io::Write;
 use std::path::Path;
@@ -77,8 +78,16 @@ async fn setup(dir: &Path, name: &str, durability: Option<Durability>) -> (Engin
     (engine, login.session)
 }
 
-async fn throughput(dir: &Path, durability: Option<Durability>, senders: usize, each: usize) {
-    let (engine, session) = setup(dir, "throughput", durability).await;
+/// Group-commit throughput; with `nonces`, every message carries an idempotency nonce, as Discord clients send.
+async fn throughput(
+    dir: &Path,
+    durability: Option<Durability>,
+    nonces: bool,
+    senders: usize,
+    each: usize,
+) {
+    let name = if nonces { "nonces" } else { "throughput" };
+    let (engine, session) = setup(dir, name, durability).await;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..senders {
@@ -87,8 +96,9 @@ async fn throughput(dir: &Path, durability: Option<Durability>, senders: usize, 
             for n in 0..each {
                 let body =
                     format!("message {t}-{n} with a few words to index in the full text search");
+                let nonce = nonces.then(|| format!("{t}-{n}"));
                 engine
-                    .command(&session, send(body), None)
+                    .command(&session, send(body), nonce)
                     .await
                     .expect("send");
             }
@@ -100,8 +110,9 @@ async fn throughput(dir: &Path, durability: Option<Durability>, senders: usize, 
     let elapsed = start.elapsed();
     let total = senders * each;
     println!(
-        "group commit {}: {total} messages from {senders} senders in {elapsed:.2?} = {:.0} messages/s",
+        "group commit {}{}: {total} messages from {senders} senders in {elapsed:.2?} = {:.0} messages/s",
         durability.map_or_else(|| "memory store".to_owned(), |d| format!("sqlite {d:?}")),
+        if nonces { " with nonces" } else { "" },
         total as f64 / elapsed.as_secs_f64(),
     );
     engine.shutdown().await.expect("shutdown");
@@ -180,9 +191,10 @@ fn main() {
             percentile(&single, 0.5),
             percentile(&single, 0.99)
         );
-        throughput(&dir, Some(Durability::Full), 1000, 100).await;
-        throughput(&dir, Some(Durability::Relaxed), 1000, 100).await;
-        throughput(&dir, None, 1000, 100).await;
+        throughput(&dir, Some(Durability::Full), false, 1000, 100).await;
+        throughput(&dir, Some(Durability::Full), true, 1000, 100).await;
+        throughput(&dir, Some(Durability::Relaxed), false, 1000, 100).await;
+        throughput(&dir, None, false, 1000, 100).await;
         let messages = std::env::var("BENCH_STARTUP_MESSAGES")
             .ok()
             .and_then(|n| n.parse().ok())

@@ -188,7 +188,6 @@ pub(crate) struct Shared {
     pub(crate) config: EngineConfig,
     pub(crate) store: Arc<dyn Store>,
     epoch: u64,
-    started_at: UnixMillis,
     streams: Mutex<Streams>,
     cursors: Mutex<CursorTable>,
     nonces: Mutex<HashMap<(UserId, String), (UnixMillis, CommandReply)>>,
@@ -345,18 +344,28 @@ impl Engine {
         let now = now_ms();
         let loader = Arc::clone(&store);
         let core_config = config.core.clone();
-        let (core, cursors) = tokio::task::spawn_blocking(move || load(&*loader, core_config, now))
-            .await
-            .map_err(|e| EngineError::Stopped {
-                reason: format!("the start-up task failed: {e}").into(),
-            })??;
+        let nonce_ttl = ttl_ms(config.nonce_ttl);
+        let (core, cursors, nonces) = tokio::task::spawn_blocking(move || {
+            let (core, cursors) = load(&*loader, core_config, now)?;
+            // The nonces still live are loaded once, so that a command's nonce is checked in memory only: a
+            // store lookup per command would cost more than the command's share of a group commit.
+            let nonces = loader.nonces_since(now.saturating_sub(nonce_ttl))?;
+            Ok::<_, EngineError>((core, cursors, nonces))
+        })
+        .await
+        .map_err(|e| EngineError::Stopped {
+            reason: format!("the start-up task failed: {e}").into(),
+        })??;
+        let nonces: HashMap<(UserId, String), (UnixMillis, CommandReply)> = nonces
+            .into_iter()
+            .filter_map(|r| Some(((r.user, r.nonce), (r.at, decode_reply(&r.reply)?))))
+            .collect();
         let last = core.last_seq();
         let tokens = TokenTable::from_core(&core);
         // tokio refuses a zero or an absurdly large capacity with a panic; settings must not be able to.
         let (tx, rx) = mpsc::channel(config.queue_capacity.clamp(1, 1 << 20));
         let shared = Arc::new(Shared {
             epoch: meta.epoch,
-            started_at: now,
             streams: Mutex::new(Streams::new(
                 last,
                 config.tail_capacity,
@@ -366,7 +375,7 @@ impl Engine {
                 saved: cursors.into_iter().collect(),
                 dirty: HashMap::new(),
             }),
-            nonces: Mutex::new(HashMap::new()),
+            nonces: Mutex::new(nonces),
             rates: Mutex::new(HashMap::new()),
             logins: Mutex::new(HashMap::new()),
             hash_pool: Arc::new(Semaphore::new(config.hash_concurrency.clamp(1, 1024))),
@@ -472,7 +481,9 @@ impl Engine {
             }
             Some(n) => {
                 let key = (session.user, n);
-                if let Some(first) = self.earlier_reply(&key, now).await? {
+                // Memory holds every live nonce: those of earlier runs are loaded at start-up, and this
+                // run's are added as their commands commit.
+                if let Some(first) = self.shared.nonce_lookup(&key, now) {
                     return Ok(first);
                 }
                 Some(key)
@@ -494,30 +505,6 @@ impl Engine {
         }
         self.submit(Origin::Client(session.client), command, nonce)
             .await
-    }
-
-    /// The reply a nonce got before: from memory, or from the store while the engine is younger than a
-    /// nonce's lifetime (after that, every live nonce was accepted by this run and is in memory).
-    async fn earlier_reply(
-        &self,
-        key: &(UserId, String),
-        now: UnixMillis,
-    ) -> Result<Option<CommandReply>, EngineError> {
-        if let Some(first) = self.shared.nonce_lookup(key, now) {
-            return Ok(Some(first));
-        }
-        let ttl = ttl_ms(self.shared.config.nonce_ttl);
-        if now >= self.shared.started_at.saturating_add(ttl) {
-            return Ok(None);
-        }
-        let store = Arc::clone(&self.shared.store);
-        let (user, nonce) = key.clone();
-        let record = tokio::task::spawn_blocking(move || store.nonce(user, &nonce))
-            .await
-            .map_err(|_| self.shared.gone())??;
-        Ok(record
-            .filter(|r| r.at.saturating_add(ttl) > now)
-            .and_then(|r| decode_reply(&r.reply)))
     }
 
     /// Runs a command as the server's operator (the CLI, housekeeping): no rate limit, no nonce.

@@ -718,6 +718,16 @@ impl Store for MemoryStore {
         Ok(self.lock().nonces.get(&(user, nonce.to_owned())).cloned())
     }
 
+    fn nonces_since(&self, since: UnixMillis) -> Result<Vec<NonceRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .nonces
+            .values()
+            .filter(|n| n.at >= since)
+            .cloned()
+            .collect())
+    }
+
     fn history(&self, query: &HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
         let inner = self.lock();
         let all: Vec<&StoredMessage> = inner

@@ -28,10 +28,22 @@ use crate::types::{
 const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../../../migrations/0001_init.sql")),
     (2, include_str!("../../../migrations/0002_pinned_index.sql")),
+    (
+        3,
+        include_str!("../../../migrations/0003_fts_batched_prefix.sql"),
+    ),
 ];
 
 /// The newest schema version this binary knows.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// The kinds of message the full-text index holds: what users wrote, not system notices. The delete and
+/// edit triggers of the schema name the same kinds.
+const FTS_KINDS: &[chat_core::MessageKind] = &[
+    chat_core::MessageKind::Message,
+    chat_core::MessageKind::Action,
+    chat_core::MessageKind::Notice,
+];
 
 /// Read connections kept open for reuse; more are opened when all are busy and closed when returned.
 const READ_POOL: usize = 8;
@@ -74,18 +86,21 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
 }
 
-/// Stores a u64 id or seq in SQLite's signed INTEGER; the cast round-trips every value exactly.
+/// Stores a u64 id or bit set in SQLite's signed INTEGER; the cast round-trips every value exactly. Only for
+/// values SQL never orders or compares by size (ids are snowflakes, far below `i64::MAX` anyway): a time, a
+/// seq or anything else a caller may pass at `u64::MAX` goes through [`bound`], which keeps the order.
 fn sql(v: u64) -> i64 {
     v as i64
 }
 
-/// Reads back a u64 stored by [`sql`].
+/// Reads back a u64 stored by [`sql`] or [`bound`].
 fn uns(v: i64) -> u64 {
     v as u64
 }
 
-/// A range bound for SQL (a time, a seq or an id compared with `<` or `>`): values beyond `i64` (e.g.
-/// `u64::MAX` for "everything") are capped, not wrapped into negatives. Real ids and seqs are far below.
+/// A time or a seq for SQL, stored or compared with `<` and `>`: values beyond `i64` (e.g. `u64::MAX` for
+/// "everything" or "never") are capped, not wrapped into negatives, so SQL orders them as the caller does.
+/// Real times and seqs are far below the cap, where this is exact.
 fn bound(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
 }
@@ -157,7 +172,7 @@ fn migrate(conn: &mut Connection, now: UnixMillis) -> Result<(), StoreError> {
         tx.execute_batch(script)?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-            params![version, sql(now)],
+            params![version, bound(now)],
         )?;
         tx.commit()?;
     }
@@ -230,6 +245,11 @@ impl SqliteStore {
             Durability::Full => "PRAGMA synchronous = FULL",
             Durability::Relaxed => "PRAGMA synchronous = NORMAL",
         })?;
+        // Checkpoints run on the committing connection, inside an append, and copy every page written since
+        // the last one back to the database. The default (every 1000 pages, 4 MiB of log) copies the hot
+        // pages of the log, message, nonce and index b-trees again and again; a longer interval copies each
+        // of them once for many more commits.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 10000")?;
         migrate(&mut conn, now)?;
         let meta = load_meta(&mut conn, now)?;
         let last: i64 =
@@ -403,9 +423,21 @@ fn target_cols(t: OverwriteTarget) -> (i64, i64) {
     }
 }
 
+/// Row writes an append defers to the end of its batch, where each is done once rather than per event.
+#[derive(Default)]
+struct Deferred {
+    /// Each channel's newest message in the batch: `channels.last_message` is written once per channel.
+    last_message: BTreeMap<i64, i64>,
+}
+
 /// Applies one projected effect inside the append transaction.
-fn apply(tx: &Connection, ev: &Event, effect: Effect<'_>) -> Result<(), StoreError> {
-    let seq = sql(ev.seq);
+fn apply(
+    tx: &Connection,
+    ev: &Event,
+    effect: Effect<'_>,
+    deferred: &mut Deferred,
+) -> Result<(), StoreError> {
+    let seq = bound(ev.seq);
     match effect {
         Effect::User {
             id,
@@ -418,7 +450,7 @@ fn apply(tx: &Connection, ev: &Event, effect: Effect<'_>) -> Result<(), StoreErr
                 "INSERT OR REPLACE INTO users (id, nick, password_hash, bot, system, released, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
             )?
-            .execute(params![sql(id.get()), nick, password_hash, bot, system, sql(ev.ts)])?;
+            .execute(params![sql(id.get()), nick, password_hash, bot, system, bound(ev.ts)])?;
         }
         Effect::NetworkJoin(user) => {
             let network: Option<i64> = tx
@@ -478,7 +510,7 @@ fn apply(tx: &Connection, ev: &Event, effect: Effect<'_>) -> Result<(), StoreErr
                 sql(user.get()),
                 name,
                 &token_hash[..],
-                sql(ev.ts)
+                bound(ev.ts)
             ])?;
         }
         Effect::ClientGone(id) => {
@@ -663,7 +695,7 @@ fn apply(tx: &Connection, ev: &Event, effect: Effect<'_>) -> Result<(), StoreErr
                     info.name,
                     topic.map(|t| t.text.as_str()),
                     topic.map(|t| sql(t.by.get())),
-                    topic.map(|t| sql(t.at)),
+                    topic.map(|t| bound(t.at)),
                     info.position,
                     info.slowmode_secs,
                     info.owner.map(|o| sql(o.get())),
@@ -689,7 +721,7 @@ fn apply(tx: &Connection, ev: &Event, effect: Effect<'_>) -> Result<(), StoreErr
                     info.name,
                     topic.map(|t| t.text.as_str()),
                     topic.map(|t| sql(t.by.get())),
-                    topic.map(|t| sql(t.at)),
+                    topic.map(|t| bound(t.at)),
                     info.position,
                     info.parent.map(|p| sql(p.get())),
                     info.slowmode_secs,
@@ -753,7 +785,7 @@ fn apply(tx: &Connection, ev: &Event, effect: Effect<'_>) -> Result<(), StoreErr
             .execute(params![
                 topic.map(|t| t.text.as_str()),
                 topic.map(|t| sql(t.by.get())),
-                topic.map(|t| sql(t.at)),
+                topic.map(|t| bound(t.at)),
                 sql(channel.get())
             ])?;
         }
@@ -771,7 +803,8 @@ fn apply(tx: &Connection, ev: &Event, effect: Effect<'_>) -> Result<(), StoreErr
         }
         Effect::Message(m) => {
             let c = sql(m.channel.get());
-            tx.prepare_cached(
+            let id = sql(m.id.get());
+            let inserted = tx.prepare_cached(
                 "INSERT OR IGNORE INTO messages (id, seq, ts, channel, space, author, kind, body, meta,
                      reply_to, thread, mention_everyone, embeds, pinned, edited_at, nonce, mentions,
                      attachments)
@@ -779,9 +812,9 @@ fn apply(tx: &Connection, ev: &Event, effect: Effect<'_>) -> Result<(), StoreErr
                      ?9, ?10, ?11, ?12, 0, NULL, ?13, ?14, ?15)",
             )?
             .execute(params![
-                sql(m.id.get()),
-                sql(m.seq),
-                sql(m.ts),
+                id,
+                bound(m.seq),
+                bound(m.ts),
                 c,
                 sql(m.author.get()),
                 project::message_kind_name(m.kind),
@@ -795,8 +828,16 @@ fn apply(tx: &Connection, ev: &Event, effect: Effect<'_>) -> Result<(), StoreErr
                 encode(&m.mentions, "mentions", ev.seq)?,
                 encode(&m.attachments, "attachments", ev.seq)?,
             ])?;
-            tx.prepare_cached("UPDATE channels SET last_message = ?1 WHERE id = ?2")?
-                .execute(params![sql(m.id.get()), c])?;
+            // The index is kept here rather than by a trigger (migration 3 says why). It blanks the two
+            // control characters snippets use as highlight markers, as the view the index reads does.
+            if inserted == 1 && FTS_KINDS.contains(&m.kind) {
+                tx.prepare_cached(
+                    "INSERT INTO messages_fts (rowid, body)
+                     VALUES (?1, replace(replace(?2, char(2), ' '), char(3), ' '))",
+                )?
+                .execute(params![id, m.body])?;
+            }
+            deferred.last_message.insert(c, id);
         }
         Effect::Edit {
             id,
@@ -813,7 +854,7 @@ fn apply(tx: &Connection, ev: &Event, effect: Effect<'_>) -> Result<(), StoreErr
                 body,
                 meta,
                 encode(&mentions, "mentions", ev.seq)?,
-                sql(edited_at),
+                bound(edited_at),
                 sql(id.get())
             ])?;
         }
@@ -869,8 +910,8 @@ fn apply(tx: &Connection, ev: &Event, effect: Effect<'_>) -> Result<(), StoreErr
                 sql(inv.creator.get()),
                 inv.max_uses,
                 inv.uses,
-                inv.expires_at.map(sql),
-                sql(inv.created_at)
+                inv.expires_at.map(bound),
+                bound(inv.created_at)
             ])?;
         }
         Effect::InviteUsed(code) => {
@@ -895,9 +936,14 @@ fn membership_channel(tx: &Connection, channel: ChannelId) -> Result<i64, StoreE
     Ok(parent.flatten().unwrap_or(c))
 }
 
-fn append_event(tx: &Connection, ev: &Event, at: Seq) -> Result<(), StoreError> {
+fn append_event(
+    tx: &Connection,
+    ev: &Event,
+    at: Seq,
+    deferred: &mut Deferred,
+) -> Result<(), StoreError> {
     for effect in project::effects(ev) {
-        apply(tx, ev, effect)?;
+        apply(tx, ev, effect, deferred)?;
     }
     // Resolved after the event's own effects: a new thread's first event names the thread.
     let cols = project::audience_cols(&ev.audience);
@@ -914,15 +960,15 @@ fn append_event(tx: &Connection, ev: &Event, at: Seq) -> Result<(), StoreError> 
          VALUES (?1, ?2, ?3, ?4, ?9, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
-        sql(ev.seq),
-        sql(ev.ts),
+        bound(ev.seq),
+        bound(ev.ts),
         project::kind_name(&ev.kind),
         cols.kind,
         channel,
         cols.space.map(|s| sql(s.get())),
         cols.user.map(|u| sql(u.get())),
         payload,
-        sql(at)
+        bound(at)
     ])?;
     Ok(())
 }
@@ -933,7 +979,7 @@ fn save_cursors_in(tx: &Connection, cursors: &[(ClientId, Seq)]) -> Result<(), S
          ON CONFLICT (client) DO UPDATE SET seq = ?2",
     )?;
     for (c, s) in cursors {
-        stmt.execute(params![sql(c.get()), sql(*s)])?;
+        stmt.execute(params![sql(c.get()), bound(*s)])?;
     }
     Ok(())
 }
@@ -960,7 +1006,7 @@ fn stream_window(
                    AND (m.to_seq IS NULL OR m.to_seq > e.aud_at))))
          ORDER BY e.seq LIMIT ?4",
     )?;
-    let mut rows = stmt.query(params![sql(lo), sql(hi), sql(user.get()), lim(limit)])?;
+    let mut rows = stmt.query(params![bound(lo), bound(hi), sql(user.get()), lim(limit)])?;
     let mut out = Vec::new();
     let mut last = None;
     let mut n = 0;
@@ -1011,8 +1057,16 @@ impl Store for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let points = project::audience_points(batch.events, batch.command_ends);
+        let mut deferred = Deferred::default();
         for (ev, at) in batch.events.iter().zip(points) {
-            append_event(&tx, ev, at)?;
+            append_event(&tx, ev, at, &mut deferred)?;
+        }
+        {
+            let mut stmt =
+                tx.prepare_cached("UPDATE channels SET last_message = ?1 WHERE id = ?2")?;
+            for (channel, message) in deferred.last_message {
+                stmt.execute(params![message, channel])?;
+            }
         }
         save_cursors_in(&tx, batch.cursors)?;
         {
@@ -1020,7 +1074,7 @@ impl Store for SqliteStore {
                 "INSERT OR REPLACE INTO nonces (user, nonce, at, reply) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for n in batch.nonces {
-                stmt.execute(params![sql(n.user.get()), n.nonce, sql(n.at), n.reply])?;
+                stmt.execute(params![sql(n.user.get()), n.nonce, bound(n.at), n.reply])?;
             }
         }
         tx.commit()?;
@@ -1097,10 +1151,10 @@ impl Store for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Start-up reads only the newest snapshot; older ones are dead weight.
-        tx.execute("DELETE FROM snapshots WHERE seq <= ?1", [sql(seq)])?;
+        tx.execute("DELETE FROM snapshots WHERE seq <= ?1", [bound(seq)])?;
         tx.execute(
             "INSERT INTO snapshots (seq, state) VALUES (?1, ?2)",
-            params![sql(seq), state],
+            params![bound(seq), state],
         )?;
         tx.commit()?;
         Ok(())
@@ -1156,6 +1210,24 @@ impl Store for SqliteStore {
                     })
                     .optional()?,
             )
+        })
+    }
+
+    fn nonces_since(&self, since: UnixMillis) -> Result<Vec<NonceRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT user, nonce, at, reply FROM nonces WHERE at >= ?1")?;
+            let mut rows = stmt.query([bound(since)])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(NonceRecord {
+                    user: id_of(r.get(0)?, UserId::from_raw, "nonce user")?,
+                    nonce: r.get(1)?,
+                    at: uns(r.get(2)?),
+                    reply: r.get(3)?,
+                });
+            }
+            Ok(out)
         })
     }
 

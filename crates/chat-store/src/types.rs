@@ -255,6 +255,10 @@ pub trait Store: Send + Sync + 'static {
     /// A nonce the user sent before, if still kept.
     fn nonce(&self, user: UserId, nonce: &str) -> Result<Option<NonceRecord>, StoreError>;
 
+    /// Every kept nonce accepted at or after `since` (unix ms), in no particular order: what start-up loads,
+    /// so that checking a command's nonce never waits for the store.
+    fn nonces_since(&self, since: UnixMillis) -> Result<Vec<NonceRecord>, StoreError>;
+
     /// A page of a channel's history, oldest first.
     fn history(&self, query: &HistoryQuery) -> Result<Vec<StoredMessage>, StoreError>;
 

@@ -159,6 +159,18 @@ impl Store for TestStore {
             .collect())
     }
 
+    fn nonces_since(&self, since: u64) -> Result<Vec<NonceRecord>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .nonces
+            .values()
+            .filter(|n| n.at >= since)
+            .cloned()
+            .collect())
+    }
+
     fn nonce(&self, user: UserId, nonce: &str) -> Result<Option<NonceRecord>, StoreError> {
         Ok(self
             .inner

@@ -12,7 +12,8 @@ use chat_core::{
     UserId, UserRef,
 };
 use chat_store::{
-    Batch, HistoryQuery, MemoryStore, NonceRecord, SearchQuery, Store, StoreError, StoredMessage,
+    Batch, HistoryQuery, MemoryStore, NonceRecord, RetentionReport, SearchQuery, Store, StoreError,
+    StoredMessage,
 };
 
 /// Where the clock starts (2027).
@@ -904,7 +905,62 @@ fn cursors_and_nonces<S: Store>(s: &S) {
         .unwrap();
     assert_eq!(r.nonces, 1);
     assert_eq!(s.nonce(alice, "old").unwrap(), None);
+    // Start-up loads the live ones in one read.
+    assert!(s.nonces_since(new.at + 1).unwrap().is_empty());
+    assert_eq!(s.nonces_since(new.at).unwrap(), std::slice::from_ref(&new));
+    assert_eq!(s.nonces_since(NOW).unwrap(), std::slice::from_ref(&new));
     assert_eq!(s.nonce(alice, "new").unwrap(), Some(new));
+}
+
+/// Times and cutoffs at the far end of `u64` keep their order in every store: a cutoff of `u64::MAX` means
+/// "everything before now and forever", and a time beyond `i64::MAX` is later than any real time, not a
+/// negative one.
+fn retention_with_extreme_cutoffs<S: Store>(s: &S) {
+    let mut w = World::new();
+    let (alice, a) = w.guest("alice");
+    w.join(a, "#rust");
+    for i in 0..10 {
+        w.say(a, "#rust", &format!("m{i}"));
+    }
+    let events = w.take();
+    let record = |nonce: &str, at| NonceRecord {
+        user: alice,
+        nonce: nonce.into(),
+        at,
+        reply: nonce.as_bytes().to_vec(),
+    };
+    s.append(&Batch {
+        events: &events,
+        nonces: &[
+            record("old", NOW),
+            record("later", NOW + 60_000),
+            record("never", u64::MAX),
+        ],
+        ..Batch::default()
+    })
+    .unwrap();
+    let last = s.last_seq().unwrap();
+    s.save_snapshot(last, b"state").unwrap();
+    // A nonce stamped at the end of time is not older than any real cutoff.
+    let r = s.enforce_retention(usize::MAX, 0, NOW + 1).unwrap();
+    assert_eq!(r.nonces, 1);
+    assert!(s.nonce(alice, "old").unwrap().is_none());
+    assert!(s.nonce(alice, "never").unwrap().is_some());
+    // A cutoff of `u64::MAX` removes every event the snapshot covers but its own, and every older nonce.
+    let mut total = RetentionReport::default();
+    loop {
+        let r = s.enforce_retention(usize::MAX, u64::MAX, u64::MAX).unwrap();
+        if r == RetentionReport::default() {
+            break;
+        }
+        total.events += r.events;
+        total.nonces += r.nonces;
+    }
+    assert_eq!(total.events, last - 1);
+    assert_eq!(s.first_seq().unwrap(), Some(last));
+    assert_eq!(total.nonces, 1);
+    assert!(s.nonce(alice, "later").unwrap().is_none());
+    assert!(s.nonce(alice, "never").unwrap().is_some());
 }
 
 fn snapshots<S: Store>(s: &S) {
@@ -1099,6 +1155,7 @@ conformance!(
     cursors_and_nonces,
     snapshots,
     retention_trims_history,
+    retention_with_extreme_cutoffs,
     replay_rebuilds_the_core,
     odd_inputs_are_answered,
 );

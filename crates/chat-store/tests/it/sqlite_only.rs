@@ -50,7 +50,10 @@ fn reopen_keeps_identity_and_log() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, [(1, NOW as i64), (2, NOW as i64)]);
+    assert_eq!(
+        versions,
+        [(1, NOW as i64), (2, NOW as i64), (3, NOW as i64)]
+    );
 }
 
 #[test]
@@ -88,8 +91,17 @@ fn older_schema_upgrades_in_place() {
     };
     // Turn the file back into a version-1 database.
     let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute_batch("DROP INDEX messages_pinned; DELETE FROM schema_migrations WHERE version = 2;")
-        .unwrap();
+    c.execute_batch(
+        "DROP INDEX messages_pinned;
+         CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
+             WHEN new.kind IN ('message', 'action', 'notice')
+         BEGIN
+             INSERT INTO messages_fts (rowid, body)
+                 VALUES (new.id, replace(replace(new.body, char(2), ' '), char(3), ' '));
+         END;
+         DELETE FROM schema_migrations WHERE version >= 2;",
+    )
+    .unwrap();
     drop(c);
     let s = open(&path).unwrap();
     assert_eq!(s.meta(), meta);
@@ -112,6 +124,33 @@ fn older_schema_upgrades_in_place() {
         })
         .unwrap();
     assert_eq!(h.last().unwrap().body, "kept across the upgrade");
+    // After the upgrade each new message is indexed once: by the append code, no longer by a trigger.
+    let has_trigger: bool = c
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND name = 'messages_fts_insert'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!has_trigger);
+    let before = fts_rows(&path);
+    w.say(a, "#rust", "written after the upgrade");
+    w.flush(&s);
+    assert_eq!(fts_rows(&path), before + 1);
+    let hits = s
+        .search(&chat_store::SearchQuery {
+            text: "upgrade".into(),
+            channels: vec![ch],
+            author: None,
+            channel: None,
+            space: None,
+            before: None,
+            after: None,
+            limit: 10,
+            offset: 0,
+        })
+        .unwrap();
+    assert_eq!(hits.len(), 2);
 }
 
 #[test]
