@@ -203,6 +203,19 @@ pub enum ChannelKind {
     Thread,
 }
 
+impl ChannelKind {
+    /// The kind's stable snake_case name (`text`, `category`, `dm`, `group_dm`, `thread`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ChannelKind::Text => "text",
+            ChannelKind::Category => "category",
+            ChannelKind::Dm => "dm",
+            ChannelKind::GroupDm => "group_dm",
+            ChannelKind::Thread => "thread",
+        }
+    }
+}
+
 /// The IRC channel modes that are flags rather than permission overwrites.
 ///
 /// `+m` and `+i` live in the @everyone overwrite, `+o` and `+v` are member modes that contribute member
@@ -416,6 +429,47 @@ pub enum MessageKind {
 }
 
 impl MessageKind {
+    /// Every kind, user-written ones first.
+    pub const ALL: [MessageKind; 13] = [
+        MessageKind::Message,
+        MessageKind::Action,
+        MessageKind::Notice,
+        MessageKind::Join,
+        MessageKind::Part,
+        MessageKind::Quit,
+        MessageKind::Kick,
+        MessageKind::Topic,
+        MessageKind::Mode,
+        MessageKind::Nick,
+        MessageKind::Invite,
+        MessageKind::Pin,
+        MessageKind::ThreadCreated,
+    ];
+
+    /// The kind's stable snake_case name (`message`, `thread_created`...), as SPEC's event types spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MessageKind::Message => "message",
+            MessageKind::Action => "action",
+            MessageKind::Notice => "notice",
+            MessageKind::Join => "join",
+            MessageKind::Part => "part",
+            MessageKind::Quit => "quit",
+            MessageKind::Kick => "kick",
+            MessageKind::Topic => "topic",
+            MessageKind::Mode => "mode",
+            MessageKind::Nick => "nick",
+            MessageKind::Invite => "invite",
+            MessageKind::Pin => "pin",
+            MessageKind::ThreadCreated => "thread_created",
+        }
+    }
+
+    /// The kind a [`MessageKind::name`] stands for.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     /// Whether users write messages of this kind (as opposed to the server recording a change).
     pub fn is_user_written(self) -> bool {
         matches!(
@@ -537,4 +591,20 @@ pub struct Invite {
     pub expires_at: Option<UnixMillis>,
     /// When it was made.
     pub created_at: UnixMillis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_kind_names_round_trip_and_are_distinct() {
+        let mut seen = std::collections::BTreeSet::new();
+        for kind in MessageKind::ALL {
+            assert_eq!(MessageKind::from_name(kind.name()), Some(kind));
+            assert!(seen.insert(kind.name()), "{} named twice", kind.name());
+        }
+        assert_eq!(MessageKind::from_name("Message"), None);
+        assert_eq!(MessageKind::ThreadCreated.name(), "thread_created");
+    }
 }

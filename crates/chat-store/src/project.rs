@@ -270,45 +270,6 @@ pub(crate) fn kind_name(kind: &EventKind) -> &'static str {
     }
 }
 
-/// The name a message kind is stored under.
-pub(crate) fn message_kind_name(kind: MessageKind) -> &'static str {
-    match kind {
-        MessageKind::Message => "message",
-        MessageKind::Action => "action",
-        MessageKind::Notice => "notice",
-        MessageKind::Join => "join",
-        MessageKind::Part => "part",
-        MessageKind::Quit => "quit",
-        MessageKind::Kick => "kick",
-        MessageKind::Topic => "topic",
-        MessageKind::Mode => "mode",
-        MessageKind::Nick => "nick",
-        MessageKind::Invite => "invite",
-        MessageKind::Pin => "pin",
-        MessageKind::ThreadCreated => "thread_created",
-    }
-}
-
-/// The message kind a stored name stands for.
-pub(crate) fn message_kind_from(name: &str) -> Option<MessageKind> {
-    Some(match name {
-        "message" => MessageKind::Message,
-        "action" => MessageKind::Action,
-        "notice" => MessageKind::Notice,
-        "join" => MessageKind::Join,
-        "part" => MessageKind::Part,
-        "quit" => MessageKind::Quit,
-        "kick" => MessageKind::Kick,
-        "topic" => MessageKind::Topic,
-        "mode" => MessageKind::Mode,
-        "nick" => MessageKind::Nick,
-        "invite" => MessageKind::Invite,
-        "pin" => MessageKind::Pin,
-        "thread_created" => MessageKind::ThreadCreated,
-        _ => return None,
-    })
-}
-
 /// Whether a message kind is indexed for search (what users wrote, not system notices).
 pub(crate) fn searchable(kind: MessageKind) -> bool {
     kind.is_user_written()

@@ -319,7 +319,7 @@ fn message_from_row(conn: &Connection, r: &Row<'_>) -> Result<StoredMessage, Sto
         channel: id_of(r.get(3)?, ChannelId::from_raw, "message channel")?,
         space: opt_id(r.get(4)?, SpaceId::from_raw, "message space")?,
         author: id_of(r.get(5)?, UserId::from_raw, "message author")?,
-        kind: project::message_kind_from(&kind)
+        kind: chat_core::MessageKind::from_name(&kind)
             .ok_or_else(|| corrupt("message kind", at, kind.clone()))?,
         body: r.get(7)?,
         meta: r.get(8)?,
@@ -672,13 +672,7 @@ fn apply(
                 .execute([r])?;
         }
         Effect::Channel { info, created } => {
-            let kind = match info.kind {
-                chat_core::ChannelKind::Text => "text",
-                chat_core::ChannelKind::Category => "category",
-                chat_core::ChannelKind::Dm => "dm",
-                chat_core::ChannelKind::GroupDm => "group_dm",
-                chat_core::ChannelKind::Thread => "thread",
-            };
+            let kind = info.kind.name();
             let c = sql(info.id.get());
             let topic = info.topic.as_ref();
             if created {
@@ -817,7 +811,7 @@ fn apply(
                 bound(m.ts),
                 c,
                 sql(m.author.get()),
-                project::message_kind_name(m.kind),
+                m.kind.name(),
                 m.body,
                 m.meta,
                 m.reply_to.map(|r| sql(r.get())),

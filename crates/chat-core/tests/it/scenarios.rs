@@ -1391,7 +1391,7 @@ impl Runner {
                     Some(r) => {
                         let mut s = format!(
                             "{} in {} by {}",
-                            kind_name(r.kind),
+                            r.kind.name(),
                             view.channel(r.channel),
                             view.user(r.author)
                         );
@@ -2071,7 +2071,7 @@ impl View<'_> {
                 let _ = write!(
                     w,
                     "{} {} {} {} {:?}",
-                    kind_name(m.kind),
+                    m.kind.name(),
                     self.message(m.id),
                     self.channel(m.channel),
                     self.user(m.author),
@@ -2306,24 +2306,6 @@ fn flags_text(f: &ChannelFlags) -> String {
         let _ = write!(s, " {l}");
     }
     s
-}
-
-fn kind_name(kind: MessageKind) -> &'static str {
-    match kind {
-        MessageKind::Message => "message",
-        MessageKind::Action => "action",
-        MessageKind::Notice => "notice",
-        MessageKind::Join => "join",
-        MessageKind::Part => "part",
-        MessageKind::Quit => "quit",
-        MessageKind::Kick => "kick",
-        MessageKind::Topic => "topic",
-        MessageKind::Mode => "mode",
-        MessageKind::Nick => "nick",
-        MessageKind::Invite => "invite",
-        MessageKind::Pin => "pin",
-        MessageKind::ThreadCreated => "thread_created",
-    }
 }
 
 /// `KICK_MEMBERS|BAN_MEMBERS`, `-` for none, `ALL` for every bit.
