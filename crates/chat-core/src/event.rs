@@ -513,6 +513,8 @@ pub enum EventKind {
         channel: ChannelId,
         /// Which.
         message: MessageId,
+        /// Who edited it: its author (only authors edit).
+        author: UserId,
         /// The new body.
         body: String,
         /// The new meta, if replaced.

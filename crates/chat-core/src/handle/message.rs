@@ -334,6 +334,7 @@ impl Core {
             EventKind::MessageEdited {
                 channel,
                 message,
+                author: rec.author,
                 body,
                 meta,
                 mentions,
