@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chat_core::{
@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{self, Bucket};
 use crate::config::EngineConfig;
+use crate::directory::Directory;
 use crate::error::EngineError;
 use crate::streams::{Cursor, StreamRead, Streams, TailRead};
 use crate::writer::{Job, Writer};
@@ -195,6 +196,7 @@ pub(crate) struct Shared {
     logins: Mutex<HashMap<LoginKey, Bucket>>,
     hash_pool: Arc<Semaphore>,
     tokens: RwLock<TokenTable>,
+    directory: RwLock<Directory>,
     pub(crate) closed: AtomicBool,
     fatal: Mutex<Option<Arc<str>>>,
     last_prune: AtomicU64,
@@ -264,6 +266,16 @@ impl Shared {
             let mut tokens = self.tokens.write().unwrap_or_else(PoisonError::into_inner);
             for event in &durable {
                 tokens.apply(event);
+            }
+        }
+        // Names first, so that whoever reads an event below finds its names already there.
+        if durable.iter().any(Directory::touches) {
+            let mut directory = self
+                .directory
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            for event in durable.iter().filter(|e| Directory::touches(e)) {
+                directory.apply(event);
             }
         }
         let mut streams = lock(&self.streams);
@@ -362,6 +374,7 @@ impl Engine {
             .collect();
         let last = core.last_seq();
         let tokens = TokenTable::from_core(&core);
+        let directory = Directory::from_core(&core);
         // tokio refuses a zero or an absurdly large capacity with a panic; settings must not be able to.
         let (tx, rx) = mpsc::channel(config.queue_capacity.clamp(1, 1 << 20));
         let shared = Arc::new(Shared {
@@ -380,6 +393,7 @@ impl Engine {
             logins: Mutex::new(HashMap::new()),
             hash_pool: Arc::new(Semaphore::new(config.hash_concurrency.clamp(1, 1024))),
             tokens: RwLock::new(tokens),
+            directory: RwLock::new(directory),
             closed: AtomicBool::new(false),
             fatal: Mutex::new(None),
             last_prune: AtomicU64::new(now),
@@ -412,6 +426,16 @@ impl Engine {
     /// The cursor a client continues from when it gives none.
     pub fn cursor(&self, client: ClientId) -> Option<Seq> {
         lock(&self.shared.cursors).saved.get(&client).copied()
+    }
+
+    /// The names of users, channels and spaces as of the last commit, for rendering events (see
+    /// [`Directory`]). Hold the guard briefly and never across an `.await`: the writer waits for it when names
+    /// change.
+    pub fn directory(&self) -> RwLockReadGuard<'_, Directory> {
+        self.shared
+            .directory
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The store, for history and search queries that need no ordering with commands.
@@ -498,6 +522,7 @@ impl Engine {
                 .entry(session.user)
                 .or_insert_with(|| Bucket::full(limit, now));
             if let Err(wait) = bucket.take(limit, now) {
+                metrics::counter!("chatd_commands_total", "outcome" => "rate_limited").increment(1);
                 return Err(EngineError::RateLimited {
                     retry_after: Duration::from_millis(wait),
                 });
@@ -668,6 +693,26 @@ impl Engine {
         .await
     }
 
+    /// Sets any user's password as the server's operator (the CLI): hashed on the bounded pool like every
+    /// password, then applied from [`Origin::System`]. A guest that gets a password becomes an account.
+    pub async fn set_user_password(
+        &self,
+        user: UserId,
+        password: &str,
+    ) -> Result<CommandReply, EngineError> {
+        check_password(password)?;
+        let password_hash = self.hash(password.to_owned()).await?;
+        self.submit(
+            Origin::System,
+            Command::SetPassword {
+                user,
+                password_hash,
+            },
+            None,
+        )
+        .await
+    }
+
     /// Finds the client a bearer token belongs to. The token is hashed, looked up among the committed live
     /// clients, and the stored hash is compared in constant time. It does not wait for the writer.
     pub async fn authenticate(&self, token: &str) -> Result<Session, EngineError> {
@@ -797,7 +842,13 @@ impl Engine {
                 None => self.last_seq(),
             },
         };
-        let tail = lock(&self.shared.streams).read(session.user, after, limit, live_since);
+        let tail = {
+            let mut streams = lock(&self.shared.streams);
+            // How far behind the newest event this reader is: a fleet of lagging clients shows here first.
+            metrics::histogram!("chatd_stream_lag_events")
+                .record(streams.last().saturating_sub(after) as f64);
+            streams.read(session.user, after, limit, live_since)
+        };
         let (events, seq) = match tail {
             TailRead::Ahead => return Ok(self.reset(session)),
             TailRead::Hit { events, cursor } => (events, cursor),
@@ -944,10 +995,12 @@ fn load(
             core.apply(event)?;
         }
     }
-    if core.last_seq() != last {
+    // A new store's genesis was appended above, so the log's end is read again rather than reused.
+    let logged = store.last_seq()?;
+    if core.last_seq() != logged {
         tracing::warn!(
             replayed = core.last_seq(),
-            logged = last,
+            logged,
             "the replayed state does not end at the log's last seq"
         );
     }

@@ -33,12 +33,14 @@
 
 mod auth;
 mod config;
+mod directory;
 mod engine;
 mod error;
 mod streams;
 mod writer;
 
 pub use crate::config::{EngineConfig, RateLimit};
+pub use crate::directory::{ChannelCard, Directory, SpaceCard, UserCard};
 pub use crate::engine::{CommandReply, Engine, EngineTask, Login, MAX_NONCE, Session};
 pub use crate::error::EngineError;
 pub use crate::streams::{Cursor, StreamRead};

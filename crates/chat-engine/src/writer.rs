@@ -189,6 +189,8 @@ impl Writer {
                             batch_nonces.insert(key, r.clone());
                         }
                     }
+                    let outcome = if result.is_ok() { "ok" } else { "refused" };
+                    metrics::counter!("chatd_commands_total", "outcome" => outcome).increment(1);
                     pending.push((reply, result.map_err(EngineError::from)));
                 }
             }
@@ -211,6 +213,9 @@ impl Writer {
             durable.into_iter().unzip();
 
         if !durable_events.is_empty() || !cursors.is_empty() || !nonces.is_empty() {
+            metrics::histogram!("chatd_commit_batch_size").record(pending.len() as f64);
+            metrics::counter!("chatd_events_total").increment(durable_events.len() as u64);
+            let started = Instant::now();
             let store = Arc::clone(&self.shared.store);
             let committed = tokio::task::spawn_blocking(move || {
                 let result = store.append(&Batch {
@@ -238,6 +243,7 @@ impl Writer {
                     return Err(e);
                 }
             };
+            metrics::histogram!("chatd_commit_seconds").record(started.elapsed().as_secs_f64());
             // From here on the batch is durable: answer, remember and publish.
             self.shared.remember_nonces(nonces, batch_nonces);
             self.since_snapshot += u64::try_from(durable_events.len()).unwrap_or(u64::MAX);

@@ -102,6 +102,7 @@ macro_rules! suite {
                 shutdown_refuses_new_work,
                 snapshots_are_taken_and_used,
                 one_message_wakes_every_waiting_member,
+                directory_names_follow_commits,
             );
         }
     };

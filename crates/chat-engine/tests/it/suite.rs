@@ -941,3 +941,61 @@ pub(crate) async fn one_message_wakes_every_waiting_member<B: Backend>(backend: 
     }
     stop(engine, task).await;
 }
+
+/// The directory names every user and channel an event refers to, before a reader can hold the event, and
+/// keeps up with nick changes and DMs; a restarted engine rebuilds the same names from its state.
+pub(crate) async fn directory_names_follow_commits<B: Backend>(backend: &B) {
+    let (engine, task) = open(backend, config()).await;
+    let alice = engine.guest("alice", "t").await.expect("alice");
+    let bob = engine.guest("bob", "t").await.expect("bob");
+    join(&engine, &alice.session, "#Names").await;
+    say(&engine, &alice.session, "bob", "psst", None)
+        .await
+        .expect("dm");
+    let read = engine
+        .read(&bob.session, Some(bob.cursor), 100)
+        .await
+        .expect("read");
+    let dm = read
+        .events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::MessageCreated { message } => Some(message.channel),
+            _ => None,
+        })
+        .expect("bob got the dm");
+    let network = engine
+        .query(|core| core.channel_by_name("#names").map(|c| c.id))
+        .await
+        .expect("query")
+        .expect("channel");
+    {
+        let dir = engine.directory();
+        assert_eq!(&*dir.nick(alice.session.user), "alice");
+        let card = dir.channel(dm).expect("dm card");
+        assert_eq!(card.kind, chat_core::ChannelKind::Dm);
+        let mut expected = vec![alice.session.user, bob.session.user];
+        expected.sort();
+        let mut got = card.dm.clone();
+        got.sort();
+        assert_eq!(got, expected);
+        assert_eq!(&*dir.channel(network).expect("card").name, "#Names");
+    }
+    engine
+        .command(
+            &alice.session,
+            Command::Nick {
+                nick: "alicia".into(),
+            },
+            None,
+        )
+        .await
+        .expect("nick");
+    assert_eq!(&*engine.directory().nick(alice.session.user), "alicia");
+    stop(engine, task).await;
+
+    let (engine, task) = open(backend, config()).await;
+    assert_eq!(&*engine.directory().nick(alice.session.user), "alicia");
+    assert_eq!(&*engine.directory().nick(bob.session.user), "bob");
+    stop(engine, task).await;
+}
