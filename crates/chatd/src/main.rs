@@ -1,11 +1,139 @@
-//! The chatd binary: command line, configuration and wiring of the server.
-//!
-//! The server itself is not built yet; for now the binary only says so.
+//! The chatd binary: reads the command line and configuration, sets up logging, and runs the chosen
+//! subcommand; the server itself is in `server.rs`, the other subcommands in `commands.rs` and `seed.rs`.
 
-fn main() {
-    eprintln!(
-        "chatd {}: the server is not built yet; see README.md",
-        env!("CARGO_PKG_VERSION")
+mod cli;
+mod commands;
+mod config;
+mod db;
+mod listener;
+mod logging;
+mod routes;
+mod seed;
+mod server;
+mod telemetry;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+use crate::cli::{Cli, Cmd};
+use crate::config::Config;
+use crate::db::{Create, Db, Lock};
+
+fn main() -> ExitCode {
+    // `.env` first: dotenvy sets only variables the environment does not already have, and clap reads the
+    // environment, so flags beat the environment, which beats the file. A missing file is normal.
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("chatd: cannot read .env: {e}");
+        return ExitCode::FAILURE;
+    }
+    let cli = Cli::parse();
+    let config = match Config::from_args(&cli.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("chatd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(config.log_format, config.debug);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chatd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(dispatch(cli.command.unwrap_or(Cmd::Serve), &config));
+    // Whatever is still running now (a connection that outlived the drain timeout, a blocking store read)
+    // is abandoned after a moment rather than holding the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "failed");
+            eprintln!("chatd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Cmd, config: &Config) -> anyhow::Result<()> {
+    match command {
+        Cmd::Serve => serve(config).await,
+        Cmd::Init => commands::init(config).await,
+        Cmd::Migrate => commands::migrate(config),
+        Cmd::Admin { action } => commands::admin(config, action).await,
+        Cmd::Invite { action } => commands::invite(config, action).await,
+        Cmd::Seed(args) => seed::run(config, args).await,
+        Cmd::Backup { path } => commands::backup(config, &path),
+        Cmd::Check => commands::check(config).await,
+    }
+}
+
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    if config.federation_key.is_some() {
+        tracing::warn!(
+            "FEDERATION_KEY is set, but federation is not implemented; the key is ignored"
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
+    // Secrets are redacted by `Config`'s Debug. MAX_UPLOAD_SIZE is validated now and used once uploads land.
+    tracing::debug!(?config, "configuration");
+    let metrics = telemetry::install()?;
+    telemetry::spawn_upkeep(metrics.clone());
+    // The signal handlers go in before anything is announced, so a SIGTERM right after start-up is a clean
+    // shutdown rather than the default kill.
+    let shutdown = server::shutdown_signal().context("installing signal handlers")?;
+
+    let started = Instant::now();
+    let db = Db::open(config, Create::Allow, Lock::Engine)?;
+    let (engine, engine_task) = db.start(config.engine()).await?;
+    let longpoll = transport_longpoll::LongPoll::new(engine.clone(), config.longpoll());
+    let routes = routes::Shared {
+        engine: engine.clone(),
+        metrics: Some(metrics),
+        metrics_auth: config.metrics_auth.clone().map(Arc::new),
+        started,
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            // The engine was started; stop it cleanly before reporting, so the database is left tidy.
+            let _ = db::stop(&engine, engine_task).await;
+            return Err(e).with_context(|| format!("listening on {} (LISTEN)", config.listen));
+        }
+    };
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(
+        %addr,
+        db = %config.db,
+        epoch = engine.epoch(),
+        last_seq = engine.last_seq(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "listening"
     );
-    std::process::exit(1);
+    // The one line on stdout: scripts and tests read the real port from it (LISTEN may say port 0).
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "chatd listening on http://{addr}").context("writing to stdout")?;
+        out.flush().context("flushing stdout")?;
+    }
+    let server = server::Server {
+        engine,
+        engine_task,
+        longpoll,
+        routes,
+        max_connections_per_ip: config.max_connections_per_ip,
+    };
+    server::run(listener, server, shutdown).await
 }

@@ -1,0 +1,114 @@
+//! The command line: subcommands and their own flags (clap derive). The configuration flags shared by every
+//! subcommand live in `config.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::ConfigArgs;
+
+/// chatd: a self-hosted chat server (IRC-style long-poll API and a Discord-compatible API on one port).
+///
+/// With no subcommand, `serve` runs. Every setting can be a flag, an environment variable, or a line of a
+/// `.env` file in the working directory; a flag wins over the environment, which wins over `.env`.
+#[derive(Parser, Debug)]
+#[command(name = "chatd", version, about, long_about = None, max_term_width = 110)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Option<Cmd>,
+
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Cmd {
+    /// Run the server (the default). Prints `chatd listening on http://ADDR` on stdout once it accepts.
+    Serve,
+    /// Create the database (and DATA_DIR) if missing, with its genesis events; harmless when it exists.
+    Init,
+    /// Apply pending schema migrations to the database and report its schema version.
+    Migrate,
+    /// Manage accounts.
+    Admin {
+        #[command(subcommand)]
+        action: AdminCmd,
+    },
+    /// Manage invites.
+    Invite {
+        #[command(subcommand)]
+        action: InviteCmd,
+    },
+    /// Fill the database with generated users, spaces, channels and messages (for demos and benchmarks).
+    Seed(SeedArgs),
+    /// Copy the SQLite database to PATH while it may be in use (SQLite online backup).
+    Backup {
+        /// Where to write the copy; must not exist yet.
+        path: PathBuf,
+    },
+    /// Open the database, rebuild the state from it, and report what it holds; exits nonzero on failure.
+    Check,
+}
+
+/// Where a password comes from: `--password`, else the `CHATD_PASSWORD` environment variable, else one line
+/// of standard input.
+#[derive(clap::Args, Debug)]
+pub(crate) struct PasswordArg {
+    /// The password [default: CHATD_PASSWORD, else a line read from stdin].
+    #[arg(long, env = "CHATD_PASSWORD", hide_env_values = true)]
+    pub(crate) password: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AdminCmd {
+    /// Create an account with a password.
+    CreateUser {
+        /// Its nick.
+        nick: String,
+        #[command(flatten)]
+        password: PasswordArg,
+    },
+    /// Create a bot account and print its bearer token on stdout (the only time it is shown).
+    CreateBot {
+        /// Its nick.
+        nick: String,
+        #[command(flatten)]
+        password: PasswordArg,
+    },
+    /// Set an account's password (a guest that is online becomes an account).
+    SetPassword {
+        /// Whose.
+        nick: String,
+        #[command(flatten)]
+        password: PasswordArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum InviteCmd {
+    /// Create an invite to a network channel and print its code on stdout.
+    Create {
+        /// The channel, like `#general`.
+        #[arg(long)]
+        channel: String,
+        /// How many times it may be used (0 = unlimited).
+        #[arg(long, default_value_t = 0)]
+        max_uses: u32,
+        /// Seconds until it expires (0 = never).
+        #[arg(long, default_value_t = 0)]
+        max_age: u32,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub(crate) struct SeedArgs {
+    /// How many accounts to create (password `seed-password`).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) users: u32,
+    /// How many spaces to create.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) spaces: u32,
+    /// How many messages to send, spread over the network channels.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) messages: u32,
+}

@@ -1,0 +1,165 @@
+//! Opening the database named by DBURL (SQLite or in memory) and starting the engine on it.
+
+use std::fs::{File, TryLockError};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use chat_engine::{Engine, EngineConfig, EngineTask};
+use chat_store::{MemoryStore, SqliteStore, Store};
+
+use crate::config::{Config, DbUrl};
+
+/// Unix milliseconds now: what the store stamps a new database with.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// An open store of either kind. The engine is generic over its store, so the binary keeps the concrete type
+/// to hand it over.
+#[derive(Clone)]
+enum Kind {
+    Sqlite(Arc<SqliteStore>),
+    Memory(Arc<MemoryStore>),
+}
+
+/// An open database, with the lock that makes this process its only engine.
+#[derive(Clone)]
+pub(crate) struct Db {
+    kind: Kind,
+    /// Held while the process lives (the OS releases it on exit, even on a crash).
+    _lock: Option<Arc<File>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Sqlite(s) => write!(f, "Db::Sqlite({})", s.path().display()),
+            Kind::Memory(_) => f.write_str("Db::Memory"),
+        }
+    }
+}
+
+/// Whether opening may create a database that does not exist yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Create {
+    /// `serve`, `init`, `migrate` and the admin commands start a new database when there is none.
+    Allow,
+    /// `check` and `backup` are about an existing database: creating an empty one would hide a wrong path.
+    Refuse,
+}
+
+impl Db {
+    /// Opens the database, applying any pending migrations (SQLite). With [`Lock::Engine`] it first takes
+    /// the database's lock file. Blocking: call it before the server runs, or on the blocking pool.
+    pub(crate) fn open(config: &Config, create: Create, lock: Lock) -> anyhow::Result<Self> {
+        match &config.db {
+            DbUrl::Memory => {
+                if create == Create::Refuse {
+                    bail!(
+                        "DBURL=memory: holds nothing outside a running server; name a SQLite file"
+                    );
+                }
+                Ok(Db {
+                    kind: Kind::Memory(Arc::new(MemoryStore::new())),
+                    _lock: None,
+                })
+            }
+            DbUrl::Sqlite(path) => {
+                if create == Create::Refuse && !path.exists() {
+                    bail!("no database at {}", path.display());
+                }
+                if create == Create::Allow {
+                    ensure_parent(path)?;
+                }
+                let lock = match lock {
+                    Lock::Engine => Some(Arc::new(take_lock(path)?)),
+                    Lock::None => None,
+                };
+                let store = SqliteStore::open(path, config.durability, now_ms())
+                    .with_context(|| format!("opening the database {}", path.display()))?;
+                Ok(Db {
+                    kind: Kind::Sqlite(Arc::new(store)),
+                    _lock: lock,
+                })
+            }
+        }
+    }
+
+    /// The store behind the trait, for backups and queries.
+    pub(crate) fn store(&self) -> Arc<dyn Store> {
+        match &self.kind {
+            Kind::Sqlite(s) => Arc::clone(s) as Arc<dyn Store>,
+            Kind::Memory(s) => Arc::clone(s) as Arc<dyn Store>,
+        }
+    }
+
+    /// Starts the engine: restores the state from the snapshot and log, and spawns the writer.
+    pub(crate) async fn start(&self, config: EngineConfig) -> anyhow::Result<(Engine, EngineTask)> {
+        let started = match &self.kind {
+            Kind::Sqlite(s) => Engine::open(Arc::clone(s), config).await,
+            Kind::Memory(s) => Engine::open(Arc::clone(s), config).await,
+        };
+        started.context("starting the engine (rebuilding the state from the database)")
+    }
+}
+
+/// Whether this process will run an engine on the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lock {
+    /// It will: take the lock, so no second engine (a `check` or `admin` beside a running server) appends
+    /// to the same log. Two writers would each number events from their own idea of the last seq, and the
+    /// loser's next commit would fail and stop its engine.
+    Engine,
+    /// Only the store is read (`backup`): safe beside a running server, which is the point of an online
+    /// backup.
+    None,
+}
+
+/// Takes an exclusive lock on `PATH.lock` beside the database, without waiting.
+fn take_lock(db: &Path) -> anyhow::Result<File> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = std::path::PathBuf::from(name);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => bail!(
+            "the database {} is in use by another chatd process (a running server?); stop it first \
+             (`backup` is safe while it runs)",
+            db.display()
+        ),
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+/// Creates the directory a database file goes in: SQLite creates the file but not its folders.
+fn ensure_parent(path: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the directory {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// Stops the engine: drains, saves cursors and a snapshot, and waits for the writer task to end.
+pub(crate) async fn stop(engine: &Engine, task: EngineTask) -> anyhow::Result<()> {
+    engine
+        .shutdown()
+        .await
+        .context("shutting the engine down")?;
+    match task.await {
+        Ok(result) => result.context("the engine's writer failed"),
+        Err(e) => Err(anyhow::anyhow!("the engine's writer task failed: {e}")),
+    }
+}

@@ -1,0 +1,124 @@
+//! Abuse limits over HTTP (SPEC §8): failed logins are throttled per account and per address, and each address
+//! may hold only so many connections.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::Server;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled_per_account_and_address() {
+    let server = Server::start(&[]).await;
+    server.register("bob", "right password").await;
+    server.register("carol", "hers").await;
+    for _ in 0..5 {
+        let (s, v) = server
+            .post(
+                "/api/v1/login",
+                None,
+                json!({"nick": "bob", "password": "wrong"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+        assert_eq!(v["error"], "invalid_credentials");
+        assert_eq!(v["numeric"], 464);
+    }
+    // The bucket is empty: even the right password waits now, and says how long.
+    let (s, headers, v) = server
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/login",
+            None,
+            Some(br#"{"nick":"bob","password":"right password"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["error"], "rate_limited");
+    assert!(v["retry_after"].as_f64().is_some_and(|r| r > 0.0), "{v}");
+    let retry: u64 = headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(retry >= 1, "Retry-After {retry}");
+    // The same address guessing another account's password is throttled too.
+    let (s, v) = server
+        .post(
+            "/api/v1/login",
+            None,
+            json!({"nick": "carol", "password": "wrong"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    // Existing sessions are untouched by the throttle.
+    let (s, _) = server.get("/api/v1/server", None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+/// Sends one request on a raw connection and says whether a whole `200` answer came back (the body read to
+/// its `Content-Length`, so that the connection is ready for the next request).
+async fn answers(stream: &mut TcpStream) -> bool {
+    let request = b"GET /api/v1/server HTTP/1.1\r\nHost: x\r\n\r\n";
+    if stream.write_all(request).await.is_err() {
+        return false;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = text[..end]
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if got.len() >= end + 4 + length {
+            return text.starts_with("HTTP/1.1 200");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_capped() {
+    let server = Server::start(&[("MAX_CONNECTIONS_PER_IP", "2")]).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut first = TcpStream::connect(&addr).await.expect("connect");
+    let mut second = TcpStream::connect(&addr).await.expect("connect");
+    assert!(answers(&mut first).await, "first connection served");
+    assert!(answers(&mut second).await, "second connection served");
+    let mut third = TcpStream::connect(&addr).await.expect("connect");
+    assert!(
+        !answers(&mut third).await,
+        "a third connection from the same address is closed"
+    );
+    drop(first);
+    // The slot comes back once the server sees the close.
+    let mut ok = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut again = TcpStream::connect(&addr).await.expect("connect");
+        if answers(&mut again).await {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "a freed slot is usable again");
+    assert!(
+        answers(&mut second).await,
+        "the open connection still works"
+    );
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the chatd binary: a real process on 127.0.0.1:0, real HTTP clients, real SQLite
+//! files.
+
+mod cli;
+mod crash;
+mod harness;
+mod limits;
+mod longpoll;
