@@ -197,6 +197,8 @@ pub(crate) struct Shared {
     hash_pool: Arc<Semaphore>,
     tokens: RwLock<TokenTable>,
     directory: RwLock<Directory>,
+    /// The stream-lag histogram, looked up once: a read is too frequent to find it by name each time.
+    lag: metrics::Histogram,
     pub(crate) closed: AtomicBool,
     fatal: Mutex<Option<Arc<str>>>,
     last_prune: AtomicU64,
@@ -394,6 +396,7 @@ impl Engine {
             hash_pool: Arc::new(Semaphore::new(config.hash_concurrency.clamp(1, 1024))),
             tokens: RwLock::new(tokens),
             directory: RwLock::new(directory),
+            lag: metrics::histogram!("chatd_stream_lag_events"),
             closed: AtomicBool::new(false),
             fatal: Mutex::new(None),
             last_prune: AtomicU64::new(now),
@@ -845,7 +848,8 @@ impl Engine {
         let tail = {
             let mut streams = lock(&self.shared.streams);
             // How far behind the newest event this reader is: a fleet of lagging clients shows here first.
-            metrics::histogram!("chatd_stream_lag_events")
+            self.shared
+                .lag
                 .record(streams.last().saturating_sub(after) as f64);
             streams.read(session.user, after, limit, live_since)
         };
