@@ -22,7 +22,7 @@ use chat_engine::{Cursor, Engine, EngineError, Session};
 use chat_store::{HistoryQuery, SearchQuery};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::Settings;
@@ -52,11 +52,15 @@ struct Inner {
     engine: Engine,
     settings: Settings,
     cache: Cache,
-    closing: AtomicBool,
-    close: Notify,
+    /// Becomes true when the server shuts down. A watch rather than a `Notify`: every parked poll waits on it,
+    /// and a watch spreads its waiters over several locks where a `Notify` keeps one list behind one mutex.
+    closing: watch::Sender<bool>,
     parked: AtomicU64,
     presence: Mutex<HashMap<chat_core::ClientId, Live>>,
     sweeping: AtomicBool,
+    /// Metric handles, looked up once rather than by name on every poll.
+    parked_gauge: metrics::Gauge,
+    wake_seconds: metrics::Histogram,
 }
 
 /// A long-poll client's connection state, for presence: polls in flight, and since when it has none.
@@ -79,11 +83,12 @@ impl LongPoll {
                 engine,
                 settings,
                 cache: Cache::new(16_384),
-                closing: AtomicBool::new(false),
-                close: Notify::new(),
+                closing: watch::Sender::new(false),
                 parked: AtomicU64::new(0),
                 presence: Mutex::new(HashMap::new()),
                 sweeping: AtomicBool::new(false),
+                parked_gauge: metrics::gauge!("chatd_longpoll_parked"),
+                wake_seconds: metrics::histogram!("chatd_longpoll_wake_seconds"),
             }),
         }
     }
@@ -127,8 +132,7 @@ impl LongPoll {
 
     /// Answers every parked long-poll now, and every later one at once: for a graceful shutdown.
     pub fn close(&self) {
-        self.inner.closing.store(true, Ordering::SeqCst);
-        self.inner.close.notify_waiters();
+        self.inner.closing.send_replace(true);
     }
 
     /// How many long-polls are parked right now.
@@ -312,7 +316,7 @@ struct PollGuard {
 impl Drop for PollGuard {
     fn drop(&mut self) {
         self.inner.parked.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!("chatd_longpoll_parked").decrement(1.0);
+        self.inner.parked_gauge.decrement(1.0);
         self.inner.leave(self.session);
     }
 }
@@ -501,12 +505,13 @@ async fn poll(
 
     inner.enter(session).await;
     inner.parked.fetch_add(1, Ordering::Relaxed);
-    metrics::gauge!("chatd_longpoll_parked").increment(1.0);
+    inner.parked_gauge.increment(1.0);
     let _guard = PollGuard {
         inner: Arc::clone(&inner),
         session,
     };
-    let timeout = if inner.closing.load(Ordering::SeqCst) {
+    let mut closing = inner.closing.subscribe();
+    let timeout = if *closing.borrow_and_update() {
         Duration::ZERO
     } else {
         timeout
@@ -514,7 +519,7 @@ async fn poll(
     let started = Instant::now();
     let read = tokio::select! {
         read = inner.engine.wait(&session, after, limit, timeout) => read?,
-        () = inner.close.notified() => inner.engine.read(&session, after, limit).await?,
+        _ = closing.changed() => inner.engine.read(&session, after, limit).await?,
     };
     let waited = started.elapsed();
 
@@ -522,7 +527,8 @@ async fn poll(
         && let Some(event) = read.events.first()
     {
         // From the core accepting the event to its answer leaving here: commit, wake-up and rendering.
-        metrics::histogram!("chatd_longpoll_wake_seconds")
+        inner
+            .wake_seconds
             .record(chat_now().saturating_sub(event.ts) as f64 / 1000.0);
     }
     let mut text = String::with_capacity(64 + read.events.len() * 160);
