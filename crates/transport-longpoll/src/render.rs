@@ -525,6 +525,9 @@ fn member(
 
 /// Renders a message from history or search.
 pub(crate) fn stored(dir: &Directory, m: &StoredMessage) -> Wire {
+    // System messages (join, part, topic...) carry a body only when it says something (a reason, a topic),
+    // and never a meta: only what people write has one.
+    let written = m.kind.is_user_written();
     Wire {
         seq: Some(m.seq),
         id: Some(m.id.to_string()),
@@ -533,8 +536,8 @@ pub(crate) fn stored(dir: &Directory, m: &StoredMessage) -> Wire {
         from: Some(dir.nick(m.author)),
         to: Some(channel_to(dir, m.channel, Some(m.author))),
         channel: Some(m.channel.to_string()),
-        body: Some(m.body.clone()),
-        meta: meta(m.meta.as_deref()),
+        body: (written || !m.body.is_empty()).then(|| m.body.clone()),
+        meta: if written { meta(m.meta.as_deref()) } else { None },
         reference: m.reply_to.map(|r| r.to_string()),
         edited: m.edited_at.map(iso),
         pinned: Some(m.pinned),
