@@ -537,7 +537,11 @@ pub(crate) fn stored(dir: &Directory, m: &StoredMessage) -> Wire {
         to: Some(channel_to(dir, m.channel, Some(m.author))),
         channel: Some(m.channel.to_string()),
         body: (written || !m.body.is_empty()).then(|| m.body.clone()),
-        meta: if written { meta(m.meta.as_deref()) } else { None },
+        meta: if written {
+            meta(m.meta.as_deref())
+        } else {
+            None
+        },
         reference: m.reply_to.map(|r| r.to_string()),
         edited: m.edited_at.map(iso),
         pinned: Some(m.pinned),

@@ -588,17 +588,38 @@ async fn metrics_need_basic_auth_when_configured() {
 async fn metrics_are_open_without_credentials_and_count_commits() {
     let dir = tempfile::tempdir().unwrap();
     let served = Served::start(dir.path(), &[("DURABILITY", "relaxed")]).await;
-    // One command through the engine so its histograms have samples.
-    let status = served
+    // One command through the engine so its histograms have samples, and one poll that reads the stream.
+    let login: serde_json::Value = served
         .http
         .post(served.url("/api/v1/session"))
         .json(&json!({ "nick": "counter" }))
         .send()
         .await
         .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().expect("token");
+    let polled = served
+        .http
+        .get(served.url("/api/v1/messages?timeout=0"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
         .status();
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(polled, StatusCode::OK);
     let text = served.get("/metrics").await.text().await.unwrap();
+    // Everything the operator is promised: commands and events (as counters, for rates), parked polls and
+    // stream lag, besides the commit histograms below.
+    for name in [
+        "chatd_commands_total{outcome=\"ok\"}",
+        "chatd_events_total",
+        "chatd_longpoll_parked",
+        "chatd_stream_lag_events_bucket",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
     assert!(text.contains("chatd_commit_seconds_bucket"), "{text}");
     assert!(
         text.contains("le=\"0.0001\""),

@@ -1,5 +1,5 @@
 //! Abuse limits over HTTP (SPEC §8): failed logins are throttled per account and per address, and each address
-//! may hold only so many connections.
+//! may hold only so many connections. Also who may call the API from a browser (CORS).
 
 use std::time::Duration;
 
@@ -120,5 +120,61 @@ async fn connections_per_address_are_capped() {
     assert!(
         answers(&mut second).await,
         "the open connection still works"
+    );
+}
+
+/// A CORS preflight from `origin`: the `Access-Control-Allow-Origin` answered, if any.
+async fn preflight(server: &Server, origin: &str) -> Option<String> {
+    let resp = server
+        .http()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/api/v1/messages", server.base),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .expect("preflight");
+    resp.headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().expect("ascii").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_is_off_by_default_and_an_allowlist_when_on() {
+    let closed = Server::start(&[]).await;
+    assert_eq!(preflight(&closed, "https://chat.example").await, None);
+
+    let open = Server::start(&[(
+        "CORS_ORIGINS",
+        "https://chat.example, https://other.example",
+    )])
+    .await;
+    assert_eq!(
+        preflight(&open, "https://chat.example").await.as_deref(),
+        Some("https://chat.example")
+    );
+    assert_eq!(
+        preflight(&open, "https://other.example").await.as_deref(),
+        Some("https://other.example")
+    );
+    assert_eq!(preflight(&open, "https://evil.example").await, None);
+    // A real request from an allowed origin carries the header too, so the browser hands over the answer.
+    let resp = open
+        .http()
+        .get(format!("{}/api/v1/server", open.base))
+        .header("origin", "https://chat.example")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://chat.example"
     );
 }
