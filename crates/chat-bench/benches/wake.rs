@@ -19,7 +19,6 @@
 //!   error instead of a skipped row.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -465,34 +464,6 @@ impl Config {
     }
 }
 
-fn workspace_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The chatd binary: `CHATD_BIN`, else a fresh `cargo build --release -p chatd`.
-fn chatd_binary() -> Result<PathBuf> {
-    if let Ok(bin) = std::env::var("CHATD_BIN") {
-        // chatd runs in its temporary directory, so a relative path must be resolved here (cargo runs benches
-        // from the package directory, so an absolute path is the one to pass).
-        return std::fs::canonicalize(&bin).with_context(|| format!("CHATD_BIN={bin}"));
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
-    eprintln!("wake: building chatd (cargo build --release -p chatd) ...");
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "chatd"])
-        .current_dir(workspace_dir())
-        .stdout(Stdio::null())
-        .status()
-        .with_context(|| format!("running {cargo}"))?;
-    ensure!(
-        status.success(),
-        "cargo build --release -p chatd failed ({status})"
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_dir().join("target"), PathBuf::from);
-    Ok(target.join("release").join("chatd"))
-}
-
 /// A running server; field order matters: the process is killed before its data directory is removed.
 struct Server {
     process: ServerProcess,
@@ -510,33 +481,8 @@ fn start(kind: Kind) -> Result<Server> {
             })
         }
         Kind::Chatd => {
-            let bin = chatd_binary()?;
-            let dir = tempfile::tempdir()?;
-            let log = std::fs::File::create(dir.path().join("chatd.log"))?;
-            let mut cmd = Command::new(&bin);
-            cmd.env("LISTEN", "127.0.0.1:0")
-                .env(
-                    "DBURL",
-                    format!("sqlite://{}", dir.path().join("bench.db").display()),
-                )
-                .env("RATE_LIMIT", "off")
-                // All bench clients come from 127.0.0.1; chatd's default per-IP cap (256) would reset the rest.
-                .env("MAX_CONNECTIONS_PER_IP", "100000")
-                .env("DURABILITY", "full")
-                .env("DATA_DIR", dir.path().join("data"))
-                .current_dir(dir.path())
-                .stderr(log);
-            let process =
-                ServerProcess::spawn("chatd", cmd, Duration::from_secs(30)).map_err(|e| {
-                    let log =
-                        std::fs::read_to_string(dir.path().join("chatd.log")).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(10).collect();
-                    anyhow::anyhow!(
-                        "{e}; {} stderr ends:\n{}",
-                        bin.display(),
-                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                    )
-                })?;
+            let chatd = chat_bench::process::Chatd::start(&[])?;
+            let (process, dir) = (chatd.process, chatd.dir);
             Ok(Server {
                 process,
                 _dir: Some(dir),

@@ -120,3 +120,72 @@ mod tests {
         assert_eq!(parse_banner("starting up"), None);
     }
 }
+
+/// The chatd binary to benchmark: `CHATD_BIN` if set (made absolute, because chatd runs in its own temporary
+/// directory), else the result of a fresh `cargo build --release -p chatd` in this workspace.
+pub fn chatd_binary() -> io::Result<std::path::PathBuf> {
+    if let Ok(bin) = std::env::var("CHATD_BIN") {
+        return std::fs::canonicalize(&bin)
+            .map_err(|e| io::Error::other(format!("CHATD_BIN={bin}: {e}")));
+    }
+    let workspace = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    eprintln!("bench: building chatd (cargo build --release -p chatd) ...");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "-p", "chatd"])
+        .current_dir(&workspace)
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "cargo build --release -p chatd failed ({status})"
+        )));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace.join("target"), std::path::PathBuf::from);
+    Ok(target.join("release").join("chatd"))
+}
+
+/// A chatd under test and the temporary directory holding its database, data and log. Field order matters:
+/// the process is killed before the directory is removed.
+#[derive(Debug)]
+pub struct Chatd {
+    /// The running server.
+    pub process: ServerProcess,
+    /// Its directory (`bench.db`, `data/`, `chatd.log`).
+    pub dir: tempfile::TempDir,
+}
+
+impl Chatd {
+    /// Starts chatd on a fresh database in a temporary directory, on 127.0.0.1:0, with the rate limit off,
+    /// DURABILITY=full, no per-address connection cap (every bench client comes from 127.0.0.1), and `env`
+    /// on top. Its stderr goes to `chatd.log` in the directory; a failed start reports the log's tail.
+    pub fn start(env: &[(&str, &str)]) -> io::Result<Self> {
+        let bin = chatd_binary()?;
+        let dir = tempfile::tempdir()?;
+        let log = std::fs::File::create(dir.path().join("chatd.log"))?;
+        let mut cmd = Command::new(&bin);
+        cmd.env("LISTEN", "127.0.0.1:0")
+            .env(
+                "DBURL",
+                format!("sqlite://{}", dir.path().join("bench.db").display()),
+            )
+            .env("RATE_LIMIT", "off")
+            .env("MAX_CONNECTIONS_PER_IP", "1000000")
+            .env("DURABILITY", "full")
+            .env("DATA_DIR", dir.path().join("data"))
+            .envs(env.iter().copied())
+            .current_dir(dir.path())
+            .stderr(log);
+        let process = ServerProcess::spawn("chatd", cmd, Duration::from_secs(30)).map_err(|e| {
+            let log = std::fs::read_to_string(dir.path().join("chatd.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            io::Error::other(format!(
+                "{e}; {} stderr ends:\n{}",
+                bin.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ))
+        })?;
+        Ok(Self { process, dir })
+    }
+}
