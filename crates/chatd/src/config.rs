@@ -191,7 +191,6 @@ pub(crate) struct Config {
     pub(crate) node_id: u16,
     pub(crate) durability: Durability,
     pub(crate) rate_limit: Option<RateLimit>,
-    #[expect(dead_code, reason = "validated now; read once uploads are served")]
     pub(crate) max_upload_size: u64,
     pub(crate) metrics_auth: Option<MetricsAuth>,
     pub(crate) federation_key: Option<Secret>,
@@ -521,6 +520,16 @@ impl Config {
             max_timeout: MAX_LONG_POLL,
             max_body: MAX_BODY,
             cors_origins: self.cors_origins.clone(),
+        }
+    }
+
+    /// The gateway's and Discord REST API's settings.
+    pub(crate) fn ws(&self) -> transport_ws::Settings {
+        transport_ws::Settings {
+            data_dir: self.data_dir.clone(),
+            max_upload: self.max_upload_size,
+            max_body: MAX_BODY,
+            ..transport_ws::Settings::default()
         }
     }
 }

@@ -105,6 +105,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let db = Db::open(config, Create::Allow, Lock::Engine)?;
     let (engine, engine_task) = db.start(config.engine()).await?;
     let longpoll = transport_longpoll::LongPoll::new(engine.clone(), config.longpoll());
+    let ws = transport_ws::WsApi::new(engine.clone(), config.ws());
     let routes = routes::Shared {
         engine: engine.clone(),
         metrics: Some(metrics),
@@ -138,6 +139,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         engine,
         engine_task,
         longpoll,
+        ws,
         routes,
         max_connections_per_ip: config.max_connections_per_ip,
     };

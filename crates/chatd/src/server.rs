@@ -13,6 +13,7 @@ use axum::serve::ListenerExt as _;
 use chat_engine::{Engine, EngineTask};
 use tokio::net::TcpListener;
 use transport_longpoll::LongPoll;
+use transport_ws::WsApi;
 
 use crate::listener::CountingListener;
 use crate::routes;
@@ -26,6 +27,7 @@ pub(crate) struct Server {
     pub(crate) engine: Engine,
     pub(crate) engine_task: EngineTask,
     pub(crate) longpoll: LongPoll,
+    pub(crate) ws: WsApi,
     pub(crate) routes: routes::Shared,
     pub(crate) max_connections_per_ip: usize,
 }
@@ -34,6 +36,7 @@ impl Server {
     fn router(&self) -> Router {
         Router::new()
             .merge(self.longpoll.router())
+            .merge(self.ws.router())
             .merge(routes::router(self.routes.clone()))
             .fallback(routes::not_found)
     }
@@ -49,6 +52,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let app = server.router();
     let longpoll = server.longpoll.clone();
+    let ws = server.ws.clone();
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
@@ -56,6 +60,7 @@ pub(crate) async fn run(
         // Before axum waits for connections to finish: a parked long-poll would otherwise hold its
         // connection for up to 30 s.
         longpoll.close();
+        ws.close();
         let _ = draining_tx.send(());
     };
     // `tap_io` is a no-op here; it gives axum a listener type for which it can extract the peer's

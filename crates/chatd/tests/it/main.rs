@@ -3,6 +3,9 @@
 
 mod cli;
 mod crash;
+mod discord;
+mod gateway;
 mod harness;
 mod limits;
 mod longpoll;
+mod rest;

@@ -1,0 +1,907 @@
+//! The Discord gateway frame by frame: raw WebSocket text against the real binary, for what libraries take
+//! on trust (field order, `s` as the log's seq, close codes, Resume after a dropped socket or a restart).
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::harness::{Client, Server};
+
+const GUILDS: u64 = 1;
+const GUILD_MESSAGES: u64 = 1 << 9;
+const DIRECT_MESSAGES: u64 = 1 << 12;
+const MESSAGE_CONTENT: u64 = 1 << 15;
+const ALL: u64 = GUILDS | GUILD_MESSAGES | DIRECT_MESSAGES | MESSAGE_CONTENT;
+
+/// What a read from the socket gave.
+#[derive(Debug)]
+enum Frame {
+    /// A text frame: its raw text and its JSON.
+    Text(String, Value),
+    /// A close frame's code and reason (1006 when the socket ended without one).
+    Close(u16, String),
+}
+
+struct Gw {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Gw {
+    /// Connects to `/gateway` with a query and reads Hello.
+    async fn connect_with(server: &Server, query: &str) -> (Gw, Value) {
+        let url = format!("{}/gateway{query}", server.base.replacen("http", "ws", 1));
+        let (ws, _) = connect_async(url).await.expect("connect");
+        let mut gw = Gw { ws };
+        let hello = gw.text().await;
+        (gw, hello)
+    }
+
+    async fn connect(server: &Server) -> Gw {
+        let (gw, hello) = Self::connect_with(server, "/?v=10&encoding=json").await;
+        assert_eq!(hello["op"], 10, "{hello}");
+        gw
+    }
+
+    async fn next(&mut self) -> Frame {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("a frame within 10 s");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let text = t.as_str().to_owned();
+                    let v = serde_json::from_str(&text).expect("frames are JSON");
+                    return Frame::Text(text, v);
+                }
+                Some(Ok(Message::Binary(_))) => panic!("the gateway sent a binary frame"),
+                Some(Ok(Message::Close(c))) => {
+                    return match c {
+                        Some(c) => Frame::Close(c.code.into(), c.reason.as_str().to_owned()),
+                        None => Frame::Close(1005, String::new()),
+                    };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Frame::Close(1006, String::new()),
+            }
+        }
+    }
+
+    async fn text(&mut self) -> Value {
+        match self.next().await {
+            Frame::Text(_, v) => v,
+            Frame::Close(code, reason) => panic!("closed {code} {reason}"),
+        }
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.send_raw(v.to_string()).await;
+    }
+
+    async fn send_raw(&mut self, text: String) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// Reads until the connection closes; returns the close code (skipping frames before it).
+    async fn close_code(&mut self) -> u16 {
+        loop {
+            if let Frame::Close(code, reason) = self.next().await {
+                if code >= 4000 {
+                    assert!(!reason.is_empty(), "close {code} without a reason");
+                }
+                return code;
+            }
+        }
+    }
+
+    /// Heartbeats and waits for the ack (skipping dispatches): everything the connection was sent before has
+    /// been handled, and it is following its stream.
+    async fn sync(&mut self) {
+        self.send(json!({"op": 1, "d": null})).await;
+        loop {
+            if self.text().await["op"] == 11 {
+                return;
+            }
+        }
+    }
+
+    /// Reads dispatches until one named `t`; returns it.
+    async fn until(&mut self, t: &str) -> Value {
+        loop {
+            let v = self.text().await;
+            if v["t"] == t {
+                return v;
+            }
+        }
+    }
+
+    async fn identify(&mut self, token: &str, intents: u64) -> Value {
+        self.send(json!({
+            "op": 2,
+            "d": {
+                "token": format!("Bot {token}"),
+                "intents": intents,
+                "properties": {"os": "linux", "browser": "test", "device": "test"},
+                "compress": false,
+                "large_threshold": 250,
+            }
+        }))
+        .await;
+        let ready = self.text().await;
+        assert_eq!(ready["t"], "READY", "{ready}");
+        ready
+    }
+}
+
+async fn join(server: &Server, c: &Client, channel: &str) {
+    server
+        .ok(c, json!({"command": "JOIN", "to": channel}))
+        .await;
+}
+
+async fn say(server: &Server, c: &Client, to: &str, body: &str) -> u64 {
+    server
+        .ok(c, json!({"command": "PRIVMSG", "to": to, "body": body}))
+        .await
+}
+
+/// The MESSAGE_CREATE whose content is `body` (skipping everything else).
+async fn message(gw: &mut Gw, body: &str) -> (String, Value) {
+    loop {
+        if let Frame::Text(text, v) = gw.next().await {
+            if v["t"] == "MESSAGE_CREATE" && v["d"]["content"] == body {
+                return (text, v);
+            }
+        } else {
+            panic!("closed while waiting for {body}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_comes_first_and_heartbeats_are_acked_before_identify() {
+    let server = Server::start(&[]).await;
+    let (mut gw, hello) =
+        Gw::connect_with(&server, "?v=10&encoding=json&compress=zlib-stream").await;
+    assert_eq!(
+        hello,
+        json!({"op": 10, "s": null, "t": null, "d": {"heartbeat_interval": 41250}})
+    );
+    gw.send(json!({"op": 1, "d": null})).await;
+    assert_eq!(gw.text().await["op"], 11);
+    gw.send(json!({"op": 1, "d": 5})).await;
+    assert_eq!(gw.text().await["op"], 11);
+
+    // A client's close is answered with a close frame (libraries wait for it before reconnecting).
+    let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 4000.into(),
+        reason: "resuming".into(),
+    };
+    gw.ws.close(Some(close)).await.expect("close");
+    match gw.next().await {
+        Frame::Close(code, _) => assert_eq!(code, 4000),
+        Frame::Text(text, _) => panic!("a frame after the close: {text}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identify_gives_ready_and_a_full_guild_create() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    say(&server, &bob, "alice", "psst").await;
+    let mut gw = Gw::connect(&server).await;
+    let ready = gw.identify(&alice.token, ALL).await;
+    assert!(ready["s"].is_u64(), "{ready}");
+    let d = &ready["d"];
+    assert_eq!(d["v"], 10);
+    assert_eq!(d["user"]["username"], "alice");
+    assert_eq!(d["user"]["discriminator"], "0");
+    for key in [
+        "id",
+        "global_name",
+        "avatar",
+        "bot",
+        "mfa_enabled",
+        "verified",
+        "flags",
+    ] {
+        assert!(d["user"].get(key).is_some(), "user lacks {key}: {d}");
+    }
+    let guilds = d["guilds"].as_array().expect("guilds");
+    assert!(!guilds.is_empty());
+    assert!(
+        guilds
+            .iter()
+            .all(|g| g["unavailable"] == true && g["id"].is_string())
+    );
+    let session = d["session_id"].as_str().expect("session_id");
+    assert!(!session.is_empty());
+    let port = server.base.rsplit(':').next().expect("port");
+    assert_eq!(
+        d["resume_gateway_url"],
+        format!("ws://127.0.0.1:{port}/gateway")
+    );
+    assert_eq!(d["application"]["id"], d["user"]["id"]);
+    assert!(d["application"]["flags"].is_u64());
+    assert_eq!(d["relationships"], json!([]));
+    assert_eq!(d["user_settings"], json!({}));
+    let dms = d["private_channels"].as_array().expect("private_channels");
+    assert_eq!(dms.len(), 1, "{d}");
+    assert_eq!(dms[0]["type"], 1);
+    assert_eq!(dms[0]["recipients"][0]["username"], "bob");
+
+    let create = gw.text().await;
+    assert_eq!(create["t"], "GUILD_CREATE", "{create}");
+    assert_eq!(create["s"], ready["s"]);
+    let g = &create["d"];
+    assert_eq!(g["id"], guilds[0]["id"]);
+    let members = g["members"].as_array().expect("members");
+    assert_eq!(g["member_count"].as_u64(), Some(members.len() as u64));
+    assert!(members.iter().any(|m| m["user"]["username"] == "alice"));
+    assert!(
+        g["roles"]
+            .as_array()
+            .expect("roles")
+            .iter()
+            .any(|r| r["id"] == g["id"])
+    );
+    for key in [
+        "name",
+        "owner_id",
+        "afk_timeout",
+        "features",
+        "channels",
+        "preferred_locale",
+        "verification_level",
+    ] {
+        assert!(g.get(key).is_some(), "guild lacks {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_arrives_as_message_create_with_its_seq_in_discords_field_order() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    join(&server, &alice, "#test").await;
+    join(&server, &bob, "#test").await;
+    let mut gw = Gw::connect(&server).await;
+    gw.identify(&alice.token, ALL).await;
+    let seq = say(&server, &bob, "#test", "hello there").await;
+    let (text, v) = message(&mut gw, "hello there").await;
+    assert_eq!(v["s"].as_u64(), Some(seq));
+    assert!(
+        text.starts_with(&format!(
+            "{{\"op\":0,\"s\":{seq},\"t\":\"MESSAGE_CREATE\",\"d\":{{"
+        )),
+        "{text}"
+    );
+    let d = &v["d"];
+    assert_eq!(d["author"]["username"], "bob");
+    assert!(d["guild_id"].is_string());
+    for key in [
+        "id",
+        "channel_id",
+        "timestamp",
+        "edited_timestamp",
+        "tts",
+        "mention_everyone",
+        "mentions",
+        "mention_roles",
+        "attachments",
+        "embeds",
+        "components",
+        "pinned",
+        "type",
+        "flags",
+    ] {
+        assert!(d.get(key).is_some(), "message lacks {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_message_content_guild_messages_are_blank_but_dms_are_not() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    join(&server, &alice, "#test").await;
+    join(&server, &bob, "#test").await;
+    let mut gw = Gw::connect(&server).await;
+    gw.identify(&alice.token, GUILDS | GUILD_MESSAGES | DIRECT_MESSAGES)
+        .await;
+    let in_channel = say(&server, &bob, "#test", "guild secret").await;
+    let mentioning = say(&server, &bob, "#test", "hey @alice").await;
+    let dm = say(&server, &bob, "alice", "dm secret").await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let v = gw.until("MESSAGE_CREATE").await;
+        if v["d"]["type"] == 0 {
+            seen.push(v);
+        }
+    }
+    assert_eq!(seen[0]["s"].as_u64(), Some(in_channel));
+    assert_eq!(seen[0]["d"]["content"], "");
+    assert_eq!(seen[1]["s"].as_u64(), Some(mentioning));
+    assert_eq!(seen[1]["d"]["content"], "hey @alice");
+    assert_eq!(seen[2]["s"].as_u64(), Some(dm));
+    assert_eq!(seen[2]["d"]["content"], "dm secret");
+    assert!(seen[2]["d"].get("guild_id").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_codes() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+
+    // 4001: an unknown op, identified or not.
+    let mut gw = Gw::connect(&server).await;
+    gw.identify(&alice.token, ALL).await;
+    gw.send(json!({"op": 99, "d": null})).await;
+    assert_eq!(gw.close_code().await, 4001);
+    let mut gw = Gw::connect(&server).await;
+    gw.send(json!({"op": 42})).await;
+    assert_eq!(gw.close_code().await, 4001);
+
+    // 4002: not JSON, no op, and a payload over 4096 bytes.
+    let mut gw = Gw::connect(&server).await;
+    gw.send_raw("{not json".into()).await;
+    assert_eq!(gw.close_code().await, 4002);
+    let mut gw = Gw::connect(&server).await;
+    gw.send(json!({"d": null})).await;
+    assert_eq!(gw.close_code().await, 4002);
+    let mut gw = Gw::connect(&server).await;
+    gw.send(json!({"op": 1, "d": "x".repeat(5000)})).await;
+    assert_eq!(gw.close_code().await, 4002);
+
+    // 4003: anything but heartbeat, identify and resume before identifying.
+    let mut gw = Gw::connect(&server).await;
+    gw.send(
+        json!({"op": 3, "d": {"status": "idle", "since": null, "activities": [], "afk": false}}),
+    )
+    .await;
+    assert_eq!(gw.close_code().await, 4003);
+    let mut gw = Gw::connect(&server).await;
+    gw.send(json!({"op": 8, "d": {"guild_id": "1", "query": "", "limit": 0}}))
+        .await;
+    assert_eq!(gw.close_code().await, 4003);
+
+    // 4004: a bad token.
+    let mut gw = Gw::connect(&server).await;
+    gw.send(json!({"op": 2, "d": {"token": "Bot nope", "intents": 513, "properties": {}}}))
+        .await;
+    assert_eq!(gw.close_code().await, 4004);
+
+    // 4005: identifying twice.
+    let mut gw = Gw::connect(&server).await;
+    gw.identify(&alice.token, ALL).await;
+    gw.send(json!({"op": 2, "d": {"token": alice.token, "intents": 513, "properties": {}}}))
+        .await;
+    assert_eq!(gw.close_code().await, 4005);
+
+    // 4008: more than 120 payloads in a minute.
+    let mut gw = Gw::connect(&server).await;
+    for _ in 0..121 {
+        gw.send(json!({"op": 1, "d": null})).await;
+    }
+    assert_eq!(gw.close_code().await, 4008);
+
+    // 4010: a shard this server does not serve.
+    let mut gw = Gw::connect(&server).await;
+    gw.send(json!({"op": 2, "d": {"token": alice.token, "intents": 513, "shard": [1, 2], "properties": {}}}))
+        .await;
+    assert_eq!(gw.close_code().await, 4010);
+
+    // 4012: an API version other than 9 or 10.
+    let (mut gw, hello) = Gw::connect_with(&server, "?v=6&encoding=json").await;
+    assert_eq!(hello["op"], 10);
+    assert_eq!(gw.close_code().await, 4012);
+
+    // 4013: intents Discord does not define.
+    let mut gw = Gw::connect(&server).await;
+    gw.send(json!({"op": 2, "d": {"token": alice.token, "intents": 1u64 << 22, "properties": {}}}))
+        .await;
+    assert_eq!(gw.close_code().await, 4013);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_an_unknown_or_foreign_session_is_refused_with_op_9() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let mut gw = Gw::connect(&server).await;
+    let ready = gw.identify(&alice.token, ALL).await;
+    let session = ready["d"]["session_id"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let seq = ready["s"].as_u64().expect("s");
+    drop(gw);
+
+    let (client, rest) = session.split_once('-').expect("client-epoch-intents");
+    let (epoch, intents) = rest.split_once('-').expect("epoch-intents");
+    let other_epoch = format!(
+        "{client}-{}-{intents}",
+        epoch.parse::<u64>().expect("epoch") ^ 1
+    );
+    for bad in ["nonsense", "1-2-3", other_epoch.as_str()] {
+        let mut gw = Gw::connect(&server).await;
+        gw.send(json!({"op": 6, "d": {"token": alice.token, "session_id": bad, "seq": seq}}))
+            .await;
+        let v = gw.text().await;
+        assert_eq!(
+            v,
+            json!({"op": 9, "s": null, "t": null, "d": false}),
+            "{bad}"
+        );
+        // The connection may identify afresh after an Invalid Session.
+        gw.identify(&alice.token, ALL).await;
+    }
+
+    // A seq ahead of the log cannot be resumed either.
+    let mut gw = Gw::connect(&server).await;
+    gw.send(
+        json!({"op": 6, "d": {"token": alice.token, "session_id": session, "seq": seq + 1000}}),
+    )
+    .await;
+    assert_eq!(gw.text().await["op"], 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_a_dropped_socket_replays_exactly_the_missed_events() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    join(&server, &alice, "#test").await;
+    join(&server, &bob, "#test").await;
+    let mut gw = Gw::connect(&server).await;
+    let ready = gw.identify(&alice.token, ALL).await;
+    let session = ready["d"]["session_id"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    say(&server, &bob, "#test", "before").await;
+    let (_, seen) = message(&mut gw, "before").await;
+    let last = seen["s"].as_u64().expect("s");
+    drop(gw);
+
+    let first = say(&server, &bob, "#test", "missed one").await;
+    let second = say(&server, &bob, "#test", "missed two").await;
+
+    let mut gw = Gw::connect(&server).await;
+    gw.send(json!({"op": 6, "d": {"token": format!("Bot {}", alice.token), "session_id": session, "seq": last}}))
+        .await;
+    let mut replayed = Vec::new();
+    let resumed = loop {
+        let v = gw.text().await;
+        if v["t"] == "RESUMED" {
+            break v;
+        }
+        replayed.push(v);
+    };
+    let got: Vec<(u64, String)> = replayed
+        .iter()
+        .map(|v| {
+            (
+                v["s"].as_u64().expect("s"),
+                format!("{} {}", v["t"].as_str().unwrap_or(""), v["d"]["content"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (first, "MESSAGE_CREATE \"missed one\"".to_owned()),
+            (second, "MESSAGE_CREATE \"missed two\"".to_owned()),
+        ]
+    );
+    assert_eq!(resumed["d"], json!({}));
+    assert!(resumed["s"].as_u64().expect("s") >= second);
+
+    // Live again after the replay.
+    let seq = say(&server, &bob, "#test", "live").await;
+    let (_, v) = message(&mut gw, "live").await;
+    assert_eq!(v["s"].as_u64(), Some(seq));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumes_across_a_server_restart_and_shutdown_says_reconnect() {
+    let mut server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    join(&server, &alice, "#test").await;
+    join(&server, &bob, "#test").await;
+    let mut gw = Gw::connect(&server).await;
+    let ready = gw.identify(&alice.token, ALL).await;
+    let session = ready["d"]["session_id"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let last = ready["s"].as_u64().expect("s");
+
+    // A graceful shutdown: Reconnect (op 7), then a close libraries resume on.
+    let shutdown = tokio::spawn(async move {
+        let _ = server.terminate().await;
+        server
+    });
+    // (GUILD_CREATE and other dispatches may come first.)
+    loop {
+        let v = gw.text().await;
+        if v["op"] == 7 {
+            assert_eq!(v, json!({"op": 7, "s": null, "t": null, "d": null}));
+            break;
+        }
+    }
+    assert_eq!(gw.close_code().await, 4000);
+    let mut server = shutdown.await.expect("terminate");
+    server.restart().await;
+
+    let seq = say(&server, &bob, "#test", "after restart").await;
+    let mut gw = Gw::connect(&server).await;
+    gw.send(json!({"op": 6, "d": {"token": alice.token, "session_id": session, "seq": last}}))
+        .await;
+    let mut got = Vec::new();
+    loop {
+        let v = gw.text().await;
+        if v["t"] == "RESUMED" {
+            break;
+        }
+        got.push(v);
+    }
+    assert!(
+        got.iter()
+            .any(|v| v["s"].as_u64() == Some(seq) && v["d"]["content"] == "after restart"),
+        "{got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_guild_members_answers_one_chunk() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    server.register("bob", "correct horse").await;
+    let mut gw = Gw::connect(&server).await;
+    gw.identify(&alice.token, ALL).await;
+    let guild = gw.until("GUILD_CREATE").await;
+    let id: u64 = guild["d"]["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("snowflake");
+    // discord.py sends the guild id as a number.
+    gw.send(json!({"op": 8, "d": {"guild_id": id, "query": "", "limit": 0, "nonce": "n1"}}))
+        .await;
+    let chunk = gw.until("GUILD_MEMBERS_CHUNK").await;
+    let d = &chunk["d"];
+    assert_eq!(d["guild_id"], id.to_string());
+    assert_eq!(d["chunk_index"], 0);
+    assert_eq!(d["chunk_count"], 1);
+    assert_eq!(d["nonce"], "n1");
+    assert!(chunk["s"].is_u64());
+    let names: Vec<&str> = d["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["user"]["username"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"alice") && names.contains(&"bob"),
+        "{names:?}"
+    );
+    gw.send(json!({"op": 8, "d": {"guild_id": id.to_string(), "query": "bo", "limit": 10}}))
+        .await;
+    let chunk = gw.until("GUILD_MEMBERS_CHUNK").await;
+    let members = chunk["d"]["members"].as_array().expect("members");
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0]["user"]["username"], "bob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_reactions_typing_and_deletions_arrive_as_their_dispatches() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    join(&server, &alice, "#test").await;
+    join(&server, &bob, "#test").await;
+    let mut gw = Gw::connect(&server).await;
+    gw.identify(&alice.token, ALL | 1 << 10 | 1 << 11).await;
+    let (_, v) = server
+        .cmd(
+            &bob,
+            json!({"command": "PRIVMSG", "to": "#test", "body": "first"}),
+        )
+        .await;
+    let id = v["id"].as_str().expect("id").to_owned();
+    let (_, created) = message(&mut gw, "first").await;
+    let guild = created["d"]["guild_id"].clone();
+    let channel = created["d"]["channel_id"].clone();
+
+    let edit = server
+        .ok(
+            &bob,
+            json!({"command": "EDIT", "ref": id, "body": "second"}),
+        )
+        .await;
+    let v = gw.until("MESSAGE_UPDATE").await;
+    assert_eq!(v["s"].as_u64(), Some(edit));
+    assert_eq!(v["d"]["id"], id);
+    assert_eq!(v["d"]["content"], "second");
+    assert_eq!(v["d"]["author"]["username"], "bob");
+    assert!(v["d"]["edited_timestamp"].is_string());
+    assert_eq!(v["d"]["guild_id"], guild);
+
+    let react = server
+        .ok(&bob, json!({"command": "REACT", "ref": id, "body": "👍"}))
+        .await;
+    let v = gw.until("MESSAGE_REACTION_ADD").await;
+    assert_eq!(v["s"].as_u64(), Some(react));
+    assert_eq!(v["d"]["message_id"], id);
+    assert_eq!(v["d"]["channel_id"], channel);
+    assert_eq!(v["d"]["guild_id"], guild);
+    assert_eq!(v["d"]["emoji"], json!({"id": null, "name": "👍"}));
+    assert_eq!(v["d"]["type"], 0);
+    assert_eq!(v["d"]["burst"], false);
+
+    server
+        .ok(&bob, json!({"command": "TYPING", "to": "#test"}))
+        .await;
+    let v = gw.until("TYPING_START").await;
+    assert_eq!(v["d"]["channel_id"], channel);
+    assert!(v["d"]["timestamp"].is_u64());
+    assert!(
+        v["s"].as_u64().expect("s") >= react,
+        "typing must not move s back"
+    );
+
+    let delete = server
+        .ok(&bob, json!({"command": "DELETE", "ref": id}))
+        .await;
+    let v = gw.until("MESSAGE_DELETE").await;
+    assert_eq!(v["s"].as_u64(), Some(delete));
+    assert_eq!(
+        v["d"],
+        json!({"id": id, "channel_id": channel, "guild_id": guild})
+    );
+}
+
+/// A REST call that must succeed; returns its JSON (null for 204).
+async fn rest(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> Value {
+    let (s, _, v) = server
+        .raw(
+            method.clone(),
+            &format!("/api/v10{path}"),
+            Some(token),
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+    assert!(s.is_success(), "{method} {path}: {s} {v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guilds_life_reaches_its_members_gateways() {
+    use reqwest::Method;
+    const GUILD_MEMBERS: u64 = 1 << 1;
+    const GUILD_INVITES: u64 = 1 << 6;
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    let mut a = Gw::connect(&server).await;
+    a.identify(&alice.token, ALL | GUILD_MEMBERS | GUILD_INVITES)
+        .await;
+    let mut b = Gw::connect(&server).await;
+    b.identify(&bob.token, ALL).await;
+
+    let g = rest(
+        &server,
+        Method::POST,
+        "/guilds",
+        &alice.token,
+        json!({"name": "Club"}),
+    )
+    .await;
+    let gid = g["id"].as_str().expect("guild id").to_owned();
+    let created = loop {
+        let v = a.until("GUILD_CREATE").await;
+        if v["d"]["id"] == gid {
+            break v;
+        }
+    };
+    let members = created["d"]["members"].as_array().expect("members");
+    assert_eq!(members.len(), 1);
+    assert_eq!(created["d"]["member_count"], 1);
+    let channel = created["d"]["channels"][0]["id"]
+        .as_str()
+        .expect("a channel")
+        .to_owned();
+
+    rest(
+        &server,
+        Method::POST,
+        &format!("/guilds/{gid}/roles"),
+        &alice.token,
+        json!({"name": "mods"}),
+    )
+    .await;
+    let v = a.until("GUILD_ROLE_CREATE").await;
+    assert_eq!(v["d"]["guild_id"], gid);
+    assert_eq!(v["d"]["role"]["name"], "mods");
+
+    let invite = rest(
+        &server,
+        Method::POST,
+        &format!("/channels/{channel}/invites"),
+        &alice.token,
+        json!({}),
+    )
+    .await;
+    let code = invite["code"].as_str().expect("code").to_owned();
+    let v = a.until("INVITE_CREATE").await;
+    assert_eq!(v["d"]["code"], code);
+    assert_eq!(v["d"]["channel_id"], channel);
+
+    rest(
+        &server,
+        Method::POST,
+        &format!("/invites/{code}"),
+        &bob.token,
+        json!({}),
+    )
+    .await;
+    let v = loop {
+        let v = b.until("GUILD_CREATE").await;
+        if v["d"]["id"] == gid {
+            break v;
+        }
+    };
+    assert_eq!(v["d"]["member_count"], 2);
+    assert_eq!(v["d"]["members"].as_array().map(Vec::len), Some(2));
+    let v = a.until("GUILD_MEMBER_ADD").await;
+    assert_eq!(v["d"]["guild_id"], gid);
+    assert_eq!(v["d"]["user"]["username"], "bob");
+
+    rest(
+        &server,
+        Method::DELETE,
+        &format!("/invites/{code}"),
+        &alice.token,
+        json!({}),
+    )
+    .await;
+    let v = a.until("INVITE_DELETE").await;
+    assert_eq!(
+        v["d"],
+        json!({"channel_id": channel, "code": code, "guild_id": gid})
+    );
+
+    rest(
+        &server,
+        Method::PATCH,
+        &format!("/guilds/{gid}"),
+        &alice.token,
+        json!({"name": "Club Two"}),
+    )
+    .await;
+    let v = b.until("GUILD_UPDATE").await;
+    assert_eq!(v["d"]["name"], "Club Two");
+
+    rest(
+        &server,
+        Method::DELETE,
+        &format!("/users/@me/guilds/{gid}"),
+        &bob.token,
+        json!({}),
+    )
+    .await;
+    let v = b.until("GUILD_DELETE").await;
+    assert_eq!(v["d"]["id"], gid);
+    let v = a.until("GUILD_MEMBER_REMOVE").await;
+    assert_eq!(v["d"]["user"]["username"], "bob");
+
+    rest(
+        &server,
+        Method::DELETE,
+        &format!("/guilds/{gid}"),
+        &alice.token,
+        json!({}),
+    )
+    .await;
+    let v = a.until("GUILD_DELETE").await;
+    assert_eq!(v["d"]["id"], gid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presences_show_in_guild_create_and_follow_presence_updates() {
+    const GUILD_PRESENCES: u64 = 1 << 8;
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    // Presence goes to the peers one shares a channel with.
+    join(&server, &alice, "#test").await;
+    join(&server, &bob, "#test").await;
+    let mut b = Gw::connect(&server).await;
+    let ready = b.identify(&bob.token, ALL).await;
+    let bob_id = ready["d"]["user"]["id"].clone();
+    // Bob is connected (online) once his identify is handled.
+    b.sync().await;
+
+    let mut a = Gw::connect(&server).await;
+    a.identify(&alice.token, GUILDS | GUILD_PRESENCES).await;
+    let guild = a.until("GUILD_CREATE").await;
+    // Presence is live-only: alice must be following her stream when it changes.
+    a.sync().await;
+    let presences = guild["d"]["presences"].as_array().expect("presences");
+    assert!(
+        presences
+            .iter()
+            .any(|p| p["user"]["id"] == bob_id && p["status"] == "online"),
+        "{presences:?}"
+    );
+
+    b.send(json!({"op": 3, "d": {"since": null, "activities": [], "status": "dnd", "afk": false}}))
+        .await;
+    let update = loop {
+        let v = a.until("PRESENCE_UPDATE").await;
+        if v["d"]["user"]["id"] == bob_id && v["d"]["status"] == "dnd" {
+            break v;
+        }
+    };
+    assert_eq!(update["d"]["guild_id"], guild["d"]["id"]);
+}
+
+/// A guild with more members than the identify's `large_threshold` comes `large`, with only the viewer's own
+/// member and the true `member_count`, as on Discord; the rest is there through Request Guild Members. Below
+/// the threshold every member is listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_guilds_leave_their_members_to_chunks() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    for i in 0..55 {
+        server.guest(&format!("g{i}")).await;
+    }
+    let identify = |threshold: u64| {
+        json!({
+            "op": 2,
+            "d": {
+                "token": format!("Bot {}", alice.token),
+                "intents": ALL,
+                "properties": {"os": "linux", "browser": "test", "device": "test"},
+                "large_threshold": threshold,
+            }
+        })
+    };
+    // 56 users and the server's own: over a threshold of 50, under one of 250.
+    let mut gw = Gw::connect(&server).await;
+    gw.send(identify(50)).await;
+    let create = gw.until("GUILD_CREATE").await;
+    let d = &create["d"];
+    assert_eq!(d["large"], true, "{d}");
+    let count = d["member_count"].as_u64().expect("member_count");
+    assert!(count > 56, "{count}");
+    let members = d["members"].as_array().expect("members");
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0]["user"]["username"], "alice");
+    gw.send(json!({"op": 8, "d": {"guild_id": d["id"], "query": "", "limit": 0}}))
+        .await;
+    let chunk = gw.until("GUILD_MEMBERS_CHUNK").await;
+    let chunked = chunk["d"]["members"].as_array().map(Vec::len);
+    assert_eq!(chunked.and_then(|n| u64::try_from(n).ok()), Some(count));
+
+    let mut gw = Gw::connect(&server).await;
+    gw.send(identify(250)).await;
+    let create = gw.until("GUILD_CREATE").await;
+    assert_eq!(create["d"]["large"], false);
+    let listed = create["d"]["members"].as_array().map(Vec::len);
+    assert_eq!(listed.and_then(|n| u64::try_from(n).ok()), Some(count));
+}

@@ -1,0 +1,1380 @@
+//! The Discord-compatible REST API (`/api/v10`) against the real binary: the login sequence libraries run,
+//! messages end to end (seen by another user's long-poll), reactions, permission refusals, Discord's error
+//! codes, rate limits and attachments.
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{Client, Server};
+
+/// A Discord-style client: `Authorization: Bot <token>` on every request to `/api/v10`.
+struct Bot<'a> {
+    server: &'a Server,
+    token: String,
+}
+
+impl<'a> Bot<'a> {
+    fn new(server: &'a Server, c: &Client) -> Self {
+        Self {
+            server,
+            token: c.token.clone(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let mut req = self
+            .server
+            .http()
+            .request(method, format!("{}/api/v10{}", self.server.base, path))
+            .header("authorization", format!("Bot {}", self.token))
+            .timeout(Duration::from_secs(30));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, value)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let (s, _, v) = self.call(Method::GET, path, None).await;
+        (s, v)
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
+        let (s, _, v) = self.call(method, path, Some(body)).await;
+        (s, v)
+    }
+
+    async fn empty(&self, method: Method, path: &str) -> StatusCode {
+        self.call(method, path, None).await.0
+    }
+}
+
+/// The network guild's id and the id of one of its channels by name (without `#`).
+async fn network_channel(bot: &Bot<'_>, name: &str) -> (String, String) {
+    let (s, guilds) = bot.get("/users/@me/guilds").await;
+    assert_eq!(s, StatusCode::OK, "{guilds}");
+    let guild = guilds[0]["id"].as_str().expect("a guild").to_owned();
+    let (s, channels) = bot.get(&format!("/guilds/{guild}/channels")).await;
+    assert_eq!(s, StatusCode::OK, "{channels}");
+    let id = channels
+        .as_array()
+        .expect("channels")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("#{name} in {channels}"))["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    (guild, id)
+}
+
+fn assert_code(status: StatusCode, v: &Value, want_status: StatusCode, code: u64) {
+    assert_eq!(status, want_status, "{v}");
+    assert_eq!(v["code"], json!(code), "{v}");
+    assert!(v["message"].is_string(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_sequence_answers_what_libraries_read() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    let bot = Bot::new(&server, &alice);
+
+    // users/@me with the Bot prefix, Content-Type exactly application/json (discord.py compares the string).
+    let (s, h, me) = bot.call(Method::GET, "/users/@me", None).await;
+    assert_eq!(s, StatusCode::OK, "{me}");
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(me["username"], "alice");
+    assert_eq!(me["discriminator"], "0");
+    assert!(me.get("avatar").is_some_and(Value::is_null), "{me}");
+    let id = me["id"].as_str().expect("id as a string").to_owned();
+    assert!(id.parse::<u64>().is_ok_and(|v| v > 0));
+
+    let (s, h, app) = bot
+        .call(Method::GET, "/oauth2/applications/@me", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{app}");
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(app["id"], json!(id));
+    for field in [
+        "name",
+        "description",
+        "icon",
+        "bot_public",
+        "bot_require_code_grant",
+        "owner",
+        "verify_key",
+    ] {
+        assert!(app.get(field).is_some(), "{field} missing in {app}");
+    }
+    assert_eq!(app["owner"]["id"], json!(id));
+
+    let (s, gw) = bot.get("/gateway/bot").await;
+    assert_eq!(s, StatusCode::OK, "{gw}");
+    let url = gw["url"].as_str().expect("url");
+    assert!(
+        url.starts_with("ws://127.0.0.1:") && url.ends_with("/gateway"),
+        "{url}"
+    );
+    assert_eq!(gw["shards"], 1);
+    for field in ["total", "remaining", "reset_after", "max_concurrency"] {
+        assert!(gw["session_start_limit"][field].is_u64(), "{gw}");
+    }
+    let (s, gw) = bot.get("/gateway").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(gw["url"].as_str(), Some(url));
+
+    // Bearer, the bare token, and /api/v9 work too.
+    let http = server.http();
+    for auth in [format!("Bearer {}", alice.token), alice.token.clone()] {
+        let r = http
+            .get(format!("{}/api/v9/users/@me", server.base))
+            .header("authorization", auth)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    // A bad or missing token is Discord's 401.
+    let bad = Bot {
+        server: &server,
+        token: "0".repeat(64),
+    };
+    let (s, h, v) = bad.call(Method::GET, "/users/@me", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(v, json!({"code": 0, "message": "401: Unauthorized"}));
+    let r = http
+        .get(format!("{}/api/v10/users/@me", server.base))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // users/{id} and an unknown user.
+    let (s, u) = bot.get(&format!("/users/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(u["username"], "alice");
+    let (s, v) = bot.get("/users/12345").await;
+    assert_code(s, &v, StatusCode::NOT_FOUND, 10013);
+
+    // PATCH users/@me changes the display name.
+    let (s, u) = bot
+        .send(
+            Method::PATCH,
+            "/users/@me",
+            json!({"global_name": "Alice A."}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{u}");
+    assert_eq!(u["global_name"], "Alice A.");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_round_trip_and_reach_other_users() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    let mut bob = server.register("bob", "correct horse battery").await;
+    server
+        .ok(&alice, json!({"command": "JOIN", "to": "#rest"}))
+        .await;
+    let a = Bot::new(&server, &alice);
+    let b = Bot::new(&server, &bob);
+    let (guild, c) = network_channel(&b, "rest").await;
+
+    // Bob cannot read #rest before joining it (our extension joins it).
+    let (s, v) = b.get(&format!("/channels/{c}/messages")).await;
+    assert_code(s, &v, StatusCode::FORBIDDEN, 50001);
+    assert_eq!(
+        b.empty(Method::PUT, &format!("/channels/{c}/members/@me"))
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    server.drain(&mut bob).await;
+
+    let (s, ch) = a.get(&format!("/channels/{c}")).await;
+    assert_eq!(s, StatusCode::OK, "{ch}");
+    assert_eq!(ch["name"], "rest");
+    assert_eq!(ch["guild_id"], json!(guild));
+
+    // Send, with a nonce echoed back.
+    let (s, m) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{c}/messages"),
+            json!({"content": "hello from REST", "nonce": "n-1", "tts": false}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(m["content"], "hello from REST");
+    assert_eq!(m["channel_id"], json!(c));
+    assert_eq!(m["guild_id"], json!(guild));
+    assert_eq!(m["author"]["username"], "alice");
+    assert_eq!(m["nonce"], "n-1");
+    assert_eq!(m["timestamp"].as_str().map(str::len), Some(32), "{m}");
+    for field in [
+        "mentions",
+        "mention_roles",
+        "attachments",
+        "embeds",
+        "components",
+        "pinned",
+        "tts",
+        "type",
+        "flags",
+    ] {
+        assert!(m.get(field).is_some(), "{field} missing in {m}");
+    }
+    let mid = m["id"].as_str().expect("id").to_owned();
+
+    // Bob's long-poll sees it.
+    let seen = server.poll(&mut bob, 5).await;
+    assert!(
+        seen.iter()
+            .any(|e| e["type"] == "message" && e["body"] == "hello from REST"),
+        "{seen:?}"
+    );
+
+    // enforce_nonce makes a repeat return the first message.
+    let body = json!({"content": "once", "nonce": "idem-1", "enforce_nonce": true});
+    let (_, m1) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{c}/messages"),
+            body.clone(),
+        )
+        .await;
+    let (_, m2) = a
+        .send(Method::POST, &format!("/channels/{c}/messages"), body)
+        .await;
+    assert_eq!(m1["id"], m2["id"]);
+
+    // History: newest first, with limit.
+    let (s, list) = b.get(&format!("/channels/{c}/messages?limit=2")).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let list = list.as_array().expect("list");
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["content"], "once");
+    assert_eq!(list[1]["content"], "hello from REST");
+    let (s, list) = b
+        .get(&format!(
+            "/channels/{c}/messages?before={}",
+            m1["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["content"] != "once")
+    );
+    let (s, v) = b.get(&format!("/channels/{c}/messages?limit=101")).await;
+    assert_code(s, &v, StatusCode::BAD_REQUEST, 50035);
+
+    // Get one, edit it, and see the edit.
+    let (s, got) = b.get(&format!("/channels/{c}/messages/{mid}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got["id"], json!(mid));
+    let (s, edited) = a
+        .send(
+            Method::PATCH,
+            &format!("/channels/{c}/messages/{mid}"),
+            json!({"content": "edited"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{edited}");
+    assert_eq!(edited["content"], "edited");
+    assert!(edited["edited_timestamp"].is_string(), "{edited}");
+    let seen = server.poll(&mut bob, 5).await;
+    assert!(!seen.is_empty());
+
+    // Bob may neither edit nor delete Alice's message.
+    let (s, v) = b
+        .send(
+            Method::PATCH,
+            &format!("/channels/{c}/messages/{mid}"),
+            json!({"content": "mine now"}),
+        )
+        .await;
+    assert_code(s, &v, StatusCode::FORBIDDEN, 50013);
+    let (s, _, v) = b
+        .call(
+            Method::DELETE,
+            &format!("/channels/{c}/messages/{mid}"),
+            None,
+        )
+        .await;
+    assert_code(s, &v, StatusCode::FORBIDDEN, 50013);
+
+    // Typing and read acks.
+    assert_eq!(
+        b.empty(Method::POST, &format!("/channels/{c}/typing"))
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    let (s, v) = b
+        .send(
+            Method::POST,
+            &format!("/channels/{c}/messages/{mid}/ack"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Pins.
+    assert_eq!(
+        a.empty(Method::PUT, &format!("/channels/{c}/pins/{mid}"))
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    let (s, pins) = b.get(&format!("/channels/{c}/pins")).await;
+    assert_eq!(s, StatusCode::OK, "{pins}");
+    assert_eq!(pins[0]["id"], json!(mid));
+    assert_eq!(pins[0]["pinned"], true);
+
+    // Alice deletes it; it is gone.
+    assert_eq!(
+        a.empty(Method::DELETE, &format!("/channels/{c}/messages/{mid}"))
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    let (s, v) = b.get(&format!("/channels/{c}/messages/{mid}")).await;
+    assert_code(s, &v, StatusCode::NOT_FOUND, 10008);
+
+    // around= centres on a message; bulk-delete (Alice is the channel's op) removes several at once.
+    let once = m1["id"].as_str().unwrap().to_owned();
+    let (s, list) = b
+        .get(&format!("/channels/{c}/messages?around={once}&limit=3"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == json!(once)),
+        "{list}"
+    );
+    let mut ids = Vec::new();
+    for text in ["bulk 1", "bulk 2"] {
+        let (_, m) = a
+            .send(
+                Method::POST,
+                &format!("/channels/{c}/messages"),
+                json!({"content": text}),
+            )
+            .await;
+        ids.push(m["id"].clone());
+    }
+    let (s, v) = b
+        .send(
+            Method::POST,
+            &format!("/channels/{c}/messages/bulk-delete"),
+            json!({"messages": ids}),
+        )
+        .await;
+    assert_code(s, &v, StatusCode::FORBIDDEN, 50013);
+    let (s, v) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{c}/messages/bulk-delete"),
+            json!({"messages": ids}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (_, list) = b.get(&format!("/channels/{c}/messages")).await;
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|m| !m["content"].as_str().unwrap_or("").starts_with("bulk")),
+        "{list}"
+    );
+
+    // Bob leaves #rest again.
+    assert_eq!(
+        b.empty(Method::DELETE, &format!("/channels/{c}/members/@me"))
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    let (s, v) = b.get(&format!("/channels/{c}/messages")).await;
+    assert_code(s, &v, StatusCode::FORBIDDEN, 50001);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_add_list_and_remove() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    let bob = server.register("bob", "correct horse battery").await;
+    server
+        .ok(&alice, json!({"command": "JOIN", "to": "#r"}))
+        .await;
+    server
+        .ok(&bob, json!({"command": "JOIN", "to": "#r"}))
+        .await;
+    let a = Bot::new(&server, &alice);
+    let b = Bot::new(&server, &bob);
+    let (_, c) = network_channel(&a, "r").await;
+    let (_, m) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{c}/messages"),
+            json!({"content": "react to me"}),
+        )
+        .await;
+    let mid = m["id"].as_str().expect("id").to_owned();
+    // 👍 percent-encoded, as libraries send it; and a custom emoji as name:id.
+    let thumbs = "%F0%9F%91%8D";
+    for (who, emoji) in [(&a, thumbs), (&b, thumbs), (&b, "party%3A123")] {
+        let s = who
+            .empty(
+                Method::PUT,
+                &format!("/channels/{c}/messages/{mid}/reactions/{emoji}/@me"),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+    }
+    let (s, got) = a.get(&format!("/channels/{c}/messages/{mid}")).await;
+    assert_eq!(s, StatusCode::OK);
+    let reactions = got["reactions"].as_array().expect("reactions");
+    let up = reactions
+        .iter()
+        .find(|r| r["emoji"]["name"] == "👍")
+        .expect("👍");
+    assert_eq!(up["count"], 2);
+    assert_eq!(up["me"], true);
+    let party = reactions
+        .iter()
+        .find(|r| r["emoji"]["name"] == "party")
+        .expect("party");
+    assert_eq!(party["emoji"]["id"], "123");
+    assert_eq!(party["me"], false);
+
+    let (s, users) = a
+        .get(&format!("/channels/{c}/messages/{mid}/reactions/{thumbs}"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let names: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["username"].as_str())
+        .collect();
+    assert_eq!(names.len(), 2, "{users}");
+    assert!(names.contains(&"alice") && names.contains(&"bob"));
+
+    // Bob cannot remove Alice's reaction; Alice, the channel op, can remove Bob's; each removes their own.
+    let alice_id = a.get("/users/@me").await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bob_id = b.get("/users/@me").await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _, v) = b
+        .call(
+            Method::DELETE,
+            &format!("/channels/{c}/messages/{mid}/reactions/{thumbs}/{alice_id}"),
+            None,
+        )
+        .await;
+    assert_code(s, &v, StatusCode::FORBIDDEN, 50013);
+    let s = a
+        .empty(
+            Method::DELETE,
+            &format!("/channels/{c}/messages/{mid}/reactions/{thumbs}/{bob_id}"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let s = a
+        .empty(
+            Method::DELETE,
+            &format!("/channels/{c}/messages/{mid}/reactions/{thumbs}/@me"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, users) = a
+        .get(&format!("/channels/{c}/messages/{mid}/reactions/{thumbs}"))
+        .await;
+    assert_eq!(users, json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_use_discords_codes() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    let bob = server.register("bob", "correct horse battery").await;
+    server
+        .ok(&alice, json!({"command": "JOIN", "to": "#e"}))
+        .await;
+    server
+        .ok(&bob, json!({"command": "JOIN", "to": "#e"}))
+        .await;
+    server
+        .ok(
+            &alice,
+            json!({"command": "MODE", "to": "#e", "body": "+t", "args": []}),
+        )
+        .await;
+    let a = Bot::new(&server, &alice);
+    let b = Bot::new(&server, &bob);
+    let (_, c) = network_channel(&a, "e").await;
+
+    // Unknown ids.
+    let (s, v) = a.get("/channels/1234567").await;
+    assert_code(s, &v, StatusCode::NOT_FOUND, 10003);
+    let (s, v) = a.get(&format!("/channels/{c}/messages/1234567")).await;
+    assert_code(s, &v, StatusCode::NOT_FOUND, 10008);
+    let (s, v) = a.get("/guilds/1234567").await;
+    assert_code(s, &v, StatusCode::NOT_FOUND, 10004);
+    let (s, v) = a.get("/channels/not-a-number").await;
+    assert_code(s, &v, StatusCode::NOT_FOUND, 10003);
+    let (s, v) = a.get("/no/such/route").await;
+    assert_code(s, &v, StatusCode::NOT_FOUND, 0);
+
+    // +t: the topic is for ops; the op may set it.
+    let (s, v) = b
+        .send(
+            Method::PATCH,
+            &format!("/channels/{c}"),
+            json!({"topic": "bob's"}),
+        )
+        .await;
+    assert_code(s, &v, StatusCode::FORBIDDEN, 50013);
+    let (s, v) = a
+        .send(
+            Method::PATCH,
+            &format!("/channels/{c}"),
+            json!({"topic": "ops only"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["topic"], "ops only");
+
+    // Invalid bodies name the field.
+    let path = format!("/channels/{c}/messages");
+    let (s, v) = a
+        .send(Method::POST, &path, json!({"content": "x".repeat(5000)}))
+        .await;
+    assert_code(s, &v, StatusCode::BAD_REQUEST, 50035);
+    assert_eq!(
+        v["errors"]["content"]["_errors"][0]["code"], "BASE_TYPE_MAX_LENGTH",
+        "{v}"
+    );
+    let (s, v) = a.send(Method::POST, &path, json!({"content": 5})).await;
+    assert_code(s, &v, StatusCode::BAD_REQUEST, 50035);
+    assert!(
+        v["errors"]["content"]["_errors"][0]["message"].is_string(),
+        "{v}"
+    );
+    let (s, v) = a
+        .send(Method::POST, &path, json!({"content": "hi", "tts": "yes"}))
+        .await;
+    assert_code(s, &v, StatusCode::BAD_REQUEST, 50035);
+    assert!(v["errors"]["tts"].is_object(), "{v}");
+    let (s, v) = a
+        .send(
+            Method::POST,
+            &path,
+            json!({"content": "hi", "frobnicate": 1}),
+        )
+        .await;
+    assert_code(s, &v, StatusCode::BAD_REQUEST, 50035);
+    assert!(v["errors"]["frobnicate"].is_object(), "{v}");
+    let (s, v) = a.send(Method::POST, &path, json!({"content": ""})).await;
+    assert_code(s, &v, StatusCode::BAD_REQUEST, 50006);
+    let (s, _, v) = a.call(Method::POST, &path, None).await;
+    assert_code(s, &v, StatusCode::BAD_REQUEST, 50006);
+    let r = server
+        .http()
+        .post(format!("{}/api/v10{path}", server.base))
+        .header("authorization", format!("Bot {}", alice.token))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["code"], 50035);
+    let big = json!({"content": "x", "embeds": [{"description": "y".repeat(70 * 1024)}]});
+    let (s, v) = a.send(Method::POST, &path, big).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_discords_429() {
+    let server = Server::start(&[("RATE_LIMIT", "3/1")]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    server
+        .ok(&alice, json!({"command": "JOIN", "to": "#flood"}))
+        .await;
+    let a = Bot::new(&server, &alice);
+    let (_, c) = network_channel(&a, "flood").await;
+    let mut limited = None;
+    for i in 0..20 {
+        let (s, h, v) = a
+            .call(
+                Method::POST,
+                &format!("/channels/{c}/messages"),
+                Some(json!({"content": format!("m{i}")})),
+            )
+            .await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some((h, v));
+            break;
+        }
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (h, v) = limited.expect("a 429 within 20 quick messages");
+    assert!(h.contains_key("via"), "{h:?}");
+    assert_eq!(h["content-type"], "application/json");
+    assert!(
+        h["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok_and(|s| s >= 1)
+    );
+    assert_eq!(h["x-ratelimit-scope"], "user");
+    for name in [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "x-ratelimit-reset-after",
+        "x-ratelimit-bucket",
+    ] {
+        assert!(h.contains_key(name), "{name} missing: {h:?}");
+    }
+    assert!(
+        v["retry_after"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0 && r <= 1.0),
+        "{v}"
+    );
+    assert_eq!(v["global"], false);
+    assert!(v["message"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_open_lazily() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    let mut bob = server.register("bob", "correct horse battery").await;
+    let a = Bot::new(&server, &alice);
+    let b = Bot::new(&server, &bob);
+    let bob_id = b.get("/users/@me").await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, dm) = a
+        .send(
+            Method::POST,
+            "/users/@me/channels",
+            json!({"recipient_id": bob_id}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{dm}");
+    assert_eq!(dm["type"], 1);
+    assert_eq!(dm["recipients"][0]["username"], "bob");
+    // Before its first message the DM reads as an empty channel.
+    let pending = dm["id"].as_str().unwrap();
+    let (s, v) = a.get(&format!("/channels/{pending}")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["type"], 1);
+    let (s, v) = a.get(&format!("/channels/{pending}/messages")).await;
+    assert_eq!((s, v), (StatusCode::OK, json!([])));
+    let (s, m) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{}/messages", dm["id"].as_str().unwrap()),
+            json!({"content": "psst"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert!(m.get("guild_id").is_none(), "{m}");
+    let real = m["channel_id"].as_str().unwrap().to_owned();
+    let seen = server.poll(&mut bob, 5).await;
+    assert!(seen.iter().any(|e| e["body"] == "psst"), "{seen:?}");
+    // Now the DM exists: both see it, and opening it again gives it.
+    let (_, dm2) = a
+        .send(
+            Method::POST,
+            "/users/@me/channels",
+            json!({"recipient_id": bob_id}),
+        )
+        .await;
+    assert_eq!(dm2["id"], json!(real));
+    let (s, list) = b.get("/users/@me/channels").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list[0]["id"], json!(real));
+    assert_eq!(list[0]["recipients"][0]["username"], "alice");
+    let (s, hist) = b.get(&format!("/channels/{real}/messages")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(hist[0]["content"], "psst");
+    // A third user sees nothing of it.
+    let carol = server.register("carol", "correct horse battery").await;
+    let (s, v) = Bot::new(&server, &carol)
+        .get(&format!("/channels/{real}/messages"))
+        .await;
+    assert_code(s, &v, StatusCode::NOT_FOUND, 10003);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guilds_roles_members_and_search() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    let bob = server.register("bob", "correct horse battery").await;
+    let a = Bot::new(&server, &alice);
+    let b = Bot::new(&server, &bob);
+    let (s, g) = a
+        .send(
+            Method::POST,
+            "/guilds",
+            json!({"name": "Team", "public": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{g}");
+    let gid = g["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        g["roles"][0]["id"],
+        json!(gid),
+        "@everyone has the guild's id: {g}"
+    );
+    let (s, v) = a.send(Method::POST, "/guilds", json!({"name": "T"})).await;
+    assert_code(s, &v, StatusCode::BAD_REQUEST, 50035);
+    assert!(v["errors"]["name"].is_object(), "{v}");
+
+    // Bob is not in it; then joins (public).
+    let (s, v) = b.get(&format!("/guilds/{gid}")).await;
+    assert_code(s, &v, StatusCode::FORBIDDEN, 50001);
+    let bob_id = b.get("/users/@me").await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _, v) = b
+        .call(
+            Method::PUT,
+            &format!("/guilds/{gid}/members/{bob_id}"),
+            Some(json!({})),
+        )
+        .await;
+    assert!(s.is_success(), "{s} {v}");
+    let (s, v) = b.get(&format!("/guilds/{gid}?with_counts=true")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["approximate_member_count"], 2);
+
+    // Channels: Bob may not create one; Alice may.
+    let (s, v) = b
+        .send(
+            Method::POST,
+            &format!("/guilds/{gid}/channels"),
+            json!({"name": "nope"}),
+        )
+        .await;
+    assert_code(s, &v, StatusCode::FORBIDDEN, 50013);
+    let (s, ch) = a
+        .send(
+            Method::POST,
+            &format!("/guilds/{gid}/channels"),
+            json!({"name": "plans", "topic": "t"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{ch}");
+    let cid = ch["id"].as_str().unwrap().to_owned();
+    let (s, list) = b.get(&format!("/guilds/{gid}/channels")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == json!(cid))
+    );
+
+    // Roles and member roles.
+    let (s, role) = a
+        .send(
+            Method::POST,
+            &format!("/guilds/{gid}/roles"),
+            json!({"name": "mods", "permissions": "8192", "color": 255}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{role}");
+    let rid = role["id"].as_str().unwrap().to_owned();
+    assert_eq!(role["permissions"], "8192");
+    let s = a
+        .empty(
+            Method::PUT,
+            &format!("/guilds/{gid}/members/{bob_id}/roles/{rid}"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, m) = a.get(&format!("/guilds/{gid}/members/{bob_id}")).await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(m["roles"], json!([rid]));
+    let (s, members) = a.get(&format!("/guilds/{gid}/members?limit=10")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(members.as_array().unwrap().len(), 2);
+    let (s, roles) = b.get(&format!("/guilds/{gid}/roles")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(roles.as_array().unwrap().len(), 2);
+
+    // Messages and search.
+    for text in ["the quarterly plan", "lunch?", "plan B"] {
+        let (s, v) = b
+            .send(
+                Method::POST,
+                &format!("/channels/{cid}/messages"),
+                json!({"content": text}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (s, found) = a
+        .get(&format!("/guilds/{gid}/messages/search?content=plan"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{found}");
+    let hits = found["messages"].as_array().unwrap();
+    assert_eq!(hits.len(), 2, "{found}");
+    assert!(
+        hits.iter()
+            .all(|h| h[0]["content"].as_str().unwrap().contains("plan"))
+    );
+
+    // Kick, ban, unban.
+    let (s, v) = b
+        .send(
+            Method::PUT,
+            &format!("/guilds/{gid}/bans/{bob_id}"),
+            json!({}),
+        )
+        .await;
+    assert_code(s, &v, StatusCode::FORBIDDEN, 50013);
+    let (s, v) = a
+        .send(
+            Method::PUT,
+            &format!("/guilds/{gid}/bans/{bob_id}"),
+            json!({"delete_message_seconds": 0}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, bans) = a.get(&format!("/guilds/{gid}/bans")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(bans[0]["user"]["id"], json!(bob_id));
+    let (s, v) = b.get(&format!("/channels/{cid}/messages")).await;
+    assert_code(s, &v, StatusCode::FORBIDDEN, 50001);
+    assert_eq!(
+        a.empty(Method::DELETE, &format!("/guilds/{gid}/bans/{bob_id}"))
+            .await,
+        StatusCode::NO_CONTENT
+    );
+
+    // Invites: create, read, use.
+    let (s, inv) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{cid}/invites"),
+            json!({"max_age": 0}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{inv}");
+    let code = inv["code"].as_str().unwrap().to_owned();
+    assert_eq!(inv["guild"]["id"], json!(gid));
+    let (s, v) = b
+        .send(Method::POST, &format!("/invites/{code}"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _) = b.get(&format!("/guilds/{gid}")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = b.get("/invites/nosuchcode").await;
+    assert_code(s, &v, StatusCode::NOT_FOUND, 10006);
+
+    // Only the owner deletes the guild.
+    assert_eq!(
+        b.empty(Method::DELETE, &format!("/guilds/{gid}")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        a.empty(Method::DELETE, &format!("/guilds/{gid}")).await,
+        StatusCode::NO_CONTENT
+    );
+    let (s, v) = a.get(&format!("/guilds/{gid}")).await;
+    assert_code(s, &v, StatusCode::NOT_FOUND, 10004);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_upload_and_download_safely() {
+    let server = Server::start(&[("MAX_UPLOAD_SIZE", "1000")]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    let bob = server.register("bob", "correct horse battery").await;
+    let carol = server.register("carol", "correct horse battery").await;
+    server
+        .ok(&alice, json!({"command": "JOIN", "to": "#files"}))
+        .await;
+    server
+        .ok(&bob, json!({"command": "JOIN", "to": "#files"}))
+        .await;
+    let a = Bot::new(&server, &alice);
+    let (_, c) = network_channel(&a, "files").await;
+    let http = server.http();
+    let upload = |parts: Vec<(&'static str, &'static str, Vec<u8>)>| {
+        let mut form = reqwest::multipart::Form::new().text(
+            "payload_json",
+            json!({"content": "see attached"}).to_string(),
+        );
+        for (i, (name, ct, bytes)) in parts.into_iter().enumerate() {
+            let part = reqwest::multipart::Part::bytes(bytes)
+                .file_name(name)
+                .mime_str(ct)
+                .expect("mime");
+            form = form.part(format!("files[{i}]"), part);
+        }
+        http.post(format!("{}/api/v10/channels/{c}/messages", server.base))
+            .header("authorization", format!("Bot {}", alice.token))
+            .multipart(form)
+            .send()
+    };
+    let r = upload(vec![
+        ("../../notes.txt", "text/plain", b"hello file".to_vec()),
+        (
+            "page.html",
+            "text/html",
+            b"<script>alert(1)</script>".to_vec(),
+        ),
+    ])
+    .await
+    .expect("upload");
+    assert_eq!(r.status(), StatusCode::OK);
+    let m: Value = r.json().await.expect("json");
+    assert_eq!(m["content"], "see attached");
+    let files = m["attachments"].as_array().expect("attachments");
+    assert_eq!(files.len(), 2, "{m}");
+    assert_eq!(files[0]["filename"], "notes.txt");
+    assert_eq!(files[0]["size"], 10);
+
+    // Served back: plain text inline, HTML never inline.
+    let url = files[0]["url"].as_str().unwrap();
+    let r = http
+        .get(format!("{}{url}", server.base))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("notes.txt")
+    );
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"hello file");
+    let url = files[1]["url"].as_str().unwrap();
+    let r = http
+        .get(format!("{}{url}", server.base))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment")
+    );
+
+    // A reader who may not read the channel is refused; one who may is served.
+    let url = files[0]["url"].as_str().unwrap();
+    for (who, want) in [(&carol, StatusCode::FORBIDDEN), (&bob, StatusCode::OK)] {
+        let r = http
+            .get(format!("{}{url}", server.base))
+            .header("authorization", format!("Bot {}", who.token))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), want, "{}", who.nick);
+    }
+
+    // Over MAX_UPLOAD_SIZE: 413, and nothing is sent.
+    let r = upload(vec![(
+        "big.bin",
+        "application/octet-stream",
+        vec![0u8; 2000],
+    )])
+    .await
+    .expect("upload");
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let (_, list) = a.get(&format!("/channels/{c}/messages")).await;
+    let with_files = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["attachments"].as_array().is_some_and(|a| !a.is_empty()))
+        .count();
+    assert_eq!(with_files, 1, "{list}");
+    // Its stored file was removed again.
+    let dir = server.dir().join("data").join("attachments").join(&c);
+    let stored = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(stored, 4, "two files and their two records");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_routes_register_login_and_logout() {
+    let server = Server::start(&[]).await;
+    let http = server.http();
+    let post = |path: &str, body: Value| {
+        http.post(format!("{}/api/v10{path}", server.base))
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/auth/register",
+        json!({"username": "dora", "password": "correct horse battery"}),
+    )
+    .await
+    .expect("register");
+    assert_eq!(r.status(), StatusCode::OK);
+    let reg: Value = r.json().await.expect("json");
+    let token = reg["token"].as_str().expect("token").to_owned();
+    assert!(reg["user_id"].is_string());
+    let r = post(
+        "/auth/register",
+        json!({"username": "dora", "password": "correct horse battery"}),
+    )
+    .await
+    .expect("register");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["code"], 50035);
+    assert!(v["errors"]["username"].is_object(), "{v}");
+
+    let r = post(
+        "/auth/login",
+        json!({"login": "dora", "password": "wrong password!"}),
+    )
+    .await
+    .expect("login");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = post(
+        "/auth/login",
+        json!({"username": "dora", "password": "correct horse battery"}),
+    )
+    .await
+    .expect("login");
+    assert_eq!(r.status(), StatusCode::OK);
+    let login: Value = r.json().await.expect("json");
+    assert_eq!(login["user_id"], reg["user_id"]);
+    let second = login["token"].as_str().expect("token").to_owned();
+    assert_ne!(second, token);
+
+    // Logging out ends that token only.
+    let r = http
+        .post(format!("{}/api/v10/auth/logout", server.base))
+        .header("authorization", format!("Bot {second}"))
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for (t, want) in [
+        (&second, StatusCode::UNAUTHORIZED),
+        (&token, StatusCode::OK),
+    ] {
+        let r = http
+            .get(format!("{}/api/v10/users/@me", server.base))
+            .header("authorization", format!("Bot {t}"))
+            .send()
+            .await
+            .expect("me");
+        assert_eq!(r.status(), want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_overwrites_and_member_changes() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    let bob = server.register("bob", "correct horse battery").await;
+    let a = Bot::new(&server, &alice);
+    let b = Bot::new(&server, &bob);
+    let (_, g) = a
+        .send(
+            Method::POST,
+            "/guilds",
+            json!({"name": "Threads", "public": true}),
+        )
+        .await;
+    let gid = g["id"].as_str().unwrap().to_owned();
+    let bob_id = b.get("/users/@me").await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.call(
+        Method::PUT,
+        &format!("/guilds/{gid}/members/{bob_id}"),
+        None,
+    )
+    .await;
+    let (_, ch) = a
+        .send(
+            Method::POST,
+            &format!("/guilds/{gid}/channels"),
+            json!({"name": "secret"}),
+        )
+        .await;
+    let cid = ch["id"].as_str().unwrap().to_owned();
+
+    // A member overwrite hides the channel from Bob; removing it shows it again.
+    let deny_view = (1u64 << 10).to_string();
+    let s = a
+        .call(
+            Method::PUT,
+            &format!("/channels/{cid}/permissions/{bob_id}"),
+            Some(json!({"type": 1, "allow": "0", "deny": deny_view})),
+        )
+        .await
+        .0;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = b.get(&format!("/channels/{cid}")).await;
+    assert_code(s, &v, StatusCode::FORBIDDEN, 50001);
+    let (_, ch) = a.get(&format!("/channels/{cid}")).await;
+    assert_eq!(ch["permission_overwrites"][0]["id"], json!(bob_id), "{ch}");
+    assert_eq!(
+        a.empty(
+            Method::DELETE,
+            &format!("/channels/{cid}/permissions/{bob_id}")
+        )
+        .await,
+        StatusCode::NO_CONTENT
+    );
+    let (s, _) = b.get(&format!("/channels/{cid}")).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Threads: from a message and on their own.
+    let (_, m) = b
+        .send(
+            Method::POST,
+            &format!("/channels/{cid}/messages"),
+            json!({"content": "start here"}),
+        )
+        .await;
+    let mid = m["id"].as_str().unwrap();
+    let (s, t) = b
+        .send(
+            Method::POST,
+            &format!("/channels/{cid}/messages/{mid}/threads"),
+            json!({"name": "sub"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    assert_eq!(t["type"], 11);
+    assert_eq!(t["parent_id"], json!(cid));
+    let tid = t["id"].as_str().unwrap();
+    let (s, v) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{tid}/messages"),
+            json!({"content": "in thread"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, t2) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{cid}/threads"),
+            json!({"name": "other", "type": 11}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t2}");
+
+    // Nicknames and role changes; Bob cannot rename Alice.
+    let (s, v) = b
+        .send(
+            Method::PATCH,
+            &format!("/guilds/{gid}/members/@me"),
+            json!({"nick": "bobby"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["nick"], "bobby");
+    let alice_id = a.get("/users/@me").await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, v) = b
+        .send(
+            Method::PATCH,
+            &format!("/guilds/{gid}/members/{alice_id}"),
+            json!({"nick": "x"}),
+        )
+        .await;
+    assert_code(s, &v, StatusCode::FORBIDDEN, 50013);
+    let (_, role) = a
+        .send(
+            Method::POST,
+            &format!("/guilds/{gid}/roles"),
+            json!({"name": "r"}),
+        )
+        .await;
+    let rid = role["id"].as_str().unwrap().to_owned();
+    let (s, v) = a
+        .send(
+            Method::PATCH,
+            &format!("/guilds/{gid}/roles/{rid}"),
+            json!({"name": "renamed", "hoist": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["name"], "renamed");
+    assert_eq!(v["hoist"], true);
+    let (s, v) = a
+        .send(
+            Method::PATCH,
+            &format!("/guilds/{gid}/members/{bob_id}"),
+            json!({"roles": [rid]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["roles"], json!([rid]));
+    assert_eq!(
+        a.empty(Method::DELETE, &format!("/guilds/{gid}/roles/{rid}"))
+            .await,
+        StatusCode::NO_CONTENT
+    );
+
+    // Kick: Bob is gone from the guild.
+    assert_eq!(
+        a.empty(Method::DELETE, &format!("/guilds/{gid}/members/{bob_id}"))
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    let (s, v) = a.get(&format!("/guilds/{gid}/members/{bob_id}")).await;
+    assert_code(s, &v, StatusCode::NOT_FOUND, 10007);
+}
+
+/// Parses a REST answer as twilight's model type, failing with the JSON shown.
+fn parse<T: serde::de::DeserializeOwned>(what: &str, v: &Value) -> T {
+    serde_json::from_value(v.clone())
+        .unwrap_or_else(|e| panic!("{what} does not parse as twilight's model: {e}\n{v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_objects_parse_as_twilight_models() {
+    use twilight_model::channel::{Channel, Message};
+    use twilight_model::guild::invite::Invite;
+    use twilight_model::guild::{Ban, Guild, Member, Role};
+    use twilight_model::oauth::Application;
+    use twilight_model::user::{CurrentUser, User};
+
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    let bob = server.register("bob", "correct horse battery").await;
+    let a = Bot::new(&server, &alice);
+    let b = Bot::new(&server, &bob);
+    let (_, me) = a.get("/users/@me").await;
+    let _: CurrentUser = parse("users/@me", &me);
+    let (_, app) = a.get("/oauth2/applications/@me").await;
+    let _: Application = parse("oauth2/applications/@me", &app);
+    let (_, u) = a
+        .get(&format!("/users/{}", me["id"].as_str().unwrap()))
+        .await;
+    let _: User = parse("users/{id}", &u);
+
+    let (_, g) = a
+        .send(
+            Method::POST,
+            "/guilds",
+            json!({"name": "Models", "public": true}),
+        )
+        .await;
+    let gid = g["id"].as_str().unwrap().to_owned();
+    let _: Guild = parse("POST guilds", &g);
+    let (_, g) = a.get(&format!("/guilds/{gid}?with_counts=true")).await;
+    let _: Guild = parse("guilds/{id}", &g);
+    let bob_id = b.get("/users/@me").await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.call(
+        Method::PUT,
+        &format!("/guilds/{gid}/members/{bob_id}"),
+        None,
+    )
+    .await;
+    let (_, members) = a.get(&format!("/guilds/{gid}/members?limit=5")).await;
+    let _: Vec<Member> = parse("guilds/{id}/members", &members);
+    let (_, roles) = a.get(&format!("/guilds/{gid}/roles")).await;
+    let _: Vec<Role> = parse("guilds/{id}/roles", &roles);
+    let (_, chans) = a.get(&format!("/guilds/{gid}/channels")).await;
+    let chans: Vec<Channel> = parse("guilds/{id}/channels", &chans);
+    let cid = chans[0].id;
+
+    let (_, m) = b
+        .send(
+            Method::POST,
+            &format!("/channels/{cid}/messages"),
+            json!({"content": "hi @alice"}),
+        )
+        .await;
+    let msg: Message = parse("POST messages", &m);
+    let mid = msg.id;
+    a.empty(
+        Method::PUT,
+        &format!("/channels/{cid}/messages/{mid}/reactions/%F0%9F%91%8D/@me"),
+    )
+    .await;
+    let (_, m) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{cid}/messages"),
+            json!({"content": "reply", "message_reference": {"message_id": mid.to_string()}}),
+        )
+        .await;
+    let reply: Message = parse("POST messages (reply)", &m);
+    assert_eq!(reply.reference.and_then(|r| r.message_id), Some(mid));
+    let (_, list) = a.get(&format!("/channels/{cid}/messages")).await;
+    let list: Vec<Message> = parse("GET messages", &list);
+    assert!(list.iter().any(|m| m.id == mid && !m.reactions.is_empty()));
+    let (_, t) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{cid}/messages/{mid}/threads"),
+            json!({"name": "thread"}),
+        )
+        .await;
+    let _: Channel = parse("POST threads", &t);
+    let (_, inv) = a
+        .send(Method::POST, &format!("/channels/{cid}/invites"), json!({}))
+        .await;
+    let _: Invite = parse("POST invites", &inv);
+    a.call(
+        Method::PUT,
+        &format!("/guilds/{gid}/bans/{bob_id}"),
+        Some(json!({})),
+    )
+    .await;
+    let (_, bans) = a.get(&format!("/guilds/{gid}/bans")).await;
+    let _: Vec<Ban> = parse("guilds/{id}/bans", &bans);
+    let (_, dms) = b
+        .send(
+            Method::POST,
+            "/users/@me/channels",
+            json!({"recipient_id": me["id"]}),
+        )
+        .await;
+    let _: Channel = parse("POST users/@me/channels", &dms);
+}

@@ -1,0 +1,1080 @@
+//! Events as gateway dispatches, rendered once per event and shared by every connection.
+//!
+//! An event becomes zero or more [`Dispatch`]es, each a finished frame with who receives it (everyone in the
+//! event's audience, or one user: the joiner of a space gets its GUILD_CREATE while the others get
+//! GUILD_MEMBER_ADD) and which intents let it through. A connection only filters: it never serializes an
+//! event itself. A message's content-blanked variant (for connections without MESSAGE_CONTENT) is made from
+//! the full frame the first time such a connection needs it, and kept beside it, so each event is serialized
+//! at most once per variant however many connections it reaches (SPEC §4). Hot kinds (messages, reactions,
+//! typing, deletions) render from the event and the engine's directory alone; rare kinds that need more of
+//! the state ask the core once, through the cache.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use axum::extract::ws::Utf8Bytes;
+use chat_core::{
+    ChannelId, ChannelKind, Event, EventKind, InviteTarget, MessageKind, SpaceId, Status, UserId,
+};
+use chat_engine::{Directory, Engine};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+use super::frame::{self, intents};
+use crate::model::{self, MessageView};
+
+/// Who among the event's audience gets a dispatch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Who {
+    /// Everyone who sees the event.
+    All,
+    /// Only this user.
+    Only(UserId),
+    /// Everyone but this user.
+    AllBut(UserId),
+    /// These users.
+    Among(Vec<UserId>),
+}
+
+impl Who {
+    fn includes(&self, user: UserId) -> bool {
+        match self {
+            Who::All => true,
+            Who::Only(u) => *u == user,
+            Who::AllBut(u) => *u != user,
+            Who::Among(list) => list.contains(&user),
+        }
+    }
+}
+
+/// One finished dispatch frame and who gets it.
+#[derive(Debug)]
+pub(crate) struct Dispatch {
+    to: Who,
+    /// Intents any one of which lets the dispatch through; 0 = never filtered.
+    intent: u64,
+    /// The user the dispatch is about: they get it whatever their intents (their own member updates).
+    about: Option<UserId>,
+    frame: Utf8Bytes,
+    /// For messages in guilds: the content-blanked variant and who is shown the content anyway.
+    gate: Option<Gate>,
+    /// A frame made on demand instead of `frame` (a joiner's GUILD_CREATE).
+    deferred: Option<Deferred>,
+}
+
+/// A GUILD_CREATE for one user, made when one of their connections first needs it.
+#[derive(Debug)]
+struct Deferred {
+    seq: u64,
+    space: SpaceId,
+    frame: OnceCell<Option<Utf8Bytes>>,
+}
+
+#[derive(Debug)]
+struct Gate {
+    /// The author and the users the message mentions.
+    exempt: Vec<UserId>,
+    blanked: OnceLock<Utf8Bytes>,
+}
+
+impl Dispatch {
+    fn new(to: Who, intent: u64, seq: u64, name: &str, d: &Value) -> Self {
+        Self {
+            to,
+            intent,
+            about: None,
+            frame: frame::dispatch(seq, name, &d.to_string()).into(),
+            gate: None,
+            deferred: None,
+        }
+    }
+
+    fn about(mut self, user: UserId) -> Self {
+        self.about = Some(user);
+        self
+    }
+
+    fn gated(mut self, exempt: Vec<UserId>) -> Self {
+        self.gate = Some(Gate {
+            exempt,
+            blanked: OnceLock::new(),
+        });
+        self
+    }
+
+    fn admits(&self, viewer: UserId, intents: u64) -> bool {
+        self.to.includes(viewer)
+            && (self.intent == 0 || intents & self.intent != 0 || self.about == Some(viewer))
+    }
+
+    /// The frame `viewer`, identified with `intents`, receives; `None` if none. A deferred frame is made
+    /// now, once.
+    pub(crate) async fn resolve(
+        &self,
+        ctx: &Context,
+        viewer: UserId,
+        intents: u64,
+    ) -> Option<Utf8Bytes> {
+        match &self.deferred {
+            None => self.for_viewer(viewer, intents),
+            Some(deferred) if self.admits(viewer, intents) => deferred
+                .frame
+                .get_or_init(|| async {
+                    let space = deferred.space;
+                    let guild = ctx
+                        .engine
+                        .query(move |core| {
+                            core.space(space).map(|s| {
+                                model::guild_create(core, s, viewer, model::LARGE_THRESHOLD_MAX)
+                            })
+                        })
+                        .await
+                        .ok()
+                        .flatten()?;
+                    let text = frame::dispatch(deferred.seq, "GUILD_CREATE", &guild.to_string());
+                    Some(text.into())
+                })
+                .await
+                .clone(),
+            Some(_) => None,
+        }
+    }
+
+    /// The frame `viewer`, identified with `intents`, receives, for a frame rendered already; `None` if none.
+    pub(crate) fn for_viewer(&self, viewer: UserId, intents: u64) -> Option<Utf8Bytes> {
+        if self.deferred.is_some() || !self.admits(viewer, intents) {
+            return None;
+        }
+        match &self.gate {
+            Some(gate)
+                if intents & intents::MESSAGE_CONTENT == 0 && !gate.exempt.contains(&viewer) =>
+            {
+                Some(gate.blanked.get_or_init(|| blank(&self.frame)).clone())
+            }
+            _ => Some(self.frame.clone()),
+        }
+    }
+
+    /// The frame's text (tests).
+    #[cfg(test)]
+    pub(crate) fn text(&self) -> &str {
+        &self.frame
+    }
+}
+
+/// A message frame without its content: `content`, `embeds`, `attachments` and `components` emptied, as
+/// Discord sends messages to bots without the MESSAGE_CONTENT intent. The field order is kept (the JSON map
+/// preserves insertion order).
+fn blank(frame: &str) -> Utf8Bytes {
+    let Ok(mut v) = serde_json::from_str::<Value>(frame) else {
+        return frame.into();
+    };
+    if let Some(d) = v.get_mut("d").and_then(Value::as_object_mut) {
+        for (key, empty) in [
+            ("content", json!("")),
+            ("embeds", json!([])),
+            ("attachments", json!([])),
+            ("components", json!([])),
+        ] {
+            if let Some(field) = d.get_mut(key) {
+                *field = empty;
+            }
+        }
+    }
+    serde_json::to_string(&v).map_or_else(|_| frame.into(), Into::into)
+}
+
+/// What one event renders to.
+#[derive(Debug)]
+pub(crate) struct Rendered {
+    /// Held so that a live event's address, its key in the cache, is not reused while the entry lives.
+    _event: Arc<Event>,
+    pub(crate) dispatches: Vec<Dispatch>,
+}
+
+/// Where an entry lives: durable events by seq; live-only ones (typing, presence), which share the seq of
+/// the event before them, by the address of the one `Arc` every reader shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Seq(u64),
+    Live(usize),
+}
+
+type Slot = Arc<OnceCell<Arc<Rendered>>>;
+
+/// Rendered events, most recent first out: each event is rendered by the first connection that needs it while
+/// the others wait for that render.
+#[derive(Debug)]
+pub(crate) struct Cache {
+    inner: Mutex<CacheInner>,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    map: HashMap<Key, Slot>,
+    order: VecDeque<Key>,
+}
+
+impl Cache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(CacheInner::default()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The event's dispatches, rendered now or earlier.
+    pub(crate) async fn get(&self, ctx: &Context, event: &Arc<Event>) -> Arc<Rendered> {
+        let key = if event.is_durable() {
+            Key::Seq(event.seq)
+        } else {
+            Key::Live(Arc::as_ptr(event) as usize)
+        };
+        let slot = {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            match inner.map.get(&key) {
+                Some(slot) => Arc::clone(slot),
+                None => {
+                    let slot: Slot = Arc::new(OnceCell::new());
+                    inner.map.insert(key, Arc::clone(&slot));
+                    inner.order.push_back(key);
+                    while inner.order.len() > self.capacity {
+                        if let Some(old) = inner.order.pop_front() {
+                            inner.map.remove(&old);
+                        }
+                    }
+                    slot
+                }
+            }
+        };
+        let rendered = slot
+            .get_or_init(|| async {
+                Arc::new(Rendered {
+                    _event: Arc::clone(event),
+                    dispatches: render(ctx, event).await,
+                })
+            })
+            .await;
+        Arc::clone(rendered)
+    }
+}
+
+/// What rendering needs besides the event.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub(crate) engine: Engine,
+    /// The network space (the guild presence updates are sent in), learned at the first READY.
+    pub(crate) network: OnceLock<SpaceId>,
+    /// Where the invites rendered since start lead, by code: INVITE_DELETE must name the channel, which its
+    /// event does not carry and the core forgets with the invite. An invite made before a restart is deleted
+    /// without a dispatch.
+    pub(crate) invites: Mutex<HashMap<String, (ChannelId, Option<SpaceId>)>>,
+}
+
+/// The most invites [`Context::invites`] remembers; past it, it starts over.
+const INVITES_KEPT: usize = 10_000;
+
+fn msg_intent(dm: bool) -> u64 {
+    if dm {
+        intents::DIRECT_MESSAGES
+    } else {
+        intents::GUILD_MESSAGES
+    }
+}
+
+fn put_guild(d: &mut Value, space: Option<SpaceId>) {
+    if let (Some(space), Some(map)) = (space, d.as_object_mut()) {
+        map.insert("guild_id".into(), json!(space.to_string()));
+    }
+}
+
+pub(crate) fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Online => "online",
+        Status::Idle => "idle",
+        Status::Dnd => "dnd",
+        Status::Invisible | Status::Offline => "offline",
+    }
+}
+
+/// Renders one event. Hot kinds use only the event and the directory; the others ask the core.
+async fn render(ctx: &Context, event: &Event) -> Vec<Dispatch> {
+    let hot = {
+        let dir = ctx.engine.directory();
+        render_hot(ctx, &dir, event)
+    };
+    match hot {
+        Some(list) => list,
+        None => render_cold(ctx, event).await,
+    }
+}
+
+/// A message object for a system notice that the core records without a `MessageCreated` (joins, pins).
+fn notice(
+    dir: &Directory,
+    id: chat_core::MessageId,
+    channel: ChannelId,
+    author: UserId,
+    kind: MessageKind,
+    reply_to: Option<chat_core::MessageId>,
+) -> Value {
+    let view = MessageView {
+        id,
+        channel,
+        space: model::channel_space(dir, channel),
+        author,
+        kind,
+        body: "",
+        reply_to: None,
+        mentions: &[],
+        mention_everyone: false,
+        attachments: &[],
+        embeds: None,
+        nonce: None,
+        tts: false,
+        pinned: false,
+        edited_at: None,
+        reactions: None,
+    };
+    let mut d = model::message(dir, &view, None);
+    if let (Some(reply), Some(map)) = (reply_to, d.as_object_mut()) {
+        map.insert(
+            "message_reference".into(),
+            json!({
+                "type": 0,
+                "message_id": reply.to_string(),
+                "channel_id": channel.to_string(),
+                "guild_id": view.space.map(|s| s.to_string()),
+            }),
+        );
+    }
+    d
+}
+
+fn render_hot(ctx: &Context, dir: &Directory, event: &Event) -> Option<Vec<Dispatch>> {
+    let seq = event.seq;
+    let space_of = |c: ChannelId| model::channel_space(dir, c);
+    let list = match &event.kind {
+        EventKind::MessageCreated { message: m } => {
+            let space = space_of(m.channel);
+            let d = model::message(dir, &MessageView::live(m, space), None);
+            let mut dispatch = Dispatch::new(
+                Who::All,
+                msg_intent(space.is_none()),
+                seq,
+                "MESSAGE_CREATE",
+                &d,
+            );
+            if space.is_some() {
+                let mut exempt = m.mentions.clone();
+                exempt.push(m.author);
+                dispatch = dispatch.gated(exempt);
+            }
+            vec![dispatch]
+        }
+        EventKind::Joined {
+            channel,
+            user,
+            message,
+            ..
+        } => {
+            let space = space_of(*channel);
+            let d = notice(dir, *message, *channel, *user, MessageKind::Join, None);
+            vec![Dispatch::new(
+                Who::All,
+                msg_intent(space.is_none()),
+                seq,
+                "MESSAGE_CREATE",
+                &d,
+            )]
+        }
+        EventKind::MessageDeleted {
+            channel, message, ..
+        } => {
+            let space = space_of(*channel);
+            let mut d = json!({ "id": message.to_string(), "channel_id": channel.to_string() });
+            put_guild(&mut d, space);
+            vec![Dispatch::new(
+                Who::All,
+                msg_intent(space.is_none()),
+                seq,
+                "MESSAGE_DELETE",
+                &d,
+            )]
+        }
+        EventKind::MessagesDeleted {
+            channel, messages, ..
+        } => {
+            let space = space_of(*channel);
+            let ids: Vec<String> = messages.iter().map(ToString::to_string).collect();
+            let mut d = json!({ "ids": ids, "channel_id": channel.to_string() });
+            put_guild(&mut d, space);
+            vec![Dispatch::new(
+                Who::All,
+                msg_intent(space.is_none()),
+                seq,
+                "MESSAGE_DELETE_BULK",
+                &d,
+            )]
+        }
+        EventKind::ReactionAdded {
+            channel,
+            message,
+            user,
+            emoji,
+        }
+        | EventKind::ReactionRemoved {
+            channel,
+            message,
+            user,
+            emoji,
+        } => {
+            let space = space_of(*channel);
+            let name = if matches!(event.kind, EventKind::ReactionAdded { .. }) {
+                "MESSAGE_REACTION_ADD"
+            } else {
+                "MESSAGE_REACTION_REMOVE"
+            };
+            let mut d = json!({
+                "user_id": user.to_string(),
+                "channel_id": channel.to_string(),
+                "message_id": message.to_string(),
+                "emoji": model::emoji(emoji),
+                "type": 0,
+                "burst": false,
+            });
+            put_guild(&mut d, space);
+            let intent = if space.is_some() {
+                intents::GUILD_MESSAGE_REACTIONS
+            } else {
+                intents::DIRECT_MESSAGE_REACTIONS
+            };
+            vec![Dispatch::new(Who::All, intent, seq, name, &d)]
+        }
+        EventKind::Pinned {
+            channel,
+            message,
+            by,
+            notice: note,
+        } => {
+            let space = space_of(*channel);
+            let mut pins = json!({
+                "channel_id": channel.to_string(),
+                "last_pin_timestamp": model::timestamp(event.ts),
+            });
+            put_guild(&mut pins, space);
+            let pins_intent = if space.is_some() {
+                intents::GUILDS
+            } else {
+                intents::DIRECT_MESSAGES
+            };
+            let d = notice(dir, *note, *channel, *by, MessageKind::Pin, Some(*message));
+            vec![
+                Dispatch::new(
+                    Who::All,
+                    msg_intent(space.is_none()),
+                    seq,
+                    "MESSAGE_CREATE",
+                    &d,
+                ),
+                Dispatch::new(Who::All, pins_intent, seq, "CHANNEL_PINS_UPDATE", &pins),
+            ]
+        }
+        EventKind::Unpinned { channel, .. } => {
+            let space = space_of(*channel);
+            let mut d =
+                json!({ "channel_id": channel.to_string(), "last_pin_timestamp": Value::Null });
+            put_guild(&mut d, space);
+            let intent = if space.is_some() {
+                intents::GUILDS
+            } else {
+                intents::DIRECT_MESSAGES
+            };
+            vec![Dispatch::new(
+                Who::All,
+                intent,
+                seq,
+                "CHANNEL_PINS_UPDATE",
+                &d,
+            )]
+        }
+        EventKind::Typing { user, channel } => {
+            let space = space_of(*channel);
+            let mut d = json!({
+                "channel_id": channel.to_string(),
+                "user_id": user.to_string(),
+                "timestamp": event.ts / 1000,
+            });
+            put_guild(&mut d, space);
+            let intent = if space.is_some() {
+                intents::GUILD_MESSAGE_TYPING
+            } else {
+                intents::DIRECT_MESSAGE_TYPING
+            };
+            vec![Dispatch::new(Who::All, intent, seq, "TYPING_START", &d)]
+        }
+        EventKind::PresenceChanged { user, status } => {
+            let name = status_name(*status);
+            let mut d = json!({
+                "user": { "id": user.to_string() },
+                "status": name,
+                "activities": [],
+                "client_status": if *status == Status::Offline || *status == Status::Invisible {
+                    json!({})
+                } else {
+                    json!({ "desktop": name })
+                },
+            });
+            put_guild(&mut d, ctx.network.get().copied());
+            vec![Dispatch::new(
+                Who::All,
+                intents::GUILD_PRESENCES,
+                seq,
+                "PRESENCE_UPDATE",
+                &d,
+            )]
+        }
+        EventKind::ChannelCreated { channel, members } => {
+            let name = if channel.kind == ChannelKind::Thread {
+                "THREAD_CREATE"
+            } else {
+                "CHANNEL_CREATE"
+            };
+            match channel.kind {
+                ChannelKind::Dm => members
+                    .iter()
+                    .map(|viewer| {
+                        let others: Vec<UserId> =
+                            members.iter().copied().filter(|u| u != viewer).collect();
+                        let d = model::channel_info(dir, channel, &others);
+                        Dispatch::new(Who::Only(*viewer), intents::DIRECT_MESSAGES, seq, name, &d)
+                    })
+                    .collect(),
+                ChannelKind::GroupDm => {
+                    let d = model::channel_info(dir, channel, members);
+                    vec![Dispatch::new(
+                        Who::All,
+                        intents::DIRECT_MESSAGES,
+                        seq,
+                        name,
+                        &d,
+                    )]
+                }
+                _ => {
+                    let mut d = model::channel_info(dir, channel, &[]);
+                    if channel.kind == ChannelKind::Thread
+                        && let Some(map) = d.as_object_mut()
+                    {
+                        map.insert("newly_created".into(), json!(true));
+                    }
+                    vec![Dispatch::new(Who::All, intents::GUILDS, seq, name, &d)]
+                }
+            }
+        }
+        EventKind::ChannelUpdated { channel } => {
+            let name = if channel.kind == ChannelKind::Thread {
+                "THREAD_UPDATE"
+            } else {
+                "CHANNEL_UPDATE"
+            };
+            let (intent, members) = match channel.kind {
+                ChannelKind::Dm | ChannelKind::GroupDm => (
+                    intents::DIRECT_MESSAGES,
+                    dir.channel(channel.id)
+                        .map(|c| c.dm.clone())
+                        .unwrap_or_default(),
+                ),
+                _ => (intents::GUILDS, Vec::new()),
+            };
+            let d = model::channel_info(dir, channel, &members);
+            vec![Dispatch::new(Who::All, intent, seq, name, &d)]
+        }
+        EventKind::ChannelDeleted { channel } => {
+            let card = dir.channel(*channel);
+            let kind = card.map_or(ChannelKind::Text, |c| c.kind);
+            let space = card.and_then(|c| c.space);
+            let parent = card.and_then(|c| c.parent);
+            let mut d = json!({
+                "id": channel.to_string(),
+                "type": model::channel_type(kind),
+                "parent_id": parent.map(|p| p.to_string()),
+            });
+            put_guild(&mut d, space);
+            let name = if kind == ChannelKind::Thread {
+                "THREAD_DELETE"
+            } else {
+                if let (Some(map), Some(card)) = (d.as_object_mut(), card) {
+                    map.insert("name".into(), json!(model::channel_name(&card.name)));
+                    map.insert("position".into(), json!(0));
+                    map.insert("permission_overwrites".into(), json!([]));
+                }
+                "CHANNEL_DELETE"
+            };
+            let intent = if space.is_some() {
+                intents::GUILDS
+            } else {
+                intents::DIRECT_MESSAGES
+            };
+            vec![Dispatch::new(Who::All, intent, seq, name, &d)]
+        }
+        EventKind::MemberLeft { space, user, .. } => {
+            let d = json!({
+                "guild_id": space.to_string(),
+                "user": model::user_card(*user, dir.user(*user)),
+            });
+            let gone = json!({ "id": space.to_string(), "unavailable": false });
+            vec![
+                Dispatch::new(
+                    Who::AllBut(*user),
+                    intents::GUILD_MEMBERS,
+                    seq,
+                    "GUILD_MEMBER_REMOVE",
+                    &d,
+                ),
+                Dispatch::new(
+                    Who::Only(*user),
+                    intents::GUILDS,
+                    seq,
+                    "GUILD_DELETE",
+                    &gone,
+                ),
+            ]
+        }
+        EventKind::SpaceDeleted { space } => {
+            let d = json!({ "id": space.to_string(), "unavailable": false });
+            vec![Dispatch::new(
+                Who::All,
+                intents::GUILDS,
+                seq,
+                "GUILD_DELETE",
+                &d,
+            )]
+        }
+        EventKind::RoleUpserted {
+            space,
+            role,
+            created,
+        } => {
+            let name = if *created {
+                "GUILD_ROLE_CREATE"
+            } else {
+                "GUILD_ROLE_UPDATE"
+            };
+            let d = json!({ "guild_id": space.to_string(), "role": model::role(role) });
+            vec![Dispatch::new(Who::All, intents::GUILDS, seq, name, &d)]
+        }
+        EventKind::RoleDeleted { space, role } => {
+            let d = json!({ "guild_id": space.to_string(), "role_id": role.to_string() });
+            vec![Dispatch::new(
+                Who::All,
+                intents::GUILDS,
+                seq,
+                "GUILD_ROLE_DELETE",
+                &d,
+            )]
+        }
+        EventKind::ReadAck {
+            user,
+            channel,
+            message,
+            mention_count,
+        } => {
+            let d = json!({
+                "channel_id": channel.to_string(),
+                "message_id": message.to_string(),
+                "mention_count": mention_count,
+                "version": seq,
+            });
+            vec![Dispatch::new(Who::Only(*user), 0, seq, "MESSAGE_ACK", &d)]
+        }
+        EventKind::InviteCreated { invite } => {
+            let (channel, space) = match invite.target {
+                InviteTarget::Space(space, Some(channel)) => (channel, Some(space)),
+                InviteTarget::Channel(channel) => (channel, space_of(channel)),
+                // An invite to a space without a channel has no channel_id to show, which every library
+                // requires on INVITE_CREATE.
+                InviteTarget::Space(_, None) => return Some(Vec::new()),
+            };
+            let max_age = invite
+                .expires_at
+                .map_or(0, |at| at.saturating_sub(invite.created_at) / 1000);
+            let mut d = json!({
+                "channel_id": channel.to_string(),
+                "code": invite.code,
+                "created_at": model::timestamp(invite.created_at),
+                "inviter": model::user_card(invite.creator, dir.user(invite.creator)),
+                "max_age": max_age,
+                "max_uses": invite.max_uses,
+                "temporary": false,
+                "uses": invite.uses,
+            });
+            put_guild(&mut d, space);
+            {
+                let mut invites = ctx.invites.lock().unwrap_or_else(PoisonError::into_inner);
+                if invites.len() >= INVITES_KEPT {
+                    invites.clear();
+                }
+                invites.insert(invite.code.clone(), (channel, space));
+            }
+            vec![Dispatch::new(
+                Who::All,
+                intents::GUILD_INVITES,
+                seq,
+                "INVITE_CREATE",
+                &d,
+            )]
+        }
+        EventKind::InviteDeleted { code } => {
+            let known = ctx
+                .invites
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(code)
+                .copied();
+            match known {
+                Some((channel, space)) => {
+                    let mut d = json!({ "channel_id": channel.to_string(), "code": code });
+                    put_guild(&mut d, space);
+                    vec![Dispatch::new(
+                        Who::All,
+                        intents::GUILD_INVITES,
+                        seq,
+                        "INVITE_DELETE",
+                        &d,
+                    )]
+                }
+                None => Vec::new(),
+            }
+        }
+        EventKind::MessageEdited { .. }
+        | EventKind::TopicChanged { .. }
+        | EventKind::ModeChanged { .. }
+        | EventKind::OverwriteSet { .. }
+        | EventKind::OverwriteDeleted { .. }
+        | EventKind::ChannelAccess { .. }
+        | EventKind::SpaceUpdated { .. }
+        | EventKind::MemberJoined { .. }
+        | EventKind::MemberUpdated { .. }
+        | EventKind::NickChanged { .. }
+        | EventKind::ProfileUpdated { .. } => return None,
+        // Nothing in Discord's protocol stands for the rest (credentials, IRC parts and quits of network
+        // channels that stay listed, bans, away messages, invite bookkeeping; a space's creation shows
+        // through its owner's MemberJoined).
+        _ => Vec::new(),
+    };
+    Some(list)
+}
+
+/// The kinds that need the core's state (or the store's copy of a message).
+async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
+    let seq = event.seq;
+    match &event.kind {
+        EventKind::MessageEdited {
+            channel,
+            message,
+            author,
+            body,
+            mentions,
+            edited_at,
+            ..
+        } => {
+            let store = Arc::clone(ctx.engine.store());
+            let id = *message;
+            let stored = tokio::task::spawn_blocking(move || store.message(id))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            let dir = ctx.engine.directory();
+            let space = model::channel_space(&dir, *channel);
+            let mut view = match &stored {
+                Some(m) => MessageView::stored(m),
+                None => MessageView {
+                    id: *message,
+                    channel: *channel,
+                    space,
+                    author: *author,
+                    kind: MessageKind::Message,
+                    body,
+                    reply_to: None,
+                    mentions,
+                    mention_everyone: false,
+                    attachments: &[],
+                    embeds: None,
+                    nonce: None,
+                    tts: false,
+                    pinned: false,
+                    edited_at: None,
+                    reactions: None,
+                },
+            };
+            // This event's edit, even if the store already holds a later one.
+            view.body = body;
+            view.mentions = mentions;
+            view.edited_at = Some(*edited_at);
+            let d = model::message(&dir, &view, None);
+            let mut exempt = mentions.clone();
+            exempt.push(*author);
+            let dispatch = Dispatch::new(
+                Who::All,
+                msg_intent(space.is_none()),
+                seq,
+                "MESSAGE_UPDATE",
+                &d,
+            );
+            vec![if space.is_some() {
+                dispatch.gated(exempt)
+            } else {
+                dispatch
+            }]
+        }
+        EventKind::TopicChanged { channel, .. }
+        | EventKind::ModeChanged { channel, .. }
+        | EventKind::OverwriteSet { channel, .. }
+        | EventKind::OverwriteDeleted { channel, .. } => {
+            let id = *channel;
+            let d = ctx
+                .engine
+                .query(move |core| {
+                    let ch = core.channel(id)?;
+                    ch.space?;
+                    Some((ch.kind, model::channel(core, ch, core.system_user())))
+                })
+                .await
+                .ok()
+                .flatten();
+            match d {
+                Some((kind, d)) => {
+                    let name = if kind == ChannelKind::Thread {
+                        "THREAD_UPDATE"
+                    } else {
+                        "CHANNEL_UPDATE"
+                    };
+                    vec![Dispatch::new(Who::All, intents::GUILDS, seq, name, &d)]
+                }
+                None => Vec::new(),
+            }
+        }
+        EventKind::ChannelAccess {
+            channel,
+            added,
+            removed,
+        } => {
+            let id = *channel;
+            let d = ctx
+                .engine
+                .query(move |core| {
+                    let ch = core.channel(id)?;
+                    let space = core.space(ch.space?)?;
+                    // Network channels stay listed to everyone whatever their membership.
+                    if space.network {
+                        return None;
+                    }
+                    Some(model::channel(core, ch, core.system_user()))
+                })
+                .await
+                .ok()
+                .flatten();
+            let Some(d) = d else { return Vec::new() };
+            let mut list = Vec::new();
+            if !added.is_empty() {
+                list.push(Dispatch::new(
+                    Who::Among(added.clone()),
+                    intents::GUILDS,
+                    seq,
+                    "CHANNEL_CREATE",
+                    &d,
+                ));
+            }
+            if !removed.is_empty() {
+                list.push(Dispatch::new(
+                    Who::Among(removed.clone()),
+                    intents::GUILDS,
+                    seq,
+                    "CHANNEL_DELETE",
+                    &d,
+                ));
+            }
+            list
+        }
+        EventKind::SpaceUpdated { space } => {
+            let id = space.id;
+            let d = ctx
+                .engine
+                .query(move |core| core.space(id).map(model::guild))
+                .await
+                .ok()
+                .flatten();
+            d.map(|d| {
+                vec![Dispatch::new(
+                    Who::All,
+                    intents::GUILDS,
+                    seq,
+                    "GUILD_UPDATE",
+                    &d,
+                )]
+            })
+            .unwrap_or_default()
+        }
+        EventKind::MemberJoined { space, user, .. } => {
+            let (space, user) = (*space, *user);
+            let member = ctx
+                .engine
+                .query(move |core| {
+                    let s = core.space(space)?;
+                    let m = s.member(user)?;
+                    let mut member = model::member(core, s, m);
+                    if let Some(map) = member.as_object_mut() {
+                        map.insert("guild_id".into(), json!(space.to_string()));
+                    }
+                    Some(member)
+                })
+                .await
+                .ok()
+                .flatten();
+            let mut list: Vec<Dispatch> = member
+                .map(|member| {
+                    Dispatch::new(
+                        Who::AllBut(user),
+                        intents::GUILD_MEMBERS,
+                        seq,
+                        "GUILD_MEMBER_ADD",
+                        &member,
+                    )
+                })
+                .into_iter()
+                .collect();
+            // The joiner's GUILD_CREATE lists every member: it is built only if a connection of the joiner
+            // asks for it (a new account joins the network before it can have a connection).
+            list.push(Dispatch {
+                to: Who::Only(user),
+                intent: intents::GUILDS,
+                about: None,
+                frame: Utf8Bytes::from_static(""),
+                gate: None,
+                deferred: Some(Deferred {
+                    seq,
+                    space,
+                    frame: OnceCell::new(),
+                }),
+            });
+            list
+        }
+        EventKind::MemberUpdated { space, user, .. } => {
+            let (space, user) = (*space, *user);
+            member_update(ctx, seq, space, user)
+                .await
+                .into_iter()
+                .collect()
+        }
+        EventKind::NickChanged { user, .. } => {
+            let user = *user;
+            let network = ctx.engine.query(|core| core.network()).await.ok();
+            let me = ctx
+                .engine
+                .query(move |core| core.user(user).map(model::user))
+                .await
+                .ok()
+                .flatten();
+            let mut list: Vec<Dispatch> = me
+                .map(|d| Dispatch::new(Who::Only(user), 0, seq, "USER_UPDATE", &d))
+                .into_iter()
+                .collect();
+            if let Some(network) = network {
+                list.extend(member_update(ctx, seq, network, user).await);
+            }
+            list
+        }
+        EventKind::ProfileUpdated { user, .. } => {
+            let user = *user;
+            ctx.engine
+                .query(move |core| core.user(user).map(model::user))
+                .await
+                .ok()
+                .flatten()
+                .map(|d| vec![Dispatch::new(Who::Only(user), 0, seq, "USER_UPDATE", &d)])
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// GUILD_MEMBER_UPDATE for a member as the core has them now; the member gets it whatever their intents.
+async fn member_update(ctx: &Context, seq: u64, space: SpaceId, user: UserId) -> Option<Dispatch> {
+    let d = ctx
+        .engine
+        .query(move |core| {
+            let s = core.space(space)?;
+            let m = s.member(user)?;
+            let mut d = model::member(core, s, m);
+            if let Some(map) = d.as_object_mut() {
+                map.insert("guild_id".into(), json!(space.to_string()));
+            }
+            Some(d)
+        })
+        .await
+        .ok()
+        .flatten()?;
+    Some(
+        Dispatch::new(
+            Who::All,
+            intents::GUILD_MEMBERS,
+            seq,
+            "GUILD_MEMBER_UPDATE",
+            &d,
+        )
+        .about(user),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(n: u64) -> UserId {
+        UserId::from_raw(n).expect("non-zero")
+    }
+
+    #[test]
+    fn content_is_blanked_without_the_intent_except_for_the_exempt() {
+        let d = json!({"id": "1", "content": "secret", "embeds": [{"a": 1}], "attachments": [], "components": [], "type": 0});
+        let dispatch = Dispatch::new(Who::All, intents::GUILD_MESSAGES, 5, "MESSAGE_CREATE", &d)
+            .gated(vec![user(7)]);
+        let full = dispatch
+            .for_viewer(user(1), intents::GUILD_MESSAGES | intents::MESSAGE_CONTENT)
+            .expect("sent");
+        assert!(full.contains("secret"));
+        let blank = dispatch
+            .for_viewer(user(1), intents::GUILD_MESSAGES)
+            .expect("sent");
+        assert_eq!(
+            blank.as_str(),
+            r#"{"op":0,"s":5,"t":"MESSAGE_CREATE","d":{"id":"1","content":"","embeds":[],"attachments":[],"components":[],"type":0}}"#
+        );
+        let author = dispatch
+            .for_viewer(user(7), intents::GUILD_MESSAGES)
+            .expect("sent");
+        assert!(author.contains("secret"));
+        assert!(dispatch.for_viewer(user(1), intents::GUILDS).is_none());
+        assert!(
+            dispatch
+                .text()
+                .starts_with(r#"{"op":0,"s":5,"t":"MESSAGE_CREATE","d":"#)
+        );
+    }
+
+    #[test]
+    fn who_and_about() {
+        let d = json!({});
+        let only = Dispatch::new(Who::Only(user(2)), 0, 1, "X", &d);
+        assert!(only.for_viewer(user(2), 0).is_some());
+        assert!(only.for_viewer(user(3), 0).is_none());
+        let about = Dispatch::new(Who::All, intents::GUILD_MEMBERS, 1, "X", &d).about(user(2));
+        assert!(about.for_viewer(user(2), 0).is_some());
+        assert!(about.for_viewer(user(3), 0).is_none());
+        let but = Dispatch::new(Who::AllBut(user(2)), 0, 1, "X", &d);
+        assert!(but.for_viewer(user(2), 0).is_none());
+        assert!(but.for_viewer(user(3), 0).is_some());
+    }
+}

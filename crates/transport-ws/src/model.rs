@@ -1,0 +1,603 @@
+//! Discord's object shapes (users, guilds, channels, roles, members, messages, emoji), built from the core's
+//! state for both the gateway and the REST API, so that the two always agree. Field lists follow
+//! `discord-compat.md`: what discord.py, twilight and serenity require.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use chat_core::{
+    Channel, ChannelKind, Core, Message, MessageId, MessageKind, OverwriteTarget, Permissions,
+    Role, Space, SpaceId, SpaceMember, User, UserId,
+};
+use chat_engine::{Directory, UserCard};
+use chat_store::StoredMessage;
+use serde_json::{Value, json};
+
+/// Discord's channel types.
+pub(crate) mod channel_type {
+    pub(crate) const GUILD_TEXT: u8 = 0;
+    pub(crate) const DM: u8 = 1;
+    pub(crate) const GROUP_DM: u8 = 3;
+    pub(crate) const GUILD_CATEGORY: u8 = 4;
+    pub(crate) const PUBLIC_THREAD: u8 = 11;
+}
+
+/// Discord's message types used here.
+pub(crate) mod message_type {
+    pub(crate) const DEFAULT: u8 = 0;
+    pub(crate) const CHANNEL_NAME_CHANGE: u8 = 4;
+    pub(crate) const CHANNEL_PINNED_MESSAGE: u8 = 6;
+    pub(crate) const USER_JOIN: u8 = 7;
+    pub(crate) const THREAD_CREATED: u8 = 18;
+    pub(crate) const REPLY: u8 = 19;
+}
+
+/// A timestamp as Discord writes it: `2026-11-23T08:00:00.000000+00:00` (twilight refuses the shorter
+/// `...Z` form).
+pub(crate) fn timestamp(ms: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    let text = humantime::format_rfc3339_micros(at).to_string();
+    match text.strip_suffix('Z') {
+        Some(head) => format!("{head}+00:00"),
+        None => text,
+    }
+}
+
+/// A user object from the core's record.
+pub(crate) fn user(u: &User) -> Value {
+    json!({
+        "id": u.id.to_string(),
+        "username": u.nick,
+        "discriminator": "0",
+        "global_name": u.display_name,
+        "avatar": Value::Null,
+        "bot": u.bot,
+        "system": u.system,
+        "mfa_enabled": false,
+        "verified": true,
+        "flags": 0,
+        "public_flags": 0,
+        "bio": u.bio,
+    })
+}
+
+/// A user object from the engine's directory (what event rendering has at hand).
+pub(crate) fn user_card(id: UserId, card: Option<&UserCard>) -> Value {
+    let name = card.map_or_else(|| id.to_string(), |c| c.nick.to_string());
+    json!({
+        "id": id.to_string(),
+        "username": name,
+        "discriminator": "0",
+        "global_name": card.and_then(|c| c.display_name.as_deref()),
+        "avatar": Value::Null,
+        "bot": card.is_some_and(|c| c.bot),
+        "system": card.is_some_and(|c| c.system),
+        "public_flags": 0,
+    })
+}
+
+/// A role object.
+pub(crate) fn role(r: &Role) -> Value {
+    json!({
+        "id": r.id.to_string(),
+        "name": r.name,
+        "color": r.color,
+        "colors": {
+            "primary_color": r.color,
+            "secondary_color": Value::Null,
+            "tertiary_color": Value::Null,
+        },
+        "hoist": r.hoist,
+        "icon": Value::Null,
+        "unicode_emoji": Value::Null,
+        "position": r.position,
+        "permissions": r.permissions.bits().to_string(),
+        "managed": false,
+        "mentionable": r.mentionable,
+        "flags": 0,
+    })
+}
+
+/// A guild member object.
+pub(crate) fn member(core: &Core, space: &Space, m: &SpaceMember) -> Value {
+    let everyone = space.id.everyone_role();
+    json!({
+        "user": core.user(m.user).map(user),
+        "nick": m.nick,
+        "avatar": Value::Null,
+        "roles": m.roles.iter().filter(|r| **r != everyone).map(ToString::to_string).collect::<Vec<_>>(),
+        "joined_at": timestamp(m.joined_at),
+        "premium_since": Value::Null,
+        "deaf": false,
+        "mute": false,
+        "flags": 0,
+        "pending": false,
+    })
+}
+
+/// A permission overwrite object (`type` 0 for a role, 1 for a member).
+fn overwrite(target: OverwriteTarget, allow: Permissions, deny: Permissions) -> Value {
+    let (id, kind) = match target {
+        OverwriteTarget::Role(r) => (r.to_string(), 0),
+        OverwriteTarget::Member(u) => (u.to_string(), 1),
+    };
+    json!({
+        "id": id,
+        "type": kind,
+        "allow": allow.bits().to_string(),
+        "deny": deny.bits().to_string(),
+    })
+}
+
+/// Discord's channel type for a kind.
+pub(crate) fn channel_type(kind: ChannelKind) -> u8 {
+    match kind {
+        ChannelKind::Text => channel_type::GUILD_TEXT,
+        ChannelKind::Category => channel_type::GUILD_CATEGORY,
+        ChannelKind::Dm => channel_type::DM,
+        ChannelKind::GroupDm => channel_type::GROUP_DM,
+        ChannelKind::Thread => channel_type::PUBLIC_THREAD,
+    }
+}
+
+/// A channel's name as Discord shows it: network channels without their `#`.
+pub(crate) fn channel_name(name: &str) -> &str {
+    name.strip_prefix('#').unwrap_or(name)
+}
+
+/// A channel object. DMs list their recipients other than `viewer`.
+pub(crate) fn channel(core: &Core, ch: &Channel, viewer: UserId) -> Value {
+    let mut v = json!({
+        "id": ch.id.to_string(),
+        "type": channel_type(ch.kind),
+        "last_message_id": ch.last_message.map(|m| m.to_string()),
+        "flags": 0,
+    });
+    let map = v.as_object_mut().expect("a json! object is an object");
+    match ch.kind {
+        ChannelKind::Dm | ChannelKind::GroupDm => {
+            let recipients: Vec<Value> = core
+                .members(ch.id)
+                .filter(|(u, _)| *u != viewer || ch.kind == ChannelKind::GroupDm)
+                .filter_map(|(u, _)| core.user(u).map(user))
+                .collect();
+            map.insert("recipients".into(), Value::Array(recipients));
+            if ch.kind == ChannelKind::GroupDm {
+                map.insert("name".into(), json!(ch.name));
+                map.insert("owner_id".into(), json!(ch.owner.map(|o| o.to_string())));
+                map.insert("icon".into(), Value::Null);
+            }
+        }
+        _ => {
+            map.insert("guild_id".into(), json!(ch.space.map(|s| s.to_string())));
+            map.insert("name".into(), json!(channel_name(&ch.name)));
+            map.insert("position".into(), json!(ch.position));
+            map.insert("parent_id".into(), json!(ch.parent.map(|p| p.to_string())));
+            map.insert(
+                "topic".into(),
+                json!(ch.topic.as_ref().map(|t| t.text.clone())),
+            );
+            map.insert("nsfw".into(), json!(false));
+            map.insert("rate_limit_per_user".into(), json!(ch.slowmode_secs));
+            let overwrites: Vec<Value> = ch
+                .overwrites()
+                .map(|o| overwrite(o.target, o.allow, o.deny))
+                .collect();
+            map.insert("permission_overwrites".into(), Value::Array(overwrites));
+            if ch.kind == ChannelKind::Thread {
+                map.insert("owner_id".into(), json!(ch.owner.map(|o| o.to_string())));
+                map.insert("member_count".into(), json!(core.member_count(ch.id)));
+                map.insert("message_count".into(), json!(0));
+                map.insert(
+                    "thread_metadata".into(),
+                    json!({
+                        "archived": false,
+                        "auto_archive_duration": 1440,
+                        "archive_timestamp": timestamp(ch.created_at),
+                        "locked": false,
+                        "create_timestamp": timestamp(ch.created_at),
+                    }),
+                );
+            }
+        }
+    }
+    v
+}
+
+/// Whether `viewer` sees a space's channel in the guild: network channels always (as Discord lists channels
+/// a member could open; joining is `PUT /channels/{id}/members/@me`), other channels with VIEW_CHANNEL.
+pub(crate) fn sees(core: &Core, space: &Space, ch: &Channel, viewer: UserId) -> bool {
+    if space.network {
+        !ch.flags.secret || core.is_member(viewer, ch.id)
+    } else {
+        core.channel_permissions(viewer, ch.id)
+            .contains(chat_core::Permissions::VIEW_CHANNEL)
+    }
+}
+
+/// Identify's `large_threshold`: Discord's default and its largest allowed value.
+pub(crate) const LARGE_THRESHOLD_DEFAULT: usize = 50;
+pub(crate) const LARGE_THRESHOLD_MAX: usize = 250;
+
+/// A full guild object as GUILD_CREATE sends it: roles, the channels `viewer` sees, and every member while
+/// the guild has at most `large_threshold` of them (with `member_count` matching, so that libraries do not
+/// wait for member chunks). A larger guild is `large`, as on Discord: it lists only the viewer and leaves the
+/// rest to Request Guild Members, since every member in every GUILD_CREATE would cost each connection the
+/// size of the whole member list (megabytes at 10k members).
+pub(crate) fn guild_create(
+    core: &Core,
+    space: &Space,
+    viewer: UserId,
+    large_threshold: usize,
+) -> Value {
+    let mut v = guild(space);
+    let map = v.as_object_mut().expect("a json! object is an object");
+    let large = space.member_count() > large_threshold;
+    let members: Vec<Value> = if large {
+        space
+            .member(viewer)
+            .map(|m| member(core, space, m))
+            .into_iter()
+            .collect()
+    } else {
+        space.members().map(|m| member(core, space, m)).collect()
+    };
+    let channels: Vec<Value> = space
+        .channels()
+        .filter_map(|c| core.channel(c))
+        .filter(|ch| sees(core, space, ch, viewer))
+        .map(|ch| channel(core, ch, viewer))
+        .collect();
+    let threads: Vec<Value> = core
+        .channels()
+        .filter(|ch| ch.kind == ChannelKind::Thread && ch.space == Some(space.id))
+        .filter(|ch| {
+            ch.parent
+                .and_then(|p| core.channel(p))
+                .is_some_and(|p| sees(core, space, p, viewer))
+        })
+        .map(|ch| channel(core, ch, viewer))
+        .collect();
+    let joined_at = space.member(viewer).map(|m| timestamp(m.joined_at));
+    map.insert("joined_at".into(), json!(joined_at));
+    map.insert("large".into(), json!(large));
+    map.insert("unavailable".into(), json!(false));
+    map.insert("member_count".into(), json!(space.member_count()));
+    map.insert("members".into(), Value::Array(members));
+    map.insert("channels".into(), Value::Array(channels));
+    map.insert("threads".into(), Value::Array(threads));
+    map.insert("presences".into(), json!([]));
+    map.insert("voice_states".into(), json!([]));
+    map.insert("stage_instances".into(), json!([]));
+    map.insert("guild_scheduled_events".into(), json!([]));
+    map.insert("soundboard_sounds".into(), json!([]));
+    v
+}
+
+/// A guild object without the GUILD_CREATE extras (REST `GET /guilds/{id}`, GUILD_UPDATE).
+pub(crate) fn guild(space: &Space) -> Value {
+    let mut roles: Vec<&Role> = space.roles.values().collect();
+    roles.sort_by_key(|r| (r.position, r.id));
+    json!({
+        "id": space.id.to_string(),
+        "name": space.name,
+        "icon": Value::Null,
+        "icon_hash": Value::Null,
+        "splash": Value::Null,
+        "discovery_splash": Value::Null,
+        "banner": Value::Null,
+        "description": space.description,
+        "owner_id": space.owner.to_string(),
+        "region": Value::Null,
+        "afk_channel_id": Value::Null,
+        "afk_timeout": 300,
+        "widget_enabled": false,
+        "verification_level": 0,
+        "default_message_notifications": 0,
+        "explicit_content_filter": 0,
+        "roles": roles.into_iter().map(role).collect::<Vec<_>>(),
+        "emojis": [],
+        "stickers": [],
+        "features": [],
+        "mfa_level": 0,
+        "application_id": Value::Null,
+        "system_channel_id": Value::Null,
+        "system_channel_flags": 0,
+        "rules_channel_id": Value::Null,
+        "public_updates_channel_id": Value::Null,
+        "safety_alerts_channel_id": Value::Null,
+        "max_members": 500_000,
+        "vanity_url_code": Value::Null,
+        "premium_tier": 0,
+        "premium_subscription_count": 0,
+        "preferred_locale": "en-US",
+        "nsfw_level": 0,
+        "nsfw": false,
+        "premium_progress_bar_enabled": false,
+    })
+}
+
+/// An emoji object for a reaction: unicode emoji have no id; custom ones are `name:id`.
+pub(crate) fn emoji(text: &str) -> Value {
+    match text.rsplit_once(':') {
+        Some((name, id))
+            if !name.is_empty() && id.chars().all(|c| c.is_ascii_digit()) && !id.is_empty() =>
+        {
+            // `<a:name:id>` / `<:name:id>` lose their markup; a name that merely starts with `a` keeps it.
+            let name = name.strip_prefix('<').unwrap_or(name);
+            let name = name
+                .strip_prefix("a:")
+                .or_else(|| name.strip_prefix(':'))
+                .unwrap_or(name);
+            json!({ "id": id, "name": name })
+        }
+        _ => json!({ "id": Value::Null, "name": text }),
+    }
+}
+
+/// What a message object needs, from either a live event or the store.
+#[derive(Debug)]
+pub(crate) struct MessageView<'a> {
+    pub(crate) id: MessageId,
+    pub(crate) channel: chat_core::ChannelId,
+    pub(crate) space: Option<SpaceId>,
+    pub(crate) author: UserId,
+    pub(crate) kind: MessageKind,
+    pub(crate) body: &'a str,
+    pub(crate) reply_to: Option<MessageId>,
+    pub(crate) mentions: &'a [UserId],
+    pub(crate) mention_everyone: bool,
+    pub(crate) attachments: &'a [chat_core::Attachment],
+    pub(crate) embeds: Option<&'a str>,
+    pub(crate) nonce: Option<&'a str>,
+    pub(crate) tts: bool,
+    pub(crate) pinned: bool,
+    pub(crate) edited_at: Option<u64>,
+    pub(crate) reactions: Option<&'a std::collections::BTreeMap<String, Vec<UserId>>>,
+}
+
+impl<'a> MessageView<'a> {
+    /// A message as the core's event carries it; `space` comes from the directory.
+    pub(crate) fn live(m: &'a Message, space: Option<SpaceId>) -> Self {
+        Self {
+            id: m.id,
+            channel: m.channel,
+            space,
+            author: m.author,
+            kind: m.kind,
+            body: &m.body,
+            reply_to: m.reply_to,
+            mentions: &m.mentions,
+            mention_everyone: m.mention_everyone || m.mention_here,
+            attachments: &m.attachments,
+            embeds: m.embeds.as_deref(),
+            nonce: m.nonce.as_deref(),
+            tts: m.tts,
+            pinned: false,
+            edited_at: None,
+            reactions: None,
+        }
+    }
+
+    /// A message as the store keeps it (REST reads).
+    pub(crate) fn stored(m: &'a StoredMessage) -> Self {
+        Self {
+            id: m.id,
+            channel: m.channel,
+            space: m.space,
+            author: m.author,
+            kind: m.kind,
+            body: &m.body,
+            reply_to: m.reply_to,
+            mentions: &m.mentions,
+            mention_everyone: m.mention_everyone,
+            attachments: &m.attachments,
+            embeds: m.embeds.as_deref(),
+            nonce: m.nonce.as_deref(),
+            tts: false,
+            pinned: m.pinned,
+            edited_at: m.edited_at,
+            reactions: Some(&m.reactions),
+        }
+    }
+}
+
+/// Discord's message type and the content shown for a kind: IRC actions become italics, system messages
+/// keep their text.
+fn kind_and_content(kind: MessageKind, body: &str, reply: bool) -> (u8, String) {
+    match kind {
+        MessageKind::Message | MessageKind::Notice if reply => {
+            (message_type::REPLY, body.to_owned())
+        }
+        MessageKind::Message | MessageKind::Notice => (message_type::DEFAULT, body.to_owned()),
+        MessageKind::Action => (message_type::DEFAULT, format!("_{body}_")),
+        MessageKind::Join => (message_type::USER_JOIN, body.to_owned()),
+        MessageKind::Pin => (message_type::CHANNEL_PINNED_MESSAGE, body.to_owned()),
+        MessageKind::ThreadCreated => (message_type::THREAD_CREATED, body.to_owned()),
+        MessageKind::Topic => (message_type::CHANNEL_NAME_CHANGE, body.to_owned()),
+        _ => (message_type::DEFAULT, body.to_owned()),
+    }
+}
+
+/// A message object. `viewer` decides the `me` of reactions; `dir` names the author and mentions.
+pub(crate) fn message(dir: &Directory, m: &MessageView<'_>, viewer: Option<UserId>) -> Value {
+    let (kind, content) = kind_and_content(m.kind, m.body, m.reply_to.is_some());
+    let author = user_card(m.author, dir.user(m.author));
+    let mentions: Vec<Value> = m
+        .mentions
+        .iter()
+        .map(|u| user_card(*u, dir.user(*u)))
+        .collect();
+    let attachments: Vec<Value> = m
+        .attachments
+        .iter()
+        .map(|a| {
+            json!({
+                "id": a.id.to_string(),
+                "filename": a.filename,
+                "size": a.size,
+                "content_type": a.content_type,
+                "url": format!("/attachments/{}/{}/{}", m.channel, a.id, a.filename),
+                "proxy_url": format!("/attachments/{}/{}/{}", m.channel, a.id, a.filename),
+            })
+        })
+        .collect();
+    let embeds: Value = m
+        .embeds
+        .and_then(|e| serde_json::from_str(e).ok())
+        .unwrap_or_else(|| json!([]));
+    let mut v = json!({
+        "id": m.id.to_string(),
+        "channel_id": m.channel.to_string(),
+        "author": author,
+        "content": content,
+        "timestamp": timestamp(snowflake_ms(m.id.get())),
+        "edited_timestamp": m.edited_at.map(timestamp),
+        "tts": m.tts,
+        "mention_everyone": m.mention_everyone,
+        "mentions": mentions,
+        "mention_roles": [],
+        "mention_channels": [],
+        "attachments": attachments,
+        "embeds": embeds,
+        "components": [],
+        "pinned": m.pinned,
+        "type": kind,
+        "flags": 0,
+    });
+    let map = v.as_object_mut().expect("a json! object is an object");
+    if let Some(space) = m.space {
+        map.insert("guild_id".into(), json!(space.to_string()));
+    }
+    if let Some(nonce) = m.nonce {
+        map.insert("nonce".into(), json!(nonce));
+    }
+    if let Some(reply) = m.reply_to {
+        map.insert(
+            "message_reference".into(),
+            json!({
+                "type": 0,
+                "message_id": reply.to_string(),
+                "channel_id": m.channel.to_string(),
+                "guild_id": m.space.map(|s| s.to_string()),
+            }),
+        );
+    }
+    if let Some(reactions) = m.reactions.filter(|r| !r.is_empty()) {
+        let list: Vec<Value> = reactions
+            .iter()
+            .map(|(e, users)| {
+                json!({
+                    "count": users.len(),
+                    "count_details": { "burst": 0, "normal": users.len() },
+                    "me": viewer.is_some_and(|v| users.contains(&v)),
+                    "me_burst": false,
+                    "burst_colors": [],
+                    "emoji": emoji(e),
+                })
+            })
+            .collect();
+        map.insert("reactions".into(), Value::Array(list));
+    }
+    v
+}
+
+/// The unix milliseconds a snowflake was made at (Discord's epoch, 2015).
+pub(crate) fn snowflake_ms(id: u64) -> u64 {
+    (id >> 22) + 1_420_070_400_000
+}
+
+/// The space a channel belongs to, by the directory.
+pub(crate) fn channel_space(dir: &Directory, channel: chat_core::ChannelId) -> Option<SpaceId> {
+    dir.channel(channel).and_then(|c| c.space)
+}
+
+/// A channel object from a create or update event's settings, for the gateway (which renders those events
+/// without asking the core). `recipients` are the users a DM or group DM lists: the caller leaves the viewer
+/// out of a DM, as [`channel`] does.
+pub(crate) fn channel_info(
+    dir: &Directory,
+    info: &chat_core::ChannelInfo,
+    recipients: &[UserId],
+) -> Value {
+    let mut v = json!({
+        "id": info.id.to_string(),
+        "type": channel_type(info.kind),
+        "last_message_id": Value::Null,
+        "flags": 0,
+    });
+    let map = v.as_object_mut().expect("a json! object is an object");
+    match info.kind {
+        ChannelKind::Dm | ChannelKind::GroupDm => {
+            let list: Vec<Value> = recipients
+                .iter()
+                .map(|u| user_card(*u, dir.user(*u)))
+                .collect();
+            map.insert("recipients".into(), Value::Array(list));
+            if info.kind == ChannelKind::GroupDm {
+                map.insert("name".into(), json!(info.name));
+                map.insert("owner_id".into(), json!(info.owner.map(|o| o.to_string())));
+                map.insert("icon".into(), Value::Null);
+            }
+        }
+        _ => {
+            map.insert("guild_id".into(), json!(info.space.map(|s| s.to_string())));
+            map.insert("name".into(), json!(channel_name(&info.name)));
+            map.insert("position".into(), json!(info.position));
+            map.insert(
+                "parent_id".into(),
+                json!(info.parent.map(|p| p.to_string())),
+            );
+            map.insert(
+                "topic".into(),
+                json!(info.topic.as_ref().map(|t| t.text.clone())),
+            );
+            map.insert("nsfw".into(), json!(false));
+            map.insert("rate_limit_per_user".into(), json!(info.slowmode_secs));
+            let overwrites: Vec<Value> = info
+                .overwrites
+                .iter()
+                .map(|(target, allow, deny)| overwrite(*target, *allow, *deny))
+                .collect();
+            map.insert("permission_overwrites".into(), Value::Array(overwrites));
+            if info.kind == ChannelKind::Thread {
+                let created = timestamp(snowflake_ms(info.id.get()));
+                map.insert("owner_id".into(), json!(info.owner.map(|o| o.to_string())));
+                map.insert("member_count".into(), json!(0));
+                map.insert("message_count".into(), json!(0));
+                map.insert(
+                    "thread_metadata".into(),
+                    json!({
+                        "archived": false,
+                        "auto_archive_duration": 1440,
+                        "archive_timestamp": created,
+                        "locked": false,
+                        "create_timestamp": created,
+                    }),
+                );
+            }
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_discords_long_form() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000000+00:00");
+        assert_eq!(timestamp(1_800_000_000_123).len(), 32);
+    }
+
+    #[test]
+    fn emoji_forms() {
+        assert_eq!(emoji("👍"), json!({"id": null, "name": "👍"}));
+        assert_eq!(emoji("party:123"), json!({"id": "123", "name": "party"}));
+        assert_eq!(
+            emoji("awesome:123"),
+            json!({"id": "123", "name": "awesome"})
+        );
+        assert_eq!(emoji("<a:dance:9"), json!({"id": "9", "name": "dance"}));
+    }
+}
