@@ -116,6 +116,16 @@ pub(crate) struct ConfigArgs {
     #[arg(long, env = "CORS_ORIGINS", default_value = "", global = true)]
     pub(crate) cors_origins: String,
 
+    /// How often gateway clients must heartbeat (sent in Hello; e.g. `41250ms`, `30s`); a connection silent for
+    /// 1.5 times this is closed as a zombie. Keep it well under 60 s: discord.py gives up after 60 s.
+    #[arg(
+        long,
+        env = "GATEWAY_HEARTBEAT_INTERVAL",
+        default_value = "41250ms",
+        global = true
+    )]
+    pub(crate) gateway_heartbeat_interval: String,
+
     /// Log format on stderr: `human` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "human", global = true)]
     pub(crate) log_format: String,
@@ -188,6 +198,7 @@ pub(crate) struct Config {
     pub(crate) session_idle_timeout: Duration,
     pub(crate) queue_max_age: Duration,
     pub(crate) long_poll_timeout: Duration,
+    pub(crate) gateway_heartbeat_interval: Duration,
     pub(crate) node_id: u16,
     pub(crate) durability: Durability,
     pub(crate) rate_limit: Option<RateLimit>,
@@ -470,6 +481,12 @@ impl Config {
                 Duration::from_secs(1),
                 MAX_LONG_POLL,
             )?,
+            gateway_heartbeat_interval: parse_duration(
+                "GATEWAY_HEARTBEAT_INTERVAL",
+                &args.gateway_heartbeat_interval,
+                Duration::from_millis(100),
+                Duration::from_secs(55),
+            )?,
             node_id: parse_int("NODE_ID", &args.node_id, 0, 1023)?,
             durability,
             rate_limit,
@@ -529,6 +546,7 @@ impl Config {
             data_dir: self.data_dir.clone(),
             max_upload: self.max_upload_size,
             max_body: MAX_BODY,
+            heartbeat_interval: self.gateway_heartbeat_interval,
             ..transport_ws::Settings::default()
         }
     }

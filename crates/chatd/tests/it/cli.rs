@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const BIN: &str = env!("CARGO_BIN_EXE_chatd");
 
 /// Every configuration variable of SPEC §7 plus the binary's own; `--help` must name each.
-const VARIABLES: [&str; 22] = [
+const VARIABLES: [&str; 23] = [
     "PORT",
     "LISTEN",
     "DBURL",
@@ -38,6 +38,7 @@ const VARIABLES: [&str; 22] = [
     "CORS_ORIGINS",
     "LOG_FORMAT",
     "MAX_CONNECTIONS_PER_IP",
+    "GATEWAY_HEARTBEAT_INTERVAL",
 ];
 
 /// A `std::process::Command` for chatd in `dir`, with only PATH and the given variables in its environment
@@ -236,6 +237,7 @@ fn bad_values_fail_naming_their_variable() {
         ("CORS_ORIGINS", "example.com"),
         ("LOG_FORMAT", "xml"),
         ("MAX_CONNECTIONS_PER_IP", "0"),
+        ("GATEWAY_HEARTBEAT_INTERVAL", "2m"),
         ("METRICS_USERNAME", "prom"),
     ];
     for (var, value) in cases {

@@ -905,3 +905,36 @@ async fn large_guilds_leave_their_members_to_chunks() {
     let listed = create["d"]["members"].as_array().map(Vec::len);
     assert_eq!(listed.and_then(|n| u64::try_from(n).ok()), Some(count));
 }
+
+/// A connection that stops heartbeating is closed as a zombie with 4000 (which libraries resume on) after
+/// 1.5 heartbeat intervals; one that keeps heartbeating stays open. The interval comes from
+/// GATEWAY_HEARTBEAT_INTERVAL, shortened here so the test takes a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_after_its_heartbeat_deadline() {
+    let server = Server::start(&[("GATEWAY_HEARTBEAT_INTERVAL", "300ms")]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let (mut silent, hello) = Gw::connect_with(&server, "/?v=10&encoding=json").await;
+    assert_eq!(hello["d"]["heartbeat_interval"], 300, "{hello}");
+    silent.identify(&alice.token, ALL).await;
+    let mut alive = Gw::connect(&server).await;
+    alive.identify(&alice.token, ALL).await;
+    let started = std::time::Instant::now();
+    let code = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            tokio::select! {
+                code = silent.close_code() => return code,
+                () = tokio::time::sleep(std::time::Duration::from_millis(100)) => alive.sync().await,
+            }
+        }
+    })
+    .await
+    .expect("the silent connection is closed within 10 s");
+    assert_eq!(code, 4000);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(400),
+        "closed before 1.5 intervals: {:?}",
+        started.elapsed()
+    );
+    // The heartbeating one is still served.
+    alive.sync().await;
+}
