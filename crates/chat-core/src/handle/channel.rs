@@ -138,8 +138,10 @@ impl Core {
                     owner: Some(actor.user),
                     ..ChannelInfo::new(id, ChannelKind::Text, Some(network), name)
                 };
+                // Everyone in the network learns of a new channel, as a Discord guild's members do: a new
+                // channel is never `+s` (only its members learn of a secret one's deletion).
                 self.emit(
-                    Audience::User(actor.user),
+                    Audience::Space(network),
                     EventKind::ChannelCreated {
                         channel: info,
                         members: Vec::new(),

@@ -267,14 +267,19 @@ impl Core {
 
     pub(crate) fn remove_empty_channels(&mut self, channels: &[ChannelId]) {
         for c in channels {
-            let empty = self.state.channels.get(c).is_some_and(|ch| {
-                ch.kind == ChannelKind::Text
+            let empty = self.state.channels.get(c).and_then(|ch| {
+                (ch.kind == ChannelKind::Text
                     && ch.space == self.state.network
-                    && ch.members.is_empty()
+                    && ch.members.is_empty())
+                .then_some(ch.flags.secret)
             });
-            if empty {
-                self.emit(Audience::Nobody, EventKind::ChannelDeleted { channel: *c });
-            }
+            // The network learns that a channel it could see is gone; a secret one was never shown to it.
+            let audience = match (empty, self.state.network) {
+                (Some(false), Some(network)) => Audience::Space(network),
+                (Some(_), _) => Audience::Nobody,
+                (None, _) => continue,
+            };
+            self.emit(audience, EventKind::ChannelDeleted { channel: *c });
         }
     }
 

@@ -992,6 +992,47 @@ async fn threads_from_messages() {
     assert_eq!(seen.content, "in the thread");
 }
 
+/// A network channel created (by a long-poll JOIN) while a shard is connected: GUILD_CREATE lists every
+/// non-secret network channel to every member, so connected shards should hear CHANNEL_CREATE for a new one
+/// too (Discord sends it to everyone who can see the channel), or their channel caches go stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_network_channel_is_channel_create() {
+    let server = Server::start(&[]).await;
+    let botty = server.register("botty", "pw-botty").await;
+    let carol = server.register("carol", "pw-carol").await;
+    let mut gw = shard(&server, &botty.token);
+    let me = log_in(&mut gw).await;
+
+    join(&server, &carol, "#fresh").await;
+    let created = wait_for(
+        &mut gw,
+        "CHANNEL_CREATE for a new network channel",
+        |e| match e {
+            Event::ChannelCreate(c) => Some(c.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(created.name.as_deref(), Some("fresh"));
+    assert_eq!(created.kind, ChannelType::GuildText);
+    assert_eq!(created.guild_id, Some(me.guild_id()));
+
+    // Its last member leaves: the channel is gone, and the shard hears so.
+    server
+        .ok(&carol, json!({ "command": "PART", "to": "#fresh" }))
+        .await;
+    let deleted = wait_for(
+        &mut gw,
+        "CHANNEL_DELETE for an emptied network channel",
+        |e| match e {
+            Event::ChannelDelete(c) => Some(c.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(deleted.id, created.id);
+}
+
 /// A topic change in a channel the shard's user is in arrives as CHANNEL_UPDATE that twilight parses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_change_is_channel_update() {

@@ -262,6 +262,8 @@ pub(super) struct Model {
     pub(super) chans: BTreeMap<String, MChan>,
     /// Network channels that existed and were removed (their ids make good stale references).
     pub(super) dead_chans: Vec<ChannelId>,
+    /// Removed network channels that were `+s` when they went (their deletion reaches nobody).
+    pub(super) dead_secret: BTreeSet<ChannelId>,
     pub(super) dms: BTreeMap<(UserId, UserId), ChannelId>,
     pub(super) msgs: Vec<MMsg>,
     pub(super) invites: Vec<MInvite>,
@@ -427,6 +429,7 @@ impl Model {
             nicks: BTreeMap::from([(fold(system_nick), system)]),
             chans: BTreeMap::new(),
             dead_chans: Vec::new(),
+            dead_secret: BTreeSet::new(),
             dms: BTreeMap::new(),
             msgs: Vec::new(),
             invites: Vec::new(),
@@ -596,6 +599,9 @@ impl Model {
         c.members.remove(&u);
         if c.members.is_empty() {
             let id = c.id;
+            if c.secret {
+                self.dead_secret.insert(id);
+            }
             self.chans.remove(key);
             self.dead_chans.push(id);
             for inv in &mut self.invites {

@@ -654,7 +654,18 @@ impl Runner {
                 .collect();
             prop_assert_eq!(&got, &seen, "recipients and may_see disagree on {:?}", ev);
             let want = match ev.kind {
-                EventKind::ChannelDeleted { .. } => Some(outcome.deleted_for.clone()),
+                // A channel removed by an operator reaches its members; one emptied by its last member
+                // leaving reaches the network, unless it was secret.
+                EventKind::ChannelDeleted { .. } if !outcome.deleted_for.is_empty() => {
+                    Some(outcome.deleted_for.clone())
+                }
+                EventKind::ChannelDeleted { channel } => {
+                    Some(if self.model.dead_secret.contains(&channel) {
+                        Users::new()
+                    } else {
+                        self.model.space_members(self.network, self.network)
+                    })
+                }
                 _ => self.expected_audience(ev),
             };
             if let Some(want) = want {
@@ -744,7 +755,9 @@ impl Runner {
             }
             EventKind::ChannelCreated { channel, members } => match channel.kind {
                 ChannelKind::Dm => members.iter().copied().collect(),
-                ChannelKind::Text if channel.space == Some(self.network) => one(channel.owner?),
+                ChannelKind::Text if channel.space == Some(self.network) => {
+                    m.space_members(self.network, self.network)
+                }
                 _ => m.channel_audience(channel.id),
             },
             EventKind::ChannelAccess { added, removed, .. } => {
