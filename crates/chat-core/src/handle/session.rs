@@ -72,6 +72,17 @@ impl Core {
                 system: false,
             },
         );
+        // Creating the user made it a member of the network; the network hears of it as a guild hears of a
+        // new member. (The creation event itself stays with the user: it carries the password hash.)
+        let network = self.network_id();
+        self.emit(
+            Audience::Space(network),
+            EventKind::MemberJoined {
+                space: network,
+                user,
+                invite: None,
+            },
+        );
         let client = client.map(|c| self.add_client(user, c));
         Ok(Some(Created::User { user, client }))
     }
@@ -221,13 +232,9 @@ impl Core {
         };
         let audience = Audience::Users(self.peers(user));
         if release {
-            // Members of the spaces a released guest was in see it leave; the network's see the QUIT.
-            let spaces: Vec<_> = u
-                .spaces
-                .iter()
-                .copied()
-                .filter(|s| Some(*s) != self.state.network)
-                .collect();
+            // Members of the spaces a released guest was in, the network included, see it leave (as a guild
+            // sees a member go); its channels also see the QUIT.
+            let spaces: Vec<_> = u.spaces.iter().copied().collect();
             for space in spaces {
                 self.emit(
                     Audience::SpaceAnd(space, user),

@@ -992,6 +992,44 @@ async fn threads_from_messages() {
     assert_eq!(seen.content, "in the thread");
 }
 
+/// A new account joins the network guild (the core adds every user to the network space): connected
+/// shards with the GUILD_MEMBERS intent hear GUILD_MEMBER_ADD, as Discord sends when someone joins a guild,
+/// and GUILD_MEMBER_REMOVE when a guest's session ends, so that member caches stay whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_account_is_guild_member_add() {
+    let server = Server::start(&[]).await;
+    let botty = server.register("botty", "pw-botty").await;
+    let mut gw = shard(&server, &botty.token);
+    let me = log_in(&mut gw).await;
+
+    server.register("carol", "pw-carol").await;
+    let added = wait_for(&mut gw, "GUILD_MEMBER_ADD for a new account", |e| match e {
+        Event::MemberAdd(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(added.guild_id, me.guild_id());
+    assert_eq!(added.member.user.name, "carol");
+
+    // A guest whose session ends leaves the network: GUILD_MEMBER_REMOVE.
+    let gus = server.guest("gus").await;
+    let (status, body) = server
+        .post("/api/v1/logout", Some(&gus.token), json!({}))
+        .await;
+    assert!(status.is_success(), "logout: {body}");
+    let removed = wait_for(
+        &mut gw,
+        "GUILD_MEMBER_REMOVE for a released guest",
+        |e| match e {
+            Event::MemberRemove(m) => Some(m.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(removed.guild_id, me.guild_id());
+    assert_eq!(removed.user.name, "gus");
+}
+
 /// A network channel created (by a long-poll JOIN) while a shard is connected: GUILD_CREATE lists every
 /// non-secret network channel to every member, so connected shards should hear CHANNEL_CREATE for a new one
 /// too (Discord sends it to everyone who can see the channel), or their channel caches go stale.
