@@ -790,14 +790,29 @@ impl Engine {
         limit: usize,
         timeout: Duration,
     ) -> Result<StreamRead, EngineError> {
+        self.wait_from(session, after, limit, timeout, None).await
+    }
+
+    /// Like [`Engine::wait`], for a reader that follows the stream wait after wait: `live` is the
+    /// [`StreamRead::live`] of its previous read, and live-only events (typing, presence) that came between
+    /// that read and this wait are returned too instead of being missed.
+    pub async fn wait_from(
+        &self,
+        session: &Session,
+        after: Option<Cursor>,
+        limit: usize,
+        timeout: Duration,
+        live: Option<u64>,
+    ) -> Result<StreamRead, EngineError> {
         // Callers pass what a client asked for; a timeout too large to represent waits for a day instead.
         let now = tokio::time::Instant::now();
         let deadline = now
             .checked_add(timeout)
             .unwrap_or(now + Duration::from_secs(86_400));
         let mut rx = lock(&self.shared.streams).subscribe(session.user);
-        let live_since = *rx.borrow_and_update();
-        let first = self.read_inner(session, after, limit, None).await?;
+        let current = *rx.borrow_and_update();
+        let live_since = live.map_or(current, |l| l.min(current));
+        let first = self.read_inner(session, after, limit, live).await?;
         if !first.events.is_empty() || first.reset {
             return Ok(first);
         }
@@ -851,8 +866,13 @@ impl Engine {
             self.shared
                 .lag
                 .record(streams.last().saturating_sub(after) as f64);
-            streams.read(session.user, after, limit, live_since)
+            let generation = streams.live_generation(session.user);
+            (
+                streams.read(session.user, after, limit, live_since),
+                generation,
+            )
         };
+        let (tail, live) = tail;
         let (events, seq) = match tail {
             TailRead::Ahead => return Ok(self.reset(session)),
             TailRead::Hit { events, cursor } => (events, cursor),
@@ -875,11 +895,15 @@ impl Engine {
             events,
             cursor: Cursor { epoch, seq },
             reset: false,
+            live,
         })
     }
 
     fn reset(&self, session: &Session) -> StreamRead {
-        let seq = self.last_seq();
+        let (seq, live) = {
+            let streams = lock(&self.shared.streams);
+            (streams.last(), streams.live_generation(session.user))
+        };
         self.shared.set_cursor(session.client, seq);
         StreamRead {
             events: Vec::new(),
@@ -888,6 +912,7 @@ impl Engine {
                 seq,
             },
             reset: true,
+            live,
         }
     }
 

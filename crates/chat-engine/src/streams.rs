@@ -28,6 +28,10 @@ pub struct StreamRead {
     /// The given cursor was from another epoch, ahead of the log, or older than retention: the client must
     /// refresh its state and continue from `cursor`, and events were skipped.
     pub reset: bool,
+    /// How many live-only events the user had been sent when this read was made. A reader that waits again
+    /// passes it to [`Engine::wait_from`](crate::Engine::wait_from), which then also returns the live events
+    /// that came between its two waits (they are kept briefly for exactly this).
+    pub live: u64,
 }
 
 /// One user's view of the tail.
@@ -143,6 +147,11 @@ impl Streams {
             }
             stream.wake.send_replace(generation);
         }
+    }
+
+    /// How many live-only events the user has been sent (the generation their wake-up watch carries).
+    pub(crate) fn live_generation(&self, user: UserId) -> u64 {
+        self.users.get(&user).map_or(0, |s| *s.wake.borrow())
     }
 
     /// A receiver that wakes at the user's next event, and the live generation it starts from.

@@ -103,6 +103,7 @@ macro_rules! suite {
                 snapshots_are_taken_and_used,
                 one_message_wakes_every_waiting_member,
                 directory_names_follow_commits,
+                live_events_between_waits_reach_wait_from,
             );
         }
     };

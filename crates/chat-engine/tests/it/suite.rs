@@ -999,3 +999,73 @@ pub(crate) async fn directory_names_follow_commits<B: Backend>(backend: &B) {
     assert_eq!(&*engine.directory().nick(bob.session.user), "bob");
     stop(engine, task).await;
 }
+
+/// A reader that follows its stream wait after wait does not lose a live event (typing) that came between
+/// two waits: `wait_from` with the previous read's `live` returns it; a plain `wait` started afterwards
+/// cannot know of it.
+pub(crate) async fn live_events_between_waits_reach_wait_from<B: Backend>(backend: &B) {
+    let (engine, task) = open(backend, config()).await;
+    let alice = engine.guest("alice", "t").await.expect("alice");
+    let bob = engine.guest("bob", "t").await.expect("bob");
+    join(&engine, &alice.session, "#live").await;
+    join(&engine, &bob.session, "#live").await;
+    let read = engine
+        .read(&alice.session, Some(alice.cursor), 100)
+        .await
+        .expect("read");
+    // Between alice's read and her next wait, bob starts typing.
+    engine
+        .command(
+            &bob.session,
+            Command::Typing {
+                channel: chat_core::ChannelRef::Name("#live".into()),
+            },
+            None,
+        )
+        .await
+        .expect("typing");
+    let plain = engine
+        .wait(
+            &alice.session,
+            Some(read.cursor),
+            100,
+            Duration::from_millis(50),
+        )
+        .await
+        .expect("wait");
+    assert!(
+        plain.events.is_empty(),
+        "a fresh wait cannot know: {plain:?}"
+    );
+    let resumed = engine
+        .wait_from(
+            &alice.session,
+            Some(read.cursor),
+            100,
+            Duration::from_secs(5),
+            Some(read.live),
+        )
+        .await
+        .expect("wait_from");
+    assert!(
+        resumed
+            .events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Typing { user, .. } if user == bob.session.user)),
+        "{resumed:?}"
+    );
+    assert!(resumed.live > read.live);
+    // Once seen, it is not returned again.
+    let again = engine
+        .wait_from(
+            &alice.session,
+            Some(resumed.cursor),
+            100,
+            Duration::from_millis(50),
+            Some(resumed.live),
+        )
+        .await
+        .expect("wait_from");
+    assert!(again.events.is_empty(), "{again:?}");
+    stop(engine, task).await;
+}

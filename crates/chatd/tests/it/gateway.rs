@@ -15,6 +15,7 @@ const GUILDS: u64 = 1;
 const GUILD_MESSAGES: u64 = 1 << 9;
 const DIRECT_MESSAGES: u64 = 1 << 12;
 const MESSAGE_CONTENT: u64 = 1 << 15;
+const GUILD_MODERATION: u64 = 1 << 2;
 const ALL: u64 = GUILDS | GUILD_MESSAGES | DIRECT_MESSAGES | MESSAGE_CONTENT;
 
 /// What a read from the socket gave.
@@ -698,8 +699,11 @@ async fn a_guilds_life_reaches_its_members_gateways() {
     let alice = server.register("alice", "correct horse").await;
     let bob = server.register("bob", "correct horse").await;
     let mut a = Gw::connect(&server).await;
-    a.identify(&alice.token, ALL | GUILD_MEMBERS | GUILD_INVITES)
-        .await;
+    a.identify(
+        &alice.token,
+        ALL | GUILD_MEMBERS | GUILD_INVITES | GUILD_MODERATION,
+    )
+    .await;
     let mut b = Gw::connect(&server).await;
     b.identify(&bob.token, ALL).await;
 
@@ -807,6 +811,17 @@ async fn a_guilds_life_reaches_its_members_gateways() {
     let v = b.until("GUILD_DELETE").await;
     assert_eq!(v["d"]["id"], gid);
     let v = a.until("GUILD_MEMBER_REMOVE").await;
+    assert_eq!(v["d"]["user"]["username"], "bob");
+    let bob_id = v["d"]["user"]["id"].as_str().expect("bob's id").to_owned();
+
+    // Bans reach the guild's moderators as GUILD_BAN_ADD and GUILD_BAN_REMOVE.
+    let ban = format!("/guilds/{gid}/bans/{bob_id}");
+    rest(&server, Method::PUT, &ban, &alice.token, json!({})).await;
+    let v = a.until("GUILD_BAN_ADD").await;
+    assert_eq!(v["d"]["guild_id"], gid);
+    assert_eq!(v["d"]["user"]["id"], bob_id);
+    rest(&server, Method::DELETE, &ban, &alice.token, json!({})).await;
+    let v = a.until("GUILD_BAN_REMOVE").await;
     assert_eq!(v["d"]["user"]["username"], "bob");
 
     rest(

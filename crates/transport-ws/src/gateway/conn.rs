@@ -124,6 +124,9 @@ struct Live {
     session: Session,
     intents: u64,
     cursor: Cursor,
+    /// The live-event generation of the last read, so that the next wait also returns the typing and presence
+    /// events that came between two waits.
+    generation: Option<u64>,
 }
 
 struct Conn {
@@ -369,9 +372,11 @@ impl Conn {
                 && let Some(live) = &self.live
             {
                 let engine = self.shared.engine.clone();
-                let (session, cursor) = (live.session, live.cursor);
+                let (session, cursor, generation) = (live.session, live.cursor, live.generation);
                 pending = Some(Box::pin(async move {
-                    engine.wait(&session, Some(cursor), READ_LIMIT, WAIT).await
+                    engine
+                        .wait_from(&session, Some(cursor), READ_LIMIT, WAIT, generation)
+                        .await
                 }));
             }
         }
@@ -409,6 +414,7 @@ impl Conn {
         }
         if let Some(live) = &mut self.live {
             live.cursor = read.cursor;
+            live.generation = Some(read.live);
         }
         ControlFlow::Continue(())
     }
@@ -570,6 +576,7 @@ impl Conn {
                 epoch,
                 seq: snap.seq,
             },
+            generation: None,
         });
         self.connect(session).await;
         if let Some(presence) = &identify.presence {
@@ -612,6 +619,7 @@ impl Conn {
         };
         let user = session.user;
         let mut cursor = Cursor { epoch, seq };
+        let mut generation: Option<u64>;
         let stalled_at = Instant::now() + REPLAY_STALL;
         loop {
             let read = match self
@@ -630,6 +638,7 @@ impl Conn {
                 self.control(op::INVALID_SESSION, "false");
                 return ControlFlow::Continue(());
             }
+            generation = Some(read.live);
             if read.events.is_empty() {
                 cursor = read.cursor;
                 break;
@@ -659,6 +668,7 @@ impl Conn {
             session,
             intents,
             cursor,
+            generation,
         });
         self.connect(session).await;
         ControlFlow::Continue(())

@@ -641,6 +641,24 @@ fn render_hot(ctx: &Context, dir: &Directory, event: &Event) -> Option<Vec<Dispa
                 ),
             ]
         }
+        EventKind::SpaceBanned { space, user, .. } | EventKind::SpaceUnbanned { space, user } => {
+            let d = json!({
+                "guild_id": space.to_string(),
+                "user": model::user_card(*user, dir.user(*user)),
+            });
+            let name = if matches!(event.kind, EventKind::SpaceBanned { .. }) {
+                "GUILD_BAN_ADD"
+            } else {
+                "GUILD_BAN_REMOVE"
+            };
+            vec![Dispatch::new(
+                Who::All,
+                intents::GUILD_MODERATION,
+                seq,
+                name,
+                &d,
+            )]
+        }
         EventKind::SpaceDeleted { space } => {
             let d = json!({ "id": space.to_string(), "unavailable": false });
             vec![Dispatch::new(
