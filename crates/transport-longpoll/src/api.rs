@@ -438,6 +438,7 @@ struct PollQuery {
     epoch: Option<String>,
     timeout: Option<String>,
     limit: Option<String>,
+    live: Option<String>,
 }
 
 impl Params for PollQuery {
@@ -447,6 +448,7 @@ impl Params for PollQuery {
             "epoch" => self.epoch.as_deref(),
             "timeout" => self.timeout.as_deref(),
             "limit" => self.limit.as_deref(),
+            "live" => self.live.as_deref(),
             _ => None,
         }
     }
@@ -502,6 +504,8 @@ async fn poll(
             .map_err(|_| ApiError::invalid("epoch", "not an epoch"))?,
     };
     let after = number::<Seq>(&q, "after")?.map(|seq| Cursor { epoch, seq });
+    // The `live` of the previous answer: typing and presence that came between two polls are returned too.
+    let live = number::<u64>(&q, "live")?;
 
     inner.enter(session).await;
     inner.parked.fetch_add(1, Ordering::Relaxed);
@@ -518,7 +522,7 @@ async fn poll(
     };
     let started = Instant::now();
     let read = tokio::select! {
-        read = inner.engine.wait(&session, after, limit, timeout) => read?,
+        read = inner.engine.wait_from(&session, after, limit, timeout, live) => read?,
         _ = closing.changed() => inner.engine.read(&session, after, limit).await?,
     };
     let waited = started.elapsed();
@@ -548,7 +552,8 @@ async fn poll(
     text.push_str(&read.cursor.seq.to_string());
     text.push_str(",\"epoch\":\"");
     text.push_str(&read.cursor.epoch.to_string());
-    text.push('"');
+    text.push_str("\",\"live\":");
+    text.push_str(&read.live.to_string());
     if read.reset {
         text.push_str(",\"reset\":true");
     }

@@ -2109,3 +2109,51 @@ async fn channel_and_nick_routes() {
         Some(403),
     );
 }
+
+/// Typing and presence are live-only: a client between two polls would miss them, unless it passes the
+/// previous answer's `live` back, as it does `after`. Then the next poll returns what came in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_between_polls_come_with_live() {
+    let server = Server::start(&[]).await;
+    let mut alice = server.guest("alice").await;
+    let bob = server.guest("bob").await;
+    join(&server, &alice, "#t").await;
+    join(&server, &bob, "#t").await;
+    server.drain(&mut alice).await;
+    let poll = |after: u64, extra: String| {
+        let server = &server;
+        let token = alice.token.clone();
+        async move {
+            let (s, v) = server
+                .get(
+                    &format!("/api/v1/messages?after={after}&timeout=1{extra}"),
+                    Some(&token),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v
+        }
+    };
+    let before = poll(alice.cursor, String::new()).await;
+    let live = before["live"].as_u64().expect("live");
+
+    server
+        .ok(&bob, json!({ "command": "TYPING", "to": "#t" }))
+        .await;
+    // Without `live` the typing, sent while no poll was parked, is not there.
+    let plain = poll(alice.cursor, String::new()).await;
+    assert_eq!(plain["messages"], json!([]), "{plain}");
+    // With it, it is, once.
+    let caught = poll(alice.cursor, format!("&live={live}")).await;
+    let messages = caught["messages"].as_array().expect("messages");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["type"] == "typing" && m["from"] == "bob"),
+        "{caught}"
+    );
+    let next = caught["live"].as_u64().expect("live");
+    assert!(next > live);
+    let again = poll(alice.cursor, format!("&live={next}")).await;
+    assert_eq!(again["messages"], json!([]), "{again}");
+}
