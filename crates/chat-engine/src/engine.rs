@@ -24,8 +24,9 @@ use crate::error::EngineError;
 use crate::streams::{Cursor, StreamRead, Streams, TailRead};
 use crate::writer::{Job, Writer};
 
-/// Unix milliseconds from the wall clock: the engine's only clock, passed to the core as `now`.
-pub(crate) fn now_ms() -> UnixMillis {
+/// Unix milliseconds from the wall clock: the engine's only clock, passed to the core as `now`. Transports use
+/// it too, so that every timestamp the server compares comes from one place.
+pub fn now_ms() -> UnixMillis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

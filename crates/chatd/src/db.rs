@@ -3,7 +3,6 @@
 use std::fs::{File, TryLockError};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use chat_engine::{Engine, EngineConfig, EngineTask};
@@ -11,12 +10,7 @@ use chat_store::{MemoryStore, SqliteStore, Store};
 
 use crate::config::{Config, DbUrl};
 
-/// Unix milliseconds now: what the store stamps a new database with.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub(crate) use chat_engine::now_ms;
 
 /// An open store of either kind. The engine is generic over its store, so the binary keeps the concrete type
 /// to hand it over.

@@ -533,7 +533,7 @@ async fn poll(
         // From the core accepting the event to its answer leaving here: commit, wake-up and rendering.
         inner
             .wake_seconds
-            .record(chat_now().saturating_sub(event.ts) as f64 / 1000.0);
+            .record(chat_engine::now_ms().saturating_sub(event.ts) as f64 / 1000.0);
     }
     let mut text = String::with_capacity(64 + read.events.len() * 160);
     text.push_str("{\"messages\":[");
@@ -559,12 +559,6 @@ async fn poll(
     }
     text.push('}');
     Ok(raw_json(text))
-}
-
-fn chat_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn run(inner: &Inner, session: &Session, command: Command, nonce: Option<String>) -> Answer {
@@ -897,7 +891,7 @@ async fn whois(
 ) -> Answer {
     inner.auth(&headers).await?;
     let nick = segment(nick, "nick")?;
-    let now = chat_now();
+    let now = chat_engine::now_ms();
     let info = inner
         .query(move |core| {
             let u = core.user_by_nick(&nick).filter(|u| !u.released)?;

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{FromRequest, Multipart, Request, State};
@@ -35,9 +34,7 @@ fn root(inner: &Inner) -> PathBuf {
 /// random hasher keys), so that ids sort by upload time and are not simply sequential.
 fn new_id() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    let ms = chat_engine::now_ms();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let noise = {
         use std::hash::{BuildHasher, Hasher};
