@@ -432,6 +432,13 @@ impl Engine {
         lock(&self.shared.cursors).saved.get(&client).copied()
     }
 
+    /// How many live-only events (typing, presence) the user has been sent so far. A reader that starts
+    /// following the stream from a snapshot takes this before the snapshot and passes it to the first
+    /// [`Engine::wait_from`], so that live events between the two are not missed.
+    pub fn live_generation(&self, user: UserId) -> u64 {
+        lock(&self.shared.streams).live_generation(user)
+    }
+
     /// The names of users, channels and spaces as of the last commit, for rendering events (see
     /// [`Directory`]). Hold the guard briefly and never across an `.await`: the writer waits for it when names
     /// change.
@@ -902,7 +909,7 @@ impl Engine {
 
     fn reset(&self, session: &Session) -> StreamRead {
         let (seq, live) = {
-            let streams = lock(&self.shared.streams);
+            let mut streams = lock(&self.shared.streams);
             (streams.last(), streams.live_generation(session.user))
         };
         self.shared.set_cursor(session.client, seq);

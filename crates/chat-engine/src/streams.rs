@@ -149,9 +149,16 @@ impl Streams {
         }
     }
 
-    /// How many live-only events the user has been sent (the generation their wake-up watch carries).
-    pub(crate) fn live_generation(&self, user: UserId) -> u64 {
-        self.users.get(&user).map_or(0, |s| *s.wake.borrow())
+    /// How many live-only events the user has been sent (the generation their wake-up watch carries). It
+    /// makes the user's entry if there is none: live events are kept only for users with one, and whoever
+    /// asks is about to wait.
+    pub(crate) fn live_generation(&mut self, user: UserId) -> u64 {
+        *self
+            .users
+            .entry(user)
+            .or_insert_with(UserStream::new)
+            .wake
+            .borrow()
     }
 
     /// A receiver that wakes at the user's next event, and the live generation it starts from.

@@ -527,6 +527,9 @@ impl Conn {
             Err(flow) => return flow,
         };
         let user = session.user;
+        // Taken before the snapshot: live events from here on reach the first wait, even those that come
+        // before it starts (READY and GUILD_CREATE are sent in between).
+        let generation = self.shared.engine.live_generation(user);
         let snapshot = self
             .shared
             .engine
@@ -576,7 +579,7 @@ impl Conn {
                 epoch,
                 seq: snap.seq,
             },
-            generation: None,
+            generation: Some(generation),
         });
         self.connect(session).await;
         if let Some(presence) = &identify.presence {
