@@ -690,6 +690,8 @@ impl State {
                     self.invite_deadlines.remove(&(at, code.clone()));
                 }
             }
+            // The secret flag changed with the ModeChanged before; this only tells non-members.
+            EventKind::ChannelListed { .. } => {}
         }
         if ev.is_durable() {
             self.last_seq = seq;

@@ -222,6 +222,8 @@ pub enum Command {
         body: String,
         /// New meta, if replaced.
         meta: Option<String>,
+        /// New embeds (a JSON array, opaque to the core), if replaced.
+        embeds: Option<String>,
     },
     /// Deletes a message (one's own, or any with MANAGE_MESSAGES).
     Delete {
@@ -281,6 +283,12 @@ pub enum Command {
         name: String,
         /// The message it starts from.
         message: Option<MessageId>,
+    },
+    /// Opens the DM with a user without sending anything: creates the DM channel unless it exists, and
+    /// answers [`crate::Created::Channel`] either way.
+    OpenDm {
+        /// The other side.
+        user: UserRef,
     },
     /// Creates a group DM with the acting user and these users.
     CreateGroupDm {

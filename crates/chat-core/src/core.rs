@@ -487,7 +487,8 @@ impl Core {
                 message,
                 body,
                 meta,
-            } => self.edit(actor, message, body, meta),
+                embeds,
+            } => self.edit(actor, message, body, meta, embeds),
             C::Delete { message } => self.delete(actor, message),
             C::BulkDelete { channel, messages } => self.bulk_delete(actor, channel, messages),
             C::React { message, emoji } => self.react(actor, message, emoji),
@@ -505,6 +506,7 @@ impl Core {
                 name,
                 message,
             } => self.create_thread(actor, channel, name, message),
+            C::OpenDm { user } => self.open_dm(actor, user),
             C::CreateGroupDm { users, name } => self.create_group_dm(actor, users, name),
             C::AddRecipient { channel, user } => self.add_recipient(actor, channel, user),
             C::RemoveRecipient { channel, user } => self.remove_recipient(actor, channel, user),
@@ -787,6 +789,11 @@ impl Core {
     /// An invite by code.
     pub fn invite(&self, code: &str) -> Option<&Invite> {
         self.state.invites.get(code)
+    }
+
+    /// Every live invite, by code.
+    pub fn invites(&self) -> impl Iterator<Item = &Invite> {
+        self.state.invites.values()
     }
 
     /// A user's presence as others see it.

@@ -523,6 +523,8 @@ pub enum EventKind {
         mentions: Vec<UserId>,
         /// When.
         edited_at: UnixMillis,
+        /// The new embeds, if replaced.
+        embeds: Option<String>,
     },
     /// A message was deleted.
     MessageDeleted {
@@ -600,6 +602,15 @@ pub enum EventKind {
     InviteDeleted {
         /// Its code.
         code: String,
+    },
+    /// A network channel became secret (`listed: false`) or stopped being secret (`listed: true`). Its
+    /// audience is the network's members who are not in the channel: their channel list loses or gains it.
+    /// The flag itself changes with the [`EventKind::ModeChanged`] just before.
+    ChannelListed {
+        /// Which channel.
+        channel: ChannelId,
+        /// Whether non-members see it now.
+        listed: bool,
     },
 }
 

@@ -490,6 +490,9 @@ pub struct Attachment {
     pub size: u64,
     /// Its media type.
     pub content_type: Option<String>,
+    /// The random part of its URL that makes the URL unguessable (chosen by the transport that stored the
+    /// file; ASCII letters and digits, at most 64).
+    pub token: String,
 }
 
 /// A full message, as carried by [`crate::EventKind::MessageCreated`].

@@ -5,11 +5,17 @@
 //! copy of the naming facts beside the streams: built from the core at start-up, then advanced by the same
 //! committed events the streams get, before they get them. A reader that holds an event therefore always
 //! finds the names it needs. Entries of deleted channels and released users stay, so old events still render.
+//!
+//! It also keeps each space member's card (roles, space nick, join time), which Discord's message objects
+//! carry as `member`; unlike names, a member's card goes when they leave the space, since a message by someone
+//! no longer a member carries none.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use chat_core::{ChannelId, ChannelKind, Core, Event, EventKind, SpaceId, UserId};
+use chat_core::{
+    ChannelId, ChannelKind, Core, Event, EventKind, RoleId, SpaceId, UnixMillis, UserId,
+};
 
 /// What a transport needs to name a user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,12 +58,29 @@ pub struct SpaceCard {
     pub network: bool,
 }
 
+/// What a transport needs to show a user as a member of a space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberCard {
+    /// Their roles besides @everyone, in id order.
+    pub roles: Vec<RoleId>,
+    /// Their nickname in this space, if set.
+    pub nick: Option<Arc<str>>,
+    /// When they joined (the `ts` of the event that made them a member).
+    pub joined_at: UnixMillis,
+}
+
 /// Names of everything, as of the last committed event (see the module docs).
 #[derive(Clone, Debug, Default)]
 pub struct Directory {
     users: HashMap<UserId, UserCard>,
     channels: HashMap<ChannelId, ChannelCard>,
     spaces: HashMap<SpaceId, SpaceCard>,
+    /// Each space's members.
+    members: HashMap<SpaceId, HashMap<UserId, MemberCard>>,
+    /// The network space, which every user who is not released belongs to.
+    network: Option<SpaceId>,
+    /// Released users (guests gone): a network created later does not count them.
+    released: HashSet<UserId>,
 }
 
 impl Directory {
@@ -75,6 +98,9 @@ impl Directory {
                     system: u.system,
                 },
             );
+            if u.released {
+                dir.released.insert(u.id);
+            }
         }
         for c in core.channels() {
             let dm = if c.kind == ChannelKind::Dm {
@@ -102,8 +128,42 @@ impl Directory {
                     network: s.network,
                 },
             );
+            if s.network {
+                dir.network = Some(s.id);
+            }
+            let everyone = s.id.everyone_role();
+            let members = s
+                .members()
+                .map(|m| {
+                    let card = MemberCard {
+                        roles: m.roles.iter().copied().filter(|r| *r != everyone).collect(),
+                        nick: m.nick.as_deref().map(Into::into),
+                        joined_at: m.joined_at,
+                    };
+                    (m.user, card)
+                })
+                .collect();
+            dir.members.insert(s.id, members);
         }
         dir
+    }
+
+    fn join(&mut self, space: SpaceId, user: UserId, at: UnixMillis) {
+        self.members
+            .entry(space)
+            .or_default()
+            .entry(user)
+            .or_insert_with(|| MemberCard {
+                roles: Vec::new(),
+                nick: None,
+                joined_at: at,
+            });
+    }
+
+    fn leave(&mut self, space: SpaceId, user: UserId) {
+        if let Some(members) = self.members.get_mut(&space) {
+            members.remove(&user);
+        }
     }
 
     /// Whether an event changes any name (most do not, and then the directory's lock is not taken).
@@ -118,6 +178,13 @@ impl Directory {
                 | EventKind::ChannelDeleted { .. }
                 | EventKind::SpaceCreated { .. }
                 | EventKind::SpaceUpdated { .. }
+                | EventKind::SpaceDeleted { .. }
+                | EventKind::MemberJoined { .. }
+                | EventKind::MemberUpdated { .. }
+                | EventKind::MemberLeft { .. }
+                | EventKind::SpaceBanned { .. }
+                | EventKind::RoleDeleted { .. }
+                | EventKind::Quit { released: true, .. }
         )
     }
 
@@ -141,6 +208,10 @@ impl Directory {
                         system: *system,
                     },
                 );
+                // Every user is a member of the network (as the core's state has it).
+                if let Some(network) = self.network {
+                    self.join(network, *user, event.ts);
+                }
             }
             EventKind::NickChanged { user, new, .. } => {
                 if let Some(card) = self.users.get_mut(user) {
@@ -195,6 +266,65 @@ impl Directory {
                         network: space.network,
                     },
                 );
+                if matches!(event.kind, EventKind::SpaceCreated { .. }) {
+                    self.members.entry(space.id).or_default();
+                    if space.network {
+                        self.network = Some(space.id);
+                        let users: Vec<UserId> = self
+                            .users
+                            .keys()
+                            .filter(|u| !self.released.contains(u))
+                            .copied()
+                            .collect();
+                        for u in users {
+                            self.join(space.id, u, event.ts);
+                        }
+                    }
+                }
+            }
+            EventKind::SpaceDeleted { space } => {
+                self.members.remove(space);
+            }
+            EventKind::MemberJoined { space, user, .. } => self.join(*space, *user, event.ts),
+            EventKind::MemberLeft { space, user, .. }
+            | EventKind::SpaceBanned { space, user, .. } => self.leave(*space, *user),
+            EventKind::MemberUpdated {
+                space,
+                user,
+                roles,
+                nick,
+            } => {
+                let everyone = space.everyone_role();
+                if let Some(card) = self
+                    .members
+                    .get_mut(space)
+                    .and_then(|members| members.get_mut(user))
+                {
+                    let mut roles: Vec<RoleId> =
+                        roles.iter().copied().filter(|r| *r != everyone).collect();
+                    roles.sort_unstable();
+                    roles.dedup();
+                    card.roles = roles;
+                    card.nick = nick.as_deref().map(Into::into);
+                }
+            }
+            EventKind::RoleDeleted { space, role } => {
+                if let Some(members) = self.members.get_mut(space) {
+                    for card in members.values_mut() {
+                        card.roles.retain(|r| r != role);
+                    }
+                }
+            }
+            EventKind::Quit {
+                user,
+                released: true,
+                ..
+            } => {
+                // A released guest leaves every space.
+                self.released.insert(*user);
+                for members in self.members.values_mut() {
+                    members.remove(user);
+                }
             }
             _ => {}
         }
@@ -221,5 +351,193 @@ impl Directory {
     /// A space's card.
     pub fn space(&self, id: SpaceId) -> Option<&SpaceCard> {
         self.spaces.get(&id)
+    }
+
+    /// A user's card as a member of a space; `None` when they are not a member (or never were).
+    pub fn member(&self, space: SpaceId, user: UserId) -> Option<&MemberCard> {
+        self.members
+            .get(&space)
+            .and_then(|members| members.get(&user))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chat_core::{Audience, LeaveReason};
+
+    use super::*;
+
+    fn at(ts: UnixMillis, kind: EventKind) -> Event {
+        Event {
+            seq: 1,
+            ts,
+            audience: Audience::Nobody,
+            kind,
+        }
+    }
+
+    fn id<T>(raw: u64, wrap: fn(u64) -> Option<T>) -> T {
+        wrap(raw).expect("non-zero")
+    }
+
+    #[test]
+    fn member_cards_follow_joins_updates_leaves_bans_and_deletions() {
+        let space: SpaceId = id(100, SpaceId::from_raw);
+        let other: SpaceId = id(200, SpaceId::from_raw);
+        let (alice, bob): (UserId, UserId) = (id(1, UserId::from_raw), id(2, UserId::from_raw));
+        let (r1, r2): (RoleId, RoleId) = (id(11, RoleId::from_raw), id(12, RoleId::from_raw));
+        let mut dir = Directory::default();
+        let apply = |dir: &mut Directory, ev: Event| {
+            assert!(Directory::touches(&ev), "{:?}", ev.kind);
+            dir.apply(&ev);
+        };
+
+        apply(
+            &mut dir,
+            at(
+                1_000,
+                EventKind::MemberJoined {
+                    space,
+                    user: alice,
+                    invite: None,
+                },
+            ),
+        );
+        let card = dir.member(space, alice).expect("a member");
+        assert_eq!(
+            (card.roles.as_slice(), card.nick.as_deref(), card.joined_at),
+            (&[][..], None, 1_000)
+        );
+        assert!(dir.member(space, bob).is_none());
+        assert!(dir.member(other, alice).is_none());
+
+        // Roles are kept without @everyone, in id order; a second join does not reset the card.
+        apply(
+            &mut dir,
+            at(
+                2_000,
+                EventKind::MemberUpdated {
+                    space,
+                    user: alice,
+                    roles: vec![r2, space.everyone_role(), r1],
+                    nick: Some("al".into()),
+                },
+            ),
+        );
+        apply(
+            &mut dir,
+            at(
+                2_500,
+                EventKind::MemberJoined {
+                    space,
+                    user: alice,
+                    invite: None,
+                },
+            ),
+        );
+        let card = dir.member(space, alice).expect("a member");
+        assert_eq!(card.roles, vec![r1, r2]);
+        assert_eq!(card.nick.as_deref(), Some("al"));
+        assert_eq!(card.joined_at, 1_000);
+
+        // A deleted role is stripped from every member.
+        apply(
+            &mut dir,
+            at(3_000, EventKind::RoleDeleted { space, role: r1 }),
+        );
+        assert_eq!(dir.member(space, alice).expect("a member").roles, vec![r2]);
+
+        // Leaving and being banned remove the card; joining again starts a fresh one.
+        apply(
+            &mut dir,
+            at(
+                4_000,
+                EventKind::MemberLeft {
+                    space,
+                    user: alice,
+                    reason: LeaveReason::Left,
+                },
+            ),
+        );
+        assert!(dir.member(space, alice).is_none());
+        apply(
+            &mut dir,
+            at(
+                5_000,
+                EventKind::MemberJoined {
+                    space,
+                    user: alice,
+                    invite: None,
+                },
+            ),
+        );
+        let card = dir.member(space, alice).expect("a member again");
+        assert_eq!((card.roles.len(), card.joined_at), (0, 5_000));
+        apply(
+            &mut dir,
+            at(
+                6_000,
+                EventKind::SpaceBanned {
+                    space,
+                    user: alice,
+                    by: bob,
+                    reason: None,
+                },
+            ),
+        );
+        assert!(dir.member(space, alice).is_none());
+
+        // Deleting a space drops its members only.
+        apply(
+            &mut dir,
+            at(
+                7_000,
+                EventKind::MemberJoined {
+                    space,
+                    user: bob,
+                    invite: None,
+                },
+            ),
+        );
+        apply(
+            &mut dir,
+            at(
+                7_000,
+                EventKind::MemberJoined {
+                    space: other,
+                    user: bob,
+                    invite: None,
+                },
+            ),
+        );
+        apply(&mut dir, at(8_000, EventKind::SpaceDeleted { space }));
+        assert!(dir.member(space, bob).is_none());
+        assert!(dir.member(other, bob).is_some());
+
+        // A released guest leaves every space; a plain quit leaves none.
+        let quit = |released| EventKind::Quit {
+            user: bob,
+            reason: None,
+            notices: Vec::new(),
+            released,
+        };
+        assert!(!Directory::touches(&at(9_000, quit(false))));
+        dir.apply(&at(9_000, quit(false)));
+        assert!(dir.member(other, bob).is_some());
+        apply(&mut dir, at(9_500, quit(true)));
+        assert!(dir.member(other, bob).is_none());
+    }
+
+    #[test]
+    fn member_cards_are_built_from_the_core() {
+        let core = Core::new(chat_core::Config::default(), 1_700_000_000_000);
+        let dir = Directory::from_core(&core);
+        let network = core.network();
+        let system = core.system_user();
+        let card = dir
+            .member(network, system)
+            .expect("the server's user is in the network");
+        assert!(card.roles.iter().all(|r| *r != network.everyone_role()));
+        assert_eq!(dir.network, Some(network));
     }
 }

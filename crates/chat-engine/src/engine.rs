@@ -536,6 +536,7 @@ impl Engine {
                 metrics::counter!("chatd_commands_total", "outcome" => "rate_limited").increment(1);
                 return Err(EngineError::RateLimited {
                     retry_after: Duration::from_millis(wait),
+                    limit: limit.burst,
                 });
             }
         }
@@ -634,6 +635,7 @@ impl Engine {
             if wait > 0 {
                 return Err(EngineError::RateLimited {
                     retry_after: Duration::from_millis(wait),
+                    limit: limit.burst,
                 });
             }
         }

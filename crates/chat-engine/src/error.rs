@@ -19,6 +19,8 @@ pub enum EngineError {
     RateLimited {
         /// How long to wait before the request would be accepted.
         retry_after: Duration,
+        /// The size of the bucket that is empty: how many such requests may come back to back.
+        limit: u32,
     },
     /// The nick and password do not match an account (also for unknown nicks and guests, so that a caller
     /// cannot tell which).

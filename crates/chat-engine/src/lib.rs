@@ -40,7 +40,7 @@ mod streams;
 mod writer;
 
 pub use crate::config::{EngineConfig, RateLimit};
-pub use crate::directory::{ChannelCard, Directory, SpaceCard, UserCard};
+pub use crate::directory::{ChannelCard, Directory, MemberCard, SpaceCard, UserCard};
 pub use crate::engine::{CommandReply, Engine, EngineTask, Login, MAX_NONCE, Session, now_ms};
 pub use crate::error::EngineError;
 pub use crate::streams::{Cursor, StreamRead};

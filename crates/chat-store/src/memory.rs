@@ -466,11 +466,15 @@ impl Tables {
                 meta,
                 mentions,
                 edited_at,
+                embeds,
             } => {
                 if let Some(m) = self.messages.get_mut(&id) {
                     body.clone_into(&mut m.body);
                     if let Some(meta) = meta {
                         m.meta = Some(meta.to_owned());
+                    }
+                    if let Some(embeds) = embeds {
+                        m.embeds = Some(embeds.to_owned());
                     }
                     m.mentions = mentions.to_vec();
                     m.edited_at = Some(edited_at);

@@ -127,6 +127,7 @@ pub(crate) enum Effect<'a> {
         meta: Option<&'a str>,
         mentions: &'a [UserId],
         edited_at: UnixMillis,
+        embeds: Option<&'a str>,
     },
     /// A message leaves history.
     Delete(MessageId),
@@ -712,6 +713,7 @@ pub(crate) fn effects(ev: &Event) -> Vec<Effect<'_>> {
             meta,
             mentions,
             edited_at,
+            embeds,
             ..
         } => vec![Effect::Edit {
             id: *message,
@@ -719,6 +721,7 @@ pub(crate) fn effects(ev: &Event) -> Vec<Effect<'_>> {
             meta: meta.as_deref(),
             mentions,
             edited_at: *edited_at,
+            embeds: embeds.as_deref(),
         }],
         EventKind::MessageDeleted { message, .. } => vec![Effect::Delete(*message)],
         EventKind::MessagesDeleted { messages, .. } => {

@@ -839,17 +839,19 @@ fn apply(
             meta,
             mentions,
             edited_at,
+            embeds,
         } => {
             tx.prepare_cached(
-                "UPDATE messages SET body = ?1, meta = COALESCE(?2, meta), mentions = ?3, edited_at = ?4
-                 WHERE id = ?5",
+                "UPDATE messages SET body = ?1, meta = COALESCE(?2, meta), mentions = ?3, edited_at = ?4,
+                 embeds = COALESCE(?6, embeds) WHERE id = ?5",
             )?
             .execute(params![
                 body,
                 meta,
                 encode(&mentions, "mentions", ev.seq)?,
                 bound(edited_at),
-                sql(id.get())
+                sql(id.get()),
+                embeds
             ])?;
         }
         Effect::Delete(id) => {

@@ -117,7 +117,7 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Refused(e) => e.into(),
-            EngineError::RateLimited { retry_after } => Self {
+            EngineError::RateLimited { retry_after, .. } => Self {
                 retry_after: Some(retry_after),
                 ..Self::new(
                     StatusCode::TOO_MANY_REQUESTS,

@@ -364,6 +364,11 @@ pub(crate) fn event(dir: &Directory, event: &Event) -> Option<Wire> {
             on(&mut w, *channel, None);
             w.body = Some("delete".into());
         }
+        EventKind::ChannelListed { channel, listed } => {
+            w.kind = "channel";
+            on(&mut w, *channel, None);
+            w.body = Some(if *listed { "listed" } else { "unlisted" }.into());
+        }
         EventKind::ChannelAccess {
             channel,
             added,

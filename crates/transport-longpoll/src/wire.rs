@@ -259,6 +259,7 @@ pub(crate) fn command(body: CommandBody) -> Result<Command, ApiError> {
             message: message_id("ref", reference.as_ref())?,
             body: text.unwrap_or_default(),
             meta: meta_text(meta.as_deref())?,
+            embeds: None,
         },
         "DELETE" => Command::Delete {
             message: message_id("ref", reference.as_ref())?,

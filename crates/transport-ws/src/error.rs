@@ -34,6 +34,15 @@ pub(crate) mod code {
     pub(crate) const INVALID_FORM_BODY: u32 = 50035;
 }
 
+/// Which limit a 429 reports in its `X-RateLimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bucket {
+    /// One of the engine's token buckets (RATE_LIMIT per user, or logins): `Limit` is its size.
+    User(u32),
+    /// One action per interval (a channel's slow mode, the core's own limits): `Limit` is 1.
+    Single,
+}
+
 /// An error answer.
 #[derive(Debug, Clone)]
 pub(crate) struct RestError {
@@ -41,9 +50,11 @@ pub(crate) struct RestError {
     code: u32,
     message: String,
     /// Discord's nested `errors` object (50035), naming the field.
-    errors: Option<Value>,
+    errors: Option<Box<Value>>,
     /// For 429: how long to wait.
     retry_after: Option<Duration>,
+    /// For 429: which limit was hit (a field of its own, so that the error stays small).
+    bucket: Bucket,
 }
 
 pub(crate) type Answer = Result<Response, RestError>;
@@ -56,6 +67,7 @@ impl RestError {
             message: message.into(),
             errors: None,
             retry_after: None,
+            bucket: Bucket::Single,
         }
     }
 
@@ -111,7 +123,9 @@ impl RestError {
     pub(crate) fn field(field: &str, kind: &str, message: impl Into<String>) -> Self {
         let message = message.into();
         Self {
-            errors: Some(json!({ field: { "_errors": [{ "code": kind, "message": message }] } })),
+            errors: Some(Box::new(
+                json!({ field: { "_errors": [{ "code": kind, "message": message }] } }),
+            )),
             ..Self::new(
                 StatusCode::BAD_REQUEST,
                 code::INVALID_FORM_BODY,
@@ -129,10 +143,15 @@ impl RestError {
         )
     }
 
-    /// 429 with Discord's body and headers.
-    pub(crate) fn rate_limited(retry_after: Duration) -> Self {
+    /// 429 with Discord's body and headers, for the engine's per-user message limit.
+    pub(crate) fn rate_limited(retry_after: Duration, limit: u32) -> Self {
+        Self::limited(retry_after, Bucket::User(limit))
+    }
+
+    fn limited(retry_after: Duration, bucket: Bucket) -> Self {
         Self {
             retry_after: Some(retry_after),
+            bucket,
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 code::GENERAL,
@@ -215,7 +234,7 @@ impl From<chat_core::Error> for RestError {
                 "Cannot send an empty message",
             ),
             E::RateLimited { retry_after_ms } => {
-                Self::rate_limited(Duration::from_millis(retry_after_ms))
+                Self::limited(Duration::from_millis(retry_after_ms), Bucket::Single)
             }
             E::NickInUse => Self::field("username", "USERNAME_ALREADY_TAKEN", text),
             E::ErroneousNick { .. } => Self::field("username", "USERNAME_INVALID", text),
@@ -236,7 +255,9 @@ impl From<EngineError> for RestError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Refused(e) => e.into(),
-            EngineError::RateLimited { retry_after } => Self::rate_limited(retry_after),
+            EngineError::RateLimited { retry_after, limit } => {
+                Self::rate_limited(retry_after, limit)
+            }
             EngineError::InvalidCredentials => {
                 Self::field("login", "INVALID_LOGIN", "Login or password is invalid.")
             }
@@ -271,14 +292,21 @@ impl IntoResponse for RestError {
         let Some(wait) = self.retry_after else {
             let mut body = json!({ "code": self.code, "message": self.message });
             if let (Some(errors), Some(map)) = (self.errors, body.as_object_mut()) {
-                map.insert("errors".into(), errors);
+                map.insert("errors".into(), *errors);
             }
             return (self.status, Json(body)).into_response();
         };
         // Discord's 429: the body discord.py needs (no `code`, so that twilight parses it as a rate limit),
         // `Via` (without it discord.py assumes a Cloudflare ban), and every limit header: discord.py crashes on
-        // `Remaining` without a reset, and twilight reads the set only when a scope is given.
-        let secs = wait.as_secs_f64();
+        // `Remaining` without a reset, and twilight reads the set only when a scope is given. The set agrees with
+        // itself: `Limit` is the bucket's real size, `Remaining` 0, `Reset-After` the same wait as the body's
+        // `retry_after` (to the millisecond), `Reset` now plus that wait, and `Retry-After` its whole seconds
+        // rounded up.
+        let secs = wait.as_millis() as f64 / 1000.0;
+        let (limit, bucket_name) = match self.bucket {
+            Bucket::User(limit) => (limit.max(1), "user"),
+            Bucket::Single => (1, "single"),
+        };
         let body = json!({ "message": self.message, "retry_after": secs, "global": false });
         let mut response = (self.status, Json(body)).into_response();
         let now = SystemTime::now()
@@ -293,7 +321,7 @@ impl IntoResponse for RestError {
             "retry-after",
             wait.as_millis().div_ceil(1000).max(1).to_string(),
         );
-        set(&mut response, "x-ratelimit-limit", "1".into());
+        set(&mut response, "x-ratelimit-limit", limit.to_string());
         set(&mut response, "x-ratelimit-remaining", "0".into());
         set(
             &mut response,
@@ -305,7 +333,7 @@ impl IntoResponse for RestError {
             "x-ratelimit-reset-after",
             format!("{secs:.3}"),
         );
-        set(&mut response, "x-ratelimit-bucket", "user".into());
+        set(&mut response, "x-ratelimit-bucket", bucket_name.into());
         set(&mut response, "x-ratelimit-scope", "user".into());
         response
     }

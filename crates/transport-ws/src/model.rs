@@ -418,6 +418,19 @@ fn kind_and_content(kind: MessageKind, body: &str, reply: bool) -> (u8, String) 
     }
 }
 
+/// `N` bytes from the OS random source.
+pub(crate) fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // Without an OS random source no id or token can be made safely: this is not a state to run in.
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    bytes
+}
+
+/// An attachment's URL (the path below the server's base): `/attachments/{channel}/{id}/{token}/{filename}`.
+pub(crate) fn attachment_url(channel: chat_core::ChannelId, a: &chat_core::Attachment) -> String {
+    format!("/attachments/{channel}/{}/{}/{}", a.id, a.token, a.filename)
+}
+
 /// A message object. `viewer` decides the `me` of reactions; `dir` names the author and mentions.
 pub(crate) fn message(dir: &Directory, m: &MessageView<'_>, viewer: Option<UserId>) -> Value {
     let (kind, content) = kind_and_content(m.kind, m.body, m.reply_to.is_some());
@@ -436,8 +449,8 @@ pub(crate) fn message(dir: &Directory, m: &MessageView<'_>, viewer: Option<UserI
                 "filename": a.filename,
                 "size": a.size,
                 "content_type": a.content_type,
-                "url": format!("/attachments/{}/{}/{}", m.channel, a.id, a.filename),
-                "proxy_url": format!("/attachments/{}/{}/{}", m.channel, a.id, a.filename),
+                "url": attachment_url(m.channel, a),
+                "proxy_url": attachment_url(m.channel, a),
             })
         })
         .collect();
@@ -467,6 +480,21 @@ pub(crate) fn message(dir: &Directory, m: &MessageView<'_>, viewer: Option<UserI
     let map = v.as_object_mut().expect("a json! object is an object");
     if let Some(space) = m.space {
         map.insert("guild_id".into(), json!(space.to_string()));
+        // The author as a member, from the directory (no round trip to the writer); omitted when they are
+        // no longer a member, as Discord does for webhooks and departed users.
+        if let Some(card) = dir.member(space, m.author) {
+            let mut member = json!({
+                "roles": card.roles.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "joined_at": timestamp(card.joined_at),
+                "deaf": false,
+                "mute": false,
+                "flags": 0,
+            });
+            if let (Some(nick), Some(obj)) = (card.nick.as_deref(), member.as_object_mut()) {
+                obj.insert("nick".into(), json!(nick));
+            }
+            map.insert("member".into(), member);
+        }
     }
     if let Some(nonce) = m.nonce {
         map.insert("nonce".into(), json!(nonce));

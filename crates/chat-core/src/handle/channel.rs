@@ -365,10 +365,33 @@ impl Core {
             EventKind::ModeChanged {
                 channel: id,
                 by: actor.user,
-                changes,
+                changes: changes.clone(),
                 message,
             },
         );
+        // +s hides the channel from the network's non-members, -s shows it again: tell them.
+        let secret = changes.iter().rev().find_map(|c| match c {
+            ModeChange::Flag { letter: 's', on } => Some(*on),
+            _ => None,
+        });
+        if let Some(on) = secret {
+            let network = self.network();
+            let outside: Vec<UserId> = self.state.spaces[&network]
+                .members
+                .keys()
+                .filter(|u| !self.state.channels[&id].members.contains_key(u))
+                .copied()
+                .collect();
+            if !outside.is_empty() {
+                self.emit(
+                    Audience::Users(outside),
+                    EventKind::ChannelListed {
+                        channel: id,
+                        listed: !on,
+                    },
+                );
+            }
+        }
         Ok(None)
     }
 

@@ -1,7 +1,7 @@
 //! Messages: send (channels and DMs by nick), edit, delete, reactions, pins, typing, read states, threads,
 //! group DMs.
 
-use crate::command::{ChannelRef, Outgoing, Target};
+use crate::command::{ChannelRef, Outgoing, Target, UserRef};
 use crate::core::{Actor, Core, Created, TYPING_INTERVAL_MS};
 use crate::error::{Error, Field};
 use crate::event::{Audience, ChannelInfo, EventKind};
@@ -116,7 +116,8 @@ impl Core {
                 reason: "system kinds cannot be sent",
             });
         }
-        self.check_body(&m.body, !m.attachments.is_empty())?;
+        // Attachments or embeds stand in for text (a bot's embed-only message).
+        self.check_body(&m.body, !m.attachments.is_empty() || m.embeds.is_some())?;
         if let Some(meta) = &m.meta {
             check_text(Field::Meta, meta, 8192, false)?;
         }
@@ -134,8 +135,54 @@ impl Core {
         }
         for a in &m.attachments {
             check_label(Field::Attachments, &a.filename, 255)?;
+            if a.token.len() > 64 || !a.token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(Error::InvalidInput {
+                    field: Field::Attachments,
+                    reason: "a token is ASCII letters and digits, at most 64",
+                });
+            }
         }
         Ok(kind)
+    }
+
+    /// The other side of a DM the actor opens or writes to.
+    fn dm_peer(&self, actor: Actor, to: &UserRef) -> Result<UserId, Error> {
+        let other = self.resolve_user(to)?;
+        if other == actor.user && !actor.system {
+            return Err(Error::InvalidInput {
+                field: Field::Target,
+                reason: "cannot DM yourself",
+            });
+        }
+        Ok(other)
+    }
+
+    /// Creates the DM channel of two users (who have none yet); its creator is listed first.
+    fn create_dm(&mut self, by: UserId, other: UserId) -> ChannelId {
+        let id = ChannelId(self.next_id());
+        let info = ChannelInfo::new(id, ChannelKind::Dm, None, String::new());
+        self.emit(
+            Audience::Channel(id),
+            EventKind::ChannelCreated {
+                channel: info,
+                members: vec![by, other],
+            },
+        );
+        id
+    }
+
+    pub(crate) fn open_dm(&mut self, actor: Actor, to: UserRef) -> Result<Option<Created>, Error> {
+        if actor.system {
+            return Err(Error::NotSupported {
+                what: "the server's user has no DMs",
+            });
+        }
+        let other = self.dm_peer(actor, &to)?;
+        let id = match self.dm_channel(actor.user, other) {
+            Some(id) => id,
+            None => self.create_dm(actor.user, other),
+        };
+        Ok(Some(Created::Channel(id)))
     }
 
     pub(crate) fn send(
@@ -149,13 +196,7 @@ impl Core {
         let dest = match &to {
             Target::Channel(c) => Ok(self.resolve_channel(c)?),
             Target::User(u) => {
-                let other = self.resolve_user(u)?;
-                if other == actor.user && !actor.system {
-                    return Err(Error::InvalidInput {
-                        field: Field::Target,
-                        reason: "cannot DM yourself",
-                    });
-                }
+                let other = self.dm_peer(actor, u)?;
                 self.dm_channel(actor.user, other).ok_or(other)
             }
         };
@@ -178,18 +219,7 @@ impl Core {
         let may_mention_all = perms.contains(Permissions::MENTION_EVERYONE);
         let channel = match dest {
             Ok(c) => c,
-            Err(other) => {
-                let id = ChannelId(self.next_id());
-                let info = ChannelInfo::new(id, ChannelKind::Dm, None, String::new());
-                self.emit(
-                    Audience::Channel(id),
-                    EventKind::ChannelCreated {
-                        channel: info,
-                        members: vec![actor.user, other],
-                    },
-                );
-                id
-            }
+            Err(other) => self.create_dm(actor.user, other),
         };
         let id = MessageId(self.next_id());
         let m = Message {
@@ -312,6 +342,7 @@ impl Core {
         message: MessageId,
         body: String,
         meta: Option<String>,
+        embeds: Option<String>,
     ) -> Result<Option<Created>, Error> {
         let (channel, _) = self.visible_message(actor, message)?;
         let rec = &self.state.messages[&message];
@@ -323,7 +354,12 @@ impl Core {
                 what: "system messages cannot be edited",
             });
         }
-        self.check_body(&body, false)?;
+        if let Some(embeds) = &embeds {
+            check_text(Field::Embeds, embeds, 16384, false)?;
+        }
+        // Embeds stand in for text, as when sending.
+        let with_embeds = embeds.as_deref().is_some_and(|e| e.trim() != "[]");
+        self.check_body(&body, with_embeds)?;
         if let Some(meta) = &meta {
             check_text(Field::Meta, meta, 8192, false)?;
         }
@@ -339,6 +375,7 @@ impl Core {
                 meta,
                 mentions,
                 edited_at: self.now,
+                embeds,
             },
         );
         Ok(None)

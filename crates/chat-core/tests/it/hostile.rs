@@ -658,6 +658,7 @@ impl Ctx<'_> {
             filename: self.text(3),
             size: self.step.nums[2],
             content_type: self.opt(5),
+            token: self.text(5),
         }
     }
 
@@ -747,6 +748,7 @@ fn build(cx: &Ctx<'_>) -> Command {
             message: cx.message(0),
             body: cx.text(1),
             meta: cx.opt(2),
+            embeds: cx.opt(3),
         },
         20 => Command::Delete {
             message: cx.message(0),

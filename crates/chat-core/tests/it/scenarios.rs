@@ -864,6 +864,7 @@ impl Runner {
                                 filename: v,
                                 size: 1,
                                 content_type: None,
+                                token: format!("t{}", self.next_attachment),
                             });
                         }
                     }
@@ -878,6 +879,7 @@ impl Runner {
                     message,
                     body: a.rest_text(),
                     meta,
+                    embeds: None,
                 }
             }
             "DELETE" => Command::Delete {
@@ -2192,6 +2194,10 @@ impl View<'_> {
             }
             E::InviteDeleted { code } => {
                 let _ = write!(w, "invite_deleted {}", self.invite(code));
+            }
+            E::ChannelListed { channel, listed } => {
+                let what = if *listed { "listed" } else { "unlisted" };
+                let _ = write!(w, "{what} {}", self.channel(*channel));
             }
             other => {
                 let _ = write!(w, "{other:?}");

@@ -524,7 +524,7 @@ pub(crate) async fn message_rate_limit<B: Backend>(backend: &B) {
     let err = say(&engine, &alice.session, "#rust", "3", None)
         .await
         .unwrap_err();
-    let EngineError::RateLimited { retry_after } = err else {
+    let EngineError::RateLimited { retry_after, .. } = err else {
         panic!("expected a rate limit, got {err:?}");
     };
     assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_millis(500));

@@ -388,6 +388,7 @@ fn changes_are_reflected<S: Store>(s: &S) {
             message: m1,
             body: "first, edited".into(),
             meta: None,
+            embeds: Some(r#"[{"title":"edited"}]"#.into()),
         },
     );
     w.run(Some(a), Command::Delete { message: m2 });
@@ -441,6 +442,7 @@ fn changes_are_reflected<S: Store>(s: &S) {
 
     let m = s.message(m1).unwrap().unwrap();
     assert_eq!(m.body, "first, edited");
+    assert_eq!(m.embeds.as_deref(), Some(r#"[{"title":"edited"}]"#));
     assert!(m.edited_at.is_some());
     assert!(m.pinned);
     assert_eq!(
@@ -835,6 +837,7 @@ fn search_works<S: Store>(s: &S) {
             message: hello,
             body: "goodbye world".into(),
             meta: None,
+            embeds: None,
         },
     );
     w.flush(s);

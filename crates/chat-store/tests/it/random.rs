@@ -92,6 +92,7 @@ fn random_command(w: &World, rng: &mut Rng, users: &[UserId], messages: &[Messag
             message: msg(rng),
             body: text(rng),
             meta: None,
+            embeds: (rng.below(3) == 0).then(|| format!("[{{\"title\":\"{}\"}}]", rng.below(100))),
         },
         10 => Command::Delete { message: msg(rng) },
         11 => Command::React {

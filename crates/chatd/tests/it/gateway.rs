@@ -670,6 +670,106 @@ async fn edits_reactions_typing_and_deletions_arrive_as_their_dispatches() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_channel_leaves_and_rejoins_outsiders_channel_lists() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    join(&server, &alice, "#hush").await;
+    let mut b = Gw::connect(&server).await;
+    let ready = b.identify(&bob.token, ALL).await;
+    assert!(ready["d"]["guilds"].is_array());
+    let guild = b.until("GUILD_CREATE").await;
+    let hush = guild["d"]["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .find(|c| c["name"] == "hush")
+        .expect("#hush is listed to bob")["id"]
+        .clone();
+
+    server
+        .ok(
+            &alice,
+            json!({"command": "MODE", "to": "#hush", "body": "+s"}),
+        )
+        .await;
+    let v = b.until("CHANNEL_DELETE").await;
+    assert_eq!(v["d"]["id"], hush, "{v}");
+    // A gateway connection made now does not list it either.
+    let mut late = Gw::connect(&server).await;
+    late.identify(&bob.token, ALL).await;
+    let guild = late.until("GUILD_CREATE").await;
+    assert!(
+        !guild["d"]["channels"]
+            .as_array()
+            .expect("channels")
+            .iter()
+            .any(|c| c["id"] == hush),
+        "{guild}"
+    );
+
+    server
+        .ok(
+            &alice,
+            json!({"command": "MODE", "to": "#hush", "body": "-s"}),
+        )
+        .await;
+    let v = b.until("CHANNEL_CREATE").await;
+    assert_eq!(v["d"]["id"], hush, "{v}");
+    assert_eq!(v["d"]["name"], "hush", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_made_before_a_restart_is_deleted_with_a_dispatch() {
+    use reqwest::Method;
+    const GUILD_INVITES: u64 = 1 << 6;
+    let mut server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let g = rest(
+        &server,
+        Method::POST,
+        "/guilds",
+        &alice.token,
+        json!({"name": "Club"}),
+    )
+    .await;
+    let gid = g["id"].as_str().expect("guild id").to_owned();
+    let (_, channels) = server
+        .get(
+            &format!("/api/v10/guilds/{gid}/channels"),
+            Some(&alice.token),
+        )
+        .await;
+    let channel = channels[0]["id"].as_str().expect("a channel").to_owned();
+    let invite = rest(
+        &server,
+        Method::POST,
+        &format!("/channels/{channel}/invites"),
+        &alice.token,
+        json!({}),
+    )
+    .await;
+    let code = invite["code"].as_str().expect("code").to_owned();
+
+    server.restart().await;
+    let mut a = Gw::connect(&server).await;
+    a.identify(&alice.token, ALL | GUILD_INVITES).await;
+    rest(
+        &server,
+        Method::DELETE,
+        &format!("/invites/{code}"),
+        &alice.token,
+        json!({}),
+    )
+    .await;
+    let v = a.until("INVITE_DELETE").await;
+    assert_eq!(
+        v["d"],
+        json!({"channel_id": channel, "code": code, "guild_id": gid})
+    );
+}
+
 /// A REST call that must succeed; returns its JSON (null for 204).
 async fn rest(
     server: &Server,
@@ -952,4 +1052,56 @@ async fn a_silent_connection_is_closed_after_its_heartbeat_deadline() {
     );
     // The heartbeating one is still served.
     alive.sync().await;
+}
+
+/// A connection that heartbeats but never identifies is closed with 4003 (Not authenticated) once the
+/// identify deadline passes (two heartbeat intervals, at least 10 s), while an identified connection beside it
+/// stays open; a guild MESSAGE_CREATE carries its author's `member`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unidentified_connection_is_closed_with_4003_after_the_identify_deadline() {
+    let server = Server::start(&[("GATEWAY_HEARTBEAT_INTERVAL", "300ms")]).await;
+    let alice = server.register("alice", "correct horse").await;
+    join(&server, &alice, "#test").await;
+    let mut anonymous = Gw::connect(&server).await;
+    let mut identified = Gw::connect(&server).await;
+    identified.identify(&alice.token, ALL).await;
+    let started = std::time::Instant::now();
+    let code = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            // Heartbeats before Identify are acked, and keep the heartbeat deadline away.
+            anonymous.send(json!({"op": 1, "d": null})).await;
+            loop {
+                match anonymous.next().await {
+                    Frame::Text(_, v) if v["op"] == 11 => break,
+                    Frame::Text(..) => {}
+                    Frame::Close(code, reason) => {
+                        if code >= 4000 {
+                            assert!(!reason.is_empty(), "close {code} without a reason");
+                        }
+                        return code;
+                    }
+                }
+            }
+            identified.sync().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the unidentified connection is closed within 30 s");
+    assert_eq!(code, 4003);
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "closed before the identify deadline: {:?}",
+        started.elapsed()
+    );
+    // The identified one is still served, and a guild message names its author's member.
+    identified.sync().await;
+    say(&server, &alice, "#test", "still here").await;
+    let (_, v) = message(&mut identified, "still here").await;
+    let member = &v["d"]["member"];
+    assert!(member["roles"].is_array(), "{v}");
+    assert!(
+        member["joined_at"].as_str().is_some_and(|t| t.len() >= 25),
+        "{v}"
+    );
 }

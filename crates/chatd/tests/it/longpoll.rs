@@ -2157,3 +2157,35 @@ async fn live_events_between_polls_come_with_live() {
     let again = poll(alice.cursor, format!("&live={next}")).await;
     assert_eq!(again["messages"], json!([]), "{again}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outsiders_hear_a_channel_become_secret_and_public_again() {
+    let server = Server::start(&[]).await;
+    let alice = server.guest("alice").await;
+    let mut bob = server.guest("bob").await;
+    let mut carol = server.guest("carol").await;
+    join(&server, &alice, "#hush").await;
+    join(&server, &carol, "#hush").await;
+    server.drain(&mut bob).await;
+    server.drain(&mut carol).await;
+    mode(&server, &alice, "#hush", "+s", &[]).await;
+    let seen = poll_until(&server, &mut bob, Duration::from_secs(5), |e| {
+        e["type"] == "channel"
+    })
+    .await;
+    let e = one(&seen, "channel");
+    assert_eq!(
+        (&e["to"], &e["body"]),
+        (&json!("#hush"), &json!("unlisted"))
+    );
+    mode(&server, &alice, "#hush", "-s", &[]).await;
+    let seen = poll_until(&server, &mut bob, Duration::from_secs(5), |e| {
+        e["type"] == "channel"
+    })
+    .await;
+    assert_eq!(one(&seen, "channel")["body"], "listed");
+    // A member sees the mode changes, not the listing.
+    let seen = server.drain(&mut carol).await;
+    assert_eq!(of_type(&seen, "mode").len(), 2, "{seen:?}");
+    assert!(of_type(&seen, "channel").is_empty(), "{seen:?}");
+}

@@ -661,6 +661,30 @@ async fn rate_limits_answer_discords_429() {
     ] {
         assert!(h.contains_key(name), "{name} missing: {h:?}");
     }
+    // The set agrees with itself and with RATE_LIMIT=3/1: the bucket holds 3, none is left, and it resets
+    // after the body's retry_after.
+    let header = |name: &str| h[name].to_str().unwrap().to_owned();
+    assert_eq!(header("x-ratelimit-limit"), "3", "{h:?}");
+    assert_eq!(header("x-ratelimit-remaining"), "0", "{h:?}");
+    assert!(!header("x-ratelimit-bucket").is_empty());
+    let reset_after: f64 = header("x-ratelimit-reset-after").parse().unwrap();
+    assert!(
+        (reset_after - v["retry_after"].as_f64().unwrap()).abs() < 0.001,
+        "{h:?} {v}"
+    );
+    let reset: f64 = header("x-ratelimit-reset").parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        reset > now - 5.0 && reset <= now + reset_after + 1.0,
+        "{reset} {now}"
+    );
+    assert!(
+        header("retry-after").parse::<f64>().unwrap() >= reset_after,
+        "{h:?}"
+    );
     assert!(
         v["retry_after"]
             .as_f64()
@@ -672,7 +696,7 @@ async fn rate_limits_answer_discords_429() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn direct_messages_open_lazily() {
+async fn direct_messages_open_before_the_first_message() {
     let server = Server::start(&[]).await;
     let alice = server.register("alice", "correct horse battery").await;
     let mut bob = server.register("bob", "correct horse battery").await;
@@ -692,38 +716,57 @@ async fn direct_messages_open_lazily() {
     assert_eq!(s, StatusCode::OK, "{dm}");
     assert_eq!(dm["type"], 1);
     assert_eq!(dm["recipients"][0]["username"], "bob");
-    // Before its first message the DM reads as an empty channel.
-    let pending = dm["id"].as_str().unwrap();
-    let (s, v) = a.get(&format!("/channels/{pending}")).await;
+    // The DM exists before its first message: a channel of its own, listed on both sides, empty.
+    let real = dm["id"].as_str().unwrap().to_owned();
+    assert_ne!(real, bob_id);
+    let (s, v) = a.get(&format!("/channels/{real}")).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["type"], 1);
-    let (s, v) = a.get(&format!("/channels/{pending}/messages")).await;
+    let (s, v) = a.get(&format!("/channels/{real}/messages")).await;
     assert_eq!((s, v), (StatusCode::OK, json!([])));
-    let (s, m) = a
-        .send(
-            Method::POST,
-            &format!("/channels/{}/messages", dm["id"].as_str().unwrap()),
-            json!({"content": "psst"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{m}");
-    assert!(m.get("guild_id").is_none(), "{m}");
-    let real = m["channel_id"].as_str().unwrap().to_owned();
-    let seen = server.poll(&mut bob, 5).await;
-    assert!(seen.iter().any(|e| e["body"] == "psst"), "{seen:?}");
-    // Now the DM exists: both see it, and opening it again gives it.
-    let (_, dm2) = a
+    let (s, list) = b.get("/users/@me/channels").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list[0]["id"], json!(real));
+    assert_eq!(list[0]["recipients"][0]["username"], "alice");
+    // Opening it again gives the same channel; a DM with oneself is refused, naming the field.
+    let (_, again) = a
         .send(
             Method::POST,
             "/users/@me/channels",
             json!({"recipient_id": bob_id}),
         )
         .await;
-    assert_eq!(dm2["id"], json!(real));
-    let (s, list) = b.get("/users/@me/channels").await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(list[0]["id"], json!(real));
-    assert_eq!(list[0]["recipients"][0]["username"], "alice");
+    assert_eq!(again["id"], json!(real));
+    let alice_id = a.get("/users/@me").await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, v) = a
+        .send(
+            Method::POST,
+            "/users/@me/channels",
+            json!({"recipient_id": alice_id}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["code"], 50035, "{v}");
+    let (s, m) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{real}/messages"),
+            json!({"content": "psst"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert!(m.get("guild_id").is_none(), "{m}");
+    assert_eq!(m["channel_id"], json!(real));
+    let seen = server.poll(&mut bob, 5).await;
+    assert!(
+        seen.iter()
+            .any(|e| e["type"] == "channel" && e["body"] == "create"),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|e| e["body"] == "psst"), "{seen:?}");
     let (s, hist) = b.get(&format!("/channels/{real}/messages")).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(hist[0]["content"], "psst");
@@ -903,6 +946,24 @@ async fn guilds_roles_members_and_search() {
     assert_eq!(s, StatusCode::OK);
     let (s, v) = b.get("/invites/nosuchcode").await;
     assert_code(s, &v, StatusCode::NOT_FOUND, 10006);
+    // Listed by channel and by guild to those who manage them; a plain member gets 50013.
+    for path in [
+        format!("/channels/{cid}/invites"),
+        format!("/guilds/{gid}/invites"),
+    ] {
+        let (s, list) = a.get(&path).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {list}");
+        let codes: Vec<&str> = list
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|i| i["code"].as_str())
+            .collect();
+        assert_eq!(codes, [code.as_str()], "{path}");
+        assert_eq!(list[0]["uses"], 1, "{path}");
+        let (s, v) = b.get(&path).await;
+        assert_code(s, &v, StatusCode::FORBIDDEN, 50013);
+    }
 
     // Only the owner deletes the guild.
     assert_eq!(
@@ -1377,4 +1438,352 @@ async fn rest_objects_parse_as_twilight_models() {
         )
         .await;
     let _: Channel = parse("POST users/@me/channels", &dms);
+}
+
+/// A message in a guild channel carries its author's `member` (roles without @everyone, joined_at in
+/// Discord's long form, nick when set), from creation through edits and reads; a DM's carries none, nor does
+/// one whose author has left the guild. twilight still parses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guild_messages_carry_their_authors_member() {
+    use twilight_model::channel::Message;
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    let bob = server.register("bob", "correct horse battery").await;
+    let a = Bot::new(&server, &alice);
+    let b = Bot::new(&server, &bob);
+    let id_of = |v: &Value| v["id"].as_str().unwrap().to_owned();
+    let alice_id = id_of(&a.get("/users/@me").await.1);
+    let bob_id = id_of(&b.get("/users/@me").await.1);
+    let (s, g) = a
+        .send(
+            Method::POST,
+            "/guilds",
+            json!({"name": "Team", "public": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{g}");
+    let gid = id_of(&g);
+    let (s, ch) = a
+        .send(
+            Method::POST,
+            &format!("/guilds/{gid}/channels"),
+            json!({"name": "plans"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{ch}");
+    let cid = id_of(&ch);
+    let (s, role) = a
+        .send(
+            Method::POST,
+            &format!("/guilds/{gid}/roles"),
+            json!({"name": "mods"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{role}");
+    let rid = id_of(&role);
+    let s = a
+        .empty(
+            Method::PUT,
+            &format!("/guilds/{gid}/members/{alice_id}/roles/{rid}"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
+    let (s, m) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{cid}/messages"),
+            json!({"content": "with my roles"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    let member = &m["member"];
+    assert_eq!(member["roles"], json!([rid]), "{m}");
+    assert!(
+        member["joined_at"].as_str().is_some_and(|t| t.len() >= 25),
+        "{m}"
+    );
+    assert_eq!(member["deaf"], false);
+    assert_eq!(member["mute"], false);
+    assert_eq!(member["flags"], 0);
+    let parsed: Message = parse("POST messages with a member", &m);
+    let pm = parsed.member.expect("twilight reads the member");
+    assert_eq!(pm.roles.len(), 1);
+    assert!(pm.joined_at.is_some());
+    let mid = id_of(&m);
+
+    // An edit and a read carry it too.
+    let (s, v) = a
+        .send(
+            Method::PATCH,
+            &format!("/channels/{cid}/messages/{mid}"),
+            json!({"content": "edited"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["member"]["roles"], json!([rid]), "{v}");
+    let (s, list) = a.get(&format!("/channels/{cid}/messages")).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == json!(mid))
+        .expect("the message")
+        .clone();
+    assert_eq!(listed["member"]["roles"], json!([rid]), "{listed}");
+
+    // Bob joins: his message carries a member with no roles; once he leaves, his old message carries none.
+    let (s, _, v) = b
+        .call(
+            Method::PUT,
+            &format!("/guilds/{gid}/members/{bob_id}"),
+            Some(json!({})),
+        )
+        .await;
+    assert!(s.is_success(), "{s} {v}");
+    let (s, m) = b
+        .send(
+            Method::POST,
+            &format!("/channels/{cid}/messages"),
+            json!({"content": "hi from bob"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(m["member"]["roles"], json!([]), "{m}");
+    let bob_mid = id_of(&m);
+    assert_eq!(
+        b.empty(Method::DELETE, &format!("/users/@me/guilds/{gid}"))
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    let (s, list) = a.get(&format!("/channels/{cid}/messages")).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let old = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == json!(bob_mid))
+        .expect("bob's message")
+        .clone();
+    assert!(old.get("member").is_none(), "{old}");
+    assert!(old["guild_id"].is_string(), "{old}");
+
+    // A DM's message has no guild and no member.
+    let (s, dm) = a
+        .send(
+            Method::POST,
+            "/users/@me/channels",
+            json!({"recipient_id": bob_id}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{dm}");
+    let (s, m) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{}/messages", id_of(&dm)),
+            json!({"content": "direct"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert!(
+        m.get("member").is_none() && m.get("guild_id").is_none(),
+        "{m}"
+    );
+}
+
+/// An attachment is served only at its exact URL: a wrong or missing token, or a token for another id or
+/// channel, is 404 (with or without an Authorization header), while the URL the message gives is 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachment_urls_need_their_token() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    server
+        .ok(&alice, json!({"command": "JOIN", "to": "#files"}))
+        .await;
+    server
+        .ok(&alice, json!({"command": "JOIN", "to": "#other"}))
+        .await;
+    let a = Bot::new(&server, &alice);
+    let (_, c) = network_channel(&a, "files").await;
+    let (_, other) = network_channel(&a, "other").await;
+    let http = server.http();
+    let upload = |name: &'static str| {
+        let form = reqwest::multipart::Form::new()
+            .text("payload_json", json!({"content": "f"}).to_string())
+            .part(
+                "files[0]",
+                reqwest::multipart::Part::bytes(b"secret bytes".to_vec())
+                    .file_name(name)
+                    .mime_str("text/plain")
+                    .expect("mime"),
+            );
+        http.post(format!("{}/api/v10/channels/{c}/messages", server.base))
+            .header("authorization", format!("Bot {}", alice.token))
+            .multipart(form)
+            .send()
+    };
+    let first: Value = upload("a.txt")
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("json");
+    let second: Value = upload("b.txt")
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("json");
+    let file = &first["attachments"][0];
+    let id = file["id"].as_str().unwrap().to_owned();
+    let raw: u64 = id.parse().unwrap();
+    assert!(raw > 0);
+    let ms = (raw >> 22) + 1_420_070_400_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        ms.abs_diff(now) < 600_000,
+        "the id's timestamp is the upload's: {id}"
+    );
+    let url = file["url"].as_str().unwrap().to_owned();
+    let parts: Vec<&str> = url.split('/').collect();
+    assert_eq!(
+        parts.len(),
+        6,
+        "/attachments/{{channel}}/{{id}}/{{token}}/{{name}}: {url}"
+    );
+    assert_eq!(
+        (parts[2], parts[3], parts[5]),
+        (c.as_str(), id.as_str(), "a.txt")
+    );
+    let token = parts[4];
+    assert!(token.len() >= 32, "{url}");
+    assert_eq!(file["proxy_url"], json!(url));
+    let second_url = second["attachments"][0]["url"].as_str().unwrap().to_owned();
+    let second_token = second_url.split('/').nth(4).unwrap().to_owned();
+    assert_ne!(token, second_token);
+
+    let get = |path: String, auth: bool| {
+        let mut req = http.get(format!("{}{path}", server.base));
+        if auth {
+            req = req.header("authorization", format!("Bot {}", alice.token));
+        }
+        req.send()
+    };
+    let r = get(url.clone(), false).await.expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"secret bytes");
+    let mut flipped = token.to_owned();
+    let last = if flipped.ends_with('0') { "1" } else { "0" };
+    flipped.replace_range(flipped.len() - 1.., last);
+    for (what, path) in [
+        (
+            "a wrong token",
+            format!("/attachments/{c}/{id}/{flipped}/a.txt"),
+        ),
+        ("no token", format!("/attachments/{c}/{id}/a.txt")),
+        ("an empty token", format!("/attachments/{c}/{id}//a.txt")),
+        (
+            "another attachment's token",
+            format!("/attachments/{c}/{id}/{second_token}/a.txt"),
+        ),
+        (
+            "another channel",
+            format!("/attachments/{other}/{id}/{token}/a.txt"),
+        ),
+        (
+            "a neighbouring id",
+            format!("/attachments/{c}/{}/{token}/a.txt", raw + 1),
+        ),
+    ] {
+        for auth in [false, true] {
+            let r = get(path.clone(), auth).await.expect("get");
+            assert_eq!(
+                r.status(),
+                StatusCode::NOT_FOUND,
+                "{what} (auth {auth}): {path}"
+            );
+        }
+    }
+    let r = get(url, true).await.expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeds_can_be_sent_alone_and_edited_without_the_text() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    server
+        .ok(&alice, json!({"command": "JOIN", "to": "#bots"}))
+        .await;
+    let a = Bot::new(&server, &alice);
+    let (_, c) = network_channel(&a, "bots").await;
+    // A bot's embed-only message is accepted, as on Discord.
+    let (s, m) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{c}/messages"),
+            json!({"embeds": [{"title": "status", "description": "starting"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(m["content"], "");
+    assert_eq!(m["embeds"][0]["description"], "starting");
+    let id = m["id"].as_str().unwrap().to_owned();
+    // Nothing at all is still refused.
+    let (s, v) = a
+        .send(Method::POST, &format!("/channels/{c}/messages"), json!({}))
+        .await;
+    assert_code(s, &v, StatusCode::BAD_REQUEST, 50006);
+
+    // An edit of the embeds alone keeps the text; an edit of the text alone keeps the embeds.
+    let (s, m) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{c}/messages"),
+            json!({"content": "build", "embeds": [{"title": "old"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    let second = m["id"].as_str().unwrap().to_owned();
+    let (s, m) = a
+        .send(
+            Method::PATCH,
+            &format!("/channels/{c}/messages/{second}"),
+            json!({"embeds": [{"title": "new"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(
+        (&m["content"], &m["embeds"][0]["title"]),
+        (&json!("build"), &json!("new"))
+    );
+    assert!(m["edited_timestamp"].is_string(), "{m}");
+    let (_, m) = a
+        .send(
+            Method::PATCH,
+            &format!("/channels/{c}/messages/{second}"),
+            json!({"content": "build passed"}),
+        )
+        .await;
+    assert_eq!(
+        (&m["content"], &m["embeds"][0]["title"]),
+        (&json!("build passed"), &json!("new"))
+    );
+    // `embeds: []` clears them; read back from the store.
+    a.send(
+        Method::PATCH,
+        &format!("/channels/{c}/messages/{second}"),
+        json!({"embeds": []}),
+    )
+    .await;
+    let (s, m) = a.get(&format!("/channels/{c}/messages/{second}")).await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(m["embeds"], json!([]), "{m}");
+    assert_eq!(m["content"], "build passed");
+    let (_, m) = a.get(&format!("/channels/{c}/messages/{id}")).await;
+    assert_eq!(m["embeds"][0]["title"], "status");
 }

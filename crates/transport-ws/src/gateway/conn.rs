@@ -38,6 +38,22 @@ const HEARTBEAT_SLACK: Duration = Duration::from_secs(1);
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// How long a Resume's replay waits for a full queue to drain before giving up on the client.
 const REPLAY_STALL: Duration = Duration::from_secs(30);
+/// The least time a connection gets to identify or resume (see [`identify_deadline`]).
+const IDENTIFY_FLOOR: Duration = Duration::from_secs(10);
+
+/// When a connection that has been without a session since `since` (it opened, or its session was
+/// invalidated with op 9) is closed with 4003: two heartbeat intervals later, and never sooner than
+/// [`IDENTIFY_FLOOR`]. Heartbeating alone does not hold a socket open past it. Two intervals are far more
+/// than a library needs (they identify on Hello), and the floor covers the waits the protocol asks for:
+/// Discord tells clients to wait 1 to 5 s before identifying again after op 9, and libraries space their
+/// shards' identifies 5 s apart. With the default 41.25 s interval this is 82.5 s.
+pub(crate) fn identify_deadline(since: Instant, interval: Duration) -> Instant {
+    let window = interval.saturating_mul(2).max(IDENTIFY_FLOOR);
+    since
+        .checked_add(window)
+        .or_else(|| since.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(since)
+}
 
 /// When a connection that last heartbeat at `last` is a zombie: 1.5 intervals and a little slack later.
 pub(crate) fn heartbeat_deadline(last: Instant, interval: Duration) -> Instant {
@@ -137,6 +153,8 @@ struct Conn {
     queued: Arc<AtomicUsize>,
     resume_url: String,
     last_heartbeat: Instant,
+    /// Since when the connection has had no session (it opened, or op 9 ended it); `None` while it has one.
+    unidentified_since: Option<Instant>,
     rate: RateWindow,
     live: Option<Live>,
     /// The `s` of the last dispatch queued: replies that are not log events (member chunks) carry it.
@@ -166,6 +184,7 @@ pub(crate) async fn run(
         queued,
         resume_url,
         last_heartbeat: now,
+        unidentified_since: Some(now),
         rate: RateWindow::new(now),
         live: None,
         last_s: 0,
@@ -341,6 +360,13 @@ impl Conn {
         let mut pending: Option<Read> = None;
         loop {
             let deadline = heartbeat_deadline(self.last_heartbeat, interval);
+            self.unidentified_since = match (&self.live, self.unidentified_since) {
+                (Some(_), _) => None,
+                (None, since) => Some(since.unwrap_or_else(Instant::now)),
+            };
+            let identify_by = self
+                .unidentified_since
+                .map(|since| identify_deadline(since, interval));
             let flow = tokio::select! {
                 biased;
                 () = async {
@@ -363,6 +389,14 @@ impl Conn {
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     self.close(close::UNKNOWN_ERROR, "Heartbeat timed out: resume.")
+                }
+                () = async {
+                    match identify_by {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.close(close::NOT_AUTHENTICATED, "Not authenticated: identify timed out.")
                 }
             };
             if flow.is_break() {

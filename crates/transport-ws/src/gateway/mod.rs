@@ -60,20 +60,23 @@ pub(crate) struct Gateway {
 
 impl Gateway {
     pub(crate) fn new(engine: Engine, settings: Settings) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                ctx: render::Context {
-                    engine: engine.clone(),
-                    network: OnceLock::new(),
-                    invites: Mutex::new(HashMap::new()),
-                },
-                engine,
-                settings,
-                cache: render::Cache::new(CACHE_EVENTS),
-                closing: watch::Sender::new(false),
-                connections: metrics::gauge!("chatd_connections", "transport" => "gateway"),
-            }),
+        let shared = Arc::new(Shared {
+            ctx: render::Context {
+                engine: engine.clone(),
+                network: OnceLock::new(),
+                invites: Mutex::new(HashMap::new()),
+            },
+            engine,
+            settings,
+            cache: render::Cache::new(CACHE_EVENTS),
+            closing: watch::Sender::new(false),
+            connections: metrics::gauge!("chatd_connections", "transport" => "gateway"),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let learner = Arc::clone(&shared);
+            runtime.spawn(async move { learner.ctx.learn_invites().await });
         }
+        Self { shared }
     }
 
     pub(crate) fn router(&self) -> Router {

@@ -266,14 +266,40 @@ pub(crate) struct Context {
     pub(crate) engine: Engine,
     /// The network space (the guild presence updates are sent in), learned at the first READY.
     pub(crate) network: OnceLock<SpaceId>,
-    /// Where the invites rendered since start lead, by code: INVITE_DELETE must name the channel, which its
-    /// event does not carry and the core forgets with the invite. An invite made before a restart is deleted
-    /// without a dispatch.
+    /// Where each invite leads, by code: INVITE_DELETE must name the channel, which its event does not carry
+    /// and the core forgets with the invite. Filled with the live invites at start (see
+    /// [`Context::learn_invites`]) and by every INVITE_CREATE since, and forgotten at its INVITE_DELETE. A
+    /// delete replayed after it left the render cache (or after a restart) finds no entry and sends nothing.
     pub(crate) invites: Mutex<HashMap<String, (ChannelId, Option<SpaceId>)>>,
 }
 
-/// The most invites [`Context::invites`] remembers; past it, it starts over.
-const INVITES_KEPT: usize = 10_000;
+impl Context {
+    /// Learns where the core's live invites lead (once, at start).
+    pub(crate) async fn learn_invites(&self) {
+        let live = self
+            .engine
+            .query(|core| {
+                core.invites()
+                    .filter_map(|i| {
+                        let place = match i.target {
+                            InviteTarget::Space(space, Some(channel)) => (channel, Some(space)),
+                            InviteTarget::Channel(channel) => {
+                                (channel, core.channel(channel).and_then(|c| c.space))
+                            }
+                            InviteTarget::Space(_, None) => return None,
+                        };
+                        Some((i.code.clone(), place))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+        let mut invites = self.invites.lock().unwrap_or_else(PoisonError::into_inner);
+        for (code, place) in live {
+            invites.entry(code).or_insert(place);
+        }
+    }
+}
 
 fn msg_intent(dm: bool) -> u64 {
     if dm {
@@ -728,13 +754,10 @@ fn render_hot(ctx: &Context, dir: &Directory, event: &Event) -> Option<Vec<Dispa
                 "uses": invite.uses,
             });
             put_guild(&mut d, space);
-            {
-                let mut invites = ctx.invites.lock().unwrap_or_else(PoisonError::into_inner);
-                if invites.len() >= INVITES_KEPT {
-                    invites.clear();
-                }
-                invites.insert(invite.code.clone(), (channel, space));
-            }
+            ctx.invites
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(invite.code.clone(), (channel, space));
             vec![Dispatch::new(
                 Who::All,
                 intents::GUILD_INVITES,
@@ -744,12 +767,12 @@ fn render_hot(ctx: &Context, dir: &Directory, event: &Event) -> Option<Vec<Dispa
             )]
         }
         EventKind::InviteDeleted { code } => {
+            // Forgotten with the invite; a replay of this event usually finds it in the render cache.
             let known = ctx
                 .invites
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .get(code)
-                .copied();
+                .remove(code);
             match known {
                 Some((channel, space)) => {
                     let mut d = json!({ "channel_id": channel.to_string(), "code": code });
@@ -771,6 +794,7 @@ fn render_hot(ctx: &Context, dir: &Directory, event: &Event) -> Option<Vec<Dispa
         | EventKind::OverwriteSet { .. }
         | EventKind::OverwriteDeleted { .. }
         | EventKind::ChannelAccess { .. }
+        | EventKind::ChannelListed { .. }
         | EventKind::SpaceUpdated { .. }
         | EventKind::MemberJoined { .. }
         | EventKind::MemberUpdated { .. }
@@ -795,6 +819,7 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
             body,
             mentions,
             edited_at,
+            embeds,
             ..
         } => {
             let store = Arc::clone(ctx.engine.store());
@@ -831,6 +856,9 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
             view.body = body;
             view.mentions = mentions;
             view.edited_at = Some(*edited_at);
+            if embeds.is_some() {
+                view.embeds = embeds.as_deref();
+            }
             let d = model::message(&dir, &view, None);
             let mut exempt = mentions.clone();
             exempt.push(*author);
@@ -915,6 +943,27 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
                 ));
             }
             list
+        }
+        EventKind::ChannelListed { channel, listed } => {
+            // The recipients are the network's members outside the channel: it enters or leaves their list.
+            let id = *channel;
+            let d = ctx
+                .engine
+                .query(move |core| {
+                    let ch = core.channel(id)?;
+                    ch.space?;
+                    Some(model::channel(core, ch, core.system_user()))
+                })
+                .await
+                .ok()
+                .flatten();
+            let name = if *listed {
+                "CHANNEL_CREATE"
+            } else {
+                "CHANNEL_DELETE"
+            };
+            d.map(|d| vec![Dispatch::new(Who::All, intents::GUILDS, seq, name, &d)])
+                .unwrap_or_default()
         }
         EventKind::SpaceUpdated { space } => {
             let id = space.id;

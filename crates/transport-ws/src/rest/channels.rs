@@ -9,13 +9,12 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use chat_core::{
     ChannelKind, ChannelRef, Command, Core, Created, InviteTarget, MessageId, Outgoing,
-    OverwriteTarget, Permissions, RoleId, Target, UserId, UserRef,
+    OverwriteTarget, Permissions, RoleId, Target, UserId,
 };
 use chat_engine::EngineError;
 use chat_store::HistoryQuery;
 use serde_json::{Value, json};
 
-use super::users::{pending_dm, pending_dm_target};
 use super::{
     Auth, Form, Inner, P, Q, St, created_channel, no_content, ok, readable, readable_message,
     visible,
@@ -28,12 +27,7 @@ use crate::model;
 pub(super) async fn get_channel(State(inner): St, Auth(me): Auth, p: P) -> Answer {
     let c = p.channel()?;
     let v = inner
-        .query(move |core| {
-            if let Some(Target::User(UserRef::Id(to))) = pending_dm_target(core, me.user, c) {
-                return Ok(pending_dm(core, to));
-            }
-            visible(core, me.user, c).map(|ch| model::channel(core, ch, me.user))
-        })
+        .query(move |core| visible(core, me.user, c).map(|ch| model::channel(core, ch, me.user)))
         .await??;
     ok(v)
 }
@@ -164,18 +158,9 @@ pub(super) async fn messages(State(inner): St, Auth(me): Auth, p: P, q: Q) -> An
     let before = q.id("before")?.and_then(MessageId::from_raw);
     let after = q.id("after")?.and_then(MessageId::from_raw);
     let around = q.id("around")?.and_then(MessageId::from_raw);
-    let pending = inner
-        .query(move |core| {
-            if pending_dm_target(core, me.user, c).is_some() {
-                return Ok(true);
-            }
-            readable(core, me.user, c).map(|_| false)
-        })
+    inner
+        .query(move |core| readable(core, me.user, c).map(|_| ()))
         .await??;
-    if pending {
-        // A DM promised by `POST users/@me/channels` that has no message yet.
-        return ok(json!([]));
-    }
     let store = Arc::clone(inner.engine.store());
     // Discord takes one of the three; `around` wins, then `before`, as Discord's own precedence.
     let query = HistoryQuery {
@@ -240,8 +225,16 @@ const CREATE_FIELDS: &[&str] = &[
 ];
 
 fn embeds(form: &Form) -> Result<Option<String>, RestError> {
+    // The single `embed` object of older libraries counts as a list of one.
+    if form.get("embeds").is_none()
+        && let Some(Value::Object(one)) = form.get("embed")
+    {
+        return Ok(Some(
+            Value::Array(vec![Value::Object(one.clone())]).to_string(),
+        ));
+    }
     match form.get("embeds") {
-        None => Ok(None),
+        None | Some(Value::Null) => Ok(None),
         Some(Value::Array(a)) if a.is_empty() => Ok(None),
         Some(Value::Array(a)) => {
             if a.len() > 10 {
@@ -313,18 +306,10 @@ pub(super) async fn create_message(State(inner): St, Auth(me): Auth, p: P, req: 
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
-    // Where it goes: the channel, or a user whose DM `POST users/@me/channels` promised (see `users`).
-    let target = inner
-        .query(move |core| -> Result<Target, RestError> {
-            if core.channel(c).is_none()
-                && let Some(t) = pending_dm_target(core, me.user, c)
-            {
-                return Ok(t);
-            }
-            visible(core, me.user, c)?;
-            Ok(Target::Channel(ChannelRef::Id(c)))
-        })
+    inner
+        .query(move |core| visible(core, me.user, c).map(|_| ()))
         .await??;
+    let target = Target::Channel(ChannelRef::Id(c));
     let (form, attachments) = if multipart {
         super::files::read_upload(&inner, c, req, CREATE_FIELDS).await?
     } else {
@@ -406,14 +391,33 @@ pub(super) async fn edit_message(State(inner): St, Auth(me): Auth, p: P, body: B
     inner
         .query(move |core| readable_message(core, me.user, c, m))
         .await??;
-    if let Some(content) = form.str("content")? {
+    let content = form.str("content")?;
+    // `embeds: []` (or `embed: null`) clears them; a missing field keeps them.
+    let embeds = match embeds(&form)? {
+        Some(e) => Some(e),
+        None if form.get("embeds").is_some() || form.get("embed").is_some() => {
+            Some("[]".to_owned())
+        }
+        None => None,
+    };
+    if content.is_some() || embeds.is_some() {
+        let body = match content {
+            Some(content) => content,
+            // Only the embeds change: the text stays as it is.
+            None => inner
+                .stored(m)
+                .await?
+                .map(|s| s.body)
+                .ok_or_else(RestError::unknown_message)?,
+        };
         inner
             .run(
                 &me,
                 Command::Edit {
                     message: m,
-                    body: content,
+                    body,
                     meta: None,
+                    embeds,
                 },
                 None,
             )
@@ -757,11 +761,27 @@ async fn invite_by_code(inner: &Inner, code: String) -> Answer {
 
 pub(super) async fn invites(State(inner): St, Auth(me): Auth, p: P) -> Answer {
     let c = p.channel()?;
-    inner
-        .query(move |core| visible(core, me.user, c).map(|_| ()))
+    let list = inner
+        .query(move |core| {
+            visible(core, me.user, c)?;
+            // As on Discord, listing a channel's invites takes Manage Channels.
+            if !core
+                .channel_permissions(me.user, c)
+                .contains(Permissions::MANAGE_CHANNELS)
+            {
+                return Err(RestError::missing_permissions());
+            }
+            Ok(core
+                .invites()
+                .filter(|i| match i.target {
+                    InviteTarget::Channel(ch) => ch == c,
+                    InviteTarget::Space(_, ch) => ch == Some(c),
+                })
+                .map(|i| invite_json(core, i))
+                .collect::<Vec<_>>())
+        })
         .await??;
-    // The core keeps invites by code only, with no listing by channel: an empty list is the honest answer.
-    ok(json!([]))
+    ok(json!(list))
 }
 
 pub(super) async fn create_invite(State(inner): St, Auth(me): Auth, p: P, body: Body) -> Answer {

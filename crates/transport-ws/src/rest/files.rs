@@ -1,10 +1,15 @@
 //! Attachments: multipart uploads (`payload_json` + `files[n]`) stored under `DATA_DIR/attachments/`, and
-//! serving them back at `/attachments/{channel}/{id}/{filename}` with safe names and headers that stop a
-//! browser from rendering an upload as a page (no HTML inline, `nosniff`, a sandbox CSP).
+//! serving them back at `/attachments/{channel}/{id}/{token}/{filename}` with safe names and headers that stop
+//! a browser from rendering an upload as a page (no HTML inline, `nosniff`, a sandbox CSP).
+//!
+//! Without an `Authorization` header the URL itself is the capability, as Discord's CDN links are, so it must
+//! not be guessable. An attachment id is a snowflake (clients read its timestamp bits), which leaves 22 random
+//! bits: too few. Each upload therefore also gets a token of 128 random bits, kept in the message's
+//! attachment record and in the stored file's name (`{channel}/{id}-{token}`): a wrong token finds no file
+//! and is answered 404 like a missing one.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::{FromRequest, Multipart, Request, State};
@@ -16,13 +21,17 @@ use serde_json::{Value, json};
 
 use super::{Auth, Form, Inner, P, readable};
 use crate::error::{RestError, code};
+use crate::model;
 
 /// At most this many files per message (Discord's limit).
 const MAX_FILES: usize = 10;
 
+/// How many times an upload draws a new id when the one drawn is taken (22 random bits per millisecond).
+const ID_TRIES: usize = 8;
+
 pub(super) fn router(inner: Arc<Inner>) -> Router {
     Router::new()
-        .route("/attachments/{channel}/{id}/{filename}", get(serve))
+        .route("/attachments/{channel}/{id}/{token}/{filename}", get(serve))
         .with_state(inner)
 }
 
@@ -30,20 +39,33 @@ fn root(inner: &Inner) -> PathBuf {
     inner.settings.data_dir.join("attachments")
 }
 
-/// A fresh attachment id: snowflake-shaped (the time, then a per-process counter mixed with the process's
-/// random hasher keys), so that ids sort by upload time and are not simply sequential.
+/// A fresh URL token: 128 random bits in hex.
+fn new_token() -> String {
+    model::random::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The name an attachment's bytes are stored under in its channel's directory (its metadata goes beside it,
+/// with `.json` added).
+fn stored_name(id: u64, token: &str) -> String {
+    format!("{id}-{token}")
+}
+
+/// Whether `token` has the shape of one we make (so that it is safe to put in a path).
+fn token_shaped(token: &str) -> bool {
+    token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A fresh attachment id: a snowflake (the upload's time since Discord's epoch, which clients read, in the
+/// high bits) whose 22 low bits are random, so that ids sort by upload time and are not sequential. It is
+/// never 0. Two uploads may draw the same id; the caller stores with `create_new` and draws again.
 fn new_id() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let ms = chat_engine::now_ms();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let noise = {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(n);
-        h.finish()
-    };
+    let noise = u32::from_le_bytes(model::random::<4>());
     let since = ms.saturating_sub(chat_core::DISCORD_EPOCH).max(1);
-    (since << 22) | (noise & 0x3F_FFFF)
+    (since << 22) | u64::from(noise & 0x3F_FFFF)
 }
 
 /// A file name safe to store and to put in a header: no directories, no control or quoting characters,
@@ -143,14 +165,30 @@ pub(super) async fn read_upload(
                     .take(100)
                     .collect::<String>()
             });
-            let id = new_id();
             tokio::fs::create_dir_all(&dir)
                 .await
                 .map_err(|e| internal(&e))?;
-            let path = dir.join(id.to_string());
-            let mut out = tokio::fs::File::create(&path)
-                .await
-                .map_err(|e| internal(&e))?;
+            // A fresh id whose file does not exist yet (never overwrite another upload).
+            let token = new_token();
+            let mut tries = 0;
+            let (id, mut out) = loop {
+                let id = new_id();
+                let opened = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(dir.join(stored_name(id, &token)))
+                    .await;
+                match opened {
+                    Ok(out) => break (id, out),
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::AlreadyExists
+                            && tries + 1 < ID_TRIES =>
+                    {
+                        tries += 1;
+                    }
+                    Err(e) => return Err(internal(&e)),
+                }
+            };
             let mut size: u64 = 0;
             // Record the file before writing, so that a failure part-way removes it too.
             files.push(Attachment {
@@ -158,6 +196,7 @@ pub(super) async fn read_upload(
                 filename: filename.clone(),
                 size: 0,
                 content_type: content_type.clone(),
+                token: token.clone(),
             });
             while let Some(chunk) = field.chunk().await.map_err(|e| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -178,9 +217,12 @@ pub(super) async fn read_upload(
                 .await
                 .map_err(|e| internal(&e))?;
             let meta = json!({ "filename": filename, "content_type": content_type });
-            tokio::fs::write(dir.join(format!("{id}.json")), meta.to_string())
-                .await
-                .map_err(|e| internal(&e))?;
+            tokio::fs::write(
+                dir.join(format!("{}.json", stored_name(id, &token))),
+                meta.to_string(),
+            )
+            .await
+            .map_err(|e| internal(&e))?;
             if let Some(last) = files.last_mut() {
                 last.size = size;
             }
@@ -199,8 +241,9 @@ pub(super) async fn read_upload(
 pub(super) async fn remove(inner: &Inner, channel: ChannelId, files: &[Attachment]) {
     let dir = root(inner).join(channel.to_string());
     for f in files {
-        let _ = tokio::fs::remove_file(dir.join(f.id.to_string())).await;
-        let _ = tokio::fs::remove_file(dir.join(format!("{}.json", f.id))).await;
+        let name = stored_name(f.id, &f.token);
+        let _ = tokio::fs::remove_file(dir.join(&name)).await;
+        let _ = tokio::fs::remove_file(dir.join(format!("{name}.json"))).await;
     }
 }
 
@@ -213,8 +256,9 @@ fn internal(e: &std::io::Error) -> RestError {
     )
 }
 
-/// `GET /attachments/{channel}/{id}/{filename}`. With an `Authorization` header the caller must be able to
-/// read the channel; without one the URL itself is the capability (as Discord's CDN links are).
+/// `GET /attachments/{channel}/{id}/{token}/{filename}`. The token must be the attachment's (404 otherwise,
+/// as for a missing file). With an `Authorization` header the caller must also be able to read the channel;
+/// without one the URL itself is the capability (as Discord's CDN links are).
 async fn serve(State(inner): State<Arc<Inner>>, p: P, headers: HeaderMap) -> Response {
     match serve_inner(&inner, &p, &headers).await {
         Ok(r) => r,
@@ -228,10 +272,13 @@ async fn serve_inner(
     headers: &HeaderMap,
 ) -> Result<Response, RestError> {
     let c = p.channel()?;
-    let id: u64 = p
-        .str("id")
-        .parse()
-        .map_err(|_| RestError::new(StatusCode::NOT_FOUND, code::GENERAL, "404: Not Found"))?;
+    let not_found = || RestError::new(StatusCode::NOT_FOUND, code::GENERAL, "404: Not Found");
+    let id: u64 = p.str("id").parse().map_err(|_| not_found())?;
+    let token = p.str("token");
+    if !token_shaped(token) {
+        return Err(not_found());
+    }
+    let name = stored_name(id, token);
     if headers.contains_key(header::AUTHORIZATION) {
         let mut parts = axum::http::Request::builder()
             .body(())
@@ -248,8 +295,7 @@ async fn serve_inner(
             .await??;
     }
     let dir = root(inner).join(c.to_string());
-    let not_found = || RestError::new(StatusCode::NOT_FOUND, code::GENERAL, "404: Not Found");
-    let meta = tokio::fs::read(dir.join(format!("{id}.json")))
+    let meta = tokio::fs::read(dir.join(format!("{name}.json")))
         .await
         .map_err(|_| not_found())?;
     let meta: Value = serde_json::from_slice(&meta).map_err(|_| not_found())?;
@@ -257,7 +303,7 @@ async fn serve_inner(
     if safe_name(p.str("filename")) != filename {
         return Err(not_found());
     }
-    let bytes = tokio::fs::read(dir.join(id.to_string()))
+    let bytes = tokio::fs::read(dir.join(&name))
         .await
         .map_err(|_| not_found())?;
     let ct = meta["content_type"]
@@ -323,6 +369,22 @@ mod tests {
         assert_eq!(safe_name(".."), "file");
         assert_eq!(safe_name("\"quoted\".txt"), "quoted.txt");
         assert!(safe_name(&"é".repeat(200)).len() <= 128);
+    }
+
+    #[test]
+    fn ids_are_snowflakes_and_tokens_are_random_hex() {
+        let id = new_id();
+        assert!(id > 0);
+        let ms = (id >> 22) + chat_core::DISCORD_EPOCH;
+        assert!(
+            ms.abs_diff(chat_engine::now_ms()) < 60_000,
+            "real timestamp bits"
+        );
+        let (a, b) = (new_token(), new_token());
+        assert!(token_shaped(&a) && token_shaped(&b));
+        assert_ne!(a, b);
+        assert!(!token_shaped("../../etc/passwd0000000000000000"));
+        assert!(!token_shaped(&a[..31]));
     }
 
     #[test]

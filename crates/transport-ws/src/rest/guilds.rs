@@ -8,8 +8,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use chat_core::{
-    ChannelId, ChannelKind, Command, Core, Created, MessageId, OverwriteTarget, Permissions,
-    RoleId, Space, SpaceId, UserId,
+    ChannelId, ChannelKind, Command, Core, Created, InviteTarget, MessageId, OverwriteTarget,
+    Permissions, RoleId, Space, SpaceId, UserId,
 };
 use chat_engine::EngineError;
 use chat_store::SearchQuery;
@@ -724,11 +724,27 @@ pub(super) async fn unban(State(inner): St, Auth(me): Auth, p: P) -> Answer {
 
 pub(super) async fn invites(State(inner): St, Auth(me): Auth, p: P) -> Answer {
     let g = p.guild()?;
-    inner
-        .query(move |core| guild_of(core, me.user, g).map(|_| ()))
+    let list = inner
+        .query(move |core| {
+            guild_of(core, me.user, g)?;
+            // As on Discord, listing a guild's invites takes Manage Guild.
+            if !core
+                .space_permissions(me.user, g)
+                .contains(Permissions::MANAGE_GUILD)
+            {
+                return Err(RestError::missing_permissions());
+            }
+            Ok(core
+                .invites()
+                .filter(|i| match i.target {
+                    InviteTarget::Space(s, _) => s == g,
+                    InviteTarget::Channel(c) => core.channel(c).and_then(|ch| ch.space) == Some(g),
+                })
+                .map(|i| super::channels::invite_json(core, i))
+                .collect::<Vec<_>>())
+        })
         .await??;
-    // The core keeps invites by code only, with no listing by space: an empty list is the honest answer.
-    ok(json!([]))
+    ok(json!(list))
 }
 
 // --- search -------------------------------------------------------------------------------------------------

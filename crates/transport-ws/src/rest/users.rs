@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::HeaderMap;
-use chat_core::{ChannelId, ChannelKind, Command, Target, UserId, UserRef};
+use chat_core::{ChannelKind, Command, UserId, UserRef};
 use serde_json::{Value, json};
 
 use super::{Auth, Inner, P, St, no_content, ok};
@@ -143,20 +143,6 @@ pub(super) async fn my_dms(axum::extract::State(inner): St, Auth(me): Auth) -> A
     ok(Value::Array(list))
 }
 
-/// A DM channel object for a DM that does not exist yet. The core creates a DM on its first message and has
-/// no command to create an empty one, so the channel answered has the recipient's user id as its id: a
-/// message posted to it goes to the user (`Target::User`) and opens the real DM, whose id the answer carries.
-pub(super) fn pending_dm(core: &chat_core::Core, to: UserId) -> Value {
-    let recipients: Vec<Value> = core.user(to).map(model::user).into_iter().collect();
-    json!({
-        "id": to.to_string(),
-        "type": model::channel_type::DM,
-        "last_message_id": Value::Null,
-        "flags": 0,
-        "recipients": recipients,
-    })
-}
-
 pub(super) async fn open_dm(axum::extract::State(inner): St, Auth(me): Auth, body: Body) -> Answer {
     let form = inner
         .form(
@@ -174,33 +160,29 @@ pub(super) async fn open_dm(axum::extract::State(inner): St, Auth(me): Auth, bod
                 "This field is required",
             )
         })?;
-    let v = inner
-        .query(move |core| {
-            let user = core.user(to).filter(|u| !u.released && !u.system)?;
-            Some(match core.dm_channel(me.user, user.id) {
-                Some(c) => core
-                    .channel(c)
-                    .map_or(Value::Null, |ch| model::channel(core, ch, me.user)),
-                None => pending_dm(core, user.id),
-            })
-        })
-        .await?
-        .ok_or_else(RestError::unknown_user)?;
-    ok(v)
-}
-
-/// Whether `id` names a user to whom a not-yet-created DM was promised by [`open_dm`].
-pub(super) fn pending_dm_target(
-    core: &chat_core::Core,
-    me: UserId,
-    id: ChannelId,
-) -> Option<Target> {
-    let user = UserId::from_raw(id.get())?;
-    let u = core.user(user).filter(|u| !u.released && !u.system)?;
-    if core.channel(id).is_some() || u.id == me {
-        return None;
+    let known = inner
+        .query(move |core| core.user(to).is_some_and(|u| !u.released && !u.system))
+        .await?;
+    if !known {
+        return Err(RestError::unknown_user());
     }
-    Some(Target::User(UserRef::Id(u.id)))
+    let reply = inner
+        .run(
+            &me,
+            Command::OpenDm {
+                user: UserRef::Id(to),
+            },
+            None,
+        )
+        .await?;
+    let Some(chat_core::Created::Channel(c)) = reply.created else {
+        return Err(RestError::unknown_user());
+    };
+    let v = inner
+        .query(move |core| core.channel(c).map(|ch| model::channel(core, ch, me.user)))
+        .await?
+        .ok_or_else(RestError::unknown_channel)?;
+    ok(v)
 }
 
 pub(super) async fn application(axum::extract::State(inner): St, Auth(me): Auth) -> Answer {

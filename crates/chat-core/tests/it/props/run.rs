@@ -763,6 +763,14 @@ impl Runner {
             EventKind::ChannelAccess { added, removed, .. } => {
                 added.iter().chain(removed).copied().collect()
             }
+            // A network channel going +s or -s: the network's members outside it.
+            EventKind::ChannelListed { channel, .. } => {
+                let inside = m.channel_audience(*channel);
+                m.space_members(self.network, self.network)
+                    .into_iter()
+                    .filter(|u| !inside.contains(u))
+                    .collect()
+            }
             EventKind::UserCreated { user, .. }
             | EventKind::ClientCreated { user, .. }
             | EventKind::ClientRemoved { user, .. } => one(*user),
