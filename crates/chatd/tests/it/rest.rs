@@ -1708,8 +1708,25 @@ async fn attachment_urls_need_their_token() {
             );
         }
     }
-    let r = get(url, true).await.expect("get");
+    let r = get(url.clone(), true).await.expect("get");
     assert_eq!(r.status(), StatusCode::OK);
+
+    // Deleting the message deletes its file: the URL is 404 and nothing of it stays on disk.
+    let message = first["id"].as_str().unwrap();
+    let stored = |dir: &std::path::Path| {
+        std::fs::read_dir(dir.join("data/attachments").join(&c))
+            .map(|d| d.filter_map(Result::ok).count())
+            .unwrap_or(0)
+    };
+    assert_eq!(stored(server.dir()), 4, "two files, each with its metadata");
+    assert_eq!(
+        a.empty(Method::DELETE, &format!("/channels/{c}/messages/{message}"))
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    let r = get(url, false).await.expect("get");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(stored(server.dir()), 2, "only the second upload is left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -431,7 +431,12 @@ pub(super) async fn delete_message(State(inner): St, Auth(me): Auth, p: P) -> An
     inner
         .query(move |core| readable_message(core, me.user, c, m))
         .await??;
+    let files = inner.stored(m).await?.map(|s| s.attachments);
     inner.run(&me, Command::Delete { message: m }, None).await?;
+    // The message is gone, so are its files.
+    if let Some(files) = files {
+        super::files::remove(&inner, c, &files).await;
+    }
     no_content()
 }
 
@@ -452,6 +457,14 @@ pub(super) async fn bulk_delete(State(inner): St, Auth(me): Auth, p: P, body: Bo
     inner
         .query(move |core| readable(core, me.user, c).map(|_| ()))
         .await??;
+    let mut files = Vec::new();
+    for m in &messages {
+        if let Some(s) = inner.stored(*m).await?
+            && s.channel == c
+        {
+            files.extend(s.attachments);
+        }
+    }
     inner
         .run(
             &me,
@@ -462,6 +475,7 @@ pub(super) async fn bulk_delete(State(inner): St, Auth(me): Auth, p: P, body: Bo
             None,
         )
         .await?;
+    super::files::remove(&inner, c, &files).await;
     no_content()
 }
 
