@@ -128,6 +128,57 @@ pub enum ModeChange {
     },
 }
 
+impl ModeChange {
+    /// The IRC mode string of a list of changes, e.g. `+ok-v secret 123 456`. Member modes name the user by
+    /// id (transports resolve ids to nicks when they render).
+    pub fn line(changes: &[ModeChange]) -> String {
+        let mut letters = String::new();
+        let mut args: Vec<String> = Vec::new();
+        let mut sign: Option<bool> = None;
+        let mut push = |letters: &mut String, on: bool, letter: char| {
+            if sign != Some(on) {
+                letters.push(if on { '+' } else { '-' });
+                sign = Some(on);
+            }
+            letters.push(letter);
+        };
+        for change in changes {
+            match change {
+                ModeChange::Flag { letter, on } => push(&mut letters, *on, *letter),
+                ModeChange::Key(key) => {
+                    push(&mut letters, key.is_some(), 'k');
+                    if let Some(k) = key {
+                        args.push(k.clone());
+                    }
+                }
+                ModeChange::Limit(limit) => {
+                    push(&mut letters, limit.is_some(), 'l');
+                    if let Some(l) = limit {
+                        args.push(l.to_string());
+                    }
+                }
+                ModeChange::Ban { mask, on } => {
+                    push(&mut letters, *on, 'b');
+                    args.push(mask.clone());
+                }
+                ModeChange::Op { user, on } => {
+                    push(&mut letters, *on, 'o');
+                    args.push(user.to_string());
+                }
+                ModeChange::Voice { user, on } => {
+                    push(&mut letters, *on, 'v');
+                    args.push(user.to_string());
+                }
+            }
+        }
+        for a in args {
+            letters.push(' ');
+            letters.push_str(&a);
+        }
+        letters
+    }
+}
+
 /// A channel's settings as carried by create and update events (membership is carried elsewhere).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelInfo {

@@ -276,55 +276,6 @@ pub(crate) fn searchable(kind: MessageKind) -> bool {
     kind.is_user_written()
 }
 
-/// The IRC mode string of a list of changes, e.g. `+ok-v secret 123 456`. Member modes name the user by id
-/// (the store has no nick history; transports resolve ids to nicks when they render).
-pub(crate) fn mode_string(changes: &[ModeChange]) -> String {
-    let mut letters = String::new();
-    let mut args: Vec<String> = Vec::new();
-    let mut sign: Option<bool> = None;
-    let mut push = |letters: &mut String, on: bool, letter: char| {
-        if sign != Some(on) {
-            letters.push(if on { '+' } else { '-' });
-            sign = Some(on);
-        }
-        letters.push(letter);
-    };
-    for change in changes {
-        match change {
-            ModeChange::Flag { letter, on } => push(&mut letters, *on, *letter),
-            ModeChange::Key(key) => {
-                push(&mut letters, key.is_some(), 'k');
-                if let Some(k) = key {
-                    args.push(k.clone());
-                }
-            }
-            ModeChange::Limit(limit) => {
-                push(&mut letters, limit.is_some(), 'l');
-                if let Some(l) = limit {
-                    args.push(l.to_string());
-                }
-            }
-            ModeChange::Ban { mask, on } => {
-                push(&mut letters, *on, 'b');
-                args.push(mask.clone());
-            }
-            ModeChange::Op { user, on } => {
-                push(&mut letters, *on, 'o');
-                args.push(user.to_string());
-            }
-            ModeChange::Voice { user, on } => {
-                push(&mut letters, *on, 'v');
-                args.push(user.to_string());
-            }
-        }
-    }
-    for a in args {
-        letters.push(' ');
-        letters.push_str(&a);
-    }
-    letters
-}
-
 /// A system message recorded in a channel's history by an event that is not itself a message.
 fn system(
     ev: &Event,
@@ -663,7 +614,7 @@ pub(crate) fn effects(ev: &Event) -> Vec<Effect<'_>> {
                 *channel,
                 *by,
                 MessageKind::Mode,
-                mode_string(changes),
+                ModeChange::line(changes),
             ));
             out
         }

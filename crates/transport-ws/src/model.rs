@@ -431,9 +431,42 @@ pub(crate) fn attachment_url(channel: chat_core::ChannelId, a: &chat_core::Attac
     format!("/attachments/{channel}/{}/{}/{}", a.id, a.token, a.filename)
 }
 
+/// A mode notice's text with nicks for the user ids its `+o`/`+v` arguments hold (as the log keeps them):
+/// `+o-v 123 456` -> `+o-v alice bob`.
+fn mode_with_nicks(dir: &Directory, line: &str) -> String {
+    let mut words = line.split(' ');
+    let letters = words.next().unwrap_or("");
+    let mut out = vec![letters.to_owned()];
+    let mut on = true;
+    for letter in letters.chars() {
+        let takes_arg = match letter {
+            '+' | '-' => {
+                on = letter == '+';
+                false
+            }
+            'k' | 'l' => on,
+            'b' | 'o' | 'v' => true,
+            _ => false,
+        };
+        if !takes_arg {
+            continue;
+        }
+        let Some(arg) = words.next() else { break };
+        let user = matches!(letter, 'o' | 'v')
+            .then(|| arg.parse().ok().and_then(UserId::from_raw))
+            .flatten();
+        out.push(user.map_or_else(|| arg.to_owned(), |u| dir.nick(u).to_string()));
+    }
+    out.extend(words.map(str::to_owned));
+    out.join(" ")
+}
+
 /// A message object. `viewer` decides the `me` of reactions; `dir` names the author and mentions.
 pub(crate) fn message(dir: &Directory, m: &MessageView<'_>, viewer: Option<UserId>) -> Value {
-    let (kind, content) = kind_and_content(m.kind, m.body, m.reply_to.is_some());
+    let (kind, mut content) = kind_and_content(m.kind, m.body, m.reply_to.is_some());
+    if m.kind == MessageKind::Mode {
+        content = mode_with_nicks(dir, &content);
+    }
     let author = user_card(m.author, dir.user(m.author));
     let mentions: Vec<Value> = m
         .mentions
@@ -478,6 +511,11 @@ pub(crate) fn message(dir: &Directory, m: &MessageView<'_>, viewer: Option<UserI
         "flags": 0,
     });
     let map = v.as_object_mut().expect("a json! object is an object");
+    // Our extension: what kind of line this is when Discord's `type` cannot say (an IRC part, a mode change,
+    // an action...). Libraries ignore fields they do not know; the web client shows these compactly.
+    if m.kind != MessageKind::Message {
+        map.insert("chatd_kind".into(), json!(m.kind.name()));
+    }
     if let Some(space) = m.space {
         map.insert("guild_id".into(), json!(space.to_string()));
         // The author as a member, from the directory (no round trip to the writer); omitted when they are

@@ -770,6 +770,192 @@ async fn an_invite_made_before_a_restart_is_deleted_with_a_dispatch() {
     );
 }
 
+/// Identify with our `chatd_irc` extension.
+async fn identify_irc(gw: &mut Gw, token: &str) -> Value {
+    gw.send(json!({
+        "op": 2,
+        "d": {
+            "token": token,
+            "intents": ALL,
+            "properties": {"os": "linux", "browser": "test", "device": "test"},
+            "chatd_irc": true,
+        }
+    }))
+    .await;
+    let ready = gw.text().await;
+    assert_eq!(ready["t"], "READY", "{ready}");
+    ready
+}
+
+/// The next MESSAGE_CREATE (skipping other dispatches).
+async fn next_message(gw: &mut Gw) -> Value {
+    gw.until("MESSAGE_CREATE").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn irc_notices_reach_connections_that_ask_for_them_with_their_kind() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    let carol = server.register("carol", "correct horse").await;
+    join(&server, &alice, "#irc").await;
+    join(&server, &bob, "#irc").await;
+    join(&server, &carol, "#elsewhere").await;
+    join(&server, &bob, "#elsewhere").await;
+    let mut irc = Gw::connect(&server).await;
+    let ready = identify_irc(&mut irc, &alice.token).await;
+    let session = ready["d"]["session_id"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let mut plain = Gw::connect(&server).await;
+    plain.identify(&alice.token, ALL).await;
+    let mut outside = Gw::connect(&server).await;
+    identify_irc(&mut outside, &carol.token).await;
+    irc.sync().await;
+    plain.sync().await;
+    outside.sync().await;
+
+    server
+        .ok(
+            &alice,
+            json!({"command": "MODE", "to": "#irc", "body": "+o", "args": ["bob"]}),
+        )
+        .await;
+    server
+        .ok(
+            &alice,
+            json!({"command": "TOPIC", "to": "#irc", "body": "tea & <b>cake</b>"}),
+        )
+        .await;
+    server
+        .ok(
+            &bob,
+            json!({"command": "PART", "to": "#irc", "body": "off to lunch"}),
+        )
+        .await;
+    server
+        .ok(&bob, json!({"command": "NICK", "body": "robert"}))
+        .await;
+    say(&server, &alice, "#irc", "after").await;
+
+    let mut kinds = Vec::new();
+    let last = loop {
+        let m = next_message(&mut irc).await;
+        if m["d"]["content"] == "after" {
+            assert!(m["d"].get("chatd_kind").is_none(), "{m}");
+            break m["s"].as_u64().expect("s");
+        }
+        kinds.push((
+            m["d"]["chatd_kind"].as_str().unwrap_or("").to_owned(),
+            m["d"]["content"].as_str().unwrap_or("").to_owned(),
+            m["d"]["author"]["username"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        ));
+    };
+    let owned = |k: &str, c: &str, a: &str| (k.to_owned(), c.to_owned(), a.to_owned());
+    assert_eq!(
+        kinds,
+        [
+            owned("mode", "+o bob", "alice"),
+            owned("topic", "tea & <b>cake</b>", "alice"),
+            owned("part", "off to lunch", "bob"),
+        ],
+        "bob's nick notice is in #elsewhere, which alice is not in"
+    );
+    // Without the extension, a connection gets the message and none of the notices.
+    let m = next_message(&mut plain).await;
+    assert_eq!(m["d"]["content"], "after", "{m}");
+    // Carol shares #elsewhere with bob: she hears his nick change there, and nothing of #irc.
+    let m = next_message(&mut outside).await;
+    assert_eq!(
+        (&m["d"]["chatd_kind"], &m["d"]["content"]),
+        (&json!("nick"), &json!("robert")),
+        "{m}"
+    );
+
+    // History shows the same lines with their kind; a Resume keeps the extension.
+    let (_, history) = server
+        .get(
+            &format!(
+                "/api/v10/channels/{}/messages?limit=10",
+                m["d"]["channel_id"].as_str().unwrap()
+            ),
+            Some(&bob.token),
+        )
+        .await;
+    assert!(
+        history
+            .as_array()
+            .expect("a page")
+            .iter()
+            .any(|m| m["chatd_kind"] == "nick"),
+        "{history}"
+    );
+    drop(irc);
+    let mut again = Gw::connect(&server).await;
+    again
+        .send(json!({"op": 6, "d": {"token": alice.token, "session_id": session, "seq": last}}))
+        .await;
+    server
+        .ok(
+            &alice,
+            json!({"command": "MODE", "to": "#irc", "body": "-t"}),
+        )
+        .await;
+    let m = next_message(&mut again).await;
+    assert_eq!(m["d"]["chatd_kind"], "mode", "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_carries_read_states() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    join(&server, &alice, "#r").await;
+    join(&server, &bob, "#r").await;
+    say(&server, &bob, "#r", "one").await;
+    let (_, first) = server
+        .post(
+            "/api/v1/messages",
+            Some(&bob.token),
+            json!({"command": "PRIVMSG", "to": "#r", "body": "@alice hey"}),
+        )
+        .await;
+    let mention = first["id"].as_str().expect("id").to_owned();
+    say(&server, &bob, "#r", "two").await;
+    let mut gw = Gw::connect(&server).await;
+    let ready = gw.identify(&alice.token, ALL).await;
+    let entries = ready["d"]["read_state"]["entries"]
+        .as_array()
+        .expect("entries")
+        .clone();
+    let entry = entries
+        .iter()
+        .find(|e| e["mention_count"].as_u64() == Some(1));
+    assert!(entry.is_some(), "alice has one unread mention: {entries:?}");
+    let channel = entry.unwrap()["id"].as_str().unwrap().to_owned();
+    server
+        .ok(
+            &alice,
+            json!({"command": "READ", "to": "#r", "ref": mention}),
+        )
+        .await;
+    let mut gw = Gw::connect(&server).await;
+    let ready = gw.identify(&alice.token, ALL).await;
+    let entry = ready["d"]["read_state"]["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["id"] == json!(channel))
+        .cloned()
+        .expect("the channel's entry");
+    assert_eq!(entry["last_message_id"], json!(mention), "{entry}");
+    assert_eq!(entry["mention_count"], 0, "{entry}");
+}
+
 /// A REST call that must succeed; returns its JSON (null for 204).
 async fn rest(
     server: &Server,

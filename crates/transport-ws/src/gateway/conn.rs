@@ -119,7 +119,7 @@ pub(crate) fn parse_session_id(text: &str) -> Option<(u64, u64, u64)> {
     let client = parts.next()?.parse().ok()?;
     let epoch = parts.next()?.parse().ok()?;
     let intents = parts.next()?.parse().ok()?;
-    if parts.next().is_some() || intents & !intents::DEFINED != 0 {
+    if parts.next().is_some() || intents & !intents::SESSION != 0 {
         return None;
     }
     Some((client, epoch, intents))
@@ -541,9 +541,12 @@ impl Conn {
         let Ok(identify) = serde_json::from_value::<frame::Identify>(d) else {
             return self.close(close::DECODE_ERROR, "Error while decoding payload.");
         };
-        let Some(intents) = frame::parse_intents(identify.intents.as_ref()) else {
+        let Some(mut intents) = frame::parse_intents(identify.intents.as_ref()) else {
             return self.close(close::INVALID_INTENTS, "Invalid intent(s).");
         };
+        if identify.chatd_irc == Some(true) {
+            intents |= intents::CHATD_IRC;
+        }
         // Out-of-range or malformed values fall back to Discord's default rather than refusing the session.
         let large_threshold = identify
             .large_threshold
@@ -583,6 +586,7 @@ impl Conn {
             "resume_gateway_url": self.resume_url,
             "application": { "id": user.to_string(), "flags": 0 },
             "private_channels": snap.private_channels,
+            "read_state": { "version": snap.seq, "partial": false, "entries": snap.read_state },
             "relationships": [],
             "presences": [],
             "guild_join_requests": [],
@@ -806,6 +810,7 @@ struct Snapshot {
     guild_ids: Vec<SpaceId>,
     guilds: Vec<Value>,
     private_channels: Vec<Value>,
+    read_state: Vec<Value>,
 }
 
 fn ready_snapshot(
@@ -854,6 +859,19 @@ fn ready_snapshot(
         .filter(|ch| matches!(ch.kind, ChannelKind::Dm | ChannelKind::GroupDm))
         .map(|ch| model::channel(core, ch, user))
         .collect();
+    // Where the user's devices have read to in each channel, as Discord gives user accounts (bots ignore it):
+    // with each channel's `last_message_id` a client shows unread channels and mention counts.
+    let read_state = u
+        .joined_channels()
+        .filter_map(|c| {
+            let state = core.read_state(user, c)?;
+            Some(json!({
+                "id": c.to_string(),
+                "last_message_id": state.last_read.map(|m| m.to_string()),
+                "mention_count": state.mention_count(),
+            }))
+        })
+        .collect();
     Some(Snapshot {
         seq: core.last_seq(),
         network,
@@ -861,5 +879,6 @@ fn ready_snapshot(
         guild_ids,
         guilds,
         private_channels,
+        read_state,
     })
 }

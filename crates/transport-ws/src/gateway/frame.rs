@@ -51,6 +51,12 @@ pub(crate) mod intents {
     pub(crate) const MESSAGE_CONTENT: u64 = 1 << 15;
     /// Every bit Discord defines (0-16, 20, 21, 24, 25); any other bit closes the connection with 4013.
     pub(crate) const DEFINED: u64 = 0x1_FFFF | 1 << 20 | 1 << 21 | 1 << 24 | 1 << 25;
+    /// Our extension, asked for with `chatd_irc: true` in Identify (never as an intent bit): the IRC notices
+    /// of network channels (part, quit, kick, mode, nick, invite, topic) as MESSAGE_CREATEs with
+    /// `chatd_kind`. It rides in the session's intents so that a Resume keeps it.
+    pub(crate) const CHATD_IRC: u64 = 1 << 40;
+    /// What a session id's intents may hold.
+    pub(crate) const SESSION: u64 = DEFINED | CHATD_IRC;
 }
 
 /// A dispatch frame: `{"op":0,"s":seq,"t":"NAME","d":...}`, assembled as text so that the field order is
@@ -102,6 +108,9 @@ pub(crate) struct Identify {
     /// Guilds with more members than this are sent `large`, without their member list (50..=250).
     #[serde(default)]
     pub(crate) large_threshold: Option<Value>,
+    /// Our extension: also send IRC notices (see [`intents::CHATD_IRC`]).
+    #[serde(default)]
+    pub(crate) chatd_irc: Option<bool>,
 }
 
 /// Resume's `d`.

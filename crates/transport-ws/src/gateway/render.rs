@@ -32,17 +32,24 @@ pub(crate) enum Who {
     Only(UserId),
     /// Everyone but this user.
     AllBut(UserId),
-    /// These users.
+    /// These users, sorted (made by [`Who::among`]).
     Among(Vec<UserId>),
 }
 
 impl Who {
+    /// These users (sorted here, so that [`Who::includes`] can search them).
+    fn among(mut users: Vec<UserId>) -> Self {
+        users.sort_unstable();
+        users.dedup();
+        Who::Among(users)
+    }
+
     fn includes(&self, user: UserId) -> bool {
         match self {
             Who::All => true,
             Who::Only(u) => *u == user,
             Who::AllBut(u) => *u != user,
-            Who::Among(list) => list.contains(&user),
+            Who::Among(list) => list.binary_search(&user).is_ok(),
         }
     }
 }
@@ -336,6 +343,42 @@ async fn render(ctx: &Context, event: &Event) -> Vec<Dispatch> {
     }
 }
 
+/// An IRC notice of a channel (a part, kick, mode or topic change...) as a MESSAGE_CREATE with `chatd_kind`,
+/// for the connections that asked for them with `chatd_irc` ([`intents::CHATD_IRC`]).
+#[allow(clippy::too_many_arguments)]
+fn irc_notice(
+    dir: &Directory,
+    to: Who,
+    seq: u64,
+    id: chat_core::MessageId,
+    channel: ChannelId,
+    author: UserId,
+    kind: MessageKind,
+    body: &str,
+    mentions: &[UserId],
+) -> Dispatch {
+    let view = MessageView {
+        id,
+        channel,
+        space: model::channel_space(dir, channel),
+        author,
+        kind,
+        body,
+        reply_to: None,
+        mentions,
+        mention_everyone: false,
+        attachments: &[],
+        embeds: None,
+        nonce: None,
+        tts: false,
+        pinned: false,
+        edited_at: None,
+        reactions: None,
+    };
+    let d = model::message(dir, &view, None);
+    Dispatch::new(to, intents::CHATD_IRC, seq, "MESSAGE_CREATE", &d)
+}
+
 /// A message object for a system notice that the core records without a `MessageCreated` (joins, pins).
 fn notice(
     dir: &Directory,
@@ -415,6 +458,55 @@ fn render_hot(ctx: &Context, dir: &Directory, event: &Event) -> Option<Vec<Dispa
                 &d,
             )]
         }
+        EventKind::Parted {
+            channel,
+            user,
+            reason,
+            message,
+        } => vec![irc_notice(
+            dir,
+            Who::All,
+            seq,
+            *message,
+            *channel,
+            *user,
+            MessageKind::Part,
+            reason.as_deref().unwrap_or(""),
+            &[],
+        )],
+        EventKind::Kicked {
+            channel,
+            user,
+            by,
+            reason,
+            message,
+        } => vec![irc_notice(
+            dir,
+            Who::All,
+            seq,
+            *message,
+            *channel,
+            *by,
+            MessageKind::Kick,
+            reason.as_deref().unwrap_or(""),
+            &[*user],
+        )],
+        EventKind::Invited {
+            channel,
+            user,
+            by,
+            message,
+        } => vec![irc_notice(
+            dir,
+            Who::All,
+            seq,
+            *message,
+            *channel,
+            *by,
+            MessageKind::Invite,
+            "",
+            &[*user],
+        )],
         EventKind::MessageDeleted {
             channel, message, ..
         } => {
@@ -799,6 +891,7 @@ fn render_hot(ctx: &Context, dir: &Directory, event: &Event) -> Option<Vec<Dispa
         | EventKind::MemberJoined { .. }
         | EventKind::MemberUpdated { .. }
         | EventKind::NickChanged { .. }
+        | EventKind::Quit { .. }
         | EventKind::ProfileUpdated { .. } => return None,
         // Nothing in Discord's protocol stands for the rest (credentials, IRC parts and quits of network
         // channels that stay listed, bans, away messages, invite bookkeeping; a space's creation shows
@@ -890,7 +983,7 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
                 .await
                 .ok()
                 .flatten();
-            match d {
+            let mut list = match d {
                 Some((kind, d)) => {
                     let name = if kind == ChannelKind::Thread {
                         "THREAD_UPDATE"
@@ -900,7 +993,44 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
                     vec![Dispatch::new(Who::All, intents::GUILDS, seq, name, &d)]
                 }
                 None => Vec::new(),
+            };
+            let dir = ctx.engine.directory();
+            match &event.kind {
+                EventKind::TopicChanged {
+                    channel,
+                    topic,
+                    by,
+                    message,
+                } => list.push(irc_notice(
+                    &dir,
+                    Who::All,
+                    seq,
+                    *message,
+                    *channel,
+                    *by,
+                    MessageKind::Topic,
+                    topic.as_ref().map_or("", |t| t.text.as_str()),
+                    &[],
+                )),
+                EventKind::ModeChanged {
+                    channel,
+                    by,
+                    changes,
+                    message,
+                } => list.push(irc_notice(
+                    &dir,
+                    Who::All,
+                    seq,
+                    *message,
+                    *channel,
+                    *by,
+                    MessageKind::Mode,
+                    &chat_core::ModeChange::line(changes),
+                    &[],
+                )),
+                _ => {}
             }
+            list
         }
         EventKind::ChannelAccess {
             channel,
@@ -926,7 +1056,7 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
             let mut list = Vec::new();
             if !added.is_empty() {
                 list.push(Dispatch::new(
-                    Who::Among(added.clone()),
+                    Who::among(added.clone()),
                     intents::GUILDS,
                     seq,
                     "CHANNEL_CREATE",
@@ -935,7 +1065,7 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
             }
             if !removed.is_empty() {
                 list.push(Dispatch::new(
-                    Who::Among(removed.clone()),
+                    Who::among(removed.clone()),
                     intents::GUILDS,
                     seq,
                     "CHANNEL_DELETE",
@@ -1051,7 +1181,19 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
             if let Some(network) = network {
                 list.extend(member_update(ctx, seq, network, user).await);
             }
+            if let EventKind::NickChanged { new, notices, .. } = &event.kind {
+                list.extend(channel_notices(ctx, seq, user, MessageKind::Nick, new, notices).await);
+            }
             list
+        }
+        EventKind::Quit {
+            user,
+            reason,
+            notices,
+            ..
+        } => {
+            let reason = reason.as_deref().unwrap_or("");
+            channel_notices(ctx, seq, *user, MessageKind::Quit, reason, notices).await
         }
         EventKind::ProfileUpdated { user, .. } => {
             let user = *user;
@@ -1065,6 +1207,55 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
         }
         _ => Vec::new(),
     }
+}
+
+/// The notices a nick change or a quit leaves in each of the user's channels, each to that channel's members
+/// (and the user): the event's audience spans all their channels, and a channel's notice must not tell
+/// others of a channel they are not in.
+async fn channel_notices(
+    ctx: &Context,
+    seq: u64,
+    user: UserId,
+    kind: MessageKind,
+    body: &str,
+    notices: &[(ChannelId, chat_core::MessageId)],
+) -> Vec<Dispatch> {
+    if notices.is_empty() {
+        return Vec::new();
+    }
+    let channels: Vec<ChannelId> = notices.iter().map(|(c, _)| *c).collect();
+    let members = ctx
+        .engine
+        .query(move |core| {
+            channels
+                .iter()
+                .map(|c| {
+                    let mut who: Vec<UserId> = core.members(*c).map(|(u, _)| u).collect();
+                    who.push(user);
+                    who
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+    let dir = ctx.engine.directory();
+    notices
+        .iter()
+        .zip(members)
+        .map(|((channel, message), who)| {
+            irc_notice(
+                &dir,
+                Who::among(who),
+                seq,
+                *message,
+                *channel,
+                user,
+                kind,
+                body,
+                &[],
+            )
+        })
+        .collect()
 }
 
 /// GUILD_MEMBER_UPDATE for a member as the core has them now; the member gets it whatever their intents.

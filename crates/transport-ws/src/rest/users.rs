@@ -244,14 +244,31 @@ fn login_json(login: &chat_engine::Login) -> Value {
     json!({ "token": login.token, "user_id": login.session.user.to_string() })
 }
 
+/// The device name a login is kept under (our `client` field; `discord` when a library logs in).
+fn client_name(form: &super::Form) -> Result<String, RestError> {
+    let name = form.str("client")?.unwrap_or_else(|| "discord".to_owned());
+    let name = name.trim();
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(RestError::field(
+            "client",
+            "BASE_TYPE_BAD_LENGTH",
+            "Must be between 1 and 64 in length, without control characters.",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
 pub(super) async fn register(axum::extract::State(inner): St, body: Body) -> Answer {
-    let form = inner.form(body, &["username", "password", "bot"]).await?;
+    let form = inner
+        .form(body, &["username", "password", "bot", "client"])
+        .await?;
     let nick = form.req_str("username")?;
     let password = form.req_str("password")?;
     let bot = form.bool("bot")?.unwrap_or(false);
+    let client = client_name(&form)?;
     let login = inner
         .engine
-        .register(nick.trim(), &password, bot, "discord")
+        .register(nick.trim(), &password, bot, &client)
         .await?;
     ok(login_json(&login))
 }
@@ -261,16 +278,19 @@ pub(super) async fn login(
     connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     body: Body,
 ) -> Answer {
-    let form = inner.form(body, &["login", "username", "password"]).await?;
+    let form = inner
+        .form(body, &["login", "username", "password", "client"])
+        .await?;
     let nick = match form.str("login")? {
         Some(n) => n,
         None => form.req_str("username")?,
     };
     let password = form.req_str("password")?;
     let ip = connect.map(|c| c.0.0.ip());
+    let client = client_name(&form)?;
     let login = inner
         .engine
-        .login(nick.trim(), &password, "discord", ip)
+        .login(nick.trim(), &password, &client, ip)
         .await?;
     ok(login_json(&login))
 }
