@@ -956,6 +956,30 @@ async fn ready_carries_read_states() {
     assert_eq!(entry["mention_count"], 0, "{entry}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_display_name_reaches_the_users_peers() {
+    use reqwest::Method;
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    join(&server, &alice, "#p").await;
+    join(&server, &bob, "#p").await;
+    let mut a = Gw::connect(&server).await;
+    a.identify(&alice.token, ALL | (1 << 1)).await;
+    a.sync().await;
+    rest(
+        &server,
+        Method::PATCH,
+        "/users/@me",
+        &bob.token,
+        json!({"global_name": "Bobby"}),
+    )
+    .await;
+    let v = a.until("GUILD_MEMBER_UPDATE").await;
+    assert_eq!(v["d"]["user"]["username"], "bob", "{v}");
+    assert_eq!(v["d"]["user"]["global_name"], "Bobby", "{v}");
+}
+
 /// A REST call that must succeed; returns its JSON (null for 204).
 async fn rest(
     server: &Server,

@@ -1197,13 +1197,24 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
         }
         EventKind::ProfileUpdated { user, .. } => {
             let user = *user;
-            ctx.engine
-                .query(move |core| core.user(user).map(model::user))
+            let found = ctx
+                .engine
+                .query(move |core| {
+                    core.user(user)
+                        .map(|u| (model::user(u), u.spaces().collect::<Vec<_>>()))
+                })
                 .await
                 .ok()
-                .flatten()
-                .map(|d| vec![Dispatch::new(Who::Only(user), 0, seq, "USER_UPDATE", &d)])
-                .unwrap_or_default()
+                .flatten();
+            let Some((me, spaces)) = found else {
+                return Vec::new();
+            };
+            let mut list = vec![Dispatch::new(Who::Only(user), 0, seq, "USER_UPDATE", &me)];
+            // The event's audience is the user's peers: they see the new name or avatar on the member.
+            for space in spaces {
+                list.extend(member_update(ctx, seq, space, user).await);
+            }
+            list
         }
         _ => Vec::new(),
     }
