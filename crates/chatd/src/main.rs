@@ -11,6 +11,7 @@ mod routes;
 mod seed;
 mod server;
 mod telemetry;
+mod web;
 
 use std::io::Write as _;
 use std::process::ExitCode;

@@ -38,6 +38,7 @@ impl Server {
             .merge(self.longpoll.router())
             .merge(self.ws.router())
             .merge(routes::router(self.routes.clone()))
+            .merge(crate::web::router())
             .fallback(routes::not_found)
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests of the chatd binary: a real process on 127.0.0.1:0, real HTTP clients, real SQLite
 //! files.
 
+mod assets;
 mod cli;
 mod crash;
 mod discord;
@@ -9,3 +10,4 @@ mod harness;
 mod limits;
 mod longpoll;
 mod rest;
+mod web;

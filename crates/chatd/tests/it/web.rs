@@ -1,0 +1,102 @@
+//! The web client end to end: a real chatd serves `crates/chatd/web/`, and headless Chromium drives it
+//! through every `tests/web/*.test.mjs` (run by `tests/web/run.mjs` with playwright-core). Needs Node.js,
+//! Chromium (`$CHROMIUM` or `/usr/bin/chromium`) and `npm ci` in `tests/web`; a missing piece fails the
+//! test with what to install, it is never skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+use crate::harness::Server;
+
+/// Longer than run.mjs's own global limit (300 s), so its report comes first.
+const RUN_TIMEOUT: Duration = Duration::from_secs(420);
+const NPM_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn web_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("web")
+}
+
+/// Prints each line of `stream` as it comes (prefixed with `tag`) and returns them all.
+async fn relay(stream: impl AsyncRead + Unpin, tag: &'static str) -> String {
+    let mut lines = BufReader::new(stream).lines();
+    let mut all = String::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        println!("{tag}{line}");
+        all.push_str(&line);
+        all.push('\n');
+    }
+    all
+}
+
+/// Installs the harness's npm dependencies when they are missing.
+async fn ensure_node_modules(dir: &Path) {
+    if dir.join("node_modules").join("playwright-core").is_dir() {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(NPM_TIMEOUT, status).await;
+    match status {
+        Ok(Ok(s)) if s.success() => {}
+        other => panic!(
+            "`npm ci` in {} failed ({other:?}); install Node.js and npm, then run `.ci/run` or `npm ci` in \
+             that directory",
+            dir.display()
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_client_end_to_end() {
+    let dir = web_dir();
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(
+        Path::new(&chromium).is_file(),
+        "no Chromium at {chromium}: install it (`apt-get install -y chromium`) or point $CHROMIUM at one"
+    );
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(
+        node.as_ref().is_ok_and(|o| o.status.success()),
+        "Node.js is required for the web client tests (`apt-get install -y nodejs npm`): {node:?}"
+    );
+    ensure_node_modules(&dir).await;
+
+    let server = Server::start(&[]).await;
+    let mut child = Command::new("node")
+        .arg("run.mjs")
+        .current_dir(&dir)
+        .env("CHATD_URL", &server.base)
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node run.mjs");
+    let stdout = tokio::spawn(relay(child.stdout.take().expect("stdout"), ""));
+    let stderr = tokio::spawn(relay(child.stderr.take().expect("stderr"), "stderr: "));
+
+    let status = match tokio::time::timeout(RUN_TIMEOUT, child.wait()).await {
+        Ok(status) => status.expect("wait for node run.mjs"),
+        Err(_) => {
+            let _ = child.kill().await;
+            panic!("node run.mjs did not finish within {RUN_TIMEOUT:?}");
+        }
+    };
+    let out = stdout.await.unwrap_or_default();
+    let err = stderr.await.unwrap_or_default();
+    assert!(
+        status.success(),
+        "web client tests failed ({status}) against {}:\n{out}{err}",
+        server.base
+    );
+}

@@ -1,0 +1,80 @@
+// REST and long-poll HTTP calls. One token works on both doors: /api/v10 (Discord-shaped) and /api/v1 (IRC-style).
+
+const TOKEN_KEY = 'chatd.token';
+
+export const auth = {
+  get token() { return localStorage.getItem(TOKEN_KEY); },
+  set(token) { localStorage.setItem(TOKEN_KEY, token); },
+  clear() { localStorage.removeItem(TOKEN_KEY); sessionStorage.removeItem('chatd.gw'); },
+};
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    super(errorText(status, body));
+    this.status = status;
+    this.body = body;
+  }
+}
+
+// REST answers {code, message, errors}; long-poll answers {error, message, numeric}.
+function errorText(status, body) {
+  if (!body || typeof body !== 'object') return `Request failed (${status})`;
+  let msg = body.message || body.error || `Request failed (${status})`;
+  if (body.errors && typeof body.errors === 'object') {
+    const fields = [];
+    const walk = (o, path) => {
+      if (!o || typeof o !== 'object') return;
+      if (Array.isArray(o._errors)) fields.push(`${path}: ${o._errors.map((e) => e.message).join(', ')}`);
+      for (const [k, v] of Object.entries(o)) if (k !== '_errors') walk(v, path ? `${path}.${k}` : k);
+    };
+    walk(body.errors, '');
+    if (fields.length) msg = fields.join('; ');
+  }
+  if (status === 429 && body.retry_after) msg += ` (retry in ${Math.ceil(body.retry_after)} s)`;
+  return msg;
+}
+
+let onUnauthorized = () => {};
+export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }
+
+async function request(method, url, body, opts = {}) {
+  const headers = {};
+  const token = auth.token;
+  if (token && !opts.noAuth) headers.Authorization = `Bearer ${token}`;
+  let payload;
+  if (body instanceof FormData) payload = body;
+  else if (body !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    payload = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(url, { method, headers, body: payload, signal: opts.signal });
+  } catch (e) {
+    if (e.name === 'AbortError') throw e;
+    throw new ApiError(0, { message: 'Network error: the server cannot be reached' });
+  }
+  if (res.status === 204) return null;
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = { message: text }; }
+  if (!res.ok) {
+    if (res.status === 401 && token && !opts.noAuth) onUnauthorized();
+    throw new ApiError(res.status, data);
+  }
+  return data;
+}
+
+/** Discord-shaped REST: rest('GET', '/users/@me'). */
+export const rest = (method, path, body, opts) => request(method, `/api/v10${path}`, body, opts);
+/** IRC-style door: lp('POST', '/messages', {...}). */
+export const lp = (method, path, body, opts) => request(method, `/api/v1${path}`, body, opts);
+
+export const register = (username, password) =>
+  rest('POST', '/auth/register', { username, password, client: 'web' }, { noAuth: true });
+export const login = (login, password) =>
+  rest('POST', '/auth/login', { login, password, client: 'web' }, { noAuth: true });
+export const guest = (nick) => lp('POST', '/session', { nick, client: 'web' }, { noAuth: true });
+export const logout = () => rest('POST', '/auth/logout');
+
+export const enc = encodeURIComponent;
