@@ -49,8 +49,14 @@ fn session_ids_name_client_epoch_and_intents() {
     assert_eq!(parse_session_id(&id), Some((1234, 99, 513)));
     assert_eq!(parse_session_id("1234-99"), None);
     assert_eq!(parse_session_id("nonsense"), None);
-    let bad = format!("1-2-{}", 1u64 << 40);
+    let bad = format!("1-2-{}", 1u64 << 41);
     assert_eq!(parse_session_id(&bad), None);
+    // Our chatd_irc bit rides in the intents of a session id.
+    let irc = 513 | intents::CHATD_IRC;
+    assert_eq!(
+        parse_session_id(&session_id(client, 99, irc)),
+        Some((1234, 99, irc))
+    );
     assert_eq!(
         parse_session_id(&format!("1-2-{}", intents::DEFINED)),
         Some((1, 2, intents::DEFINED))
