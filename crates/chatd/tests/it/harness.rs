@@ -122,6 +122,19 @@ impl Server {
         self.spawn().await;
     }
 
+    /// Stops the server gracefully and starts it again on the same database and the same address, so that
+    /// clients holding its URL (a browser page) reconnect to it.
+    pub async fn restart_in_place(&mut self) {
+        let addr = self
+            .base
+            .strip_prefix("http://")
+            .expect("an http base")
+            .to_owned();
+        self.env.retain(|(k, _)| k != "LISTEN");
+        self.env.push(("LISTEN".into(), addr));
+        self.restart().await;
+    }
+
     /// The database directory.
     pub fn dir(&self) -> &Path {
         &self.dir

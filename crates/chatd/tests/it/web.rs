@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use crate::harness::Server;
@@ -70,29 +70,49 @@ async fn web_client_end_to_end() {
     );
     ensure_node_modules(&dir).await;
 
-    let server = Server::start(&[]).await;
+    let mut server = Server::start(&[]).await;
     let mut child = Command::new("node")
         .arg("run.mjs")
         .current_dir(&dir)
         .env("CHATD_URL", &server.base)
         .env("CHROMIUM", &chromium)
-        .stdin(Stdio::null())
+        .env("CHATD_RESTART", "1")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn node run.mjs");
-    let stdout = tokio::spawn(relay(child.stdout.take().expect("stdout"), ""));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let stderr = tokio::spawn(relay(child.stderr.take().expect("stderr"), "stderr: "));
 
-    let status = match tokio::time::timeout(RUN_TIMEOUT, child.wait()).await {
-        Ok(status) => status.expect("wait for node run.mjs"),
+    // Relay the runner's output, and restart chatd in place when a test asks (`t.restartServer()`).
+    let run = async {
+        let mut out = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            println!("{line}");
+            if line.trim() == "@@chatd-restart" {
+                server.restart_in_place().await;
+                stdin
+                    .write_all(b"@@chatd-restarted\n")
+                    .await
+                    .expect("tell the runner the server is back");
+                stdin.flush().await.expect("flush");
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    };
+    let out = match tokio::time::timeout(RUN_TIMEOUT, run).await {
+        Ok(out) => out,
         Err(_) => {
             let _ = child.kill().await;
             panic!("node run.mjs did not finish within {RUN_TIMEOUT:?}");
         }
     };
-    let out = stdout.await.unwrap_or_default();
+    let status = child.wait().await.expect("wait for node run.mjs");
     let err = stderr.await.unwrap_or_default();
     assert!(
         status.success(),

@@ -31,6 +31,10 @@
 //                calls fn (may be async) until it returns a truthy value, which it resolves to; a throw
 //                counts as "not yet"; after `timeout` ms it rejects with `message` and the last error
 //   file         the test file's name
+//   restartServer() -> Promise<void>
+//                stops chatd gracefully and starts it again on the same address and database, when the
+//                runner was started by crates/chatd/tests/it/web.rs (CHATD_RESTART=1): it prints
+//                `@@chatd-restart` and waits for `@@chatd-restarted` on stdin; otherwise it throws
 // }
 //
 // A file passes when its function resolves. The run exits 0 only if every file passed and no page of any
@@ -42,6 +46,7 @@ import { mkdir, readdir } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -100,6 +105,21 @@ function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+// Lines from the process that started us (the restart handshake).
+const stdinLines = process.env.CHATD_RESTART === '1'
+  ? createInterface({ input: process.stdin })[Symbol.asyncIterator]()
+  : null;
+
+async function restartServer() {
+  if (!stdinLines) throw new Error('restartServer: only when run by the cargo test (CHATD_RESTART=1)');
+  console.log('@@chatd-restart');
+  for (;;) {
+    const { value, done } = await stdinLines.next();
+    if (done) throw new Error('restartServer: stdin closed before the server came back');
+    if (value.trim() === '@@chatd-restarted') return;
+  }
+}
+
 async function waitFor(fn, { timeout = 10_000, interval = 100, message = 'condition not met' } = {}) {
   const deadline = Date.now() + timeout;
   let lastError = null;
@@ -132,6 +152,7 @@ async function runFile(file) {
     assert,
     log,
     waitFor,
+    restartServer,
     async newPage(options = {}) {
       const context = await browser.newContext(options);
       contexts.push(context);
