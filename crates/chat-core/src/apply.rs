@@ -26,6 +26,9 @@ impl State {
                 system,
             } => {
                 self.observe(user.0);
+                if *bot {
+                    self.bots.insert(*user);
+                }
                 self.users.insert(
                     *user,
                     User {

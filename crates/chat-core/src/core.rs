@@ -120,6 +120,9 @@ pub struct State {
     pub(crate) invite_deadlines: BTreeSet<(UnixMillis, String)>,
     #[serde(skip)]
     pub(crate) typing: HashMap<(UserId, ChannelId), UnixMillis>,
+    /// The bot accounts (derived from `users`, rebuilt on restore): who hears of network joins and leaves.
+    #[serde(skip)]
+    pub(crate) bots: BTreeSet<UserId>,
 }
 
 impl State {
@@ -194,6 +197,12 @@ impl Core {
             None => SnowflakeGen::new(config.node_id),
         };
         state.ids = Some(ids);
+        state.bots = state
+            .users
+            .values()
+            .filter(|u| u.bot)
+            .map(|u| u.id)
+            .collect();
         Self {
             config,
             state,
@@ -636,6 +645,16 @@ impl Core {
     pub(crate) fn chan(&self, id: ChannelId) -> &Channel {
         // Callers pass ids they resolved against this state during the same command.
         &self.state.channels[&id]
+    }
+
+    /// Who hears that `user` joined or left the network: the user and the network's bots (see
+    /// `handle::session`'s registration).
+    pub(crate) fn network_news(&self, user: UserId) -> Audience {
+        let mut who: Vec<UserId> = self.state.bots.iter().copied().collect();
+        if let Err(at) = who.binary_search(&user) {
+            who.insert(at, user);
+        }
+        Audience::Users(who)
     }
 
     pub(crate) fn network_id(&self) -> SpaceId {

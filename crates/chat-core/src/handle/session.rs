@@ -72,11 +72,13 @@ impl Core {
                 system: false,
             },
         );
-        // Creating the user made it a member of the network; the network hears of it as a guild hears of a
-        // new member. (The creation event itself stays with the user: it carries the password hash.)
+        // Creating the user made it a member of the network. The network's bots hear of it, as a guild's
+        // bots hear of a new member; people do not (IRC never announces a new user, and telling every user of
+        // every new one would cost O(users²)). The creation event itself stays with the user: it carries the
+        // password hash.
         let network = self.network_id();
         self.emit(
-            Audience::Space(network),
+            self.network_news(user),
             EventKind::MemberJoined {
                 space: network,
                 user,
@@ -235,9 +237,15 @@ impl Core {
             // Members of the spaces a released guest was in, the network included, see it leave (as a guild
             // sees a member go); its channels also see the QUIT.
             let spaces: Vec<_> = u.spaces.iter().copied().collect();
+            let network = self.network_id();
             for space in spaces {
+                let audience = if space == network {
+                    self.network_news(user)
+                } else {
+                    Audience::SpaceAnd(space, user)
+                };
                 self.emit(
-                    Audience::SpaceAnd(space, user),
+                    audience,
                     EventKind::MemberLeft {
                         space,
                         user,

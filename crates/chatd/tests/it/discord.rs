@@ -998,8 +998,21 @@ async fn threads_from_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_account_is_guild_member_add() {
     let server = Server::start(&[]).await;
-    let botty = server.register("botty", "pw-botty").await;
-    let mut gw = shard(&server, &botty.token);
+    // The network tells its bots of new and departed users (people are not told, as on IRC).
+    let (status, bot) = server
+        .post(
+            "/api/v10/auth/register",
+            None,
+            json!({"username": "botty", "password": "pw-botty-long", "bot": true}),
+        )
+        .await;
+    assert!(status.is_success(), "register a bot: {bot}");
+    let token = bot["token"].as_str().expect("token").to_owned();
+    // A person's shard hears nothing of it: its next dispatch is the channel made at the end.
+    let dave = server.register("dave", "pw-dave").await;
+    let mut person = shard(&server, &dave.token);
+    log_in(&mut person).await;
+    let mut gw = shard(&server, &token);
     let me = log_in(&mut gw).await;
 
     server.register("carol", "pw-carol").await;
@@ -1028,6 +1041,17 @@ async fn new_account_is_guild_member_add() {
     .await;
     assert_eq!(removed.guild_id, me.guild_id());
     assert_eq!(removed.user.name, "gus");
+
+    join(&server, &dave, "#quiet").await;
+    let first = wait_for(&mut person, "dave's next dispatch", |e| match e {
+        Event::MemberAdd(_) | Event::MemberRemove(_) | Event::ChannelCreate(_) => Some(e.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        matches!(first, Event::ChannelCreate(_)),
+        "a person hears no network joins or leaves: {first:?}"
+    );
 }
 
 /// A network channel created (by a long-poll JOIN) while a shard is connected: GUILD_CREATE lists every

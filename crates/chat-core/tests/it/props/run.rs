@@ -778,6 +778,13 @@ impl Runner {
             EventKind::InviteUsed { code, user } => Users::from([creator(code)?, *user]),
             EventKind::InviteDeleted { code } => one(creator(code)?),
             EventKind::SpaceCreated { space, .. } => m.space_members(space.id, self.network),
+            // Network joins and leaves reach the user and the network's bots (the model makes none).
+            EventKind::MemberJoined { space, user, .. }
+            | EventKind::MemberLeft { space, user, .. }
+                if *space == self.network =>
+            {
+                one(*user)
+            }
             EventKind::MemberJoined { space, .. }
             | EventKind::RoleUpserted { space, .. }
             | EventKind::MemberUpdated { space, .. } => m.space_members(*space, self.network),
