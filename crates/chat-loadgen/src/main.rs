@@ -1,0 +1,640 @@
+//! `chat-loadgen`: drives gateway connections against a running chatd on loopback and reports deliveries,
+//! delivery latency and the server's RSS and CPU.
+//!
+//! Scenarios: `idle` (hold identified connections with heartbeats), `fanout` (one channel, one sender),
+//! `rooms` (rooms of `--room-size`, each message sent by a member of its room). `longpoll` and
+//! `durable-send` are not implemented yet and exit with code 2.
+//!
+//! Connections are spread over the source addresses 127.0.0.2..=251, so more than one address's ~28k
+//! ephemeral ports can be used; `--procs P` splits them over P child processes of this binary (each with
+//! its own file limit and slice of source addresses), which report one JSON line each that the parent
+//! merges. Every run is bounded in connections and time and exits by itself.
+
+mod gateway;
+mod report;
+mod sample;
+mod setup;
+mod util;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::gateway::{Swarm, SwarmResult};
+use crate::setup::{Api, HINT};
+
+/// Most connections one run may ask for.
+const MAX_CONNS: usize = 200_000;
+/// Longest measured phase, in seconds.
+const MAX_DURATION: u64 = 600;
+/// Most child processes.
+const MAX_PROCS: usize = 64;
+/// Sends in flight at once.
+const SEND_PARALLELISM: usize = 256;
+/// File descriptors kept free for everything but gateway connections (setup and send pools, stdio).
+const FD_MARGIN: u64 = 600;
+/// How long deliveries may keep arriving after the last send.
+const DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Hold N identified gateway connections with heartbeats for --duration.
+    Idle,
+    /// N members in one channel; one sender posts --messages at --rate.
+    Fanout,
+    /// N members in rooms of --room-size; --rate msgs/s in total, spread over the rooms.
+    Rooms,
+    /// Long-poll clients (not implemented yet).
+    Longpoll,
+    /// Durable sends (not implemented yet).
+    DurableSend,
+}
+
+impl Scenario {
+    /// The name on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Fanout => "fanout",
+            Self::Rooms => "rooms",
+            Self::Longpoll => "longpoll",
+            Self::DurableSend => "durable-send",
+        }
+    }
+}
+
+/// Load generator for chatd on loopback.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-loadgen", version)]
+struct Cli {
+    /// What to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// The server's base URL; its host must be in 127.0.0.0/8.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Gateway connections (at most 200000).
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
+    /// Messages per second in total (0: as fast as the server answers, 256 in flight).
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Messages to send [default: fanout 20, rooms rate x duration].
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Seconds of the measured phase: how long idle holds, and the most sending may take (at most 600).
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Processes holding the gateway connections (children of this one).
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+    /// The server's pid, to sample its RSS and CPU from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Members per room in `rooms`.
+    #[arg(long, default_value_t = 10)]
+    room_size: usize,
+    #[arg(long, hide = true)]
+    child_index: Option<usize>,
+    #[arg(long, hide = true)]
+    child_of: Option<usize>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if matches!(cli.scenario, Scenario::Longpoll | Scenario::DurableSend) {
+        eprintln!(
+            "chat-loadgen: scenario {} is not implemented yet",
+            cli.scenario.name()
+        );
+        std::process::exit(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chat-loadgen: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match (cli.child_index, cli.child_of) {
+            (Some(index), Some(of)) => child(cli, index, of).await,
+            (None, None) => parent(cli).await,
+            _ => bail!("--child-index and --child-of go together"),
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("chat-loadgen: {e:#}");
+        std::process::exit(1);
+    }
+    // Do not wait for connection tasks still winding down.
+    std::process::exit(0);
+}
+
+/// Exits the process if it is still running after `limit`, whatever it is doing.
+fn watchdog(limit: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!(
+            "chat-loadgen: time limit of {}s reached, exiting",
+            limit.as_secs()
+        );
+        std::process::exit(3);
+    });
+}
+
+/// The longest a whole run may take: setup grows with the connections, then the measured phase and drain.
+fn run_limit(cli: &Cli) -> Duration {
+    let conns = u64::try_from(cli.conns).unwrap_or(u64::MAX);
+    Duration::from_secs(120 + conns / 50 + cli.duration + DRAIN.as_secs() + 30)
+}
+
+/// Raises the soft open-file limit to the hard one; returns the limit in force.
+fn raise_fd_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(_) => rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft),
+    }
+}
+
+/// Refuses a share of connections that the open-file limit cannot hold.
+fn check_share(share: usize, limit: u64, conns: usize) -> Result<()> {
+    let share = u64::try_from(share).unwrap_or(u64::MAX);
+    if share + FD_MARGIN > limit {
+        let per = limit.saturating_sub(FD_MARGIN).max(1);
+        let procs = u64::try_from(conns).unwrap_or(u64::MAX).div_ceil(per);
+        bail!(
+            "{share} connections in one process need more than the open-file limit of {limit} allows \
+             (with a margin of {FD_MARGIN}); use --procs {}",
+            procs.max(2)
+        );
+    }
+    Ok(())
+}
+
+fn validate(cli: &Cli) -> Result<SocketAddr> {
+    let server = util::loopback_target(&cli.url)?;
+    if cli.conns == 0 || cli.conns > MAX_CONNS {
+        bail!("--conns must be 1..={MAX_CONNS}");
+    }
+    if cli.duration == 0 || cli.duration > MAX_DURATION {
+        bail!("--duration must be 1..={MAX_DURATION} seconds");
+    }
+    if cli.procs == 0 || cli.procs > MAX_PROCS {
+        bail!("--procs must be 1..={MAX_PROCS}");
+    }
+    if !(0.0..=1_000_000.0).contains(&cli.rate) {
+        bail!("--rate must be 0..=1000000 (0: unpaced)");
+    }
+    if cli.room_size == 0 {
+        bail!("--room-size must be at least 1");
+    }
+    if cli.messages.is_some_and(|m| m > 10_000_000) {
+        bail!("--messages must be at most 10000000");
+    }
+    Ok(server)
+}
+
+/// A child: reads its tokens from stdin (one per line, then an empty line), holds them, prints
+/// `ready R F`, `count N` lines as deliveries arrive, and on `stop` (or stdin closing) `result {json}`.
+async fn child(cli: Cli, index: usize, of: usize) -> Result<()> {
+    let server = validate(&cli)?;
+    watchdog(run_limit(&cli));
+    let limit = raise_fd_limit();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut tokens = Vec::new();
+    while let Some(line) = lines.next_line().await? {
+        let line = line.trim();
+        if line.is_empty() {
+            break;
+        }
+        tokens.push(line.to_owned());
+    }
+    check_share(tokens.len(), limit, cli.conns)?;
+    let swarm = Swarm::start(server, tokens, index, of);
+    let (ready, failed) = swarm.wait_ready(run_limit(&cli)).await;
+    println!("ready {ready} {failed}");
+    let totals = Arc::clone(&swarm.totals);
+    let progress = tokio::spawn(async move {
+        let (mut last, mut last_open) = (0, usize::MAX);
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = totals.deliveries.load(Ordering::Relaxed);
+            if now != last {
+                println!("count {now}");
+                last = now;
+            }
+            let open = totals
+                .ready
+                .load(Ordering::Relaxed)
+                .saturating_sub(totals.closed.load(Ordering::Relaxed));
+            if open != last_open {
+                println!("open {open}");
+                last_open = open;
+            }
+        }
+    });
+    // Any line, or the parent going away, ends the run.
+    let _ = lines.next_line().await;
+    progress.abort();
+    let result = swarm.finish().await;
+    println!("result {}", result.to_json()?);
+    Ok(())
+}
+
+/// One child process as the parent sees it.
+#[derive(Debug)]
+struct ChildSwarm {
+    process: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    deliveries: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
+    ready: Option<oneshot::Receiver<(usize, usize)>>,
+    result: oneshot::Receiver<serde_json::Value>,
+}
+
+impl ChildSwarm {
+    async fn start(cli: &Cli, index: usize, tokens: &[String]) -> Result<Self> {
+        let exe = std::env::current_exe().context("own executable")?;
+        let mut process = tokio::process::Command::new(exe)
+            .arg(cli.scenario.name())
+            .args(["--url", &cli.url])
+            .args(["--conns", &cli.conns.to_string()])
+            .args(["--duration", &cli.duration.to_string()])
+            .args(["--child-index", &index.to_string()])
+            .args(["--child-of", &cli.procs.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a child process")?;
+        let mut stdin = process.stdin.take().context("child stdin")?;
+        let mut text = tokens.join("\n");
+        text.push_str("\n\n");
+        stdin.write_all(text.as_bytes()).await?;
+        stdin.flush().await?;
+        let stdout = process.stdout.take().context("child stdout")?;
+        let deliveries = Arc::new(AtomicU64::new(0));
+        let (ready_tx, ready) = oneshot::channel();
+        let (result_tx, result) = oneshot::channel();
+        let seen = Arc::clone(&deliveries);
+        let open = Arc::new(AtomicU64::new(0));
+        let open_now = Arc::clone(&open);
+        tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let mut result_tx = Some(result_tx);
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(n) = line.strip_prefix("count ") {
+                    seen.store(n.trim().parse().unwrap_or(0), Ordering::SeqCst);
+                } else if let Some(n) = line.strip_prefix("open ") {
+                    open_now.store(n.trim().parse().unwrap_or(0), Ordering::SeqCst);
+                } else if let Some(rest) = line.strip_prefix("ready ") {
+                    let mut it = rest.split_whitespace().map(|x| x.parse().unwrap_or(0));
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send((it.next().unwrap_or(0), it.next().unwrap_or(0)));
+                    }
+                } else if let Some(json) = line.strip_prefix("result ")
+                    && let (Some(tx), Ok(v)) = (result_tx.take(), serde_json::from_str(json))
+                {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        Ok(Self {
+            process,
+            stdin: Some(stdin),
+            deliveries,
+            open,
+            ready: Some(ready),
+            result,
+        })
+    }
+}
+
+/// Every gateway connection of a run: in this process, or in children.
+#[derive(Debug)]
+enum Swarms {
+    Local(Swarm),
+    Children(Vec<ChildSwarm>),
+}
+
+impl Swarms {
+    async fn start(cli: &Cli, server: SocketAddr, tokens: Vec<String>) -> Result<Self> {
+        if cli.procs == 1 {
+            return Ok(Self::Local(Swarm::start(server, tokens, 0, 1)));
+        }
+        let per = tokens.len().div_ceil(cli.procs).max(1);
+        let mut children = Vec::new();
+        for (i, chunk) in tokens.chunks(per).enumerate() {
+            children.push(ChildSwarm::start(cli, i, chunk).await?);
+        }
+        Ok(Self::Children(children))
+    }
+
+    async fn wait_ready(&mut self, limit: Duration) -> (usize, usize) {
+        match self {
+            Self::Local(s) => s.wait_ready(limit).await,
+            Self::Children(cs) => {
+                let (mut ready, mut failed) = (0, 0);
+                for c in cs {
+                    if let Some(rx) = c.ready.take()
+                        && let Ok(Ok((r, f))) = tokio::time::timeout(limit, rx).await
+                    {
+                        ready += r;
+                        failed += f;
+                    }
+                }
+                (ready, failed)
+            }
+        }
+    }
+
+    fn deliveries(&self) -> u64 {
+        match self {
+            Self::Local(s) => s.totals.deliveries.load(Ordering::Relaxed),
+            Self::Children(cs) => cs
+                .iter()
+                .map(|c| c.deliveries.load(Ordering::Relaxed))
+                .sum(),
+        }
+    }
+
+    fn open(&self) -> u64 {
+        match self {
+            Self::Local(s) => u64::try_from(
+                s.totals
+                    .ready
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(s.totals.closed.load(Ordering::Relaxed)),
+            )
+            .unwrap_or(0),
+            Self::Children(cs) => cs.iter().map(|c| c.open.load(Ordering::Relaxed)).sum(),
+        }
+    }
+
+    async fn finish(self) -> Result<SwarmResult> {
+        match self {
+            Self::Local(s) => Ok(s.finish().await),
+            Self::Children(mut cs) => {
+                for c in &mut cs {
+                    if let Some(mut stdin) = c.stdin.take() {
+                        let _ = stdin.write_all(b"stop\n").await;
+                        let _ = stdin.flush().await;
+                    }
+                }
+                // Results come back once each child has stopped its connections.
+                let mut total = SwarmResult::empty();
+                for (i, mut c) in cs.into_iter().enumerate() {
+                    match tokio::time::timeout(Duration::from_secs(30), &mut c.result).await {
+                        Ok(Ok(v)) => total.merge(&SwarmResult::from_json(&v)?)?,
+                        _ => eprintln!("chat-loadgen: child {i} sent no result"),
+                    }
+                    if tokio::time::timeout(Duration::from_secs(5), c.process.wait())
+                        .await
+                        .is_err()
+                    {
+                        let _ = c.process.kill().await;
+                    }
+                }
+                Ok(total)
+            }
+        }
+    }
+}
+
+/// A short id that keeps this run's nicks and channels apart from earlier runs on the same server.
+fn run_id() -> String {
+    let mut n = util::now_ns() / 1_000_000 % 36u64.pow(6);
+    let mut id = String::new();
+    for _ in 0..6 {
+        let d = u32::try_from(n % 36).unwrap_or(0);
+        id.push(char::from_digit(d, 36).unwrap_or('0'));
+        n /= 36;
+    }
+    id
+}
+
+/// What the sends came to: messages accepted, messages refused, and the deliveries expected from them.
+#[derive(Debug, Default)]
+struct Sent {
+    ok: AtomicU64,
+    errors: AtomicU64,
+    expected: AtomicU64,
+}
+
+/// Sends `messages` messages at `rate` per second (unpaced when 0), message `k` as `target(k)` =
+/// (token, channel, receivers), stopping at `deadline`.
+async fn send_all(
+    api: &Api,
+    messages: u64,
+    rate: f64,
+    deadline: Instant,
+    target: impl Fn(u64) -> (String, String, u64),
+) -> Arc<Sent> {
+    let sent = Arc::new(Sent::default());
+    let gate = Arc::new(Semaphore::new(SEND_PARALLELISM));
+    let start = tokio::time::Instant::now();
+    for k in 0..messages {
+        if Instant::now() > deadline {
+            eprintln!("send: --duration reached after {k} of {messages} messages");
+            break;
+        }
+        if rate > 0.0 {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate)).await;
+        }
+        let Ok(permit) = Arc::clone(&gate).acquire_owned().await else {
+            break;
+        };
+        let (token, channel, receivers) = target(k);
+        let (api, sent) = (api.clone(), Arc::clone(&sent));
+        tokio::spawn(async move {
+            match api
+                .privmsg(&token, &channel, format!("t={}", util::now_ns()))
+                .await
+            {
+                Ok(()) => {
+                    sent.ok.fetch_add(1, Ordering::SeqCst);
+                    sent.expected.fetch_add(receivers, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    if sent.errors.fetch_add(1, Ordering::SeqCst) < 5 {
+                        eprintln!("send: {e:#}");
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+    // Every send has finished once all permits are back.
+    let all = u32::try_from(SEND_PARALLELISM).unwrap_or(u32::MAX);
+    let _ = gate.acquire_many(all).await;
+    sent
+}
+
+async fn parent(cli: Cli) -> Result<()> {
+    let server = validate(&cli)?;
+    watchdog(run_limit(&cli));
+    let limit = raise_fd_limit();
+    let share = if cli.procs == 1 {
+        cli.conns
+    } else {
+        cli.conns.div_ceil(cli.procs)
+    };
+    check_share(share, limit, cli.conns)?;
+    let started_at = SystemTime::now();
+    let api = Api::new(&cli.url)?;
+    let run = run_id();
+    let n = cli.conns;
+    let size = cli.room_size.min(n);
+    let fan_channel = format!("#lg{run}");
+    let room_prefix = format!("#lg{run}r");
+    let room_channel = move |r: usize| format!("{room_prefix}{r}");
+
+    let setup_started = Instant::now();
+    let nicks: Vec<String> = (0..n).map(|i| format!("lg{run}u{i}")).collect();
+    let tokens = match cli.scenario {
+        Scenario::Fanout => api.users(nicks, |_| Some(fan_channel.clone())).await,
+        Scenario::Rooms => api.users(nicks, |i| Some(room_channel(i / size))).await,
+        _ => api.users(nicks, |_| None).await,
+    }
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{HINT}"))?;
+    let sender = if cli.scenario == Scenario::Fanout {
+        let t = api.guest(&format!("lg{run}s")).await?;
+        api.join(&t, &fan_channel).await?;
+        Some(t)
+    } else {
+        None
+    };
+    let setup_s = setup_started.elapsed().as_secs_f64();
+
+    let connect_started = Instant::now();
+    eprintln!(
+        "gateway: opening {n} connections in {} process(es)",
+        cli.procs
+    );
+    let mut swarms = Swarms::start(&cli, server, tokens.clone()).await?;
+    let (ready, failed) = swarms.wait_ready(run_limit(&cli)).await;
+    let connect_s = connect_started.elapsed().as_secs_f64();
+    eprintln!("gateway: {ready} ready, {failed} failed in {connect_s:.1}s");
+    if failed > 0 {
+        eprintln!("{HINT}");
+    }
+
+    let sampler = cli.server_pid.map(sample::Sampler::start);
+    let phase = Instant::now();
+    let mut sent = Arc::new(Sent::default());
+    let mut first_send_ns = 0;
+    let mut messages = 0;
+    match cli.scenario {
+        Scenario::Idle => {
+            let end = phase + Duration::from_secs(cli.duration);
+            while Instant::now() < end {
+                tokio::time::sleep((end - Instant::now()).min(Duration::from_secs(5))).await;
+                eprintln!(
+                    "idle: {} open at {:.0}s",
+                    swarms.open(),
+                    phase.elapsed().as_secs_f64()
+                );
+            }
+        }
+        Scenario::Fanout | Scenario::Rooms => {
+            // Let the joins reach everyone before the clock starts.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let rooms = n.div_ceil(size);
+            messages = cli.messages.unwrap_or(if cli.scenario == Scenario::Fanout {
+                20
+            } else if cli.rate > 0.0 {
+                (cli.rate * cli.duration as f64).ceil() as u64
+            } else {
+                10_000
+            });
+            // Paced sends take --duration at the default message count; a second of slack lets them end.
+            let deadline = Instant::now() + Duration::from_secs(cli.duration + 1);
+            first_send_ns = util::now_ns();
+            eprintln!("send: {messages} messages at {} msgs/s", cli.rate);
+            sent = if let Some(sender) = &sender {
+                let receivers = u64::try_from(n).unwrap_or(0);
+                send_all(&api, messages, cli.rate, deadline, |_| {
+                    (sender.clone(), fan_channel.clone(), receivers)
+                })
+                .await
+            } else {
+                send_all(&api, messages, cli.rate, deadline, |k| {
+                    let k = usize::try_from(k).unwrap_or(0);
+                    let room = k % rooms;
+                    let members = size.min(n - room * size);
+                    let member = (k / rooms) % members;
+                    (
+                        tokens[room * size + member].clone(),
+                        room_channel(room),
+                        u64::try_from(members).unwrap_or(0),
+                    )
+                })
+                .await
+            };
+            let expected = sent.expected.load(Ordering::SeqCst);
+            let drain = Instant::now() + DRAIN;
+            while swarms.deliveries() < expected && Instant::now() < drain {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            eprintln!(
+                "send: {} sent, {} of {expected} deliveries",
+                sent.ok.load(Ordering::SeqCst),
+                swarms.deliveries()
+            );
+        }
+        Scenario::Longpoll | Scenario::DurableSend => unreachable!("refused in main"),
+    }
+    let phase_s = phase.elapsed().as_secs_f64();
+    let usage = match sampler {
+        Some(s) => s.stop().await,
+        None => None,
+    };
+    let result = swarms.finish().await?;
+
+    let report = report::Report {
+        scenario: cli.scenario.name().to_owned(),
+        started_at,
+        url: cli.url.clone(),
+        conns: n,
+        rate: cli.rate,
+        messages,
+        duration: cli.duration,
+        procs: cli.procs,
+        room_size: size,
+        setup_s,
+        connect_s,
+        phase_s,
+        first_send_ns,
+        sent: sent.ok.load(Ordering::SeqCst),
+        send_errors: sent.errors.load(Ordering::SeqCst),
+        expected: sent.expected.load(Ordering::SeqCst),
+        result,
+        usage,
+    };
+    print!("{}", report.table());
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.json())? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if report.result.refused > 0 {
+        eprintln!("{HINT}");
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! The run's report: a table for people and a JSON object for tools.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+use crate::gateway::SwarmResult;
+use crate::sample::ServerUsage;
+
+/// Everything a run measured.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) scenario: String,
+    pub(crate) started_at: SystemTime,
+    pub(crate) url: String,
+    pub(crate) conns: usize,
+    pub(crate) rate: f64,
+    pub(crate) messages: u64,
+    pub(crate) duration: u64,
+    pub(crate) procs: usize,
+    pub(crate) room_size: usize,
+    pub(crate) setup_s: f64,
+    pub(crate) connect_s: f64,
+    pub(crate) phase_s: f64,
+    pub(crate) first_send_ns: u64,
+    pub(crate) sent: u64,
+    pub(crate) send_errors: u64,
+    pub(crate) expected: u64,
+    pub(crate) result: SwarmResult,
+    pub(crate) usage: Option<ServerUsage>,
+}
+
+impl Report {
+    /// Deliveries per second from the first send to the last arrival.
+    fn deliveries_per_s(&self) -> f64 {
+        let r = &self.result;
+        if r.deliveries == 0 || self.first_send_ns == 0 || r.last_ns <= self.first_send_ns {
+            return 0.0;
+        }
+        r.deliveries as f64 / ((r.last_ns - self.first_send_ns) as f64 / 1e9)
+    }
+
+    /// A latency quantile in milliseconds, or None without deliveries.
+    fn latency_ms(&self, q: f64) -> Option<f64> {
+        let h = &self.result.latency;
+        (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0)
+    }
+
+    fn errors(&self) -> u64 {
+        let r = &self.result;
+        u64::try_from(r.failed + r.closed).unwrap_or(u64::MAX) + self.send_errors
+    }
+
+    pub(crate) fn json(&self) -> Value {
+        let r = &self.result;
+        let lat = |q| self.latency_ms(q);
+        json!({
+            "scenario": self.scenario,
+            "started_at": humantime::format_rfc3339_seconds(self.started_at).to_string(),
+            "parameters": {
+                "url": self.url,
+                "conns": self.conns,
+                "rate": self.rate,
+                "messages": self.messages,
+                "duration_s": self.duration,
+                "procs": self.procs,
+                "room_size": self.room_size,
+            },
+            "connections": {
+                "target": self.conns,
+                "ready": r.ready,
+                "open_at_end": r.open,
+            },
+            "sent": self.sent,
+            "delivered": r.deliveries,
+            "expected": self.expected,
+            "deliveries_per_s": self.deliveries_per_s(),
+            "latency_ms": {
+                "p50": lat(0.50),
+                "p95": lat(0.95),
+                "p99": lat(0.99),
+                "p99_9": lat(0.999),
+                "max": (!r.latency.is_empty()).then(|| r.latency.max() as f64 / 1000.0),
+            },
+            "errors": {
+                "total": self.errors(),
+                "connect_failed": r.failed,
+                "connect_refused": r.refused,
+                "closed": r.closed,
+                "send_failed": self.send_errors,
+            },
+            "server": self.usage.map(|u| json!({
+                "rss_peak_mib": u.rss_peak_mib,
+                "rss_mean_mib": u.rss_mean_mib,
+                "cpu_cores": u.cpu_cores,
+                "samples": u.samples,
+            })),
+            "loadgen": {
+                "rss_mib": r.rss_kib as f64 / 1024.0,
+                "max_frame_bytes": r.max_frame_bytes,
+            },
+            "setup_s": self.setup_s,
+            "connect_s": self.connect_s,
+            "duration_s": self.phase_s,
+        })
+    }
+
+    pub(crate) fn table(&self) -> String {
+        let r = &self.result;
+        let ms = |q| {
+            self.latency_ms(q)
+                .map_or("-".to_owned(), |v| format!("{v:.2} ms"))
+        };
+        let mut rows: Vec<(&str, String)> = vec![
+            ("scenario", self.scenario.clone()),
+            (
+                "connections",
+                format!(
+                    "{} ready of {}, {} open at end",
+                    r.ready, self.conns, r.open
+                ),
+            ),
+            ("sent", format!("{} (of {})", self.sent, self.messages)),
+            (
+                "delivered",
+                format!("{} (expected {})", r.deliveries, self.expected),
+            ),
+            ("deliveries/s", format!("{:.0}", self.deliveries_per_s())),
+            ("latency p50", ms(0.50)),
+            ("latency p95", ms(0.95)),
+            ("latency p99", ms(0.99)),
+            ("latency p99.9", ms(0.999)),
+            (
+                "errors",
+                format!(
+                    "{} (connect {}, refused {}, closed {}, send {})",
+                    self.errors(),
+                    r.failed,
+                    r.refused,
+                    r.closed,
+                    self.send_errors
+                ),
+            ),
+        ];
+        match self.usage {
+            Some(u) => {
+                rows.push((
+                    "server RSS",
+                    format!(
+                        "peak {:.1} MiB, mean {:.1} MiB",
+                        u.rss_peak_mib, u.rss_mean_mib
+                    ),
+                ));
+                rows.push(("server CPU", format!("{:.2} cores", u.cpu_cores)));
+            }
+            None => rows.push(("server", "not sampled (no --server-pid)".to_owned())),
+        }
+        rows.push((
+            "loadgen",
+            format!(
+                "RSS {:.1} MiB, largest frame {} bytes",
+                r.rss_kib as f64 / 1024.0,
+                r.max_frame_bytes
+            ),
+        ));
+        rows.push((
+            "duration",
+            format!(
+                "{:.1} s measured (setup {:.1} s, connect {:.1} s)",
+                self.phase_s, self.setup_s, self.connect_s
+            ),
+        ));
+        let mut out = String::new();
+        for (k, v) in rows {
+            let _ = writeln!(out, "{k:<14} {v}");
+        }
+        out
+    }
+}

@@ -1,0 +1,163 @@
+//! The pure parts: send stamps, source addresses, the loopback check and histogram transport.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
+
+/// Source addresses 127.0.0.2 ..= 127.0.0.251: each one has its own ephemeral port range, so the total can
+/// exceed the ~28k ports one address allows.
+pub(crate) const SOURCE_ADDRS: usize = 250;
+/// The first source address's last octet.
+const SOURCE_BASE: usize = 2;
+
+/// Now, in unix nanoseconds.
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The `t=<unix ns>` stamp of a MESSAGE_CREATE frame, found by substring search (no JSON parse per frame).
+pub(crate) fn stamp(frame: &str) -> Option<u64> {
+    if !frame.contains("\"t\":\"MESSAGE_CREATE\"") {
+        return None;
+    }
+    let at = frame.find("\"content\":\"t=")? + "\"content\":\"t=".len();
+    let digits = &frame[at..];
+    let end = digits.find(|c: char| !c.is_ascii_digit())?;
+    if end == 0 {
+        return None;
+    }
+    digits[..end].parse().ok()
+}
+
+/// The source address of connection `index` in process `child` of `procs`: each process gets its own
+/// slice of the 250 addresses, and its connections go round that slice.
+pub(crate) fn source_addr(index: usize, child: usize, procs: usize) -> Ipv4Addr {
+    let procs = procs.clamp(1, SOURCE_ADDRS);
+    let child = child % procs;
+    let size = SOURCE_ADDRS / procs;
+    let octet = SOURCE_BASE + child * size + index % size;
+    Ipv4Addr::new(127, 0, 0, u8::try_from(octet).unwrap_or(u8::MAX))
+}
+
+/// The server's address from an `http://` URL, refusing anything outside 127.0.0.0/8.
+pub(crate) fn loopback_target(url: &str) -> Result<SocketAddr> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("--url {url}"))?;
+    if parsed.scheme() != "http" {
+        bail!("--url {url}: only http:// on loopback is supported");
+    }
+    let ip = match parsed.host_str() {
+        Some("localhost") => Ipv4Addr::LOCALHOST,
+        Some(host) => host.parse::<Ipv4Addr>().map_err(|_| {
+            anyhow::anyhow!("--url {url}: host {host} is not in 127.0.0.0/8 (loopback only)")
+        })?,
+        None => bail!("--url {url}: no host"),
+    };
+    if !ip.is_loopback() {
+        bail!("--url {url}: host {ip} is not in 127.0.0.0/8 (loopback only)");
+    }
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    Ok(SocketAddr::new(IpAddr::V4(ip), port))
+}
+
+/// A latency histogram in microseconds, 1 µs to 10 min, 3 significant figures.
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A histogram as base64 of its V2 serialization.
+pub(crate) fn encode(h: &Histogram<u64>) -> Result<String> {
+    let mut bytes = Vec::new();
+    V2Serializer::new()
+        .serialize(h, &mut bytes)
+        .map_err(|e| anyhow::anyhow!("serializing histogram: {e:?}"))?;
+    Ok(STANDARD.encode(bytes))
+}
+
+/// The inverse of [`encode`].
+pub(crate) fn decode(text: &str) -> Result<Histogram<u64>> {
+    let bytes = STANDARD.decode(text).context("histogram base64")?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("deserializing histogram: {e:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_found_without_parsing() {
+        let frame =
+            r#"{"op":0,"s":9,"t":"MESSAGE_CREATE","d":{"id":"1","content":"t=12345","x":1}}"#;
+        assert_eq!(stamp(frame), Some(12345));
+        assert_eq!(stamp(r#"{"op":0,"s":9,"t":"TYPING_START","d":{}}"#), None);
+        assert_eq!(
+            stamp(r#"{"op":0,"t":"MESSAGE_CREATE","d":{"content":"hello"}}"#),
+            None
+        );
+        assert_eq!(
+            stamp(r#"{"op":0,"t":"MESSAGE_CREATE","d":{"content":"t=x"}}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn source_addresses_split_between_processes() {
+        assert_eq!(source_addr(0, 0, 1), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source_addr(249, 0, 1), Ipv4Addr::new(127, 0, 0, 251));
+        assert_eq!(source_addr(250, 0, 1), Ipv4Addr::new(127, 0, 0, 2));
+        // Two processes: 125 addresses each, disjoint.
+        assert_eq!(source_addr(0, 1, 2), Ipv4Addr::new(127, 0, 0, 127));
+        let first: std::collections::HashSet<_> = (0..1000).map(|i| source_addr(i, 0, 2)).collect();
+        let second: std::collections::HashSet<_> =
+            (0..1000).map(|i| source_addr(i, 1, 2)).collect();
+        assert_eq!(first.len(), 125);
+        assert!(first.is_disjoint(&second));
+        assert!(
+            (0..64)
+                .flat_map(|c| (0..10).map(move |i| source_addr(i, c, 64)))
+                .all(|a| a.octets()[3] >= 2 && a.octets()[3] <= 251)
+        );
+    }
+
+    #[test]
+    fn only_loopback_urls() {
+        assert_eq!(
+            loopback_target("http://127.0.0.1:8080").unwrap(),
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(
+            loopback_target("http://127.9.8.7").unwrap(),
+            "127.9.8.7:80".parse().unwrap()
+        );
+        assert!(loopback_target("http://localhost:1").is_ok());
+        assert!(loopback_target("http://10.0.0.1:8080").is_err());
+        assert!(loopback_target("http://example.com:8080").is_err());
+        assert!(loopback_target("https://127.0.0.1:8080").is_err());
+        assert!(loopback_target("http://[::1]:8080").is_err());
+    }
+
+    #[test]
+    fn histograms_merge_across_the_wire() {
+        let mut a = histogram();
+        let mut b = histogram();
+        for v in 1..=1000 {
+            a.record(v).unwrap();
+        }
+        b.record(1_000_000).unwrap();
+        let mut merged = histogram();
+        for h in [&a, &b] {
+            merged.add(decode(&encode(h).unwrap()).unwrap()).unwrap();
+        }
+        assert_eq!(merged.len(), 1001);
+        assert!(merged.max() >= 999_000);
+        assert!((499..=501).contains(&merged.value_at_quantile(0.5)));
+    }
+}
