@@ -1,11 +1,13 @@
-//! Benchmark tooling for chatd: the bare hyper long-poll baseline server ([`bare`]), a one-connection
+//! Benchmark tooling for chatd: the bare hyper long-poll baseline server ([`bare`]), the bare
+//! tokio-tungstenite broadcast server that speaks just enough of chatd's gateway ([`bare_ws`]), a one-connection
 //! HTTP/1.1 bench client ([`client::Conn`]) and child-process handling for servers under test
 //! ([`process::ServerProcess`]).
 //!
 //! SPEC §10 states chatd's performance targets as ratios to bare servers measured in the same run; this crate
 //! holds those bare servers and the benches that drive both. Run the wake-up latency bench with
 //! `cargo bench -p chat-bench --bench wake`; run the baseline alone with
-//! `cargo run --release -p chat-bench --bin bare-longpoll -- 127.0.0.1:8090`.
+//! `cargo run --release -p chat-bench --bin bare-longpoll -- 127.0.0.1:8090`, and the WebSocket one with
+//! `cargo run --release -p chat-bench --bin bare-ws -- --listen 127.0.0.1:8091`.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -22,5 +24,6 @@
 #![deny(missing_docs)]
 
 pub mod bare;
+pub mod bare_ws;
 pub mod client;
 pub mod process;

@@ -1,6 +1,8 @@
 //! End-to-end check of the bare baseline as benches use it: the binary as a child process, its banner,
 //! and a parked poll woken by a send over real loopback connections.
 
+mod bare_ws;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
