@@ -523,6 +523,7 @@ async fn parent(cli: Cli) -> Result<()> {
     };
     let setup_s = setup_started.elapsed().as_secs_f64();
 
+    let rss_before_kib = cli.server_pid.and_then(sample::rss_kib);
     let connect_started = Instant::now();
     eprintln!(
         "gateway: opening {n} connections in {} process(es)",
@@ -603,7 +604,10 @@ async fn parent(cli: Cli) -> Result<()> {
     }
     let phase_s = phase.elapsed().as_secs_f64();
     let usage = match sampler {
-        Some(s) => s.stop().await,
+        Some(s) => s.stop().await.map(|mut u| {
+            u.rss_before_mib = rss_before_kib.map(|k| k as f64 / 1024.0);
+            u
+        }),
         None => None,
     };
     let result = swarms.finish().await?;

@@ -91,6 +91,8 @@ impl Report {
                 "send_failed": self.send_errors,
             },
             "server": self.usage.map(|u| json!({
+                "rss_before_connect_mib": u.rss_before_mib,
+                "rss_per_connection_kib": self.rss_per_connection_kib(),
                 "rss_peak_mib": u.rss_peak_mib,
                 "rss_mean_mib": u.rss_mean_mib,
                 "cpu_cores": u.cpu_cores,
@@ -104,6 +106,14 @@ impl Report {
             "connect_s": self.connect_s,
             "duration_s": self.phase_s,
         })
+    }
+
+    /// What each open connection added to the server's RSS: (peak - before connecting) / connections.
+    pub(crate) fn rss_per_connection_kib(&self) -> Option<f64> {
+        let u = self.usage?;
+        let before = u.rss_before_mib?;
+        let conns = self.result.ready.max(1) as f64;
+        Some((u.rss_peak_mib - before).max(0.0) * 1024.0 / conns)
     }
 
     pub(crate) fn table(&self) -> String {
@@ -152,6 +162,13 @@ impl Report {
                         u.rss_peak_mib, u.rss_mean_mib
                     ),
                 ));
+                if let (Some(before), Some(per)) = (u.rss_before_mib, self.rss_per_connection_kib())
+                {
+                    rows.push((
+                        "server RSS/conn",
+                        format!("{per:.1} KiB (peak less {before:.1} MiB before connecting)"),
+                    ));
+                }
                 rows.push(("server CPU", format!("{:.2} cores", u.cpu_cores)));
             }
             None => rows.push(("server", "not sampled (no --server-pid)".to_owned())),

@@ -7,6 +7,9 @@ use tokio::sync::oneshot;
 /// Peak and mean RSS and mean CPU over a measured phase.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ServerUsage {
+    /// RSS just before the gateway connections opened (users and joins already made), when known: what
+    /// the connections themselves cost is the peak less this.
+    pub(crate) rss_before_mib: Option<f64>,
     pub(crate) rss_peak_mib: f64,
     pub(crate) rss_mean_mib: f64,
     pub(crate) cpu_cores: f64,
@@ -70,6 +73,7 @@ impl Sampler {
             let elapsed = started.elapsed().as_secs_f64().max(1e-3);
             let mib = |kib: u64| kib as f64 / 1024.0;
             Some(ServerUsage {
+                rss_before_mib: None,
                 rss_peak_mib: mib(rss.iter().copied().max().unwrap_or(0)),
                 rss_mean_mib: rss.iter().map(|&k| mib(k)).sum::<f64>() / rss.len() as f64,
                 cpu_cores: (ticks1.saturating_sub(ticks0)) as f64 / hz / elapsed,
