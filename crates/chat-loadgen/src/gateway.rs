@@ -40,10 +40,14 @@ pub(crate) struct Totals {
     pub(crate) refused: AtomicUsize,
     pub(crate) closed: AtomicUsize,
     max_frame: AtomicUsize,
+    /// Long-poll answers received (any content).
+    pub(crate) polls: AtomicU64,
+    /// Long polls that failed: a non-2xx answer or a broken connection (then reopened).
+    pub(crate) poll_errors: AtomicU64,
 }
 
 impl Totals {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(util::histogram())).collect(),
             deliveries: AtomicU64::new(0),
@@ -54,10 +58,13 @@ impl Totals {
             refused: AtomicUsize::new(0),
             closed: AtomicUsize::new(0),
             max_frame: AtomicUsize::new(0),
+            polls: AtomicU64::new(0),
+            poll_errors: AtomicU64::new(0),
         }
     }
 
-    fn record(&self, shard: usize, sent_ns: u64) {
+    /// Records one delivery (or acknowledgement) of something stamped `sent_ns`, received now.
+    pub(crate) fn record(&self, shard: usize, sent_ns: u64) {
         let at = now_ns();
         let micros = (at.saturating_sub(sent_ns) / 1000).clamp(1, 600_000_000);
         if let Ok(mut h) = self.shards[shard % SHARDS].lock() {
@@ -86,6 +93,9 @@ pub(crate) struct SwarmResult {
     pub(crate) max_frame_bytes: usize,
     /// This process's resident memory when the connections were stopped, in KiB (summed over processes).
     pub(crate) rss_kib: u64,
+    /// Long-poll answers received, and long polls that failed.
+    pub(crate) polls: u64,
+    pub(crate) poll_errors: u64,
 }
 
 impl SwarmResult {
@@ -103,6 +113,8 @@ impl SwarmResult {
             latency: util::histogram(),
             max_frame_bytes: 0,
             rss_kib: 0,
+            polls: 0,
+            poll_errors: 0,
         }
     }
 
@@ -120,6 +132,8 @@ impl SwarmResult {
             "latency_v2": util::encode(&self.latency)?,
             "max_frame_bytes": self.max_frame_bytes,
             "rss_kib": self.rss_kib,
+            "polls": self.polls,
+            "poll_errors": self.poll_errors,
         }))
     }
 
@@ -139,6 +153,8 @@ impl SwarmResult {
             latency: util::decode(v["latency_v2"].as_str().context("result without latency")?)?,
             max_frame_bytes: u("max_frame_bytes")?,
             rss_kib: n("rss_kib")?,
+            polls: n("polls").unwrap_or(0),
+            poll_errors: n("poll_errors").unwrap_or(0),
         })
     }
 
@@ -156,6 +172,8 @@ impl SwarmResult {
         self.latency.add(&other.latency)?;
         self.max_frame_bytes = self.max_frame_bytes.max(other.max_frame_bytes);
         self.rss_kib += other.rss_kib;
+        self.polls += other.polls;
+        self.poll_errors += other.poll_errors;
         Ok(())
     }
 }
@@ -212,6 +230,21 @@ impl Swarm {
         }
     }
 
+    /// A swarm of tasks spawned elsewhere (long-poll clients) that report into `totals` and end on `stop`.
+    pub(crate) fn from_parts(
+        totals: Arc<Totals>,
+        stop: watch::Sender<bool>,
+        tasks: JoinSet<()>,
+        connections: usize,
+    ) -> Self {
+        Self {
+            totals,
+            stop,
+            tasks,
+            connections,
+        }
+    }
+
     /// Waits until every connection is ready or has failed (or `limit` passes); returns (ready, failed).
     pub(crate) async fn wait_ready(&self, limit: Duration) -> (usize, usize) {
         let deadline = tokio::time::Instant::now() + limit;
@@ -256,6 +289,8 @@ impl Swarm {
             latency,
             max_frame_bytes: t.max_frame.load(Ordering::SeqCst),
             rss_kib,
+            polls: t.polls.load(Ordering::SeqCst),
+            poll_errors: t.poll_errors.load(Ordering::SeqCst),
         }
     }
 }

@@ -2,15 +2,19 @@
 //! delivery latency and the server's RSS and CPU.
 //!
 //! Scenarios: `idle` (hold identified connections with heartbeats), `fanout` (one channel, one sender),
-//! `rooms` (rooms of `--room-size`, each message sent by a member of its room). `longpoll` and
-//! `durable-send` are not implemented yet and exit with code 2.
+//! `rooms` (rooms of `--room-size`, each message sent by a member of its room), `longpoll` (parked long
+//! polls on chatd or the bare hyper baseline, woken by stamped messages) and `durable-send` (acknowledged
+//! sends per second and their latency).
 //!
 //! Connections are spread over the source addresses 127.0.0.2..=251, so more than one address's ~28k
 //! ephemeral ports can be used; `--procs P` splits them over P child processes of this binary (each with
 //! its own file limit and slice of source addresses), which report one JSON line each that the parent
 //! merges. Every run is bounded in connections and time and exits by itself.
 
+mod durable;
 mod gateway;
+mod http;
+mod longpoll;
 mod report;
 mod sample;
 mod setup;
@@ -52,9 +56,9 @@ enum Scenario {
     Fanout,
     /// N members in rooms of --room-size; --rate msgs/s in total, spread over the rooms.
     Rooms,
-    /// Long-poll clients (not implemented yet).
+    /// N long-poll clients parked on one channel; one sender posts stamped messages at --rate.
     Longpoll,
-    /// Durable sends (not implemented yet).
+    /// --conns senders, each to its own channel, one send in flight each (or --rate in total).
     DurableSend,
 }
 
@@ -81,13 +85,18 @@ struct Cli {
     /// The server's base URL; its host must be in 127.0.0.0/8.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// Gateway connections (at most 200000).
-    #[arg(long, default_value_t = 1000)]
+    /// Connections: gateway connections, long-poll clients or senders (at most 200000) [default: 1000;
+    /// durable-send 64].
+    #[arg(long = "conns")]
+    conns_arg: Option<usize>,
+    /// `--conns`, or the scenario's default.
+    #[arg(skip)]
     conns: usize,
-    /// Messages per second in total (0: as fast as the server answers, 256 in flight).
-    #[arg(long, default_value_t = 100.0)]
-    rate: f64,
-    /// Messages to send [default: fanout 20, rooms rate x duration].
+    /// Messages per second in total (0: as fast as the server answers) [default: 100; longpoll 20;
+    /// durable-send 0].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Messages to send [default: fanout 20, rooms and longpoll rate x duration].
     #[arg(long)]
     messages: Option<u64>,
     /// Seconds of the measured phase: how long idle holds, and the most sending may take (at most 600).
@@ -105,21 +114,32 @@ struct Cli {
     /// Members per room in `rooms`.
     #[arg(long, default_value_t = 10)]
     room_size: usize,
+    /// The server `longpoll` talks to [default: detected from its first answer].
+    #[arg(long, value_enum)]
+    server_kind: Option<longpoll::Kind>,
     #[arg(long, hide = true)]
     child_index: Option<usize>,
     #[arg(long, hide = true)]
     child_of: Option<usize>,
 }
 
-fn main() {
-    let cli = Cli::parse();
-    if matches!(cli.scenario, Scenario::Longpoll | Scenario::DurableSend) {
-        eprintln!(
-            "chat-loadgen: scenario {} is not implemented yet",
-            cli.scenario.name()
-        );
-        std::process::exit(2);
+impl Cli {
+    /// `--rate`, or the scenario's default.
+    fn rate(&self) -> f64 {
+        self.rate.unwrap_or(match self.scenario {
+            Scenario::Longpoll => 20.0,
+            Scenario::DurableSend => 0.0,
+            _ => 100.0,
+        })
     }
+}
+
+fn main() {
+    let mut cli = Cli::parse();
+    cli.conns = cli.conns_arg.unwrap_or(match cli.scenario {
+        Scenario::DurableSend => 64,
+        _ => 1000,
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -197,7 +217,7 @@ fn validate(cli: &Cli) -> Result<SocketAddr> {
     if cli.procs == 0 || cli.procs > MAX_PROCS {
         bail!("--procs must be 1..={MAX_PROCS}");
     }
-    if !(0.0..=1_000_000.0).contains(&cli.rate) {
+    if !(0.0..=1_000_000.0).contains(&cli.rate()) {
         bail!("--rate must be 0..=1000000 (0: unpaced)");
     }
     if cli.room_size == 0 {
@@ -225,18 +245,34 @@ async fn child(cli: Cli, index: usize, of: usize) -> Result<()> {
         tokens.push(line.to_owned());
     }
     check_share(tokens.len(), limit, cli.conns)?;
-    let swarm = Swarm::start(server, tokens, index, of);
+    let swarm = if cli.scenario == Scenario::Longpoll {
+        let kind = cli
+            .server_kind
+            .context("a longpoll child needs --server-kind")?;
+        let pollers = tokens
+            .iter()
+            .map(|l| longpoll::Poller::from_line(l))
+            .collect::<Result<Vec<_>>>()?;
+        longpoll::start(server, kind, pollers, index, of)
+    } else {
+        Swarm::start(server, tokens, index, of)
+    };
     let (ready, failed) = swarm.wait_ready(run_limit(&cli)).await;
     println!("ready {ready} {failed}");
     let totals = Arc::clone(&swarm.totals);
     let progress = tokio::spawn(async move {
-        let (mut last, mut last_open) = (0, usize::MAX);
+        let (mut last, mut last_open, mut last_polls) = (0, usize::MAX, 0);
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let now = totals.deliveries.load(Ordering::Relaxed);
             if now != last {
                 println!("count {now}");
                 last = now;
+            }
+            let polls = totals.polls.load(Ordering::Relaxed);
+            if polls != last_polls {
+                println!("polls {polls}");
+                last_polls = polls;
             }
             let open = totals
                 .ready
@@ -263,6 +299,7 @@ struct ChildSwarm {
     stdin: Option<tokio::process::ChildStdin>,
     deliveries: Arc<AtomicU64>,
     open: Arc<AtomicU64>,
+    polls: Arc<AtomicU64>,
     ready: Option<oneshot::Receiver<(usize, usize)>>,
     result: oneshot::Receiver<serde_json::Value>,
 }
@@ -270,7 +307,11 @@ struct ChildSwarm {
 impl ChildSwarm {
     async fn start(cli: &Cli, index: usize, tokens: &[String]) -> Result<Self> {
         let exe = std::env::current_exe().context("own executable")?;
-        let mut process = tokio::process::Command::new(exe)
+        let mut command = tokio::process::Command::new(exe);
+        if let Some(kind) = cli.server_kind {
+            command.args(["--server-kind", kind.name()]);
+        }
+        let mut process = command
             .arg(cli.scenario.name())
             .args(["--url", &cli.url])
             .args(["--conns", &cli.conns.to_string()])
@@ -295,6 +336,8 @@ impl ChildSwarm {
         let seen = Arc::clone(&deliveries);
         let open = Arc::new(AtomicU64::new(0));
         let open_now = Arc::clone(&open);
+        let polls = Arc::new(AtomicU64::new(0));
+        let polls_now = Arc::clone(&polls);
         tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
             let mut result_tx = Some(result_tx);
@@ -302,6 +345,8 @@ impl ChildSwarm {
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(n) = line.strip_prefix("count ") {
                     seen.store(n.trim().parse().unwrap_or(0), Ordering::SeqCst);
+                } else if let Some(n) = line.strip_prefix("polls ") {
+                    polls_now.store(n.trim().parse().unwrap_or(0), Ordering::SeqCst);
                 } else if let Some(n) = line.strip_prefix("open ") {
                     open_now.store(n.trim().parse().unwrap_or(0), Ordering::SeqCst);
                 } else if let Some(rest) = line.strip_prefix("ready ") {
@@ -321,6 +366,7 @@ impl ChildSwarm {
             stdin: Some(stdin),
             deliveries,
             open,
+            polls,
             ready: Some(ready),
             result,
         })
@@ -335,10 +381,30 @@ enum Swarms {
 }
 
 impl Swarms {
+    /// Gateway connections, one per token.
     async fn start(cli: &Cli, server: SocketAddr, tokens: Vec<String>) -> Result<Self> {
         if cli.procs == 1 {
             return Ok(Self::Local(Swarm::start(server, tokens, 0, 1)));
         }
+        Self::children(cli, &tokens).await
+    }
+
+    /// Long-poll clients, one per poller.
+    async fn start_longpoll(
+        cli: &Cli,
+        server: SocketAddr,
+        kind: longpoll::Kind,
+        pollers: Vec<longpoll::Poller>,
+    ) -> Result<Self> {
+        if cli.procs == 1 {
+            return Ok(Self::Local(longpoll::start(server, kind, pollers, 0, 1)));
+        }
+        let lines: Vec<String> = pollers.iter().map(longpoll::Poller::to_line).collect();
+        Self::children(cli, &lines).await
+    }
+
+    /// `cli.procs` children, each handed its share of `tokens` (one line each).
+    async fn children(cli: &Cli, tokens: &[String]) -> Result<Self> {
         let per = tokens.len().div_ceil(cli.procs).max(1);
         let mut children = Vec::new();
         for (i, chunk) in tokens.chunks(per).enumerate() {
@@ -372,6 +438,13 @@ impl Swarms {
                 .iter()
                 .map(|c| c.deliveries.load(Ordering::Relaxed))
                 .sum(),
+        }
+    }
+
+    fn polls(&self) -> u64 {
+        match self {
+            Self::Local(s) => s.totals.polls.load(Ordering::Relaxed),
+            Self::Children(cs) => cs.iter().map(|c| c.polls.load(Ordering::Relaxed)).sum(),
         }
     }
 
@@ -497,6 +570,11 @@ async fn parent(cli: Cli) -> Result<()> {
         cli.conns.div_ceil(cli.procs)
     };
     check_share(share, limit, cli.conns)?;
+    match cli.scenario {
+        Scenario::Longpoll => return longpoll::run(&cli, server).await,
+        Scenario::DurableSend => return durable::run(&cli, server).await,
+        _ => {}
+    }
     let started_at = SystemTime::now();
     let api = Api::new(&cli.url)?;
     let run = run_id();
@@ -560,23 +638,23 @@ async fn parent(cli: Cli) -> Result<()> {
             let rooms = n.div_ceil(size);
             messages = cli.messages.unwrap_or(if cli.scenario == Scenario::Fanout {
                 20
-            } else if cli.rate > 0.0 {
-                (cli.rate * cli.duration as f64).ceil() as u64
+            } else if cli.rate() > 0.0 {
+                (cli.rate() * cli.duration as f64).ceil() as u64
             } else {
                 10_000
             });
             // Paced sends take --duration at the default message count; a second of slack lets them end.
             let deadline = Instant::now() + Duration::from_secs(cli.duration + 1);
             first_send_ns = util::now_ns();
-            eprintln!("send: {messages} messages at {} msgs/s", cli.rate);
+            eprintln!("send: {messages} messages at {} msgs/s", cli.rate());
             sent = if let Some(sender) = &sender {
                 let receivers = u64::try_from(n).unwrap_or(0);
-                send_all(&api, messages, cli.rate, deadline, |_| {
+                send_all(&api, messages, cli.rate(), deadline, |_| {
                     (sender.clone(), fan_channel.clone(), receivers)
                 })
                 .await
             } else {
-                send_all(&api, messages, cli.rate, deadline, |k| {
+                send_all(&api, messages, cli.rate(), deadline, |k| {
                     let k = usize::try_from(k).unwrap_or(0);
                     let room = k % rooms;
                     let members = size.min(n - room * size);
@@ -600,7 +678,7 @@ async fn parent(cli: Cli) -> Result<()> {
                 swarms.deliveries()
             );
         }
-        Scenario::Longpoll | Scenario::DurableSend => unreachable!("refused in main"),
+        Scenario::Longpoll | Scenario::DurableSend => unreachable!("run above"),
     }
     let phase_s = phase.elapsed().as_secs_f64();
     let usage = match sampler {
@@ -617,7 +695,7 @@ async fn parent(cli: Cli) -> Result<()> {
         started_at,
         url: cli.url.clone(),
         conns: n,
-        rate: cli.rate,
+        rate: cli.rate(),
         messages,
         duration: cli.duration,
         procs: cli.procs,
@@ -631,7 +709,15 @@ async fn parent(cli: Cli) -> Result<()> {
         expected: sent.expected.load(Ordering::SeqCst),
         result,
         usage,
+        server_kind: None,
+        polls: None,
+        acks_per_s: None,
     };
+    write_report(&cli, &report)
+}
+
+/// Prints the table and writes `--json` if asked.
+fn write_report(cli: &Cli, report: &report::Report) -> Result<()> {
     print!("{}", report.table());
     if let Some(path) = &cli.json {
         std::fs::write(path, serde_json::to_string_pretty(&report.json())? + "\n")

@@ -29,6 +29,12 @@ pub(crate) struct Report {
     pub(crate) expected: u64,
     pub(crate) result: SwarmResult,
     pub(crate) usage: Option<ServerUsage>,
+    /// `longpoll`: which server was driven (`chatd` or `bare`).
+    pub(crate) server_kind: Option<&'static str>,
+    /// `longpoll`: poll answers received in the measured window, and per second over it.
+    pub(crate) polls: Option<(u64, f64)>,
+    /// `durable-send`: acknowledged sends per second.
+    pub(crate) acks_per_s: Option<f64>,
 }
 
 impl Report {
@@ -49,7 +55,16 @@ impl Report {
 
     fn errors(&self) -> u64 {
         let r = &self.result;
-        u64::try_from(r.failed + r.closed).unwrap_or(u64::MAX) + self.send_errors
+        u64::try_from(r.failed + r.closed).unwrap_or(u64::MAX) + self.send_errors + r.poll_errors
+    }
+
+    /// What the latency figures measure.
+    fn latency_of(&self) -> &'static str {
+        match self.scenario.as_str() {
+            "longpoll" => "wake: send stamp -> poll answer received",
+            "durable-send" => "ack: request start -> 200 answer",
+            _ => "delivery: send stamp -> frame received",
+        }
     }
 
     pub(crate) fn json(&self) -> Value {
@@ -76,6 +91,10 @@ impl Report {
             "delivered": r.deliveries,
             "expected": self.expected,
             "deliveries_per_s": self.deliveries_per_s(),
+            "server_kind": self.server_kind,
+            "polls": self.polls.map(|(n, per_s)| json!({ "completed": n, "per_s": per_s })),
+            "acks_per_s": self.acks_per_s,
+            "latency_of": self.latency_of(),
             "latency_ms": {
                 "p50": lat(0.50),
                 "p95": lat(0.95),
@@ -89,6 +108,7 @@ impl Report {
                 "connect_refused": r.refused,
                 "closed": r.closed,
                 "send_failed": self.send_errors,
+                "poll_failed": r.poll_errors,
             },
             "server": self.usage.map(|u| json!({
                 "rss_before_connect_mib": u.rss_before_mib,
@@ -122,21 +142,46 @@ impl Report {
             self.latency_ms(q)
                 .map_or("-".to_owned(), |v| format!("{v:.2} ms"))
         };
-        let mut rows: Vec<(&str, String)> = vec![
-            ("scenario", self.scenario.clone()),
-            (
-                "connections",
-                format!(
-                    "{} ready of {}, {} open at end",
-                    r.ready, self.conns, r.open
+        let mut rows: Vec<(&str, String)> = vec![(
+            "scenario",
+            match self.server_kind {
+                Some(kind) => format!("{} ({kind})", self.scenario),
+                None => self.scenario.clone(),
+            },
+        )];
+        let throughput = if let Some(acks) = self.acks_per_s {
+            vec![
+                (
+                    "acknowledged",
+                    format!("{} sends to {} channels", self.sent, r.ready),
                 ),
+                ("acks/s", format!("{acks:.0}")),
+            ]
+        } else {
+            let mut v = vec![
+                ("sent", format!("{} (of {})", self.sent, self.messages)),
+                (
+                    "delivered",
+                    format!("{} (expected {})", r.deliveries, self.expected),
+                ),
+                ("deliveries/s", format!("{:.0}", self.deliveries_per_s())),
+            ];
+            if let Some((n, per_s)) = self.polls {
+                v.push(("polls", format!("{n} answered")));
+                v.push(("polls/s", format!("{per_s:.0}")));
+            }
+            v
+        };
+        rows.extend([(
+            "connections",
+            format!(
+                "{} ready of {}, {} open at end",
+                r.ready, self.conns, r.open
             ),
-            ("sent", format!("{} (of {})", self.sent, self.messages)),
-            (
-                "delivered",
-                format!("{} (expected {})", r.deliveries, self.expected),
-            ),
-            ("deliveries/s", format!("{:.0}", self.deliveries_per_s())),
+        )]);
+        rows.extend(throughput);
+        rows.extend([
+            ("latency of", self.latency_of().to_owned()),
             ("latency p50", ms(0.50)),
             ("latency p95", ms(0.95)),
             ("latency p99", ms(0.99)),
@@ -144,15 +189,16 @@ impl Report {
             (
                 "errors",
                 format!(
-                    "{} (connect {}, refused {}, closed {}, send {})",
+                    "{} (connect {}, refused {}, closed {}, send {}, poll {})",
                     self.errors(),
                     r.failed,
                     r.refused,
                     r.closed,
-                    self.send_errors
+                    self.send_errors,
+                    r.poll_errors
                 ),
             ),
-        ];
+        ]);
         match self.usage {
             Some(u) => {
                 rows.push((
@@ -175,11 +221,15 @@ impl Report {
         }
         rows.push((
             "loadgen",
-            format!(
-                "RSS {:.1} MiB, largest frame {} bytes",
-                r.rss_kib as f64 / 1024.0,
-                r.max_frame_bytes
-            ),
+            if self.server_kind.is_some() {
+                format!("RSS {:.1} MiB", r.rss_kib as f64 / 1024.0)
+            } else {
+                format!(
+                    "RSS {:.1} MiB, largest frame {} bytes",
+                    r.rss_kib as f64 / 1024.0,
+                    r.max_frame_bytes
+                )
+            },
         ));
         rows.push((
             "duration",

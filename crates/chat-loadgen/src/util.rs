@@ -36,6 +36,47 @@ pub(crate) fn stamp(frame: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
+/// Every `"t=<digits>"` string in a long-poll answer (one per stamped message it carries), found by
+/// substring search: chatd carries the body as `"body":"t=N"`, the bare server as `"body":{"body":"t=N"}`.
+pub(crate) fn stamps(body: &[u8]) -> Vec<u64> {
+    const NEEDLE: &[u8] = b"\"t=";
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + NEEDLE.len() <= body.len() {
+        if &body[i..i + NEEDLE.len()] != NEEDLE {
+            i += 1;
+            continue;
+        }
+        let start = i + NEEDLE.len();
+        let end = start
+            + body[start..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+        if end > start
+            && body.get(end) == Some(&b'"')
+            && let Some(n) = std::str::from_utf8(&body[start..end])
+                .ok()
+                .and_then(|d| d.parse().ok())
+        {
+            out.push(n);
+        }
+        i = end.max(i + 1);
+    }
+    out
+}
+
+/// The top-level `"cursor":N` of a long-poll answer (the last one in the text), as a number or a string.
+pub(crate) fn cursor(body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(body).ok()?;
+    let at = text.rfind("\"cursor\":")? + "\"cursor\":".len();
+    let rest = text[at..].trim_start().trim_start_matches('"');
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 /// The source address of connection `index` in process `child` of `procs`: each process gets its own
 /// slice of the 250 addresses, and its connections go round that slice.
 pub(crate) fn source_addr(index: usize, child: usize, procs: usize) -> Ipv4Addr {
@@ -106,6 +147,21 @@ mod tests {
             stamp(r#"{"op":0,"t":"MESSAGE_CREATE","d":{"content":"t=x"}}"#),
             None
         );
+    }
+
+    #[test]
+    fn poll_answers_give_stamps_and_cursor() {
+        let chatd = br#"{"messages":[{"seq":7,"body":"t=111"},{"seq":8,"body":"t=222"}],"cursor":8,"epoch":"e"}"#;
+        assert_eq!(stamps(chatd), vec![111, 222]);
+        assert_eq!(cursor(chatd), Some(8));
+        let bare = br#"{"messages":[{"seq":3,"body":{"body":"t=5"}}],"cursor":3}"#;
+        assert_eq!(stamps(bare), vec![5]);
+        assert_eq!(cursor(bare), Some(3));
+        let empty = br#"{"messages":[],"cursor":"12","epoch":"e","reset":true}"#;
+        assert!(stamps(empty).is_empty());
+        assert_eq!(cursor(empty), Some(12));
+        assert!(stamps(br#"{"body":"t=12x"} "t="#).is_empty());
+        assert_eq!(cursor(b"{}"), None);
     }
 
     #[test]
