@@ -218,6 +218,33 @@ impl Core {
     /// Users who should hear about a change to `user` (nick, quit, presence, profile): the user, everyone on a
     /// channel they are on explicitly (network channels, DMs, group DMs), and the members of the spaces they
     /// are in besides the network (as Discord tells guild members). Sorted, deduplicated.
+    /// Who hears `user`'s presence change: [`Core::peers`] but only through channels and spaces of at most
+    /// `presence_fanout_max` members.
+    pub(crate) fn presence_peers(&self, user: UserId) -> Vec<UserId> {
+        let max = self.config.presence_fanout_max;
+        let mut peers = vec![user];
+        if let Some(u) = self.state.users.get(&user) {
+            for ch in &u.channels {
+                if let Some(members) = self.member_map(*ch).filter(|m| m.len() <= max) {
+                    peers.extend(members.keys().copied());
+                }
+            }
+            for space in u.spaces.iter().filter(|s| Some(**s) != self.state.network) {
+                if let Some(sp) = self
+                    .state
+                    .spaces
+                    .get(space)
+                    .filter(|s| s.members.len() <= max)
+                {
+                    peers.extend(sp.members.keys().copied());
+                }
+            }
+        }
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+
     pub(crate) fn peers(&self, user: UserId) -> Vec<UserId> {
         // Each channel's member keys are already sorted, so the concatenation is a few sorted runs that the
         // stable sort merges in O(n log k); that is several times faster than inserting into a BTreeSet, which

@@ -40,6 +40,10 @@ pub struct Config {
     pub system_nick: String,
     /// The network space's name.
     pub network_name: String,
+    /// Presence changes are pushed to the members of a user's channels and spaces up to this size; larger
+    /// ones are not told (their members look presence up), as large Discord guilds do not push it. Without
+    /// the cap, N members coming online in one channel cost N² wake-ups.
+    pub presence_fanout_max: usize,
 }
 
 impl Default for Config {
@@ -52,6 +56,7 @@ impl Default for Config {
             invite_seed: 0,
             system_nick: "chatd".to_owned(),
             network_name: "chatd".to_owned(),
+            presence_fanout_max: 1000,
         }
     }
 }

@@ -319,7 +319,7 @@ impl Core {
     pub(crate) fn presence_changed(&mut self, user: UserId, before: Status) {
         let after = self.presence(user);
         if after != before {
-            let audience = Audience::Users(self.peers(user));
+            let audience = Audience::Users(self.presence_peers(user));
             self.emit(
                 audience,
                 EventKind::PresenceChanged {

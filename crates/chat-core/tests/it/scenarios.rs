@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! # A comment. A trailing comment starts with " # " outside double quotes.
-//! config max_message_size=64          # before the first step: session_idle_timeout, max_history too
+//! config max_message_size=64          # before the first step: session_idle_timeout, max_history, presence_fanout_max too
 //! guest alice                         # a guest: user, client and nick all named alice
 //! guest alice2 alice                  # a guest named alice2 whose nick is alice
 //! account bob pw                      # an account (password hash "$test$pw"), client bob
@@ -98,6 +98,7 @@ scenarios! {
     session_idle_expiry,
     session_quit,
     session_presence,
+    session_presence_large_channels,
     session_profile,
     session_guest_in_space,
     channel_join_create_delete,
@@ -426,6 +427,7 @@ impl Runner {
                     match k {
                         "max_message_size" => self.config.max_message_size = parse_num(v)?,
                         "max_history" => self.config.max_history = parse_num(v)?,
+                        "presence_fanout_max" => self.config.presence_fanout_max = parse_num(v)?,
                         "session_idle_timeout" => {
                             self.config.session_idle_timeout_ms = parse_duration(v)?;
                         }
