@@ -63,6 +63,16 @@ pub(crate) struct ConfigArgs {
     #[arg(long, env = "MAX_HISTORY", default_value = "10000", global = true)]
     pub(crate) max_history: String,
 
+    /// Presence changes are pushed through channels and spaces of at most this many members; larger ones
+    /// are not told (their members look presence up). 0 pushes presence nowhere.
+    #[arg(
+        long,
+        env = "PRESENCE_FANOUT_MAX",
+        default_value = "1000",
+        global = true
+    )]
+    pub(crate) presence_fanout_max: String,
+
     /// Longest message body, in bytes.
     #[arg(long, env = "MAX_MESSAGE_SIZE", default_value = "4096", global = true)]
     pub(crate) max_message_size: String,
@@ -194,6 +204,7 @@ pub(crate) struct Config {
     pub(crate) server_name: String,
     pub(crate) motd: String,
     pub(crate) max_history: usize,
+    pub(crate) presence_fanout_max: usize,
     pub(crate) max_message_size: usize,
     pub(crate) session_idle_timeout: Duration,
     pub(crate) queue_max_age: Duration,
@@ -457,6 +468,12 @@ impl Config {
             server_name: args.server_name.trim().to_owned(),
             motd: args.motd.clone(),
             max_history: parse_int("MAX_HISTORY", &args.max_history, 1, 100_000_000)?,
+            presence_fanout_max: parse_int(
+                "PRESENCE_FANOUT_MAX",
+                &args.presence_fanout_max,
+                0,
+                10_000_000,
+            )?,
             max_message_size: parse_int(
                 "MAX_MESSAGE_SIZE",
                 &args.max_message_size,
@@ -512,6 +529,7 @@ impl Config {
                 node_id: self.node_id,
                 max_message_size: self.max_message_size,
                 max_history: self.max_history,
+                presence_fanout_max: self.presence_fanout_max,
                 session_idle_timeout_ms: u64::try_from(self.session_idle_timeout.as_millis())
                     .unwrap_or(u64::MAX),
                 network_name: if self.server_name.is_empty() {

@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const BIN: &str = env!("CARGO_BIN_EXE_chatd");
 
 /// Every configuration variable of SPEC §7 plus the binary's own; `--help` must name each.
-const VARIABLES: [&str; 23] = [
+const VARIABLES: [&str; 24] = [
     "PORT",
     "LISTEN",
     "DBURL",
@@ -39,6 +39,7 @@ const VARIABLES: [&str; 23] = [
     "LOG_FORMAT",
     "MAX_CONNECTIONS_PER_IP",
     "GATEWAY_HEARTBEAT_INTERVAL",
+    "PRESENCE_FANOUT_MAX",
 ];
 
 /// A `std::process::Command` for chatd in `dir`, with only PATH and the given variables in its environment
@@ -224,6 +225,7 @@ fn bad_values_fail_naming_their_variable() {
         ("DBURL", "postgres://localhost/chat"),
         ("DEBUG", "maybe"),
         ("MAX_HISTORY", "-1"),
+        ("PRESENCE_FANOUT_MAX", "many"),
         ("MAX_MESSAGE_SIZE", "lots"),
         ("SESSION_IDLE_TIMEOUT", "forever"),
         ("QUEUE_MAX_AGE", "0"),
