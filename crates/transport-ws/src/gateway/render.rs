@@ -1116,20 +1116,7 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
         }
         EventKind::MemberJoined { space, user, .. } => {
             let (space, user) = (*space, *user);
-            let member = ctx
-                .engine
-                .query(move |core| {
-                    let s = core.space(space)?;
-                    let m = s.member(user)?;
-                    let mut member = model::member(core, s, m);
-                    if let Some(map) = member.as_object_mut() {
-                        map.insert("guild_id".into(), json!(space.to_string()));
-                    }
-                    Some(member)
-                })
-                .await
-                .ok()
-                .flatten();
+            let member = guild_member(ctx, space, user).await;
             let mut list: Vec<Dispatch> = member
                 .map(|member| {
                     Dispatch::new(
@@ -1269,10 +1256,9 @@ async fn channel_notices(
         .collect()
 }
 
-/// GUILD_MEMBER_UPDATE for a member as the core has them now; the member gets it whatever their intents.
-async fn member_update(ctx: &Context, seq: u64, space: SpaceId, user: UserId) -> Option<Dispatch> {
-    let d = ctx
-        .engine
+/// A member object with its `guild_id`, as the core has the member now (`None` if not a member).
+async fn guild_member(ctx: &Context, space: SpaceId, user: UserId) -> Option<Value> {
+    ctx.engine
         .query(move |core| {
             let s = core.space(space)?;
             let m = s.member(user)?;
@@ -1284,7 +1270,12 @@ async fn member_update(ctx: &Context, seq: u64, space: SpaceId, user: UserId) ->
         })
         .await
         .ok()
-        .flatten()?;
+        .flatten()
+}
+
+/// GUILD_MEMBER_UPDATE for a member as the core has them now; the member gets it whatever their intents.
+async fn member_update(ctx: &Context, seq: u64, space: SpaceId, user: UserId) -> Option<Dispatch> {
+    let d = guild_member(ctx, space, user).await?;
     Some(
         Dispatch::new(
             Who::All,
