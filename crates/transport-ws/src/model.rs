@@ -379,6 +379,38 @@ impl<'a> MessageView<'a> {
     }
 
     /// A message as the store keeps it (REST reads).
+    /// A message known only by what an event says of it: no reply, attachments, embeds, pins or reactions
+    /// (a system notice, or an edit whose stored copy is gone).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bare(
+        id: MessageId,
+        channel: chat_core::ChannelId,
+        space: Option<SpaceId>,
+        author: UserId,
+        kind: MessageKind,
+        body: &'a str,
+        mentions: &'a [UserId],
+    ) -> Self {
+        Self {
+            id,
+            channel,
+            space,
+            author,
+            kind,
+            body,
+            reply_to: None,
+            mentions,
+            mention_everyone: false,
+            attachments: &[],
+            embeds: None,
+            nonce: None,
+            tts: false,
+            pinned: false,
+            edited_at: None,
+            reactions: None,
+        }
+    }
+
     pub(crate) fn stored(m: &'a StoredMessage) -> Self {
         Self {
             id: m.id,

@@ -357,24 +357,15 @@ fn irc_notice(
     body: &str,
     mentions: &[UserId],
 ) -> Dispatch {
-    let view = MessageView {
+    let view = MessageView::bare(
         id,
         channel,
-        space: model::channel_space(dir, channel),
+        model::channel_space(dir, channel),
         author,
         kind,
         body,
-        reply_to: None,
         mentions,
-        mention_everyone: false,
-        attachments: &[],
-        embeds: None,
-        nonce: None,
-        tts: false,
-        pinned: false,
-        edited_at: None,
-        reactions: None,
-    };
+    );
     let d = model::message(dir, &view, None);
     Dispatch::new(to, intents::CHATD_IRC, seq, "MESSAGE_CREATE", &d)
 }
@@ -388,24 +379,15 @@ fn notice(
     kind: MessageKind,
     reply_to: Option<chat_core::MessageId>,
 ) -> Value {
-    let view = MessageView {
+    let view = MessageView::bare(
         id,
         channel,
-        space: model::channel_space(dir, channel),
+        model::channel_space(dir, channel),
         author,
         kind,
-        body: "",
-        reply_to: None,
-        mentions: &[],
-        mention_everyone: false,
-        attachments: &[],
-        embeds: None,
-        nonce: None,
-        tts: false,
-        pinned: false,
-        edited_at: None,
-        reactions: None,
-    };
+        "",
+        &[],
+    );
     let mut d = model::message(dir, &view, None);
     if let (Some(reply), Some(map)) = (reply_to, d.as_object_mut()) {
         map.insert(
@@ -926,24 +908,15 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
             let space = model::channel_space(&dir, *channel);
             let mut view = match &stored {
                 Some(m) => MessageView::stored(m),
-                None => MessageView {
-                    id: *message,
-                    channel: *channel,
+                None => MessageView::bare(
+                    *message,
+                    *channel,
                     space,
-                    author: *author,
-                    kind: MessageKind::Message,
+                    *author,
+                    MessageKind::Message,
                     body,
-                    reply_to: None,
                     mentions,
-                    mention_everyone: false,
-                    attachments: &[],
-                    embeds: None,
-                    nonce: None,
-                    tts: false,
-                    pinned: false,
-                    edited_at: None,
-                    reactions: None,
-                },
+                ),
             };
             // This event's edit, even if the store already holds a later one.
             view.body = body;
