@@ -1804,3 +1804,56 @@ async fn embeds_can_be_sent_alone_and_edited_without_the_text() {
     let (_, m) = a.get(&format!("/channels/{c}/messages/{id}")).await;
     assert_eq!(m["embeds"][0]["title"], "status");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_register_and_login_keep_the_client_name() {
+    let server = Server::start(&[]).await;
+    let (s, v) = server
+        .post(
+            "/api/v10/auth/register",
+            None,
+            json!({"username": "alice", "password": "correct horse battery", "client": "my laptop"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token = v["token"].as_str().expect("token").to_owned();
+    let (s, v) = server
+        .post(
+            "/api/v10/auth/login",
+            None,
+            json!({"login": "alice", "password": "correct horse battery", "client": "phone"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // The account's stream names each device as it was given.
+    let (s, v) = server
+        .get("/api/v1/messages?after=0&timeout=0", Some(&token))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let names: Vec<&str> = v["messages"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["body"] == "client_created")
+        .filter_map(|e| e["args"][0].as_str())
+        .collect();
+    assert_eq!(names, ["my laptop", "phone"], "{v}");
+    // A bad name is refused, naming the field, and makes no account.
+    let (s, v) = server
+        .post(
+            "/api/v10/auth/register",
+            None,
+            json!({"username": "bob", "password": "correct horse battery", "client": "  "}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["errors"]["client"].is_object(), "{v}");
+    let (s, _) = server
+        .post(
+            "/api/v10/auth/login",
+            None,
+            json!({"login": "bob", "password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
