@@ -40,7 +40,8 @@ pub struct EngineConfig {
     /// How many recent durable events the in-memory tail keeps for live readers; older cursors are served by
     /// the store.
     pub tail_capacity: usize,
-    /// How many tail events each user's index keeps at most.
+    /// How many tail events addressed to a user by name (not through a channel or space) their own index
+    /// keeps at most; channel and space events are indexed once per channel or space.
     pub user_tail_capacity: usize,
     /// Per-user message rate (`RATE_LIMIT`); `None` turns it off.
     pub rate_limit: Option<RateLimit>,
