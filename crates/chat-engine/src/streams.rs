@@ -515,7 +515,10 @@ mod tests {
                 TailRead::Ahead => panic!("ahead"),
                 TailRead::Hit { events, cursor } => {
                     let got: Vec<Seq> = events.iter().map(|e| e.seq).collect();
-                    assert_eq!(got, expected.iter().copied().take(limit).collect::<Vec<_>>());
+                    assert_eq!(
+                        got,
+                        expected.iter().copied().take(limit).collect::<Vec<_>>()
+                    );
                     let next_expected = expected.get(got.len()).copied();
                     assert!(next_expected.is_none_or(|n| n > cursor), "nothing skipped");
                     assert!(got.last().is_none_or(|l| *l <= cursor));
