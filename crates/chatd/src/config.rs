@@ -617,6 +617,28 @@ mod tests {
     }
 
     #[test]
+    fn settings_reach_the_core_and_the_engine() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: ConfigArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "chatd",
+            "--presence-fanout-max",
+            "7",
+            "--max-message-size",
+            "1234",
+        ])
+        .expect("flags parse");
+        let engine = Config::from_args(&cli.config)
+            .expect("a valid configuration")
+            .engine();
+        assert_eq!(engine.core.presence_fanout_max, 7);
+        assert_eq!(engine.core.max_message_size, 1234);
+    }
+
+    #[test]
     fn errors_name_the_variable() {
         let e = parse_int::<u16>("NODE_ID", "2000", 0, 1023).unwrap_err();
         assert!(e.to_string().contains("NODE_ID"), "{e}");
