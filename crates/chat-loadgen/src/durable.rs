@@ -180,6 +180,7 @@ pub(crate) async fn run(cli: &crate::Cli, server: SocketAddr) -> Result<()> {
         duration: cli.duration,
         procs: 1,
         room_size: 1,
+        socket_buffer_kib: None,
         setup_s,
         connect_s: 0.0,
         phase_s,

@@ -5,16 +5,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use futures_util::{SinkExt, StreamExt};
+use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::net::TcpSocket;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::raw_ws::{self, RawWs};
 use crate::util::{self, now_ns, stamp};
 
 /// GUILDS | GUILD_MESSAGES | MESSAGE_CONTENT.
@@ -23,10 +20,13 @@ const INTENTS: u64 = 1 | (1 << 9) | (1 << 15);
 const CONNECT_PARALLELISM: usize = 128;
 /// One connection's time from TCP connect to READY.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Kernel socket buffers: deliveries are small frames, and thousands of sockets add up.
-const SOCKET_BUFFER: u32 = 16 * 1024;
 /// Latency shards, so that recording does not contend on one lock.
 const SHARDS: usize = 16;
+/// Deliveries a connection keeps before recording them into the shared totals.
+const BATCH: usize = 256;
+/// The longest a delivery waits in a connection's batch before it is counted in the totals (the progress
+/// lines and the parent's wait for the expected count read the totals).
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 /// Counts shared by every connection of a swarm.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub(crate) struct Totals {
     pub(crate) failed: AtomicUsize,
     pub(crate) refused: AtomicUsize,
     pub(crate) closed: AtomicUsize,
-    max_frame: AtomicUsize,
+    pub(crate) max_frame: AtomicUsize,
     /// Long-poll answers received (any content).
     pub(crate) polls: AtomicU64,
     /// Long polls that failed: a non-2xx answer or a broken connection (then reopened).
@@ -63,6 +63,22 @@ impl Totals {
         }
     }
 
+    /// Counts a connection that ended with `e`: before it was ready a failure to connect (and perhaps a
+    /// refusal), after it a close ([`Closed`]). The first few are printed.
+    pub(crate) fn count_failure(&self, i: usize, e: &anyhow::Error) {
+        if let Some(Closed) = e.downcast_ref::<Closed>() {
+            self.closed.fetch_add(1, Ordering::SeqCst);
+        } else {
+            if is_refusal(e) {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+            }
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.failed.load(Ordering::Relaxed) + self.closed.load(Ordering::Relaxed) <= 5 {
+            eprintln!("chat-loadgen: connection {i}: {e:#}");
+        }
+    }
+
     /// Records one delivery (or acknowledgement) of something stamped `sent_ns`, received now.
     pub(crate) fn record(&self, shard: usize, sent_ns: u64) {
         let at = now_ns();
@@ -73,6 +89,68 @@ impl Totals {
         self.deliveries.fetch_add(1, Ordering::Relaxed);
         self.first.fetch_min(at, Ordering::Relaxed);
         self.last.fetch_max(at, Ordering::Relaxed);
+    }
+}
+
+/// One connection's deliveries not yet in the shared [`Totals`]: latencies are batched so that a delivery
+/// costs a push, not a lock.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    shard: usize,
+    micros: Vec<u64>,
+    first: u64,
+    last: u64,
+}
+
+impl Recorder {
+    /// A batch for the connection with this index (which picks its latency shard).
+    pub(crate) fn new(shard: usize) -> Self {
+        Self {
+            shard,
+            micros: Vec::new(),
+            first: u64::MAX,
+            last: 0,
+        }
+    }
+
+    /// Adds one delivery of something stamped `sent_ns`, received at `at_ns`.
+    pub(crate) fn add(&mut self, at_ns: u64, sent_ns: u64) {
+        if self.micros.capacity() == 0 {
+            self.micros.reserve_exact(BATCH);
+        }
+        self.micros
+            .push((at_ns.saturating_sub(sent_ns) / 1000).clamp(1, 600_000_000));
+        self.first = self.first.min(at_ns);
+        self.last = self.last.max(at_ns);
+    }
+
+    /// Deliveries wait in the batch.
+    pub(crate) fn is_pending(&self) -> bool {
+        !self.micros.is_empty()
+    }
+
+    /// The batch should be recorded now.
+    pub(crate) fn is_full(&self) -> bool {
+        self.micros.len() >= BATCH
+    }
+
+    /// Records the batch into `totals` (one lock for all of it) and empties it.
+    pub(crate) fn flush(&mut self, totals: &Totals) {
+        if self.micros.is_empty() {
+            return;
+        }
+        if let Ok(mut h) = totals.shards[self.shard % SHARDS].lock() {
+            for &m in &self.micros {
+                h.saturating_record(m);
+            }
+        }
+        let n = u64::try_from(self.micros.len()).unwrap_or(u64::MAX);
+        totals.deliveries.fetch_add(n, Ordering::Relaxed);
+        totals.first.fetch_min(self.first, Ordering::Relaxed);
+        totals.last.fetch_max(self.last, Ordering::Relaxed);
+        self.micros.clear();
+        self.first = u64::MAX;
+        self.last = 0;
     }
 }
 
@@ -188,12 +266,14 @@ pub(crate) struct Swarm {
 }
 
 impl Swarm {
-    /// Opens one connection per token, connection `i` bound to `util::source_addr(i, child, procs)`.
+    /// Opens one connection per token, connection `i` bound to `util::source_addr(i, child, procs)`, with
+    /// kernel socket buffers of `socket_buffer` bytes (0: the kernel's default, autotuned).
     pub(crate) fn start(
         server: SocketAddr,
         tokens: Vec<String>,
         child: usize,
         procs: usize,
+        socket_buffer: u32,
     ) -> Self {
         let totals = Arc::new(Totals::new());
         let (stop, stop_rx) = watch::channel(false);
@@ -204,21 +284,9 @@ impl Swarm {
             let (totals, gate, stop) = (Arc::clone(&totals), Arc::clone(&gate), stop_rx.clone());
             let source = SocketAddr::new(util::source_addr(i, child, procs).into(), 0);
             tasks.spawn(async move {
-                if let Err(e) = connection(server, source, token, i, &totals, gate, stop).await {
-                    // Before READY it is a failure to connect; after, the connection was closed.
-                    if let Some(Closed) = e.downcast_ref::<Closed>() {
-                        totals.closed.fetch_add(1, Ordering::SeqCst);
-                    } else {
-                        if is_refusal(&e) {
-                            totals.refused.fetch_add(1, Ordering::SeqCst);
-                        }
-                        totals.failed.fetch_add(1, Ordering::SeqCst);
-                    }
-                    if totals.failed.load(Ordering::Relaxed) + totals.closed.load(Ordering::Relaxed)
-                        <= 5
-                    {
-                        eprintln!("chat-loadgen: connection {i}: {e:#}");
-                    }
+                let conn = connection(server, source, socket_buffer, token, i, &totals, gate, stop);
+                if let Err(e) = conn.await {
+                    totals.count_failure(i, &e);
                 }
             });
         }
@@ -297,7 +365,7 @@ impl Swarm {
 
 /// A connection that was identified and then closed or broke.
 #[derive(Debug)]
-struct Closed;
+pub(crate) struct Closed;
 
 impl std::fmt::Display for Closed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -327,9 +395,11 @@ fn heartbeat_interval(frame: &str) -> Option<u64> {
     v["d"]["heartbeat_interval"].as_u64()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     server: SocketAddr,
     source: SocketAddr,
+    socket_buffer: u32,
     token: String,
     index: usize,
     totals: &Totals,
@@ -338,27 +408,13 @@ async fn connection(
 ) -> Result<()> {
     let permit = gate.acquire_owned().await?;
     let (mut ws, interval) = tokio::time::timeout(CONNECT_TIMEOUT, async {
-        let socket = TcpSocket::new_v4()?;
-        socket.set_send_buffer_size(SOCKET_BUFFER)?;
-        socket.set_recv_buffer_size(SOCKET_BUFFER)?;
-        socket
-            .bind(source)
-            .with_context(|| format!("binding {source}"))?;
-        let stream = socket.connect(server).await.context("connect")?;
-        stream.set_nodelay(true)?;
-        let config = WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(0)
-            .max_write_buffer_size(1 << 20);
-        let url = format!("ws://{server}/gateway?v=10&encoding=json");
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
-            .await
-            .context("websocket handshake")?;
-        let hello = match ws.next().await {
-            Some(Ok(Message::Text(t))) => t,
-            other => bail!("expected Hello, got {other:?}"),
-        };
-        let interval = heartbeat_interval(&hello).context("Hello without heartbeat_interval")?;
+        let mut ws =
+            RawWs::connect(server, source, socket_buffer, "/gateway?v=10&encoding=json").await?;
+        let hello = ws.next_message().await?.context("closed before Hello")?;
+        let interval = std::str::from_utf8(&hello)
+            .ok()
+            .and_then(heartbeat_interval)
+            .context("Hello without heartbeat_interval")?;
         let identify = json!({
             "op": 2,
             "d": {
@@ -367,22 +423,17 @@ async fn connection(
                 "properties": {"os": "linux", "browser": "chat-loadgen", "device": "chat-loadgen"},
             }
         });
-        ws.send(Message::text(identify.to_string())).await?;
+        ws.send(raw_ws::OP_TEXT, identify.to_string().as_bytes())
+            .await?;
         loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    totals.max_frame.fetch_max(t.len(), Ordering::Relaxed);
-                    if t.contains("\"t\":\"READY\"") {
-                        break;
-                    }
-                }
-                Some(Ok(Message::Close(c))) => bail!("closed before READY: {c:?}"),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => bail!("ended before READY"),
+            let frame = ws.next_message().await?.context("closed before READY")?;
+            totals.max_frame.fetch_max(frame.len(), Ordering::Relaxed);
+            if raw_ws::find(&frame, b"\"t\":\"READY\"").is_some() {
+                break;
             }
         }
-        Ok((ws, interval))
+        ws.frames.shrink();
+        Ok::<_, anyhow::Error>((ws, interval))
     })
     .await
     .context("timed out before READY")??;
@@ -394,26 +445,53 @@ async fn connection(
         Duration::from_millis(u64::try_from(index).unwrap_or(0) * 7919 % interval.max(1000));
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + jitter.min(period), period);
-    loop {
+    let mut recorder = Recorder::new(index);
+    let flush = tokio::time::sleep(FLUSH_EVERY);
+    tokio::pin!(flush);
+    let mut armed = false;
+    // One wait for the stop signal for the whole loop, not a new one per frame.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    let outcome = loop {
         tokio::select! {
-            frame = ws.next() => match frame {
-                Some(Ok(Message::Text(t))) => {
-                    if let Some(sent) = stamp(&t) {
-                        totals.record(index, sent);
-                    } else {
-                        totals.max_frame.fetch_max(t.len(), Ordering::Relaxed);
-                    }
+            read = ws.read() => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    break Err(Closed.into());
                 }
-                Some(Ok(Message::Close(_))) | None => return Err(Closed.into()),
-                Some(Ok(_)) => {}
-                Some(Err(_)) => return Err(Closed.into()),
-            },
-            _ = heartbeat.tick() => {
-                if ws.send(Message::text(r#"{"op":1,"d":null}"#)).await.is_err() {
-                    return Err(Closed.into());
+                // Every frame of one read arrived at the same time, as far as latency goes.
+                let at = now_ns();
+                let mut largest = 0;
+                let parsed = ws.frames.parse(usize::MAX, |frame| {
+                    match stamp(frame) {
+                        Some(sent) => recorder.add(at, sent),
+                        None => largest = largest.max(frame.len()),
+                    }
+                });
+                if largest > 0 {
+                    totals.max_frame.fetch_max(largest, Ordering::Relaxed);
+                }
+                if !matches!(parsed, Ok(false)) || ws.answer_ping().await.is_err() {
+                    break Err(Closed.into());
+                }
+                if recorder.is_full() {
+                    recorder.flush(totals);
+                } else if recorder.is_pending() && !armed {
+                    flush.as_mut().reset(tokio::time::Instant::now() + FLUSH_EVERY);
+                    armed = true;
                 }
             }
-            _ = stop.changed() => return Ok(()),
+            () = &mut flush, if armed => {
+                armed = false;
+                recorder.flush(totals);
+            }
+            _ = heartbeat.tick() => {
+                if ws.send(raw_ws::OP_TEXT, br#"{"op":1,"d":null}"#).await.is_err() {
+                    break Err(Closed.into());
+                }
+            }
+            _ = &mut stopped => break Ok(()),
         }
-    }
+    };
+    recorder.flush(totals);
+    outcome
 }

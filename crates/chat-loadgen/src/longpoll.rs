@@ -36,6 +36,8 @@ pub(crate) enum Kind {
     Chatd,
     /// The bare hyper baseline (`bare-longpoll`): `GET /poll`, `POST /send`, no auth.
     Bare,
+    /// nats-server over its WebSocket listener (`--url` is that listener): `fanout` and `rooms` only.
+    Nats,
 }
 
 impl Kind {
@@ -43,13 +45,14 @@ impl Kind {
         match self {
             Self::Chatd => "chatd",
             Self::Bare => "bare",
+            Self::Nats => "nats",
         }
     }
 
     fn poll_path(self, after: u64) -> String {
         match self {
             Self::Chatd => format!("/api/v1/messages?after={after}&timeout={POLL_TIMEOUT_SECS}"),
-            Self::Bare => format!("/poll?after={after}&timeout={POLL_TIMEOUT_SECS}"),
+            Self::Bare | Self::Nats => format!("/poll?after={after}&timeout={POLL_TIMEOUT_SECS}"),
         }
     }
 
@@ -93,6 +96,7 @@ impl Sender {
     ) -> Result<(Self, u64)> {
         let mut conn = Conn::connect(server, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         match kind {
+            Kind::Nats => bail!("longpoll does not drive NATS"),
             Kind::Bare => {
                 let (_, body) = conn.request(Method::GET, "/stats", None, None).await?;
                 let stats: Value = serde_json::from_slice(&body).context("bare /stats")?;
@@ -148,9 +152,9 @@ impl Sender {
 
     /// Posts one message stamped now; returns once it is acknowledged.
     pub(crate) async fn send(&mut self) -> Result<()> {
-        let stamp = format!("t={}", now_ns());
+        let stamp = crate::util::stamped_body();
         let (path, body) = match self.kind {
-            Kind::Bare => ("/send", json!({ "body": stamp })),
+            Kind::Bare | Kind::Nats => ("/send", json!({ "body": stamp })),
             Kind::Chatd => (
                 "/api/v1/messages",
                 json!({ "command": "PRIVMSG", "to": self.channel, "body": stamp }),
@@ -303,6 +307,7 @@ pub(crate) async fn run(cli: &crate::Cli, server: SocketAddr) -> Result<()> {
 
     let started_at = SystemTime::now();
     let kind = match cli.server_kind {
+        Some(Kind::Nats) => bail!("--server-kind nats drives fanout and rooms, not longpoll"),
         Some(k) => k,
         None => Kind::detect(server).await?,
     };
@@ -327,7 +332,7 @@ pub(crate) async fn run(cli: &crate::Cli, server: SocketAddr) -> Result<()> {
                 .map(Some)
                 .collect()
         }
-        Kind::Bare => vec![None; n],
+        Kind::Bare | Kind::Nats => vec![None; n],
     };
     // The sender joins last, so its JOIN's seq is past every poller's join: the pollers start there.
     let (mut sender, cursor) = Sender::start(kind, server, &format!("lg{run}s"), &channel).await?;
@@ -431,6 +436,7 @@ pub(crate) async fn run(cli: &crate::Cli, server: SocketAddr) -> Result<()> {
         duration: cli.duration,
         procs: cli.procs,
         room_size: n,
+        socket_buffer_kib: None,
         setup_s,
         connect_s,
         phase_s,

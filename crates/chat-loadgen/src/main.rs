@@ -4,7 +4,11 @@
 //! Scenarios: `idle` (hold identified connections with heartbeats), `fanout` (one channel, one sender),
 //! `rooms` (rooms of `--room-size`, each message sent by a member of its room), `longpoll` (parked long
 //! polls on chatd or the bare hyper baseline, woken by stamped messages) and `durable-send` (acknowledged
-//! sends per second and their latency).
+//! sends per second and their latency). `fanout` and `rooms` also run against nats-server over its WebSocket
+//! listener (`--server-kind nats`) as a fan-out peer.
+//!
+//! Gateway connections and NATS receivers use the crate's own minimal WebSocket client (`raw_ws`), which
+//! parses frames in place and batches latency recording, so that fan-out measures the server.
 //!
 //! Connections are spread over the source addresses 127.0.0.2..=251, so more than one address's ~28k
 //! ephemeral ports can be used; `--procs P` splits them over P child processes of this binary (each with
@@ -15,6 +19,8 @@ mod durable;
 mod gateway;
 mod http;
 mod longpoll;
+mod nats;
+mod raw_ws;
 mod report;
 mod sample;
 mod setup;
@@ -114,9 +120,15 @@ struct Cli {
     /// Members per room in `rooms`.
     #[arg(long, default_value_t = 10)]
     room_size: usize,
-    /// The server `longpoll` talks to [default: detected from its first answer].
+    /// The server: for `longpoll` chatd or bare [default: detected from its first answer]; `nats` runs
+    /// `fanout` and `rooms` against nats-server, `--url` being its WebSocket listener (see the README).
     #[arg(long, value_enum)]
     server_kind: Option<longpoll::Kind>,
+    /// Kernel send and receive buffers (SO_SNDBUF, SO_RCVBUF) of each gateway or NATS receiver, in KiB;
+    /// 0 leaves them to the kernel (autotuned). Small buffers keep thousands of sockets cheap, but on
+    /// loopback they also move the server's transmit work into the receivers' reads (see the README).
+    #[arg(long, default_value_t = 16)]
+    socket_buffer_kib: u32,
     #[arg(long, hide = true)]
     child_index: Option<usize>,
     #[arg(long, hide = true)]
@@ -124,6 +136,11 @@ struct Cli {
 }
 
 impl Cli {
+    /// `--socket-buffer-kib` in bytes.
+    fn socket_buffer(&self) -> u32 {
+        self.socket_buffer_kib.saturating_mul(1024)
+    }
+
     /// `--rate`, or the scenario's default.
     fn rate(&self) -> f64 {
         self.rate.unwrap_or(match self.scenario {
@@ -223,6 +240,9 @@ fn validate(cli: &Cli) -> Result<SocketAddr> {
     if cli.room_size == 0 {
         bail!("--room-size must be at least 1");
     }
+    if cli.socket_buffer_kib > 16 * 1024 {
+        bail!("--socket-buffer-kib must be 0..=16384");
+    }
     if cli.messages.is_some_and(|m| m > 10_000_000) {
         bail!("--messages must be at most 10000000");
     }
@@ -254,8 +274,10 @@ async fn child(cli: Cli, index: usize, of: usize) -> Result<()> {
             .map(|l| longpoll::Poller::from_line(l))
             .collect::<Result<Vec<_>>>()?;
         longpoll::start(server, kind, pollers, index, of)
+    } else if cli.server_kind == Some(longpoll::Kind::Nats) {
+        nats::start(server, tokens, index, of, cli.socket_buffer())
     } else {
-        Swarm::start(server, tokens, index, of)
+        Swarm::start(server, tokens, index, of, cli.socket_buffer())
     };
     let (ready, failed) = swarm.wait_ready(run_limit(&cli)).await;
     println!("ready {ready} {failed}");
@@ -316,6 +338,7 @@ impl ChildSwarm {
             .args(["--url", &cli.url])
             .args(["--conns", &cli.conns.to_string()])
             .args(["--duration", &cli.duration.to_string()])
+            .args(["--socket-buffer-kib", &cli.socket_buffer_kib.to_string()])
             .args(["--child-index", &index.to_string()])
             .args(["--child-of", &cli.procs.to_string()])
             .stdin(Stdio::piped())
@@ -381,10 +404,16 @@ enum Swarms {
 }
 
 impl Swarms {
-    /// Gateway connections, one per token.
+    /// Gateway connections, one per token (NATS receivers, one per subject, with `--server-kind nats`).
     async fn start(cli: &Cli, server: SocketAddr, tokens: Vec<String>) -> Result<Self> {
         if cli.procs == 1 {
-            return Ok(Self::Local(Swarm::start(server, tokens, 0, 1)));
+            return Ok(Self::Local(
+                if cli.server_kind == Some(longpoll::Kind::Nats) {
+                    nats::start(server, tokens, 0, 1, cli.socket_buffer())
+                } else {
+                    Swarm::start(server, tokens, 0, 1, cli.socket_buffer())
+                },
+            ));
         }
         Self::children(cli, &tokens).await
     }
@@ -505,7 +534,7 @@ fn run_id() -> String {
 
 /// What the sends came to: messages accepted, messages refused, and the deliveries expected from them.
 #[derive(Debug, Default)]
-struct Sent {
+pub(crate) struct Sent {
     ok: AtomicU64,
     errors: AtomicU64,
     expected: AtomicU64,
@@ -537,10 +566,7 @@ async fn send_all(
         let (token, channel, receivers) = target(k);
         let (api, sent) = (api.clone(), Arc::clone(&sent));
         tokio::spawn(async move {
-            match api
-                .privmsg(&token, &channel, format!("t={}", util::now_ns()))
-                .await
-            {
+            match api.privmsg(&token, &channel, util::stamped_body()).await {
                 Ok(()) => {
                     sent.ok.fetch_add(1, Ordering::SeqCst);
                     sent.expected.fetch_add(receivers, Ordering::SeqCst);
@@ -575,6 +601,10 @@ async fn parent(cli: Cli) -> Result<()> {
         Scenario::DurableSend => return durable::run(&cli, server).await,
         _ => {}
     }
+    let nats = cli.server_kind == Some(longpoll::Kind::Nats);
+    if nats && cli.scenario == Scenario::Idle {
+        bail!("--server-kind nats drives fanout and rooms only");
+    }
     let started_at = SystemTime::now();
     let api = Api::new(&cli.url)?;
     let run = run_id();
@@ -586,13 +616,19 @@ async fn parent(cli: Cli) -> Result<()> {
 
     let setup_started = Instant::now();
     let nicks: Vec<String> = (0..n).map(|i| format!("lg{run}u{i}")).collect();
+    // NATS has no users: each receiver's line is its subject.
+    let fan_subject = format!("lg{run}.all");
+    let subject_prefix = format!("lg{run}.r");
+    let room_subject = move |r: usize| format!("{subject_prefix}{r}");
     let tokens = match cli.scenario {
+        _ if nats && cli.scenario == Scenario::Fanout => Ok(vec![fan_subject.clone(); n]),
+        _ if nats => Ok((0..n).map(|i| room_subject(i / size)).collect()),
         Scenario::Fanout => api.users(nicks, |_| Some(fan_channel.clone())).await,
         Scenario::Rooms => api.users(nicks, |i| Some(room_channel(i / size))).await,
         _ => api.users(nicks, |_| None).await,
     }
     .map_err(|e| anyhow::anyhow!("{e:#}\n{HINT}"))?;
-    let sender = if cli.scenario == Scenario::Fanout {
+    let sender = if cli.scenario == Scenario::Fanout && !nats {
         let t = api.guest(&format!("lg{run}s")).await?;
         api.join(&t, &fan_channel).await?;
         Some(t)
@@ -604,14 +640,18 @@ async fn parent(cli: Cli) -> Result<()> {
     let rss_before_kib = cli.server_pid.and_then(sample::rss_kib);
     let connect_started = Instant::now();
     eprintln!(
-        "gateway: opening {n} connections in {} process(es)",
+        "{}: opening {n} connections in {} process(es)",
+        if nats { "nats" } else { "gateway" },
         cli.procs
     );
     let mut swarms = Swarms::start(&cli, server, tokens.clone()).await?;
     let (ready, failed) = swarms.wait_ready(run_limit(&cli)).await;
     let connect_s = connect_started.elapsed().as_secs_f64();
-    eprintln!("gateway: {ready} ready, {failed} failed in {connect_s:.1}s");
-    if failed > 0 {
+    eprintln!(
+        "{}: {ready} ready, {failed} failed in {connect_s:.1}s",
+        if nats { "nats" } else { "gateway" }
+    );
+    if failed > 0 && !nats {
         eprintln!("{HINT}");
     }
 
@@ -647,7 +687,24 @@ async fn parent(cli: Cli) -> Result<()> {
             let deadline = Instant::now() + Duration::from_secs(cli.duration + 1);
             first_send_ns = util::now_ns();
             eprintln!("send: {messages} messages at {} msgs/s", cli.rate());
-            sent = if let Some(sender) = &sender {
+            // Message k of `rooms` goes to room k % rooms, whose members all receive it.
+            let room_of = |k: u64| {
+                let room = usize::try_from(k).unwrap_or(0) % rooms;
+                (room, u64::try_from(size.min(n - room * size)).unwrap_or(0))
+            };
+            sent = if nats {
+                let receivers = u64::try_from(n).unwrap_or(0);
+                let fanout = cli.scenario == Scenario::Fanout;
+                nats::publish_all(server, messages, cli.rate(), deadline, |k| {
+                    if fanout {
+                        (fan_subject.clone(), receivers)
+                    } else {
+                        let (room, members) = room_of(k);
+                        (room_subject(room), members)
+                    }
+                })
+                .await?
+            } else if let Some(sender) = &sender {
                 let receivers = u64::try_from(n).unwrap_or(0);
                 send_all(&api, messages, cli.rate(), deadline, |_| {
                     (sender.clone(), fan_channel.clone(), receivers)
@@ -700,6 +757,7 @@ async fn parent(cli: Cli) -> Result<()> {
         duration: cli.duration,
         procs: cli.procs,
         room_size: size,
+        socket_buffer_kib: Some(cli.socket_buffer_kib),
         setup_s,
         connect_s,
         phase_s,
@@ -709,7 +767,7 @@ async fn parent(cli: Cli) -> Result<()> {
         expected: sent.expected.load(Ordering::SeqCst),
         result,
         usage,
-        server_kind: None,
+        server_kind: nats.then_some("nats"),
         polls: None,
         acks_per_s: None,
     };

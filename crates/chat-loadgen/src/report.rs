@@ -20,6 +20,8 @@ pub(crate) struct Report {
     pub(crate) duration: u64,
     pub(crate) procs: usize,
     pub(crate) room_size: usize,
+    /// Gateway and NATS receivers: `--socket-buffer-kib` (0: the kernel's default).
+    pub(crate) socket_buffer_kib: Option<u32>,
     pub(crate) setup_s: f64,
     pub(crate) connect_s: f64,
     pub(crate) phase_s: f64,
@@ -81,6 +83,7 @@ impl Report {
                 "duration_s": self.duration,
                 "procs": self.procs,
                 "room_size": self.room_size,
+                "socket_buffer_kib": self.socket_buffer_kib,
             },
             "connections": {
                 "target": self.conns,
@@ -219,18 +222,20 @@ impl Report {
             }
             None => rows.push(("server", "not sampled (no --server-pid)".to_owned())),
         }
-        rows.push((
-            "loadgen",
-            if self.server_kind.is_some() {
-                format!("RSS {:.1} MiB", r.rss_kib as f64 / 1024.0)
-            } else {
-                format!(
-                    "RSS {:.1} MiB, largest frame {} bytes",
-                    r.rss_kib as f64 / 1024.0,
-                    r.max_frame_bytes
-                )
-            },
-        ));
+        rows.push(("loadgen", {
+            let mut v = format!("RSS {:.1} MiB", r.rss_kib as f64 / 1024.0);
+            if self.server_kind.is_none() {
+                let _ = write!(v, ", largest frame {} bytes", r.max_frame_bytes);
+            }
+            match self.socket_buffer_kib {
+                Some(0) => v.push_str(", socket buffers: kernel default"),
+                Some(k) => {
+                    let _ = write!(v, ", socket buffers {k} KiB");
+                }
+                None => {}
+            }
+            v
+        }));
         rows.push((
             "duration",
             format!(

@@ -15,6 +15,17 @@ pub(crate) const SOURCE_ADDRS: usize = 250;
 /// The first source address's last octet.
 const SOURCE_BASE: usize = 2;
 
+/// The size of every stamped message body, as SPEC §10's fan-out row asks (100-byte messages).
+pub(crate) const BODY_LEN: usize = 100;
+
+/// A message body stamped now: `t=<unix ns> ` padded with `x` to [`BODY_LEN`] bytes.
+pub(crate) fn stamped_body() -> String {
+    let mut body = format!("t={} ", now_ns());
+    let len = body.len().max(BODY_LEN);
+    body.extend(std::iter::repeat_n('x', len - body.len()));
+    body
+}
+
 /// Now, in unix nanoseconds.
 pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
@@ -22,18 +33,62 @@ pub(crate) fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The `t=<unix ns>` stamp of a MESSAGE_CREATE frame, found by substring search (no JSON parse per frame).
-pub(crate) fn stamp(frame: &str) -> Option<u64> {
-    if !frame.contains("\"t\":\"MESSAGE_CREATE\"") {
+/// The `t=<unix ns>` stamp of a MESSAGE_CREATE frame, found by byte search (no JSON parse per frame): the
+/// frame must hold `"t":"MESSAGE_CREATE"` and a `"content":"t=<digits>` followed by something else.
+pub(crate) fn stamp(frame: &[u8]) -> Option<u64> {
+    const TAG: &[u8] = b"\"t\":\"MESSAGE_CREATE\"";
+    const CONTENT: &[u8] = b"\"content\":\"t=";
+    // Anchored on their rarest bytes: `_` comes first in the tag, `=` is rare in a frame.
+    find_anchored(frame, TAG, 12)?;
+    let at = find_anchored(frame, CONTENT, CONTENT.len() - 1)? + CONTENT.len();
+    let digits = frame.get(at..)?;
+    let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+    parse_digits(digits.get(..end)?)
+}
+
+/// A run of 1 to 19 ASCII digits as a number.
+pub(crate) fn parse_digits(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
         return None;
     }
-    let at = frame.find("\"content\":\"t=")? + "\"content\":\"t=".len();
-    let digits = &frame[at..];
-    let end = digits.find(|c: char| !c.is_ascii_digit())?;
-    if end == 0 {
-        return None;
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
+}
+
+/// Where `needle` first occurs in `hay`, scanning eight bytes at a time for `needle[anchor]` (pick a byte
+/// that is rare in the haystack) and comparing the rest around each hit.
+pub(crate) fn find_anchored(hay: &[u8], needle: &[u8], anchor: usize) -> Option<usize> {
+    let byte = *needle.get(anchor)?;
+    let mut from = anchor;
+    while let Some(at) = find_byte(hay, from, byte) {
+        let start = at - anchor;
+        if hay.get(start..start + needle.len())? == needle {
+            return Some(start);
+        }
+        from = at + 1;
     }
-    digits[..end].parse().ok()
+    None
+}
+
+/// The first `byte` in `hay` at or after `from`, eight bytes at a time.
+pub(crate) fn find_byte(hay: &[u8], from: usize, byte: u8) -> Option<usize> {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let pattern = LOW * u64::from(byte);
+    let mut i = from;
+    while let Some(chunk) = hay.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word) ^ pattern;
+        // A zero byte in x is a match; the lowest flagged byte is always a true one.
+        let found = x.wrapping_sub(LOW) & !x & HIGH;
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    hay.get(i..)?.iter().position(|&b| b == byte).map(|p| i + p)
 }
 
 /// Every `"t=<digits>"` string in a long-poll answer (one per stamped message it carries), found by
@@ -136,17 +191,45 @@ mod tests {
     #[test]
     fn stamps_are_found_without_parsing() {
         let frame =
-            r#"{"op":0,"s":9,"t":"MESSAGE_CREATE","d":{"id":"1","content":"t=12345","x":1}}"#;
+            br#"{"op":0,"s":9,"t":"MESSAGE_CREATE","d":{"id":"1","content":"t=12345","x":1}}"#;
         assert_eq!(stamp(frame), Some(12345));
-        assert_eq!(stamp(r#"{"op":0,"s":9,"t":"TYPING_START","d":{}}"#), None);
+        // The tag after the content, and snake_case fields before it.
+        let late = br#"{"d":{"channel_id":"1","content":"t=7"},"op":0,"t":"MESSAGE_CREATE"}"#;
+        assert_eq!(stamp(late), Some(7));
+        assert_eq!(stamp(br#"{"op":0,"s":9,"t":"TYPING_START","d":{}}"#), None);
         assert_eq!(
-            stamp(r#"{"op":0,"t":"MESSAGE_CREATE","d":{"content":"hello"}}"#),
+            stamp(br#"{"op":0,"t":"MESSAGE_CREATE","d":{"content":"hello"}}"#),
             None
         );
         assert_eq!(
-            stamp(r#"{"op":0,"t":"MESSAGE_CREATE","d":{"content":"t=x"}}"#),
+            stamp(br#"{"op":0,"t":"MESSAGE_CREATE","d":{"content":"t=x"}}"#),
             None
         );
+        assert_eq!(
+            stamp(br#"{"op":0,"t":"MESSAGE_CREATE","d":{"content":"t=12"#),
+            None
+        );
+        assert_eq!(
+            stamp(br#"{"t":"MESSAGE_CREATE","d":{"content":"t=99999999999999999999"}}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn byte_search_matches_a_plain_scan() {
+        let hay: Vec<u8> = (0..200u8).map(|i| b'a' + i % 23).collect();
+        for byte in [b'a', b'b', b'w', b'z', 0] {
+            for from in 0..hay.len() + 2 {
+                let plain = hay
+                    .get(from..)
+                    .and_then(|h| h.iter().position(|&b| b == byte))
+                    .map(|p| from + p);
+                assert_eq!(find_byte(&hay, from, byte), plain, "{byte} from {from}");
+            }
+        }
+        assert_eq!(find_anchored(b"xx_y_abc_d", b"c_d", 1), Some(7));
+        assert_eq!(find_anchored(b"c_", b"c_d", 1), None);
+        assert_eq!(find_anchored(b"_d", b"c_d", 1), None);
     }
 
     #[test]
