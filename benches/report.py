@@ -1,0 +1,480 @@
+#!/usr/bin/env python3
+"""Writes BENCHMARKS.md and docs/bench/*.svg from benches/results/*.json (made by benches/run.sh).
+
+The tables and verdicts are computed from the results; the prose under each row comes from
+benches/analysis.md (sections headed `## <row>`), written by whoever ran the benchmarks and read the profiles.
+Standard library only."""
+
+import json
+import math
+import os
+import re
+import statistics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benches", "results")
+CHARTS = os.path.join(ROOT, "docs", "bench")
+
+
+def load(name):
+    path = os.path.join(RESULTS, name + ".json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def analysis():
+    path = os.path.join(ROOT, "benches", "analysis.md")
+    sections = {}
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return sections
+    for part in re.split(r"^## ", text, flags=re.M)[1:]:
+        head, _, body = part.partition("\n")
+        sections[head.strip()] = body.strip()
+    return sections
+
+
+def num(v, digits=0, unit=""):
+    if v is None:
+        return "–"
+    if isinstance(v, float) and digits == 0:
+        return f"{v:,.0f}{unit}"
+    return f"{v:,.{digits}f}{unit}"
+
+
+def ratio(a, b, digits=2):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.{digits}f}x"
+
+
+def verdict(ok):
+    if ok is None:
+        return "not measured"
+    return "**met**" if ok else "**missed**"
+
+
+def lat(d, q):
+    return None if d is None else d["latency_ms"].get(q)
+
+
+def cpu(d):
+    return None if d is None or not d.get("server") else d["server"]["cpu_cores"]
+
+
+# ---------------------------------------------------------------------------------------------- charts
+
+
+def nice_ticks(lo, hi, log):
+    if log:
+        ticks = []
+        e = math.floor(math.log10(lo))
+        while 10**e <= hi * 1.0001:
+            for m in (1, 2, 5):
+                v = m * 10**e
+                if lo * 0.9999 <= v <= hi * 1.0001:
+                    ticks.append(v)
+            e += 1
+        return ticks
+    span = hi - lo or 1
+    step = 10 ** math.floor(math.log10(span / 5))
+    for m in (1, 2, 2.5, 5, 10):
+        if span / (step * m) <= 6:
+            step *= m
+            break
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step) + 1)]
+
+
+def label(v):
+    if v >= 1e6:
+        return f"{v / 1e6:g}M"
+    if v >= 1e3:
+        return f"{v / 1e3:g}k"
+    return f"{v:g}"
+
+
+COLOURS = {"chatd": "#2563eb", "bare-ws": "#16a34a", "nats": "#dc2626", "bare-longpoll": "#16a34a"}
+
+
+def line_chart(path, title, xlabel, ylabel, series, xlog=False, ylog=False):
+    """series: [(name, colour, dash, [(x, y), ...])]. Writes an SVG file."""
+    points = [p for _, _, _, pts in series for p in pts if p[1] is not None and p[1] > 0]
+    if not points:
+        return False
+    w, h, left, right, top, bottom = 720, 420, 80, 170, 40, 56
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    xlo, xhi = min(xs), max(xs)
+    ylo, yhi = (min(ys) / 1.5, max(ys) * 1.5) if ylog else (0, max(ys) * 1.1)
+    if xlo == xhi:
+        xlo, xhi = xlo / 2, xhi * 2
+
+    def fx(x):
+        if xlog:
+            return left + (math.log10(x) - math.log10(xlo)) / (math.log10(xhi) - math.log10(xlo)) * (w - left - right)
+        return left + (x - xlo) / (xhi - xlo) * (w - left - right)
+
+    def fy(y):
+        if ylog:
+            return h - bottom - (math.log10(y) - math.log10(ylo)) / (math.log10(yhi) - math.log10(ylo)) * (h - top - bottom)
+        return h - bottom - (y - ylo) / (yhi - ylo) * (h - top - bottom)
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+        'font-family="sans-serif" font-size="12">',
+        f'<rect width="{w}" height="{h}" fill="white"/>',
+        f'<text x="{w / 2}" y="22" text-anchor="middle" font-size="15">{title}</text>',
+    ]
+    for t in nice_ticks(ylo if ylog else 0, yhi, ylog):
+        y = fy(t)
+        out.append(f'<line x1="{left}" x2="{w - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{label(t)}</text>')
+    for t in nice_ticks(xlo, xhi, xlog) if xlog else sorted(set(xs)):
+        x = fx(t)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{h - bottom}" stroke="#f3f4f6"/>')
+        out.append(f'<text x="{x:.1f}" y="{h - bottom + 16}" text-anchor="middle">{label(t)}</text>')
+    out.append(
+        f'<rect x="{left}" y="{top}" width="{w - left - right}" height="{h - top - bottom}" fill="none" stroke="#9ca3af"/>'
+    )
+    out.append(f'<text x="{(left + w - right) / 2}" y="{h - 14}" text-anchor="middle">{xlabel}</text>')
+    out.append(
+        f'<text x="18" y="{(top + h - bottom) / 2}" text-anchor="middle" transform="rotate(-90 18 {(top + h - bottom) / 2})">{ylabel}</text>'
+    )
+    for i, (name, colour, dash, pts) in enumerate(series):
+        pts = sorted(p for p in pts if p[1] is not None and p[1] > 0)
+        if not pts:
+            continue
+        d = " ".join(f"{'M' if j == 0 else 'L'}{fx(x):.1f},{fy(y):.1f}" for j, (x, y) in enumerate(pts))
+        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+        out.append(f'<path d="{d}" fill="none" stroke="{colour}" stroke-width="2"{dash_attr}/>')
+        for x, y in pts:
+            out.append(f'<circle cx="{fx(x):.1f}" cy="{fy(y):.1f}" r="3.5" fill="{colour}"/>')
+        ly = top + 16 + i * 20
+        out.append(
+            f'<line x1="{w - right + 14}" x2="{w - right + 40}" y1="{ly - 4}" y2="{ly - 4}" stroke="{colour}" stroke-width="2"{dash_attr}/>'
+        )
+        out.append(f'<text x="{w - right + 46}" y="{ly}">{name}</text>')
+    out.append("</svg>")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+
+def sizes(prefix):
+    found = set()
+    if not os.path.isdir(RESULTS):
+        return []
+    for name in os.listdir(RESULTS):
+        m = re.match(prefix + r"-(\d+)-", name)
+        if m:
+            found.add(int(m.group(1)))
+    return sorted(found)
+
+
+def main():
+    notes = analysis()
+    machine = load("machine") or {}
+    summary = []
+    body = []
+
+    def section(row, title, lines):
+        body.append(f"## {title}\n")
+        body.extend(lines)
+        if notes.get(row):
+            body.append("")
+            body.append(notes[row])
+        body.append("")
+
+    # Idle connections.
+    c, b = load("idle-chatd"), load("idle-bare-ws")
+    lines = []
+    if c:
+        rows = []
+        for name, d in (("chatd", c), ("bare-ws", b)):
+            if not d:
+                continue
+            s = d.get("server") or {}
+            rows.append(
+                f"| {name} | {d['connections']['target']:,} | {d['connections']['ready']:,} | "
+                f"{d['connections']['open_at_end']:,} | {d['errors']['closed']} | {num(d['duration_s'])} s | "
+                f"{num(s.get('rss_before_connect_mib'), 1)} | {num(s.get('rss_peak_mib'), 1)} | "
+                f"{num(s.get('rss_per_connection_kib'), 1)} | {num(s.get('cpu_cores'), 3)} |"
+            )
+        lines += [
+            "| server | asked | identified | open at the end | dropped | held | RSS before (MiB) | RSS peak (MiB) | RSS per connection (KiB) | CPU (cores) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+        per_c = (c.get("server") or {}).get("rss_per_connection_kib")
+        per_b = ((b or {}).get("server") or {}).get("rss_per_connection_kib")
+        held = c["connections"]["open_at_end"]
+        ok_held = held >= 19000 and c["errors"]["closed"] == 0
+        ok_rss = None if per_c is None or per_b is None else per_c / per_b <= 1.5
+        lines.append("")
+        lines.append(f"RSS per connection, chatd / bare-ws: {ratio(per_c, per_b)} (target <= 1.5x).")
+        summary.append(
+            ("Idle gateway connections held", ">= 19k for 5 min, none dropped", f"{held:,} open, {c['errors']['closed']} dropped", "–", "–", verdict(ok_held))
+        )
+        summary.append(
+            ("RSS per idle connection", "<= 1.5x bare-ws", num(per_c, 1, " KiB"), num(per_b, 1, " KiB"), ratio(per_c, per_b), verdict(ok_rss))
+        )
+    section("idle", "Idle gateway connections", lines or ["Not measured."])
+
+    # Fan-out.
+    ns = sizes("fanout")
+    lines = []
+    if ns:
+        lines += [
+            "| members | server | delivered / expected | deliveries/s | p50 ms | p99 ms | p99.9 ms | server CPU (cores) | chatd / this |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        chart = {s: [] for s in ("chatd", "bare-ws", "nats")}
+        for n in ns:
+            base = load(f"fanout-{n}-chatd")
+            for s in ("chatd", "bare-ws", "nats"):
+                d = load(f"fanout-{n}-{s}")
+                if not d:
+                    continue
+                chart[s].append((n, d["deliveries_per_s"]))
+                lines.append(
+                    f"| {n:,} | {s} | {d['delivered']:,} / {d['expected']:,} | {num(d['deliveries_per_s'])} | "
+                    f"{num(lat(d, 'p50'), 1)} | {num(lat(d, 'p99'), 1)} | {num(lat(d, 'p99_9'), 1)} | {num(cpu(d), 2)} | "
+                    f"{ratio(base and base['deliveries_per_s'], d['deliveries_per_s']) if s != 'chatd' else ''} |"
+                )
+        if line_chart(
+            os.path.join(CHARTS, "fanout.svg"),
+            "Fan-out: deliveries/s against channel size",
+            "members in the channel (log)",
+            "deliveries/s",
+            [(s, COLOURS[s], "", chart[s]) for s in chart],
+            xlog=True,
+        ):
+            lines += ["", "![deliveries/s against channel size](docs/bench/fanout.svg)"]
+        top = max(ns)
+        c, b, n_ = (load(f"fanout-{top}-{s}") for s in ("chatd", "bare-ws", "nats"))
+        cv = c and c["deliveries_per_s"]
+        bv = b and b["deliveries_per_s"]
+        nv = n_ and n_["deliveries_per_s"]
+        summary.append(
+            (f"Fan-out, one channel of {top:,}", ">= 0.8x bare-ws", num(cv, 0, "/s"), num(bv, 0, "/s"), ratio(cv, bv), verdict(None if not (cv and bv) else cv / bv >= 0.8))
+        )
+        summary.append(
+            (f"Fan-out, one channel of {top:,}", ">= 2x nats-server", num(cv, 0, "/s"), num(nv, 0, "/s"), ratio(cv, nv), verdict(None if not (cv and nv) else cv / nv >= 2))
+        )
+    section("fanout", "Fan-out to one channel", lines or ["Not measured."])
+
+    # Rooms: latency against load.
+    lines = []
+    peak = load("rooms-max-chatd")
+    pcts = sorted(
+        {int(m.group(1)) for m in (re.match(r"rooms-(\d+)-", f) for f in os.listdir(RESULTS) if os.path.isdir(RESULTS)) if m}
+    ) if os.path.isdir(RESULTS) else []
+    if peak or pcts:
+        if peak:
+            lines.append(
+                f"Saturation (chatd, unpaced): {num(peak['deliveries_per_s'])} deliveries/s = "
+                f"{num(peak['deliveries_per_s'] / peak['parameters']['room_size'])} messages/s to "
+                f"{peak['connections']['ready']:,} connections in rooms of {peak['parameters']['room_size']}, "
+                f"server CPU {num(cpu(peak), 2)} cores."
+            )
+            lines.append("")
+        lines += [
+            "| load | messages/s | server | delivered / expected | p50 ms | p95 ms | p99 ms | p99.9 ms | server CPU (cores) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        series = {}
+        for pct in pcts:
+            for s in ("chatd", "bare-ws"):
+                d = load(f"rooms-{pct}-{s}")
+                if not d:
+                    continue
+                rate = d["parameters"]["rate"]
+                series.setdefault((s, "p50"), []).append((rate, lat(d, "p50")))
+                series.setdefault((s, "p99"), []).append((rate, lat(d, "p99")))
+                lines.append(
+                    f"| {pct}% | {num(rate)} | {s} | {d['delivered']:,} / {d['expected']:,} | {num(lat(d, 'p50'), 2)} | "
+                    f"{num(lat(d, 'p95'), 2)} | {num(lat(d, 'p99'), 2)} | {num(lat(d, 'p99_9'), 2)} | {num(cpu(d), 2)} |"
+                )
+        if line_chart(
+            os.path.join(CHARTS, "rooms-latency.svg"),
+            "Rooms of 10: delivery latency against load",
+            "messages/s",
+            "latency (ms, log)",
+            [
+                (f"{s} {q}", COLOURS[s], "" if q == "p50" else "6 4", pts)
+                for (s, q), pts in sorted(series.items())
+            ],
+            ylog=True,
+        ):
+            lines += ["", "![latency against load](docs/bench/rooms-latency.svg)"]
+        d = load("rooms-20-chatd")
+        bd = load("rooms-20-bare-ws")
+        if d:
+            ok = lat(d, "p50") <= 2 and lat(d, "p99") <= 10 and d["delivered"] == d["expected"]
+            summary.append(
+                (
+                    f"Rooms of 10, {d['connections']['ready']:,} connections, 20% load",
+                    "p50 <= 2 ms, p99 <= 10 ms",
+                    f"p50 {num(lat(d, 'p50'), 2)}, p99 {num(lat(d, 'p99'), 2)} ms",
+                    f"p50 {num(lat(bd, 'p50'), 2)}, p99 {num(lat(bd, 'p99'), 2)} ms" if bd else "–",
+                    ratio(lat(d, "p99"), lat(bd, "p99")) + " (p99)" if bd else "–",
+                    verdict(ok),
+                )
+            )
+    section("rooms", "End-to-end latency in rooms of 10", lines or ["Not measured."])
+
+    # Long-poll.
+    lines = []
+    ns = sizes("longpoll")
+    if ns:
+        lines += [
+            "| parked | server | messages/s asked | polls completed/s | wake p50 ms | wake p99 ms | errors | server CPU (cores) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for n in ns + ["wake"]:
+            for s in ("chatd", "bare-longpoll"):
+                d = load(f"longpoll-{n}-{s}") if n != "wake" else load(f"wake-1000-{s}")
+                if not d:
+                    continue
+                polls = (d.get("polls") or {}).get("per_s")
+                lines.append(
+                    f"| {d['parameters']['conns']:,}{' (wake-up)' if n == 'wake' else ''} | {s} | {num(d['parameters']['rate'])} | {num(polls)} | "
+                    f"{num(lat(d, 'p50'), 1)} | {num(lat(d, 'p99'), 1)} | {d['errors']['total']} | {num(cpu(d), 2)} |"
+                )
+        for n in ns:
+            c, b = load(f"longpoll-{n}-chatd"), load(f"longpoll-{n}-bare-longpoll")
+            cp = c and (c.get("polls") or {}).get("per_s")
+            bp = b and (b.get("polls") or {}).get("per_s")
+            summary.append(
+                (f"Long-poll, {n:,} parked", ">= 0.7x bare polls/s", num(cp, 0, "/s"), num(bp, 0, "/s"), ratio(cp, bp), verdict(None if not (cp and bp) else cp / bp >= 0.7))
+            )
+        c, b = load("wake-1000-chatd"), load("wake-1000-bare-longpoll")
+        if c and b:
+            summary.append(
+                ("Long-poll wake-up, 1,000 parked", "p99 <= 1.5x bare", num(lat(c, "p99"), 1, " ms"), num(lat(b, "p99"), 1, " ms"), ratio(lat(c, "p99"), lat(b, "p99")), verdict(lat(c, "p99") <= 1.5 * lat(b, "p99")))
+            )
+    section("longpoll", "Long-poll", lines or ["Not measured."])
+
+    # Durable messages.
+    lines = []
+    many, one, disk = load("durable-64-chatd"), load("durable-1-chatd"), load("disk")
+    if many or disk:
+        lines += [
+            "| what | acknowledged/s | p50 ms | p99 ms | p99.9 ms | server CPU (cores) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label_, d in (("chatd, 64 senders, one in flight each", many), ("chatd, 1 sender", one)):
+            if d:
+                lines.append(
+                    f"| {label_} | {num(d.get('acks_per_s'))} | {num(lat(d, 'p50'), 2)} | {num(lat(d, 'p99'), 2)} | {num(lat(d, 'p99_9'), 2)} | {num(cpu(d), 2)} |"
+                )
+        if disk:
+            f = disk["fdatasync_ms"]
+            sq = disk["sqlite_wal_full"]
+            lines.append(f"| fdatasync of a 4 KiB write | – | {num(f['p50'], 2)} | {num(f['p99'], 2)} | – | – |")
+            lines.append(f"| SQLite WAL FULL, one row per commit | {num(sq['single_row_commits_per_s'])} | – | – | – | – |")
+            lines.append(f"| SQLite WAL FULL, 1000-row transactions (rows) | {num(sq['rows_per_s_in_1000_row_transactions'])} | – | – | – | – |")
+        if many:
+            a = many.get("acks_per_s")
+            summary.append(("Durable messages", ">= 50k/s", num(a, 0, "/s"), num(disk and disk["sqlite_wal_full"]["rows_per_s_in_1000_row_transactions"], 0, " rows/s (SQLite)"), ratio(a, disk and disk["sqlite_wal_full"]["rows_per_s_in_1000_row_transactions"]), verdict(a is not None and a >= 50000)))
+        if one and disk:
+            p = lat(one, "p99")
+            f99 = disk["fdatasync_ms"]["p99"]
+            summary.append(("Single durable message", "p99 <= fdatasync p99 + 5 ms", num(p, 2, " ms"), num(f99, 2, " ms (fdatasync)"), f"+{p - f99:.2f} ms", verdict(p <= f99 + 5)))
+    section("durable", "Durable messages", lines or ["Not measured."])
+
+    # Search.
+    lines = []
+    sc = load("scale")
+    if sc:
+        lines += [
+            f"Database: {sc['messages']:,} messages, {num(sc['db_mib'])} MiB, built by the scale bench. Queries as a user on 8 of 200 channels, 25 results a page.",
+            "",
+            "| query | chat-store p50 ms | p95 ms | bare FTS5 p50 ms | p95 ms | ratio p95 | hits a query | mismatches |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for k in sc["search"]["kinds"] + [dict(sc["search"]["overall"], kind="all kinds")]:
+            st, ba = k["store"], k["bare"]
+            lines.append(
+                f"| {k['kind']} | {num(st['p50_ms'], 2)} | {num(st['p95_ms'], 2)} | {num(ba['p50_ms'], 2)} | {num(ba['p95_ms'], 2)} | {num(k['ratio_p95'], 2)}x | {num(st.get('hits_per_query'), 1)} | {k['mismatches']} |"
+            )
+        o = sc["search"]["overall"]
+        summary.append(("Search, 1M messages", "p95 <= 20 ms", num(o["store"]["p95_ms"], 2, " ms"), num(o["bare"]["p95_ms"], 2, " ms (bare FTS5)"), f"{o['ratio_p95']:.2f}x", verdict(o["store"]["p95_ms"] <= 20)))
+    section("search", "Search", lines or ["Not measured."])
+
+    # Restart.
+    lines = []
+    rs = load("restart")
+    if rs:
+        med = statistics.median(rs["chatd_restart_ms"])
+        bare = statistics.median(rs["bare_start_ms"])
+        lines += [
+            f"chatd started on a copy of `{rs['database']}` ({num(rs['database_mib'])} MiB); the time from exec to the first 200 from `/.well-known/healthcheck.json`.",
+            "",
+            "| what | runs (ms) | median ms |",
+            "|---|---|---|",
+            f"| chatd, first start on the copy | {num(rs['first_start_ms'])} | – |",
+            f"| chatd restart | {', '.join(num(x) for x in rs['chatd_restart_ms'])} | {num(med)} |",
+            f"| bare-longpoll start (process floor) | {', '.join(num(x, 1) for x in rs['bare_start_ms'])} | {num(bare, 1)} |",
+        ]
+        floor = sc and sc["startup"]["bare_best"]["total_ms"]
+        store = sc and sc["startup"]["best"]["total_ms"]
+        if sc:
+            lines.append(f"| chat-store start-up alone (scale bench, best of 3) | – | {num(store)} |")
+            lines.append(f"| its I/O floor: snapshot blob and tail rows read raw | – | {num(floor)} |")
+        summary.append(("Restart with 1M messages", "serving in <= 2 s", num(med, 0, " ms"), num(floor, 0, " ms (I/O floor)") if floor else "–", ratio(med, floor) if floor else "–", verdict(med <= 2000)))
+    section("restart", "Restart", lines or ["Not measured."])
+
+    head = [
+        "# Benchmarks",
+        "",
+        "chatd against SPEC §10, each row beside its baseline measured in the same run by the same load generator",
+        "(`chat-loadgen`). Generated by `benches/run.sh` (which ends by running `benches/report.py`); the prose",
+        "under each row is `benches/analysis.md`. Do not edit this file by hand.",
+        "",
+        "## Machine",
+        "",
+        f"- {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {machine.get('memory', '?')} memory, Linux {machine.get('kernel', '?')}",
+        f"- {machine.get('rustc', '?')}; {machine.get('nats_server', 'nats-server not found')}",
+        f"- open-file hard limit per process: {machine.get('nofile_hard_limit', '?')}",
+        f"- run {machine.get('date', '?')}; server and load generator share the two cores, on loopback",
+        "",
+        "## How to run",
+        "",
+        "```sh",
+        "benches/run.sh                 # every row, about 45 minutes; on a quiet machine",
+        "benches/run.sh fanout rooms    # some rows; the report is rebuilt from all results present",
+        "QUICK=1 benches/run.sh         # small sizes, to try the script",
+        "```",
+        "",
+        "Servers: chatd (`target/release/chatd serve`, SQLite, a fresh database per run, `RATE_LIMIT=off`),",
+        "`bare-ws` (a bare tokio-tungstenite broadcast server with chatd's socket settings, `crates/chat-bench`),",
+        "`bare-longpoll` (a bare hyper long-poll server, `crates/chat-bench`), Debian's `nats-server` with its",
+        "WebSocket listener (`benches/nats-ws.conf`). Results are in `benches/results/*.json`.",
+        "",
+        "## Summary",
+        "",
+        "| row | target | chatd | baseline | ratio | |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in summary:
+        head.append("| " + " | ".join(r) + " |")
+    head.append("")
+    if notes.get("summary"):
+        head += [notes["summary"], ""]
+    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
+        f.write("\n".join(head + body).rstrip() + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# Regenerates BENCHMARKS.md: runs every SPEC §10 row against chatd and its baselines on this machine, then
+# writes the tables and charts from the results.
+#
+#   benches/run.sh                # every row (about 40 minutes)
+#   benches/run.sh fanout rooms   # some rows; the report is rebuilt from every result present
+#   QUICK=1 benches/run.sh        # small sizes and short phases, to try the script (figures are not comparable)
+#
+# Rows: idle fanout rooms longpoll durable search restart. Results go to benches/results/*.json, the report to
+# BENCHMARKS.md and docs/bench/*.svg (benches/report.py). Everything runs on 127.0.0.0/8, every run is bounded
+# in connections and time, and every server this script starts is stopped when it ends. Run it on a quiet
+# machine: no build or other load beside it.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+OUT=benches/results
+WORK=$(mktemp -d /tmp/chatd-bench.XXXXXX)
+mkdir -p "$OUT"
+BIN=target/release
+LOADGEN=$BIN/chat-loadgen
+QUICK=${QUICK:-0}
+
+CHATD_ADDR=127.0.0.1:18080
+BARE_WS_ADDR=127.0.0.1:18081
+NATS_WS_ADDR=127.0.0.1:18082
+BARE_LP_ADDR=127.0.0.1:18083
+RESTART_ADDR=127.0.0.1:18084
+
+if [ "$QUICK" = 1 ]; then
+  IDLE_CONNS=${IDLE_CONNS:-2000}; IDLE_SECONDS=${IDLE_SECONDS:-10}
+  FANOUT_SIZES=${FANOUT_SIZES:-"100 1000"}; FANOUT_DELIVERIES=${FANOUT_DELIVERIES:-200000}
+  ROOMS_CONNS=${ROOMS_CONNS:-1000}; ROOMS_LOADS=${ROOMS_LOADS:-"20 60"}; LONGPOLL_SIZES=${LONGPOLL_SIZES:-"1000"}; PHASE=${PHASE:-5}
+else
+  IDLE_CONNS=${IDLE_CONNS:-19500}; IDLE_SECONDS=${IDLE_SECONDS:-300}
+  FANOUT_SIZES=${FANOUT_SIZES:-"100 1000 5000 10000"}; FANOUT_DELIVERIES=${FANOUT_DELIVERIES:-3000000}
+  ROOMS_CONNS=${ROOMS_CONNS:-10000}; ROOMS_LOADS=${ROOMS_LOADS:-"10 20 40 60 80"}; LONGPOLL_SIZES=${LONGPOLL_SIZES:-"1000 15000"}; PHASE=${PHASE:-20}
+fi
+
+SERVER_PID=
+cleanup() {
+  stop_server
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log() { printf '\n== %s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+# Waits until a TCP port accepts connections (at most 60 s).
+wait_port() {
+  local addr=$1 host port
+  host=${addr%:*}; port=${addr#*:}
+  for _ in $(seq 1 1200); do
+    if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listens on $addr" >&2
+  return 1
+}
+
+# Starts one server (chatd, bare-ws, bare-longpoll or nats) in the background; sets SERVER_PID.
+start_server() {
+  local kind=$1 dir
+  stop_server
+  case $kind in
+    chatd)
+      dir=$(mktemp -d "$WORK/chatd.XXXX")
+      MAX_CONNECTIONS_PER_IP=1000000 RATE_LIMIT=off LISTEN=$CHATD_ADDR \
+        DBURL="sqlite://$dir/chat.db" DATA_DIR="$dir/data" RUST_LOG=warn \
+        $BIN/chatd serve >"$dir/log" 2>&1 &
+      SERVER_PID=$!; wait_port $CHATD_ADDR ;;
+    bare-ws)
+      $BIN/bare-ws --listen $BARE_WS_ADDR >"$WORK/bare-ws.log" 2>&1 &
+      SERVER_PID=$!; wait_port $BARE_WS_ADDR ;;
+    bare-longpoll)
+      $BIN/bare-longpoll $BARE_LP_ADDR >"$WORK/bare-longpoll.log" 2>&1 &
+      SERVER_PID=$!; wait_port $BARE_LP_ADDR ;;
+    nats)
+      nats-server -c benches/nats-ws.conf >"$WORK/nats.log" 2>&1 &
+      SERVER_PID=$!; wait_port $NATS_WS_ADDR ;;
+  esac
+}
+
+stop_server() {
+  if [ -n "${SERVER_PID:-}" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+  fi
+}
+
+url_of() {
+  case $1 in
+    chatd) echo "http://$CHATD_ADDR" ;;
+    bare-ws) echo "http://$BARE_WS_ADDR" ;;
+    bare-longpoll) echo "http://$BARE_LP_ADDR" ;;
+    nats) echo "http://$NATS_WS_ADDR" ;;
+  esac
+}
+
+# Gateway-style processes: 2 above 9000 connections (the per-process open-file limit is 20,000).
+procs_for() { if [ "$1" -gt 9000 ]; then echo 2; else echo 1; fi; }
+
+# loadgen SERVER NAME ARGS...: one chat-loadgen run against a fresh SERVER, its report to $OUT/NAME.json.
+loadgen() {
+  local server=$1 name=$2; shift 2
+  local extra=()
+  [ "$server" = nats ] && extra=(--server-kind nats)
+  start_server "$server"
+  log "$name: chat-loadgen $* ${extra[*]}"
+  "$LOADGEN" "$@" "${extra[@]}" --url "$(url_of "$server")" --server-pid "$SERVER_PID" \
+    --json "$OUT/$name.json" || echo "run $name failed" >&2
+  stop_server
+}
+
+json_get() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'d': d}))" "$@"; }
+
+row_idle() {
+  local procs=2
+  for s in chatd bare-ws; do
+    loadgen "$s" "idle-$s" idle --conns "$IDLE_CONNS" --duration "$IDLE_SECONDS" --procs $procs
+  done
+}
+
+row_fanout() {
+  for n in $FANOUT_SIZES; do
+    local messages=$(( FANOUT_DELIVERIES / n ))
+    for s in chatd bare-ws nats; do
+      loadgen "$s" "fanout-$n-$s" fanout --conns "$n" --messages "$messages" --rate 0 \
+        --procs "$(procs_for "$n")"
+    done
+  done
+}
+
+row_rooms() {
+  local n=$ROOMS_CONNS procs max
+  procs=$(procs_for "$n")
+  # The most messages/s chatd delivers to rooms of 10; then latency at fractions of it (20% is the SPEC row),
+  # for chatd and, at the same message rates, bare-ws.
+  loadgen chatd rooms-max-chatd rooms --conns "$n" --rate 0 --messages $(( n * 5 )) --procs "$procs"
+  max=$(json_get "$OUT/rooms-max-chatd.json" "d['deliveries_per_s'] / d['parameters']['room_size']")
+  for pct in $ROOMS_LOADS; do
+    local rate
+    rate=$(python3 -c "print(max(1, round($max * $pct / 100)))")
+    for s in chatd bare-ws; do
+      loadgen "$s" "rooms-$pct-$s" rooms --conns "$n" --rate "$rate" --duration "$PHASE" --procs "$procs"
+    done
+  done
+}
+
+row_longpoll() {
+  for n in $LONGPOLL_SIZES; do
+    local procs rate
+    procs=$(procs_for "$n")
+    # Saturation: more wake-ups asked for than either server completes.
+    rate=$(( 200000 / n ))
+    for s in chatd bare-longpoll; do
+      loadgen "$s" "longpoll-$n-$s" longpoll --conns "$n" --rate "$rate" --duration "$PHASE" --procs "$procs"
+    done
+  done
+  # Wake-up latency: one message at a time to 1k parked polls, far below saturation.
+  for s in chatd bare-longpoll; do
+    loadgen "$s" "wake-1000-$s" longpoll --conns 1000 --rate 2 --duration "$PHASE"
+  done
+}
+
+row_durable() {
+  loadgen chatd durable-64-chatd durable-send --conns 64 --rate 0 --duration "$PHASE"
+  loadgen chatd durable-1-chatd durable-send --conns 1 --rate 0 --duration "$PHASE"
+  log "durable baselines: fdatasync and SQLite WAL FULL commits"
+  python3 benches/disk.py "$WORK" >"$OUT/disk.json"
+}
+
+row_search() {
+  log "search and start-up at 1M messages: cargo bench -p chat-store --bench scale"
+  BENCH_JSON="$ROOT/$OUT/scale.json" cargo bench -q -p chat-store --bench scale
+}
+
+row_restart() {
+  # chatd restarted on the scale bench's 1M-message database; baseline: the same process start for
+  # bare-longpoll (no data) and the store's I/O floor from the scale bench.
+  local db
+  db=$(ls -t target/bench-data/chat-store-scale-1000000-*.db 2>/dev/null | head -1)
+  if [ -z "$db" ]; then row_search; db=$(ls -t target/bench-data/chat-store-scale-1000000-*.db | head -1); fi
+  log "restart with 1M messages ($db)"
+  python3 benches/restart.py --db "$db" --chatd $BIN/chatd --bare $BIN/bare-longpoll \
+    --addr $RESTART_ADDR --work "$WORK" >"$OUT/restart.json"
+}
+
+ROWS=("$@")
+[ ${#ROWS[@]} -eq 0 ] && ROWS=(idle fanout rooms longpoll durable search restart)
+
+log "building release binaries"
+cargo build -q --release -p chatd -p chat-bench -p chat-loadgen
+python3 benches/machine.py >"$OUT/machine.json"
+for row in "${ROWS[@]}"; do
+  "row_$row"
+done
+stop_server
+python3 benches/report.py
+log "done: BENCHMARKS.md and docs/bench/*.svg"
