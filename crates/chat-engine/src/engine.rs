@@ -819,18 +819,19 @@ impl Engine {
         let deadline = now
             .checked_add(timeout)
             .unwrap_or(now + Duration::from_secs(86_400));
-        let mut rx = lock(&self.shared.streams).subscribe(session.user);
-        let current = *rx.borrow_and_update();
+        let (mut waiter, current) = lock(&self.shared.streams).subscribe(session.user);
         let live_since = live.map_or(current, |l| l.min(current));
         let first = self.read_inner(session, after, limit, live).await?;
         if !first.events.is_empty() || first.reset {
             return Ok(first);
         }
         loop {
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                // Timed out, or the stream entry is gone: an empty answer with the same cursor.
-                Ok(Err(_)) | Err(_) => return Ok(first),
+            if tokio::time::timeout_at(deadline, waiter.changed())
+                .await
+                .is_err()
+            {
+                // Timed out: an empty answer with the same cursor.
+                return Ok(first);
             }
             let next = self
                 .read_inner(session, Some(first.cursor), limit, Some(live_since))

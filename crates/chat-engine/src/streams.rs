@@ -5,7 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use chat_core::{Audience, ChannelId, Event, Seq, SpaceId, UserId};
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Notify;
 
 /// A position in the log: the seq of the last event read, and the log's epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,8 +75,8 @@ pub(crate) struct UserStream {
     runs: HashMap<Group, Vec<(Seq, Seq)>>,
     /// Recent live-only events with the generation each was published at.
     live: VecDeque<(u64, Arc<Event>)>,
-    /// Bumped at every event for this user; waiting readers watch it. Its value is the live generation.
-    wake: watch::Sender<u64>,
+    /// Bumped at every event for this user; waiting readers wait on it.
+    wake: Arc<Wake>,
 }
 
 impl UserStream {
@@ -84,7 +86,51 @@ impl UserStream {
             floor: 0,
             runs: HashMap::new(),
             live: VecDeque::new(),
-            wake: watch::Sender::new(0),
+            wake: Arc::new(Wake::default()),
+        }
+    }
+}
+
+/// One user's wake-up: a version bumped at every event and a [`Notify`] for the readers waiting on it. Lighter
+/// than a `watch` channel, whose send takes eight locks (one per shard of its waiter list): a wake-up per
+/// recipient per event is the fan-out's hottest path.
+#[derive(Debug, Default)]
+pub(crate) struct Wake {
+    version: AtomicU64,
+    /// How many live-only events the user has been sent.
+    live: AtomicU64,
+    notify: Notify,
+}
+
+impl Wake {
+    /// Called with the streams' lock held, after the event is in place for readers.
+    fn bump(&self) {
+        self.version.fetch_add(1, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+}
+
+/// Waits for a user's next event after the version it last saw.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    wake: Arc<Wake>,
+    seen: u64,
+}
+
+impl Waiter {
+    /// Returns once an event came after the last one this waiter saw (at once if one already has).
+    pub(crate) async fn changed(&mut self) {
+        loop {
+            let notified = self.wake.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the version is read: a bump after the read wakes this future.
+            notified.as_mut().enable();
+            let now = self.wake.version.load(Ordering::Acquire);
+            if now != self.seen {
+                self.seen = now;
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -176,7 +222,7 @@ impl Streams {
                     Some((_, last)) if *last == previous => *last = seq,
                     _ => runs.push((seq, seq)),
                 }
-                stream.wake.send_modify(|_| {});
+                stream.wake.bump();
             }
         } else {
             for user in recipients {
@@ -190,7 +236,7 @@ impl Streams {
                         stream.floor = s;
                     }
                 }
-                stream.wake.send_modify(|_| {});
+                stream.wake.bump();
             }
         }
         self.since_sweep += 1;
@@ -233,34 +279,35 @@ impl Streams {
             let Some(stream) = self.users.get_mut(user) else {
                 continue;
             };
-            let generation = *stream.wake.borrow() + 1;
+            let generation = stream.wake.live.load(Ordering::Relaxed) + 1;
             stream.live.push_back((generation, Arc::clone(&event)));
             if stream.live.len() > LIVE_KEEP {
                 stream.live.pop_front();
             }
-            stream.wake.send_replace(generation);
+            stream.wake.live.store(generation, Ordering::Relaxed);
+            stream.wake.bump();
         }
     }
 
-    /// How many live-only events the user has been sent (the generation their wake-up watch carries). It
-    /// makes the user's entry if there is none: live events are kept only for users with one, and whoever
-    /// asks is about to wait.
+    /// How many live-only events the user has been sent. It makes the user's entry if there is none: live
+    /// events are kept only for users with one, and whoever asks is about to wait.
     pub(crate) fn live_generation(&mut self, user: UserId) -> u64 {
-        *self
-            .users
-            .entry(user)
-            .or_insert_with(UserStream::new)
-            .wake
-            .borrow()
-    }
-
-    /// A receiver that wakes at the user's next event, and the live generation it starts from.
-    pub(crate) fn subscribe(&mut self, user: UserId) -> watch::Receiver<u64> {
         self.users
             .entry(user)
             .or_insert_with(UserStream::new)
             .wake
-            .subscribe()
+            .live
+            .load(Ordering::Relaxed)
+    }
+
+    /// A waiter that wakes at the user's next event, and the live generation it starts from.
+    pub(crate) fn subscribe(&mut self, user: UserId) -> (Waiter, u64) {
+        let wake = &self.users.entry(user).or_insert_with(UserStream::new).wake;
+        let waiter = Waiter {
+            seen: wake.version.load(Ordering::Acquire),
+            wake: Arc::clone(wake),
+        };
+        (waiter, wake.live.load(Ordering::Relaxed))
     }
 
     /// Reads the user's stream after `after` from memory, with live events newer than `live_since`.
