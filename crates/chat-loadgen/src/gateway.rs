@@ -44,11 +44,20 @@ pub(crate) struct Totals {
     pub(crate) polls: AtomicU64,
     /// Long polls that failed: a non-2xx answer or a broken connection (then reopened).
     pub(crate) poll_errors: AtomicU64,
+    /// Deliveries recorded per connection (by index), `u64::MAX` once a connection has ended: the least of
+    /// them bounds the send window of a fan-out (`--window`).
+    per_connection: Vec<AtomicU64>,
 }
 
 impl Totals {
     pub(crate) fn new() -> Self {
+        Self::for_connections(0)
+    }
+
+    /// Totals that also count each of `n` connections' deliveries.
+    pub(crate) fn for_connections(n: usize) -> Self {
         Self {
+            per_connection: (0..n).map(|_| AtomicU64::new(0)).collect(),
             shards: (0..SHARDS).map(|_| Mutex::new(util::histogram())).collect(),
             deliveries: AtomicU64::new(0),
             first: AtomicU64::new(u64::MAX),
@@ -60,6 +69,22 @@ impl Totals {
             max_frame: AtomicUsize::new(0),
             polls: AtomicU64::new(0),
             poll_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// The fewest deliveries any live connection has recorded (`u64::MAX` with none).
+    pub(crate) fn least_delivered(&self) -> u64 {
+        self.per_connection
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Marks connection `i` as ended: it no longer holds the send window back.
+    pub(crate) fn ended(&self, i: usize) {
+        if let Some(n) = self.per_connection.get(i) {
+            n.store(u64::MAX, Ordering::Relaxed);
         }
     }
 
@@ -146,6 +171,12 @@ impl Recorder {
         }
         let n = u64::try_from(self.micros.len()).unwrap_or(u64::MAX);
         totals.deliveries.fetch_add(n, Ordering::Relaxed);
+        if let Some(mine) = totals.per_connection.get(self.shard) {
+            // An ended connection stays at MAX.
+            let _ = mine.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                (c != u64::MAX).then(|| c + n)
+            });
+        }
         totals.first.fetch_min(self.first, Ordering::Relaxed);
         totals.last.fetch_max(self.last, Ordering::Relaxed);
         self.micros.clear();
@@ -275,7 +306,7 @@ impl Swarm {
         procs: usize,
         socket_buffer: u32,
     ) -> Self {
-        let totals = Arc::new(Totals::new());
+        let totals = Arc::new(Totals::for_connections(tokens.len()));
         let (stop, stop_rx) = watch::channel(false);
         let gate = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
         let mut tasks = JoinSet::new();
@@ -288,6 +319,7 @@ impl Swarm {
                 if let Err(e) = conn.await {
                     totals.count_failure(i, &e);
                 }
+                totals.ended(i);
             });
         }
         Self {

@@ -129,6 +129,13 @@ struct Cli {
     /// loopback they also move the server's transmit work into the receivers' reads (see the README).
     #[arg(long, default_value_t = 16)]
     socket_buffer_kib: u32,
+    /// The send window: in `fanout`, the most messages sent that any one connection has not received yet
+    /// (from each connection's counts, which lag by at most 50 ms); in `rooms`, the most deliveries
+    /// outstanding per connection on average. The sender waits while more are out. It keeps an unpaced
+    /// run from queueing more than a server holds for a connection (bare-ws closes one with 1 MiB queued:
+    /// about 2,400 of these frames), so that every server is measured at the rate it sustains. 0: none.
+    #[arg(long, default_value_t = 1000)]
+    window: u64,
     #[arg(long, hide = true)]
     child_index: Option<usize>,
     #[arg(long, hide = true)]
@@ -285,10 +292,12 @@ async fn child(cli: Cli, index: usize, of: usize) -> Result<()> {
     let progress = tokio::spawn(async move {
         let (mut last, mut last_open, mut last_polls) = (0, usize::MAX, 0);
         loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Often: the parent's send window (`--window`) waits on these counts.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             let now = totals.deliveries.load(Ordering::Relaxed);
             if now != last {
                 println!("count {now}");
+                println!("least {}", totals.least_delivered());
                 last = now;
             }
             let polls = totals.polls.load(Ordering::Relaxed);
@@ -320,6 +329,8 @@ struct ChildSwarm {
     process: tokio::process::Child,
     stdin: Option<tokio::process::ChildStdin>,
     deliveries: Arc<AtomicU64>,
+    /// The fewest deliveries any of the child's live connections has (its `least` lines).
+    least: Arc<AtomicU64>,
     open: Arc<AtomicU64>,
     polls: Arc<AtomicU64>,
     ready: Option<oneshot::Receiver<(usize, usize)>>,
@@ -354,6 +365,8 @@ impl ChildSwarm {
         stdin.flush().await?;
         let stdout = process.stdout.take().context("child stdout")?;
         let deliveries = Arc::new(AtomicU64::new(0));
+        let least = Arc::new(AtomicU64::new(0));
+        let least_now = Arc::clone(&least);
         let (ready_tx, ready) = oneshot::channel();
         let (result_tx, result) = oneshot::channel();
         let seen = Arc::clone(&deliveries);
@@ -368,6 +381,8 @@ impl ChildSwarm {
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(n) = line.strip_prefix("count ") {
                     seen.store(n.trim().parse().unwrap_or(0), Ordering::SeqCst);
+                } else if let Some(n) = line.strip_prefix("least ") {
+                    least_now.store(n.trim().parse().unwrap_or(0), Ordering::SeqCst);
                 } else if let Some(n) = line.strip_prefix("polls ") {
                     polls_now.store(n.trim().parse().unwrap_or(0), Ordering::SeqCst);
                 } else if let Some(n) = line.strip_prefix("open ") {
@@ -388,6 +403,7 @@ impl ChildSwarm {
             process,
             stdin: Some(stdin),
             deliveries,
+            least,
             open,
             polls,
             ready: Some(ready),
@@ -470,6 +486,18 @@ impl Swarms {
         }
     }
 
+    /// The fewest deliveries any live connection has received.
+    fn least_delivered(&self) -> u64 {
+        match self {
+            Self::Local(s) => s.totals.least_delivered(),
+            Self::Children(cs) => cs
+                .iter()
+                .map(|c| c.least.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(u64::MAX),
+        }
+    }
+
     fn polls(&self) -> u64 {
         match self {
             Self::Local(s) => s.totals.polls.load(Ordering::Relaxed),
@@ -540,18 +568,41 @@ pub(crate) struct Sent {
     expected: AtomicU64,
 }
 
+/// At most this many deliveries may be sent and not yet received; see `--window`.
+#[derive(Clone, Copy)]
+pub(crate) struct Window<'a> {
+    /// Deliveries received so far.
+    pub(crate) delivered: &'a (dyn Fn() -> u64 + Sync),
+    /// The most outstanding (0: no limit).
+    pub(crate) limit: u64,
+}
+
+impl Window<'_> {
+    /// Waits until `issued` deliveries leave at most `limit` outstanding, or `deadline` passes.
+    pub(crate) async fn admit(&self, issued: u64, deadline: Instant) {
+        while self.limit > 0
+            && issued.saturating_sub((self.delivered)()) > self.limit
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
 /// Sends `messages` messages at `rate` per second (unpaced when 0), message `k` as `target(k)` =
-/// (token, channel, receivers), stopping at `deadline`.
+/// (token, channel, receivers), stopping at `deadline`, with at most `window` deliveries outstanding.
 async fn send_all(
     api: &Api,
     messages: u64,
     rate: f64,
     deadline: Instant,
+    window: Window<'_>,
     target: impl Fn(u64) -> (String, String, u64),
 ) -> Arc<Sent> {
     let sent = Arc::new(Sent::default());
     let gate = Arc::new(Semaphore::new(SEND_PARALLELISM));
     let start = tokio::time::Instant::now();
+    let mut issued = 0;
     for k in 0..messages {
         if Instant::now() > deadline {
             eprintln!("send: --duration reached after {k} of {messages} messages");
@@ -560,10 +611,12 @@ async fn send_all(
         if rate > 0.0 {
             tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate)).await;
         }
+        window.admit(issued, deadline).await;
         let Ok(permit) = Arc::clone(&gate).acquire_owned().await else {
             break;
         };
         let (token, channel, receivers) = target(k);
+        issued += receivers;
         let (api, sent) = (api.clone(), Arc::clone(&sent));
         tokio::spawn(async move {
             match api.privmsg(&token, &channel, util::stamped_body()).await {
@@ -692,10 +745,25 @@ async fn parent(cli: Cli) -> Result<()> {
                 let room = usize::try_from(k).unwrap_or(0) % rooms;
                 (room, u64::try_from(size.min(n - room * size)).unwrap_or(0))
             };
+            // Every fan-out message goes to all n: as if each had the fewest any connection has, which
+            // bounds every connection's queue. Rooms count all deliveries together.
+            let receivers = u64::try_from(n).unwrap_or(u64::MAX);
+            let fanout = cli.scenario == Scenario::Fanout;
+            let delivered = || {
+                if fanout {
+                    swarms.least_delivered().saturating_mul(receivers)
+                } else {
+                    swarms.deliveries()
+                }
+            };
+            let window = Window {
+                delivered: &delivered,
+                limit: cli.window.saturating_mul(receivers),
+            };
             sent = if nats {
                 let receivers = u64::try_from(n).unwrap_or(0);
                 let fanout = cli.scenario == Scenario::Fanout;
-                nats::publish_all(server, messages, cli.rate(), deadline, |k| {
+                nats::publish_all(server, messages, cli.rate(), deadline, window, |k| {
                     if fanout {
                         (fan_subject.clone(), receivers)
                     } else {
@@ -706,12 +774,12 @@ async fn parent(cli: Cli) -> Result<()> {
                 .await?
             } else if let Some(sender) = &sender {
                 let receivers = u64::try_from(n).unwrap_or(0);
-                send_all(&api, messages, cli.rate(), deadline, |_| {
+                send_all(&api, messages, cli.rate(), deadline, window, |_| {
                     (sender.clone(), fan_channel.clone(), receivers)
                 })
                 .await
             } else {
-                send_all(&api, messages, cli.rate(), deadline, |k| {
+                send_all(&api, messages, cli.rate(), deadline, window, |k| {
                     let k = usize::try_from(k).unwrap_or(0);
                     let room = k % rooms;
                     let members = size.min(n - room * size);

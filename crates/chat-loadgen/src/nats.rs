@@ -167,7 +167,7 @@ pub(crate) fn start(
     procs: usize,
     socket_buffer: u32,
 ) -> Swarm {
-    let totals = Arc::new(Totals::new());
+    let totals = Arc::new(Totals::for_connections(subjects.len()));
     let (stop, stop_rx) = watch::channel(false);
     let gate = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
     let mut tasks = JoinSet::new();
@@ -181,6 +181,7 @@ pub(crate) fn start(
             if let Err(e) = receiver(conn, i, &totals, gate, stop).await {
                 totals.count_failure(i, &e);
             }
+            totals.ended(i);
         });
     }
     Swarm::from_parts(totals, stop, tasks, connections)
@@ -313,6 +314,7 @@ pub(crate) async fn publish_all(
     messages: u64,
     rate: f64,
     deadline: Instant,
+    window: crate::Window<'_>,
     target: impl Fn(u64) -> (String, u64),
 ) -> Result<Arc<Sent>> {
     let sent = Arc::new(Sent::default());
@@ -325,6 +327,7 @@ pub(crate) async fn publish_all(
     let (mut batch, mut batch_expected, mut batch_len) = (Vec::new(), 0u64, 0u64);
     let (mut since_ping, mut since_ping_expected) = (0u64, 0u64);
     let start = tokio::time::Instant::now();
+    let mut issued = 0;
     for k in 0..messages {
         if Instant::now() > deadline {
             eprintln!("send: --duration reached after {k} of {messages} messages");
@@ -334,6 +337,8 @@ pub(crate) async fn publish_all(
             tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate)).await;
         }
         let (subject, receivers) = target(k);
+        issued += receivers;
+        window.admit(issued, deadline).await;
         append_pub(&mut batch, &subject);
         batch_len += 1;
         batch_expected += receivers;

@@ -109,7 +109,7 @@ pub(crate) fn stamps(body: &[u8]) -> Vec<u64> {
                 .take_while(|b| b.is_ascii_digit())
                 .count();
         if end > start
-            && body.get(end) == Some(&b'"')
+            && matches!(body.get(end), Some(b'"' | b' '))
             && let Some(n) = std::str::from_utf8(&body[start..end])
                 .ok()
                 .and_then(|d| d.parse().ok())
@@ -244,6 +244,13 @@ mod tests {
         assert!(stamps(empty).is_empty());
         assert_eq!(cursor(empty), Some(12));
         assert!(stamps(br#"{"body":"t=12x"} "t="#).is_empty());
+        // The bodies the senders make: the stamp, a space, padding.
+        let body = stamped_body();
+        assert_eq!(body.len(), BODY_LEN);
+        let padded = format!(r#"{{"messages":[{{"seq":1,"body":"{body}"}}],"cursor":1}}"#);
+        assert_eq!(stamps(padded.as_bytes()).len(), 1);
+        let frame = format!(r#"{{"t":"MESSAGE_CREATE","d":{{"content":"{body}"}}}}"#);
+        assert!(stamp(frame.as_bytes()).is_some());
         assert_eq!(cursor(b"{}"), None);
     }
 
