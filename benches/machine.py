@@ -31,8 +31,8 @@ def nofile():
     try:
         import resource
 
-        return resource.getrlimit(resource.RESOURCE_NOFILE)[1]
-    except (ImportError, ValueError):
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    except (ImportError, ValueError, OSError):
         return None
 
 

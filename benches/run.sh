@@ -129,7 +129,7 @@ row_fanout() {
     local messages=$(( FANOUT_DELIVERIES / n ))
     for s in chatd bare-ws nats; do
       loadgen "$s" "fanout-$n-$s" fanout --conns "$n" --messages "$messages" --rate 0 \
-        --procs "$(procs_for "$n")"
+        --procs "$(procs_for "$n")" --socket-buffer-kib 0
     done
   done
 }
@@ -139,13 +139,15 @@ row_rooms() {
   procs=$(procs_for "$n")
   # The most messages/s chatd delivers to rooms of 10; then latency at fractions of it (20% is the SPEC row),
   # for chatd and, at the same message rates, bare-ws.
-  loadgen chatd rooms-max-chatd rooms --conns "$n" --rate 0 --messages $(( n * 5 )) --procs "$procs"
+  loadgen chatd rooms-max-chatd rooms --conns "$n" --rate 0 --messages $(( n * 5 )) --procs "$procs" \
+    --socket-buffer-kib 0
   max=$(json_get "$OUT/rooms-max-chatd.json" "d['deliveries_per_s'] / d['parameters']['room_size']")
   for pct in $ROOMS_LOADS; do
     local rate
     rate=$(python3 -c "print(max(1, round($max * $pct / 100)))")
     for s in chatd bare-ws; do
-      loadgen "$s" "rooms-$pct-$s" rooms --conns "$n" --rate "$rate" --duration "$PHASE" --procs "$procs"
+      loadgen "$s" "rooms-$pct-$s" rooms --conns "$n" --rate "$rate" --duration "$PHASE" --procs "$procs" \
+        --socket-buffer-kib 0
     done
   done
 }
@@ -167,7 +169,9 @@ row_longpoll() {
 }
 
 row_durable() {
-  loadgen chatd durable-64-chatd durable-send --conns 64 --rate 0 --duration "$PHASE"
+  for senders in 64 512; do
+    loadgen chatd "durable-$senders-chatd" durable-send --conns "$senders" --rate 0 --duration "$PHASE"
+  done
   loadgen chatd durable-1-chatd durable-send --conns 1 --rate 0 --duration "$PHASE"
   log "durable baselines: fdatasync and SQLite WAL FULL commits"
   python3 benches/disk.py "$WORK" >"$OUT/disk.json"
