@@ -2,6 +2,8 @@
 //! state for both the gateway and the REST API, so that the two always agree. Field lists follow
 //! `discord-compat.md`: what discord.py, twilight and serenity require.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use chat_core::{
@@ -229,6 +231,38 @@ pub(crate) fn guild_create(
     viewer: UserId,
     large_threshold: usize,
 ) -> Value {
+    let channels: Vec<Value> = space
+        .channels()
+        .filter_map(|c| core.channel(c))
+        .filter(|ch| sees(core, space, ch, viewer))
+        .map(|ch| channel(core, ch, viewer))
+        .collect();
+    guild_create_around(core, space, viewer, large_threshold, Value::Array(channels))
+}
+
+/// The same GUILD_CREATE as [`guild_create`], with its channel list taken from `texts` (see [`ChannelTexts`])
+/// and left as text: the part that grows with the space is copied, not built, and the JSON is written by
+/// [`GuildCreate::write_json`], which needs no core and so runs outside the engine's writer.
+pub(crate) fn guild_create_cached(
+    core: &Core,
+    space: &Space,
+    viewer: UserId,
+    large_threshold: usize,
+    texts: &ChannelTexts,
+) -> GuildCreate {
+    let channels = texts.list(core, space, viewer);
+    let guild = guild_create_around(core, space, viewer, large_threshold, Value::Null);
+    GuildCreate { guild, channels }
+}
+
+/// A GUILD_CREATE object around the given `channels` value.
+fn guild_create_around(
+    core: &Core,
+    space: &Space,
+    viewer: UserId,
+    large_threshold: usize,
+    channels: Value,
+) -> Value {
     let mut v = guild(space);
     let map = v.as_object_mut().expect("a json! object is an object");
     let large = space.member_count() > large_threshold;
@@ -241,12 +275,6 @@ pub(crate) fn guild_create(
     } else {
         space.members().map(|m| member(core, space, m)).collect()
     };
-    let channels: Vec<Value> = space
-        .channels()
-        .filter_map(|c| core.channel(c))
-        .filter(|ch| sees(core, space, ch, viewer))
-        .map(|ch| channel(core, ch, viewer))
-        .collect();
     let threads: Vec<Value> = core
         .channels()
         .filter(|ch| ch.kind == ChannelKind::Thread && ch.space == Some(space.id))
@@ -263,7 +291,7 @@ pub(crate) fn guild_create(
     map.insert("unavailable".into(), json!(false));
     map.insert("member_count".into(), json!(space.member_count()));
     map.insert("members".into(), Value::Array(members));
-    map.insert("channels".into(), Value::Array(channels));
+    map.insert("channels".into(), channels);
     map.insert("threads".into(), Value::Array(threads));
     map.insert("presences".into(), json!([]));
     map.insert("voice_states".into(), json!([]));
@@ -271,6 +299,231 @@ pub(crate) fn guild_create(
     map.insert("guild_scheduled_events".into(), json!([]));
     map.insert("soundboard_sounds".into(), json!([]));
     v
+}
+
+/// A GUILD_CREATE whose channel list is kept as cached text: `guild` holds every other field (its
+/// `channels` is a placeholder, in its place in the field order), `channels` the viewer's list.
+#[derive(Debug)]
+pub(crate) struct GuildCreate {
+    /// The guild object; its `channels` entry is replaced by `channels` when written.
+    pub(crate) guild: Value,
+    channels: Vec<ListedChannel>,
+}
+
+impl GuildCreate {
+    /// Roughly how long the object's text is, to size the buffer it is written into.
+    pub(crate) fn len_hint(&self) -> usize {
+        let listed: usize = self.channels.iter().map(ListedChannel::len_hint).sum();
+        listed + 4096
+    }
+
+    /// The object as JSON text, exactly as [`guild_create`]'s value would serialise.
+    #[cfg(test)]
+    fn to_json(&self) -> String {
+        let mut out = String::with_capacity(self.len_hint());
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends the object as JSON text to `out`, exactly as [`guild_create`]'s value would serialise.
+    pub(crate) fn write_json(&self, out: &mut String) {
+        out.push('{');
+        if let Some(map) = self.guild.as_object() {
+            for (i, (key, value)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                if key == "channels" {
+                    out.push('[');
+                    for (j, c) in self.channels.iter().enumerate() {
+                        if j > 0 {
+                            out.push(',');
+                        }
+                        c.write(out);
+                    }
+                    out.push(']');
+                } else {
+                    out.push_str(&value.to_string());
+                }
+            }
+        }
+        out.push('}');
+    }
+}
+
+/// One channel of a viewer's list: cached text with the channel's newest message spliced in, or (for a kind
+/// the cache does not keep) its object.
+#[derive(Debug)]
+enum ListedChannel {
+    Cached(Arc<ChannelText>, Option<MessageId>),
+    Built(Value),
+}
+
+impl ListedChannel {
+    fn len_hint(&self) -> usize {
+        match self {
+            Self::Cached(text, _) => text.head.len() + text.tail.len() + 24,
+            Self::Built(_) => 256,
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        match self {
+            Self::Cached(text, last) => {
+                out.push_str(&text.head);
+                match last {
+                    // A snowflake's digits need no escaping.
+                    Some(id) => {
+                        out.push('"');
+                        out.push_str(&id.to_string());
+                        out.push('"');
+                    }
+                    None => out.push_str("null"),
+                }
+                out.push_str(&text.tail);
+            }
+            Self::Built(v) => out.push_str(&v.to_string()),
+        }
+    }
+}
+
+/// What a space channel's object shows besides `id`, `type` and `last_message_id`: a cached text is used only
+/// while the channel still has exactly these, so no event can leave it stale, whatever changed the channel.
+#[derive(Debug, PartialEq, Eq)]
+struct ChannelShape {
+    kind: ChannelKind,
+    space: Option<SpaceId>,
+    name: String,
+    position: i32,
+    parent: Option<chat_core::ChannelId>,
+    topic: Option<String>,
+    slowmode_secs: u32,
+    overwrites: Vec<(OverwriteTarget, Permissions, Permissions)>,
+}
+
+impl ChannelShape {
+    fn of(ch: &Channel) -> Self {
+        Self {
+            kind: ch.kind,
+            space: ch.space,
+            name: ch.name.clone(),
+            position: ch.position,
+            parent: ch.parent,
+            topic: ch.topic.as_ref().map(|t| t.text.clone()),
+            slowmode_secs: ch.slowmode_secs,
+            overwrites: ch
+                .overwrites()
+                .map(|o| (o.target, o.allow, o.deny))
+                .collect(),
+        }
+    }
+
+    /// Whether `ch` still has this shape (compared in place: nothing is allocated).
+    fn fits(&self, ch: &Channel) -> bool {
+        self.kind == ch.kind
+            && self.space == ch.space
+            && self.name == ch.name
+            && self.position == ch.position
+            && self.parent == ch.parent
+            && self.topic.as_deref() == ch.topic.as_ref().map(|t| t.text.as_str())
+            && self.slowmode_secs == ch.slowmode_secs
+            && self
+                .overwrites
+                .iter()
+                .copied()
+                .eq(ch.overwrites().map(|o| (o.target, o.allow, o.deny)))
+    }
+}
+
+/// A space channel's object as JSON text, split where its `last_message_id` goes (the one field that changes
+/// with every message): `head` ends with `"last_message_id":`, `tail` is the rest of the object.
+#[derive(Debug)]
+struct ChannelText {
+    shape: ChannelShape,
+    head: Box<str>,
+    tail: Box<str>,
+}
+
+impl ChannelText {
+    /// The text of `ch`'s object, if it is a kind whose object does not depend on the viewer or on members.
+    fn of(core: &Core, ch: &Channel) -> Option<Self> {
+        if !matches!(ch.kind, ChannelKind::Text | ChannelKind::Category) {
+            return None;
+        }
+        // The object of a text channel or category does not depend on the viewer.
+        let mut v = channel(core, ch, core.system_user());
+        // Replaced in place: the field keeps its position.
+        v.as_object_mut()?
+            .insert("last_message_id".into(), Value::Null);
+        let text = v.to_string();
+        const FIELD: &str = "\"last_message_id\":";
+        // The first occurrence is the field itself: only `id` (digits) and `type` (a number) come before it.
+        let at = text.find(FIELD)? + FIELD.len();
+        let tail = text[at..].strip_prefix("null")?;
+        Some(Self {
+            shape: ChannelShape::of(ch),
+            head: text[..at].into(),
+            tail: tail.into(),
+        })
+    }
+}
+
+/// How far the cache of channel texts may grow past what it held after its last pruning.
+const TEXTS_SLACK: usize = 256;
+
+/// The JSON text of space channels, kept between GUILD_CREATEs: with a thousand channels in the network,
+/// building every channel's object for every Identify was most of a connection's cost, and it ran on the
+/// engine's writer. An entry is reused while its channel's shape is unchanged ([`ChannelShape`], checked
+/// against the core at every use), so no event needs to be known here for the text to stay right; the newest
+/// message is spliced in per use. Which channels a viewer sees is decided per viewer, as [`guild_create`]
+/// does.
+#[derive(Debug, Default)]
+pub(crate) struct ChannelTexts {
+    inner: Mutex<Texts>,
+}
+
+/// The cached texts, and the size past which those of deleted channels are dropped.
+#[derive(Debug, Default)]
+struct Texts {
+    by_channel: HashMap<chat_core::ChannelId, Arc<ChannelText>>,
+    prune_at: usize,
+}
+
+impl ChannelTexts {
+    /// The channels of `space` that `viewer` sees, in [`guild_create`]'s order, as cached texts (made now for
+    /// channels new or changed since they were cached).
+    fn list(&self, core: &Core, space: &Space, viewer: UserId) -> Vec<ListedChannel> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let Texts {
+            by_channel: texts,
+            prune_at,
+        } = &mut *inner;
+        let listed: Vec<ListedChannel> = space
+            .channels()
+            .filter_map(|c| core.channel(c))
+            .filter(|ch| sees(core, space, ch, viewer))
+            .map(|ch| {
+                let cached = texts.get(&ch.id).filter(|t| t.shape.fits(ch)).cloned();
+                let text = cached.or_else(|| {
+                    let made = Arc::new(ChannelText::of(core, ch)?);
+                    texts.insert(ch.id, Arc::clone(&made));
+                    Some(made)
+                });
+                match text {
+                    Some(text) => ListedChannel::Cached(text, ch.last_message),
+                    None => ListedChannel::Built(channel(core, ch, viewer)),
+                }
+            })
+            .collect();
+        // Deleted channels' texts go once the cache has grown well past what it last held.
+        if texts.len() > *prune_at {
+            texts.retain(|id, _| core.channel(*id).is_some());
+            *prune_at = texts.len().saturating_mul(2).saturating_add(TEXTS_SLACK);
+        }
+        listed
+    }
 }
 
 /// A guild object without the GUILD_CREATE extras (REST `GET /guilds/{id}`, GUILD_UPDATE).
@@ -697,5 +950,211 @@ mod tests {
             json!({"id": "123", "name": "awesome"})
         );
         assert_eq!(emoji("<a:dance:9"), json!({"id": "9", "name": "dance"}));
+    }
+
+    mod cached_guild_create {
+        use chat_core::{
+            ChannelRef, Command, Config, Created, NewClient, Origin, Outgoing, Target,
+        };
+
+        use super::*;
+
+        const NOW: u64 = 1_800_000_000_000;
+
+        /// A core driven by commands, with its users' clients by name.
+        struct World {
+            core: Core,
+            clients: HashMap<UserId, chat_core::ClientId>,
+            texts: ChannelTexts,
+        }
+
+        impl World {
+            fn new() -> Self {
+                Self {
+                    core: Core::new(Config::default(), NOW),
+                    clients: HashMap::new(),
+                    texts: ChannelTexts::default(),
+                }
+            }
+
+            fn user(&mut self, nick: &str) -> UserId {
+                let token_hash = [u8::try_from(self.clients.len() + 1).expect("few"); 32];
+                let register = Command::Register {
+                    nick: nick.into(),
+                    // An account (the core never hashes): guests cannot own spaces.
+                    password_hash: Some("$test$pw".into()),
+                    bot: false,
+                    client: Some(NewClient {
+                        name: nick.into(),
+                        token_hash,
+                    }),
+                };
+                let reply = self.core.handle(NOW, Origin::Anonymous, register);
+                let Ok(chat_core::Reply {
+                    created:
+                        Some(Created::User {
+                            user,
+                            client: Some(client),
+                        }),
+                    ..
+                }) = reply
+                else {
+                    panic!("no user: {reply:?}");
+                };
+                self.clients.insert(user, client);
+                user
+            }
+
+            fn run(&mut self, user: UserId, command: Command) -> Option<Created> {
+                let client = self.clients[&user];
+                match self.core.handle(NOW, Origin::Client(client), command) {
+                    Ok(reply) => reply.created,
+                    Err(e) => panic!("refused: {e:?}"),
+                }
+            }
+
+            fn join(&mut self, user: UserId, channel: &str) {
+                let join = Command::Join {
+                    channel: channel.into(),
+                    key: None,
+                };
+                self.run(user, join);
+            }
+
+            fn channel_id(&self, name: &str) -> chat_core::ChannelId {
+                self.core.channel_by_name(name).expect("a channel").id
+            }
+
+            /// Every space's GUILD_CREATE for `viewers`, from the (warm) cache and built afresh, must be the
+            /// same text; returns the cached ones' channel names per viewer in the network.
+            fn check(&self, viewers: &[UserId]) -> Vec<Vec<String>> {
+                let mut names = Vec::new();
+                for viewer in viewers {
+                    for space in self.core.spaces() {
+                        let fresh = guild_create(&self.core, space, *viewer, 250).to_string();
+                        let cached =
+                            guild_create_cached(&self.core, space, *viewer, 250, &self.texts);
+                        assert_eq!(cached.to_json(), fresh, "{} for {viewer}", space.name);
+                        if space.network {
+                            let v: Value = serde_json::from_str(&fresh).expect("JSON");
+                            let list = v["channels"].as_array().expect("channels");
+                            names.push(
+                                list.iter()
+                                    .map(|c| c["name"].as_str().expect("a name").to_owned())
+                                    .collect(),
+                            );
+                        }
+                    }
+                }
+                names
+            }
+        }
+
+        #[test]
+        fn a_warm_cache_follows_every_change_to_the_channels() {
+            let mut w = World::new();
+            let alice = w.user("alice");
+            let bob = w.user("bob");
+            w.join(alice, "#a");
+            w.join(alice, "#b");
+            assert_eq!(w.check(&[alice, bob]), [["a", "b"], ["a", "b"]]);
+            // Warm: the texts are made once for every viewer.
+            let a = w.channel_id("#a");
+            let first = Arc::clone(&w.texts.inner.lock().expect("lock").by_channel[&a]);
+            w.check(&[alice, bob]);
+            let again = Arc::clone(&w.texts.inner.lock().expect("lock").by_channel[&a]);
+            assert!(Arc::ptr_eq(&first, &again));
+
+            // A new channel, a topic, a message (`last_message_id`), a secret channel.
+            w.join(bob, "#c");
+            w.check(&[alice, bob]);
+            w.run(
+                alice,
+                Command::Topic {
+                    channel: ChannelRef::Name("#a".into()),
+                    topic: "a \"quoted\" topic".into(),
+                },
+            );
+            w.check(&[alice, bob]);
+            let send = Command::Send {
+                to: Target::Channel(ChannelRef::Name("#a".into())),
+                message: Outgoing {
+                    body: "hi".into(),
+                    ..Outgoing::default()
+                },
+            };
+            w.run(alice, send);
+            w.check(&[alice, bob]);
+            let mode = |modes: &str| Command::Mode {
+                channel: ChannelRef::Name("#b".into()),
+                modes: modes.into(),
+                args: Vec::new(),
+            };
+            w.run(alice, mode("+s"));
+            // A member sees a secret channel, others do not, from the same warm cache.
+            assert_eq!(
+                w.check(&[alice, bob]),
+                [vec!["a", "b", "c"], vec!["a", "c"]]
+            );
+            w.run(alice, mode("-s"));
+            assert_eq!(w.check(&[alice, bob]), [["a", "b", "c"], ["a", "b", "c"]]);
+
+            // A space: a category, a channel in it, its overwrites, an update and a deletion.
+            let Some(Created::Space(space)) = w.run(
+                alice,
+                Command::CreateSpace {
+                    name: "home".into(),
+                    description: None,
+                    public: true,
+                },
+            ) else {
+                panic!("no space");
+            };
+            w.run(bob, Command::JoinSpace { space });
+            w.check(&[alice, bob]);
+            let create = |name: &str, kind, parent| Command::CreateChannel {
+                space,
+                name: name.into(),
+                kind,
+                parent,
+                topic: None,
+                overwrites: Vec::new(),
+            };
+            let Some(Created::Channel(cat)) =
+                w.run(alice, create("cat", ChannelKind::Category, None))
+            else {
+                panic!("no category");
+            };
+            let Some(Created::Channel(staff)) =
+                w.run(alice, create("staff", ChannelKind::Text, Some(cat)))
+            else {
+                panic!("no channel");
+            };
+            w.check(&[alice, bob]);
+            w.run(
+                alice,
+                Command::SetOverwrite {
+                    channel: staff,
+                    target: OverwriteTarget::Role(space.everyone_role()),
+                    allow: Permissions::empty(),
+                    deny: Permissions::VIEW_CHANNEL,
+                },
+            );
+            w.check(&[alice, bob]);
+            w.run(
+                alice,
+                Command::UpdateChannel {
+                    channel: staff,
+                    name: Some("staff-room".into()),
+                    topic: Some(Some("t".into())),
+                    position: Some(3),
+                    parent: Some(None),
+                    slowmode_secs: Some(5),
+                },
+            );
+            w.check(&[alice, bob]);
+            w.run(alice, Command::DeleteChannel { channel: staff });
+            w.check(&[alice, bob]);
+        }
     }
 }

@@ -1315,3 +1315,80 @@ async fn an_unidentified_connection_is_closed_with_4003_after_the_identify_deadl
         "{v}"
     );
 }
+
+/// The network's channels as a GUILD_CREATE lists them: `(name, topic, last_message_id)` by name.
+fn listed(guild: &Value) -> Vec<(String, Value, Value)> {
+    guild["d"]["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .map(|c| {
+            let name = c["name"].as_str().expect("a name").to_owned();
+            (name, c["topic"].clone(), c["last_message_id"].clone())
+        })
+        .collect()
+}
+
+/// A fresh connection's network GUILD_CREATE for `token`.
+async fn network_guild(server: &Server, token: &str) -> Value {
+    let mut gw = Gw::connect(server).await;
+    gw.identify(token, ALL).await;
+    gw.until("GUILD_CREATE").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guild_create_channel_lists_follow_every_change_after_the_cache_is_warm() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    join(&server, &alice, "#one").await;
+    join(&server, &alice, "#two").await;
+    // Warm: both users' lists have been made once.
+    let names = |g: &Value| listed(g).into_iter().map(|(n, ..)| n).collect::<Vec<_>>();
+    assert_eq!(
+        names(&network_guild(&server, &alice.token).await),
+        ["one", "two"]
+    );
+    let before = network_guild(&server, &bob.token).await;
+    assert_eq!(names(&before), ["one", "two"]);
+
+    // A new channel, a topic and a message show on the next connection.
+    join(&server, &bob, "#three").await;
+    server
+        .ok(
+            &alice,
+            json!({"command": "TOPIC", "to": "#one", "body": "a \"new\" topic"}),
+        )
+        .await;
+    say(&server, &alice, "#two", "hello").await;
+    let after = network_guild(&server, &bob.token).await;
+    let list = listed(&after);
+    assert_eq!(list.len(), 3, "{after}");
+    assert_eq!(list[0].1, json!("a \"new\" topic"), "{after}");
+    assert_eq!(list[2].0, "three", "{after}");
+    let two = &listed(&before)[1];
+    assert_ne!(list[1].2, two.2, "#two's last message moved: {after}");
+    assert!(list[1].2.is_string(), "{after}");
+
+    // A secret channel stays listed to its member and leaves the others' lists, from the same cache.
+    server
+        .ok(
+            &alice,
+            json!({"command": "MODE", "to": "#two", "body": "+s"}),
+        )
+        .await;
+    let of_alice = network_guild(&server, &alice.token).await;
+    let of_bob = network_guild(&server, &bob.token).await;
+    assert_eq!(names(&of_alice), ["one", "two", "three"], "{of_alice}");
+    assert_eq!(names(&of_bob), ["one", "three"], "{of_bob}");
+    // Everything else about a channel is the same for both.
+    assert_eq!(of_alice["d"]["channels"][0], of_bob["d"]["channels"][0]);
+    server
+        .ok(
+            &alice,
+            json!({"command": "MODE", "to": "#two", "body": "-s"}),
+        )
+        .await;
+    let of_bob = network_guild(&server, &bob.token).await;
+    assert_eq!(names(&of_bob), ["one", "two", "three"], "{of_bob}");
+}

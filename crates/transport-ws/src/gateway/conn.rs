@@ -192,8 +192,11 @@ pub(crate) async fn run(
     };
     let interval =
         u64::try_from(shared.settings.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
-    let hello = json!({ "heartbeat_interval": interval });
-    conn.control(op::HELLO, &hello.to_string());
+    // A temporary: a `Value` bound here would live, with its map, as long as the connection.
+    conn.control(
+        op::HELLO,
+        &json!({ "heartbeat_interval": interval }).to_string(),
+    );
     if version_ok {
         conn.serve(&mut stream).await;
     } else {
@@ -203,11 +206,9 @@ pub(crate) async fn run(
     // Dropping the connection drops the queue's sender: the writer sends what is queued and stops.
     drop(conn);
     if let Some(session) = connected {
-        // Presence is a courtesy: the engine may be shutting down already.
-        let _ = shared
-            .engine
-            .command(&session, Command::Disconnect, None)
-            .await;
+        // Presence is a courtesy: the engine may be shutting down already. Boxed, like the handlers in
+        // `serve`, so that this task's future is not sized for it.
+        let _ = Box::pin(shared.engine.command(&session, Command::Disconnect, None)).await;
     }
     let mut writer = writer;
     if tokio::time::timeout(CLOSE_WAIT * 2, &mut writer)
@@ -258,7 +259,11 @@ async fn write_loop(
                 if sent.is_err() {
                     break;
                 }
-                if rx.is_empty() {
+                // Also flushed after each frame that is not a stream dispatch (Hello, READY, each
+                // GUILD_CREATE): the library's write buffer keeps the capacity of the most it ever held,
+                // and READY with the GUILD_CREATEs queued behind it would leave it that large on every
+                // idle connection.
+                if rx.is_empty() || !counted {
                     let flushed = tokio::select! {
                         biased;
                         (code, reason) = urgent_close(&mut urgent) => {
@@ -358,6 +363,9 @@ impl Conn {
         let interval = self.shared.settings.heartbeat_interval;
         // The stream read in flight, kept outside `self` so that `&self` stays shareable across awaits.
         let mut pending: Option<Read> = None;
+        // The handlers below (`inbound`, `on_read`) are boxed: their futures (Identify, Resume, rendering)
+        // are several KiB, and awaited inline they would size every connection's task for them while it
+        // sits idle in the `select!`. A box per payload or read costs far less than that per connection.
         loop {
             let deadline = heartbeat_deadline(self.last_heartbeat, interval);
             self.unidentified_since = match (&self.live, self.unidentified_since) {
@@ -376,7 +384,7 @@ impl Conn {
                     self.close(close::UNKNOWN_ERROR, "Server restarting: resume.")
                 }
                 msg = stream.next() => match msg {
-                    Some(Ok(msg)) => self.inbound(msg).await,
+                    Some(Ok(msg)) => Box::pin(self.inbound(msg)).await,
                     Some(Err(_)) => {
                         // Over the library's size limit, or a broken frame: the payload could not be decoded.
                         self.close(close::DECODE_ERROR, "Error while decoding payload.")
@@ -385,7 +393,7 @@ impl Conn {
                 },
                 read = next_read(&mut pending) => {
                     pending = None;
-                    self.on_read(read).await
+                    Box::pin(self.on_read(read)).await
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     self.close(close::UNKNOWN_ERROR, "Heartbeat timed out: resume.")
@@ -567,10 +575,11 @@ impl Conn {
         // Taken before the snapshot: live events from here on reach the first wait, even those that come
         // before it starts (READY and GUILD_CREATE are sent in between).
         let generation = self.shared.engine.live_generation(user);
+        let texts = Arc::clone(&self.shared.ctx.channel_texts);
         let snapshot = self
             .shared
             .engine
-            .query(move |core| ready_snapshot(core, user, intents, large_threshold))
+            .query(move |core| ready_snapshot(core, user, intents, large_threshold, &texts))
             .await;
         let Ok(Some(snap)) = snapshot else {
             return self.close(close::UNKNOWN_ERROR, "Server unavailable.");
@@ -602,11 +611,12 @@ impl Conn {
             false,
         );
         if intents & intents::GUILDS != 0 {
+            // Written here, off the engine's writer: the channel lists are cached text.
             for guild in &snap.guilds {
-                self.push(
-                    frame::dispatch(snap.seq, "GUILD_CREATE", &guild.to_string()),
-                    false,
-                );
+                let text = frame::dispatch_with(snap.seq, "GUILD_CREATE", guild.len_hint(), |d| {
+                    guild.write_json(d);
+                });
+                self.push(text, false);
             }
         }
         self.last_s = snap.seq;
@@ -808,7 +818,7 @@ struct Snapshot {
     network: SpaceId,
     user: Value,
     guild_ids: Vec<SpaceId>,
-    guilds: Vec<Value>,
+    guilds: Vec<model::GuildCreate>,
     private_channels: Vec<Value>,
     read_state: Vec<Value>,
 }
@@ -818,6 +828,7 @@ fn ready_snapshot(
     user: UserId,
     wanted: u64,
     large_threshold: usize,
+    texts: &model::ChannelTexts,
 ) -> Option<Snapshot> {
     let u = core.user(user)?;
     let network = core.network();
@@ -828,10 +839,10 @@ fn ready_snapshot(
         .iter()
         .filter_map(|id| core.space(*id))
         .map(|space| {
-            let mut guild = model::guild_create(core, space, user, large_threshold);
+            let mut guild = model::guild_create_cached(core, space, user, large_threshold, texts);
             // With GUILD_PRESENCES, who is online now (Discord leaves the offline out).
             if wanted & intents::GUILD_PRESENCES != 0
-                && let Some(map) = guild.as_object_mut()
+                && let Some(map) = guild.guild.as_object_mut()
             {
                 let presences: Vec<Value> = space
                     .members()

@@ -62,13 +62,24 @@ pub(crate) mod intents {
 /// A dispatch frame: `{"op":0,"s":seq,"t":"NAME","d":...}`, assembled as text so that the field order is
 /// Discord's (twilight scans the raw text for the first `"op":`, `"s":` and `"t":`). `d` must be JSON.
 pub(crate) fn dispatch(seq: u64, name: &str, d: &str) -> String {
-    let mut s = String::with_capacity(d.len() + name.len() + 40);
+    dispatch_with(seq, name, d.len(), |s| s.push_str(d))
+}
+
+/// A dispatch frame as [`dispatch`] makes it, with `d` (about `d_len` bytes) written into the frame by
+/// `write`: a large `d` is not made first and then copied.
+pub(crate) fn dispatch_with(
+    seq: u64,
+    name: &str,
+    d_len: usize,
+    write: impl FnOnce(&mut String),
+) -> String {
+    let mut s = String::with_capacity(d_len + name.len() + 40);
     s.push_str("{\"op\":0,\"s\":");
     s.push_str(&seq.to_string());
     s.push_str(",\"t\":\"");
     s.push_str(name);
     s.push_str("\",\"d\":");
-    s.push_str(d);
+    write(&mut s);
     s.push('}');
     s
 }

@@ -65,6 +65,7 @@ impl Gateway {
                 engine: engine.clone(),
                 network: OnceLock::new(),
                 invites: Mutex::new(HashMap::new()),
+                channel_texts: Arc::default(),
             },
             engine,
             settings,

@@ -128,17 +128,23 @@ impl Dispatch {
                 .frame
                 .get_or_init(|| async {
                     let space = deferred.space;
+                    let texts = Arc::clone(&ctx.channel_texts);
                     let guild = ctx
                         .engine
                         .query(move |core| {
                             core.space(space).map(|s| {
-                                model::guild_create(core, s, viewer, model::LARGE_THRESHOLD_MAX)
+                                let threshold = model::LARGE_THRESHOLD_MAX;
+                                model::guild_create_cached(core, s, viewer, threshold, &texts)
                             })
                         })
                         .await
                         .ok()
                         .flatten()?;
-                    let text = frame::dispatch(deferred.seq, "GUILD_CREATE", &guild.to_string());
+                    // Written here, off the engine's writer.
+                    let text =
+                        frame::dispatch_with(deferred.seq, "GUILD_CREATE", guild.len_hint(), |d| {
+                            guild.write_json(d);
+                        });
                     Some(text.into())
                 })
                 .await
@@ -278,6 +284,8 @@ pub(crate) struct Context {
     /// [`Context::learn_invites`]) and by every INVITE_CREATE since, and forgotten at its INVITE_DELETE. A
     /// delete replayed after it left the render cache (or after a restart) finds no entry and sends nothing.
     pub(crate) invites: Mutex<HashMap<String, (ChannelId, Option<SpaceId>)>>,
+    /// The JSON text of space channels, shared by every GUILD_CREATE (see [`model::ChannelTexts`]).
+    pub(crate) channel_texts: Arc<model::ChannelTexts>,
 }
 
 impl Context {
