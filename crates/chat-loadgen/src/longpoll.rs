@@ -342,7 +342,7 @@ pub(crate) async fn run(cli: &crate::Cli, server: SocketAddr) -> Result<()> {
         .collect();
     let setup_s = setup_started.elapsed().as_secs_f64();
 
-    let rss_before_kib = cli.server_pid.and_then(crate::sample::rss_kib);
+    let rss_before_kib = crate::sample::settled_rss_kib(cli.server_pid).await;
     let connect_started = Instant::now();
     eprintln!(
         "longpoll: opening {n} poll connections in {} process(es)",

@@ -690,7 +690,7 @@ async fn parent(cli: Cli) -> Result<()> {
     };
     let setup_s = setup_started.elapsed().as_secs_f64();
 
-    let rss_before_kib = cli.server_pid.and_then(sample::rss_kib);
+    let rss_before_kib = sample::settled_rss_kib(cli.server_pid).await;
     let connect_started = Instant::now();
     eprintln!(
         "{}: opening {n} connections in {} process(es)",

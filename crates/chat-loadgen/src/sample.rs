@@ -23,6 +23,20 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The median of ten RSS samples a tenth of a second apart, in KiB: the server's RSS just after setup still
+/// moves while the allocator returns what setup used, and one sample made the per-connection figure of a
+/// run vary by a few KiB.
+pub(crate) async fn settled_rss_kib(pid: Option<u32>) -> Option<u64> {
+    let pid = pid?;
+    let mut samples = Vec::new();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        samples.extend(rss_kib(pid));
+    }
+    samples.sort_unstable();
+    samples.get(samples.len() / 2).copied()
+}
+
 /// utime + stime in clock ticks.
 fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
