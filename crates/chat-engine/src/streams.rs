@@ -330,8 +330,9 @@ impl Streams {
             stream.seqs.pop_front();
         }
         // The user's seqs after `after`: their own index's, and their runs' stretches of each group's index.
-        // Each source is ascending, and at most `limit + 1` are taken from each: that holds the first `limit`
-        // of the merged stream, and more than `limit` in all whenever any source has more to give.
+        // Each source is ascending. At most `limit + 1` are kept (one more than is returned, to know whether
+        // the read stops short): once that many are held, `bound` is the largest of them, and every source
+        // stops at it, so a user in many busy channels costs a short walk per channel, not a long sort.
         let take = limit.saturating_add(1);
         let mut seqs: Vec<Seq> = stream
             .seqs
@@ -339,6 +340,11 @@ impl Streams {
             .take(take)
             .copied()
             .collect();
+        let mut bound = if seqs.len() == take {
+            seqs.last().copied().unwrap_or(Seq::MAX)
+        } else {
+            Seq::MAX
+        };
         for (group, runs) in &stream.runs {
             let Some(index) = self.groups.get(group) else {
                 continue;
@@ -347,11 +353,19 @@ impl Streams {
             for &(first, last) in runs.iter().filter(|(_, last)| *last > after) {
                 let from = after.max(first.saturating_sub(1));
                 for seq in index.seqs.range(first_after(&index.seqs, from)..) {
-                    if *seq > last || taken == take {
+                    if *seq > last || *seq > bound || taken == take {
                         break;
                     }
                     seqs.push(*seq);
                     taken += 1;
+                }
+            }
+            if seqs.len() > take {
+                seqs.sort_unstable();
+                seqs.dedup();
+                seqs.truncate(take);
+                if seqs.len() == take {
+                    bound = seqs.last().copied().unwrap_or(Seq::MAX);
                 }
             }
         }
