@@ -1,6 +1,7 @@
 //! Gateway connections: a swarm of identified connections in one process, counting stamped deliveries.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,6 +11,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Sleep;
 
 use crate::raw_ws::{self, RawWs};
 use crate::util::{self, now_ns, stamp};
@@ -26,7 +28,7 @@ const SHARDS: usize = 16;
 const BATCH: usize = 256;
 /// The longest a delivery waits in a connection's batch before it is counted in the totals (the progress
 /// lines and the parent's wait for the expected count read the totals).
-pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(50);
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 /// Counts shared by every connection of a swarm.
 #[derive(Debug)]
@@ -118,13 +120,16 @@ impl Totals {
 }
 
 /// One connection's deliveries not yet in the shared [`Totals`]: latencies are batched so that a delivery
-/// costs a push, not a lock.
+/// costs a push, not a lock, and recorded when the batch is full or [`FLUSH_EVERY`] after its first one.
 #[derive(Debug)]
 pub(crate) struct Recorder {
     shard: usize,
     micros: Vec<u64>,
     first: u64,
     last: u64,
+    /// When a pending batch is recorded anyway; one timer per connection, reset rather than made anew.
+    deadline: Pin<Box<Sleep>>,
+    armed: bool,
 }
 
 impl Recorder {
@@ -135,7 +140,31 @@ impl Recorder {
             micros: Vec::new(),
             first: u64::MAX,
             last: 0,
+            deadline: Box::pin(tokio::time::sleep(FLUSH_EVERY)),
+            armed: false,
         }
+    }
+
+    /// After a read: records a full batch now, or arms the timer for a pending one.
+    pub(crate) fn settle(&mut self, totals: &Totals) {
+        if self.micros.len() >= BATCH {
+            self.flush(totals);
+        } else if !self.micros.is_empty() && !self.armed {
+            self.deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + FLUSH_EVERY);
+            self.armed = true;
+        }
+    }
+
+    /// A pending batch waits for its timer.
+    pub(crate) fn is_armed(&self) -> bool {
+        self.armed
+    }
+
+    /// Resolves when the armed timer fires; then call [`Recorder::flush`].
+    pub(crate) async fn due(&mut self) {
+        self.deadline.as_mut().await;
     }
 
     /// Adds one delivery of something stamped `sent_ns`, received at `at_ns`.
@@ -149,18 +178,9 @@ impl Recorder {
         self.last = self.last.max(at_ns);
     }
 
-    /// Deliveries wait in the batch.
-    pub(crate) fn is_pending(&self) -> bool {
-        !self.micros.is_empty()
-    }
-
-    /// The batch should be recorded now.
-    pub(crate) fn is_full(&self) -> bool {
-        self.micros.len() >= BATCH
-    }
-
     /// Records the batch into `totals` (one lock for all of it) and empties it.
     pub(crate) fn flush(&mut self, totals: &Totals) {
+        self.armed = false;
         if self.micros.is_empty() {
             return;
         }
@@ -478,9 +498,6 @@ async fn connection(
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + jitter.min(period), period);
     let mut recorder = Recorder::new(index);
-    let flush = tokio::time::sleep(FLUSH_EVERY);
-    tokio::pin!(flush);
-    let mut armed = false;
     // One wait for the stop signal for the whole loop, not a new one per frame.
     let stopped = stop.changed();
     tokio::pin!(stopped);
@@ -505,17 +522,9 @@ async fn connection(
                 if !matches!(parsed, Ok(false)) || ws.answer_ping().await.is_err() {
                     break Err(Closed.into());
                 }
-                if recorder.is_full() {
-                    recorder.flush(totals);
-                } else if recorder.is_pending() && !armed {
-                    flush.as_mut().reset(tokio::time::Instant::now() + FLUSH_EVERY);
-                    armed = true;
-                }
+                recorder.settle(totals);
             }
-            () = &mut flush, if armed => {
-                armed = false;
-                recorder.flush(totals);
-            }
+            () = recorder.due(), if recorder.is_armed() => recorder.flush(totals),
             _ = heartbeat.tick() => {
                 if ws.send(raw_ws::OP_TEXT, br#"{"op":1,"d":null}"#).await.is_err() {
                     break Err(Closed.into());

@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::Sent;
-use crate::gateway::{Closed, FLUSH_EVERY, Recorder, Swarm, Totals};
+use crate::gateway::{Closed, Recorder, Swarm, Totals};
 use crate::raw_ws::{self, RawWs};
 use crate::util::{self, now_ns};
 
@@ -236,9 +236,6 @@ async fn receiver(
     drop(permit);
     totals.ready.fetch_add(1, Ordering::SeqCst);
     let mut recorder = Recorder::new(index);
-    let flush = tokio::time::sleep(FLUSH_EVERY);
-    tokio::pin!(flush);
-    let mut armed = false;
     let stopped = stop.changed();
     tokio::pin!(stopped);
     let outcome = loop {
@@ -277,17 +274,9 @@ async fn receiver(
                 if ping && ws.send(raw_ws::OP_BINARY, b"PONG\r\n").await.is_err() {
                     break Err(Closed.into());
                 }
-                if recorder.is_full() {
-                    recorder.flush(totals);
-                } else if recorder.is_pending() && !armed {
-                    flush.as_mut().reset(tokio::time::Instant::now() + FLUSH_EVERY);
-                    armed = true;
-                }
+                recorder.settle(totals);
             }
-            () = &mut flush, if armed => {
-                armed = false;
-                recorder.flush(totals);
-            }
+            () = recorder.due(), if recorder.is_armed() => recorder.flush(totals),
             _ = &mut stopped => break Ok(()),
         }
     };
