@@ -391,7 +391,7 @@ def main():
             lines.append(f"| SQLite WAL FULL, 1000-row transactions (rows) | {num(sq['rows_per_s_in_1000_row_transactions'])} | – | – | – | – |")
         if many:
             a = many.get("acks_per_s")
-            summary.append(("Durable messages", ">= 50k/s", num(a, 0, "/s"), num(disk and disk["sqlite_wal_full"]["rows_per_s_in_1000_row_transactions"], 0, " rows/s (SQLite)"), ratio(a, disk and disk["sqlite_wal_full"]["rows_per_s_in_1000_row_transactions"]), verdict(a is not None and a >= 50000)))
+            summary.append(("Durable messages", ">= 50k/s", num(a, 0, "/s"), num(disk and disk["sqlite_wal_full"]["rows_per_s_in_1000_row_transactions"], 0, " rows/s (SQLite, 1000-row transactions)"), "– (a floor, not a peer)", verdict(a is not None and a >= 50000)))
         if one and disk:
             p = lat(one, "p99")
             f99 = disk["fdatasync_ms"]["p99"]

@@ -147,6 +147,9 @@ pub(crate) fn channel_name(name: &str) -> &str {
 }
 
 /// A channel object. DMs list their recipients other than `viewer`.
+///
+/// A field added here for text channels or categories must also go into [`ChannelShape`], or GUILD_CREATE's
+/// cached copies ([`ChannelTexts`]) would not notice when it changes.
 pub(crate) fn channel(core: &Core, ch: &Channel, viewer: UserId) -> Value {
     let mut v = json!({
         "id": ch.id.to_string(),
