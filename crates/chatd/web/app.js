@@ -27,6 +27,7 @@ export function start() {
 function startGateway() {
   S.transport = 'ws';
   gateway = new Gateway(auth.token, {
+    status: localStorage.getItem('chatd.status') || 'online',
     onDispatch: dispatch,
     onStatus: setStatus,
     onFallback: () => { toast('WebSockets are unavailable: using long-polling', 'info'); startLongPoll(); },
@@ -220,9 +221,9 @@ export function dispatch(t, d) {
     }
     case 'GUILD_CREATE':
       guildCreate(d);
-      if (d.id === S.networkId) {
-        const chosen = localStorage.getItem('chatd.status');
-        if (chosen && chosen !== 'online') setMyStatus(chosen, { remember: false });
+      // The Identify carried the chosen status; show it (the guild's presences may predate it).
+      if (d.id === S.networkId && gateway && gateway.status !== 'online') {
+        S.presence.set(S.me?.id, gateway.status === 'invisible' ? 'offline' : gateway.status);
       }
       readyGuilds -= 1;
       if (readyGuilds === 0 && S.stateLoaded && !S.ready) afterReady();
@@ -242,6 +243,11 @@ export function dispatch(t, d) {
       break;
     case 'RESUMED':
       if (S.current.channel) fillGap(S.current.channel);
+      // The gateway re-sent the chosen status; the page shows it whatever the server said meanwhile.
+      if (gateway && gateway.status !== 'online') {
+        S.presence.set(S.me?.id, gateway.status === 'invisible' ? 'offline' : gateway.status);
+        invalidate('me', 'members');
+      }
       break;
     case 'CHANNEL_CREATE': case 'CHANNEL_UPDATE': case 'THREAD_CREATE': case 'THREAD_UPDATE':
       putChannel(d);
@@ -697,6 +703,7 @@ export async function setPinned(channelId, id, pin) {
 
 export const getPins = (channelId) => rest('GET', `/channels/${channelId}/pins`);
 
+/** Starts a thread from a message and opens it; a refusal is thrown for the caller to show where the name was typed. */
 export async function startThread(channelId, id, name) {
   try {
     S.pendingThread = channelId;
@@ -704,7 +711,7 @@ export async function startThread(channelId, id, name) {
     putChannel({ ...th, guild_id: th.guild_id || S.channels.get(channelId)?.guild_id });
     S.pendingThread = null;
     selectChannel(th.id);
-  } catch (e) { S.pendingThread = null; toastError(e); }
+  } catch (e) { S.pendingThread = null; throw e; }
 }
 
 export async function openDm(userId) {

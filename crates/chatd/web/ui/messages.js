@@ -389,8 +389,11 @@ function actionsBar(m) {
     iconButton('smile', 'Add reaction', (e) => pickReaction(e.currentTarget, m), { 'data-testid': 'action-react' }),
     iconButton('reply', 'Reply', () => composerApi?.replyTo(m), { 'data-testid': 'action-reply' }),
     canThread ? iconButton('thread', 'Create thread', async (e) => {
-      const name = await askText(e.currentTarget, { title: 'Start a thread', label: 'Thread name', value: (m.content || 'Thread').replace(/\s+/g, ' ').slice(0, 40), action: 'Create thread' });
-      if (name) startThread(m.channel_id, m.id, name);
+      // The thread is created while the popover is open: a refusal stays in it with the name typed.
+      await askText(e.currentTarget, {
+        title: 'Start a thread', label: 'Thread name', value: (m.content || 'Thread').replace(/\s+/g, ' ').slice(0, 40),
+        action: 'Create thread', testid: 'thread-popover', submit: (name) => startThread(m.channel_id, m.id, name),
+      });
     }, { 'data-testid': 'action-thread' }) : null,
     iconButton('pin', m.pinned ? 'Unpin' : 'Pin', () => setPinned(m.channel_id, m.id, !m.pinned), { 'data-testid': 'action-pin' }),
     mine && kindOf(m) === 'message' ? iconButton('edit', 'Edit', () => startEdit(m), { 'data-testid': 'action-edit' }) : null,
