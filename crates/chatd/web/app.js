@@ -309,6 +309,10 @@ export function dispatch(t, d) {
       if (d.user?.username) rememberUser(d.user);
       S.presence.set(d.user.id, d.status);
       invalidate('members', 'me');
+      // The direct-message list shows each other user's dot: redraw it when one of them changed.
+      if (S.current.guild === '@me' && [...S.channels.values()].some((c) => isDm(c) && c.recipients?.some((r) => r.id === d.user.id))) {
+        invalidate('channels');
+      }
       break;
     case 'USER_UPDATE': case 'USER_UPDATE_ANY':
       rememberUser(d);
