@@ -761,11 +761,27 @@ export async function updateProfile(globalName) {
 }
 
 export async function search(query) {
-  const gid = S.current.guild && S.current.guild !== '@me' ? S.current.guild : S.networkId;
+  // Direct messages belong to no guild, so a guild search never finds them: among the conversations the
+  // IRC-style search covers them (the open one, or every DM when none is open).
+  if (S.current.guild === '@me') return searchDms(query);
+  const gid = S.current.guild || S.networkId;
   const r = await rest('GET', `/guilds/${gid}/messages/search?content=${enc(query)}`);
   const out = (r.messages || []).map((x) => (Array.isArray(x) ? x[0] : x));
   for (const m of out) rememberUser(m.author);
   return out;
+}
+
+async function searchDms(query) {
+  const open = S.channels.get(S.current.channel);
+  const q = new URLSearchParams({ q: query, limit: '50' });
+  if (open && isDm(open)) q.set('target', open.id);
+  const r = await lp('GET', `/search?${q}`);
+  return (r.messages || [])
+    .filter((ev) => isDm(S.channels.get(ev.channel)))
+    .map((ev) => ({
+      id: ev.id, channel_id: ev.channel, content: ev.body || '', timestamp: ev.ts,
+      author: userByName(ev.from) || { id: null, username: ev.from },
+    }));
 }
 
 /** Every network channel that is not secret: [{name ('#x'), id, topic, members}]. */
