@@ -19,6 +19,7 @@ const emit = (ev, ...a) => listeners[ev].forEach((f) => { try { f(...a); } catch
 // ---------- boot ----------
 
 export function start() {
+  loadServerInfo();
   const forceLp = new URLSearchParams(location.search).get('transport') === 'longpoll';
   if (forceLp) startLongPoll();
   else startGateway();
@@ -38,6 +39,16 @@ function startGateway() {
     onInvalidSession: () => { S.resyncing = true; },
   });
   gateway.start({ fresh: true });
+}
+
+/** The server's limits, for the composer: the longest message it takes, in bytes. */
+async function loadServerInfo() {
+  try {
+    const info = await lp('GET', '/server');
+    if (Number.isInteger(info?.max_message_size) && info.max_message_size > 0) {
+      S.maxMessageBytes = info.max_message_size;
+    }
+  } catch { setTimeout(loadServerInfo, 5000); }
 }
 
 // ---------- my status ----------

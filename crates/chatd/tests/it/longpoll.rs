@@ -1109,7 +1109,10 @@ async fn bad_input_gets_a_typed_error_and_changes_nothing() {
         "body_too_large",
         None,
     );
-    // MAX_MESSAGE_SIZE=100: 100 bytes pass, 101 do not.
+    // MAX_MESSAGE_SIZE=100: 100 bytes pass, 101 do not; clients learn the limit from the server's info.
+    let (s, info) = server.get("/api/v1/server", None).await;
+    assert_eq!(s, StatusCode::OK, "{info}");
+    assert_eq!(info["max_message_size"], 100, "{info}");
     assert_err(
         server
             .cmd(
