@@ -659,6 +659,9 @@ async function deliver(channelId, local) {
     local._state = 'failed';
     local._error = e.message;
     local._offline = e instanceof ApiError && e.status === 0;
+    // Refused for what it is (too long, malformed, not allowed): sending it again cannot work, so the bubble
+    // offers to take the text back instead of a Retry. Rate limits and server errors may pass later.
+    local._permanent = e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429;
     local._v = (local._v || 0) + 1;
     invalidate('messages');
     if (local._offline) local._error = 'offline, it will be sent when the connection is back';

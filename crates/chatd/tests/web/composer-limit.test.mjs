@@ -1,6 +1,7 @@
 // The composer knows the server's MAX_MESSAGE_SIZE (from GET /api/v1/server, in bytes of UTF-8): near it, it
 // shows what is left; over it, Enter sends nothing, no failed bubble appears, and the text stays to be
-// shortened. A message at the limit exactly goes out.
+// shortened. A message at the limit exactly goes out. Should a refusal come anyway (the page could not learn
+// the limit), the failed bubble hands the text back instead of offering a Retry that cannot succeed.
 
 import { apiClient, register, openAs, openChannel, msgByText } from './support.mjs';
 
@@ -50,4 +51,14 @@ export default async function (t) {
   await waitFor(async () => (await msgByText(page, tag).last().getAttribute('data-state')) === 'sent',
     { timeout: 10_000, message: 'a message of exactly the limit is sent' });
   assert.equal(await box.inputValue(), '', 'the composer is empty again');
+
+  await page.evaluate(async () => { (await import('/static/state.js')).S.maxMessageBytes = null; });
+  await typeText(over);
+  await box.press('Enter');
+  const failed = page.locator('[data-testid="message"][data-state="failed"]');
+  await failed.first().waitFor({ timeout: 10_000 });
+  assert.equal(await failed.getByTestId('retry').count(), 0, 'no Retry for a message the server refused for good');
+  await failed.getByTestId('edit-failed').click();
+  assert.equal(await box.inputValue(), over, 'Edit puts the text back in the composer');
+  assert.equal(await failed.count(), 0, 'and the bubble goes');
 }

@@ -353,6 +353,8 @@ export function createComposer(form) {
     replyTo: setReply,
     update: () => { updatePlaceholder(); const ch = S.channels.get(S.current.channel); ta.disabled = false; form.dataset.thread = isThread(ch) ? 'true' : 'false'; },
     input: ta,
+    /** Puts text back to be edited (a message the server refused for good). */
+    restore: (text) => { ta.value = text; autoSize(); updateCounter(); ta.focus(); },
   };
 }
 

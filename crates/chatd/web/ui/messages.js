@@ -299,7 +299,12 @@ function regularNode(m, grouped) {
   if (state === 'failed') {
     main.appendChild(h('div', { class: 'msg-failed', role: 'alert' },
       h('span', { text: `Not sent${m._error ? `: ${m._error}` : ''}. ` }),
-      h('button', { type: 'button', class: 'link-btn', 'data-testid': 'retry', text: 'Retry', onclick: () => retryMessage(m.channel_id, m.id) }),
+      m._permanent
+        ? h('button', {
+          type: 'button', class: 'link-btn', 'data-testid': 'edit-failed', text: 'Edit',
+          onclick: () => { discardMessage(m.channel_id, m.id); composerApi?.restore(m.content || ''); },
+        })
+        : h('button', { type: 'button', class: 'link-btn', 'data-testid': 'retry', text: 'Retry', onclick: () => retryMessage(m.channel_id, m.id) }),
       ' · ',
       h('button', { type: 'button', class: 'link-btn', text: 'Discard', onclick: () => discardMessage(m.channel_id, m.id) })));
   }
