@@ -158,7 +158,8 @@ export class Gateway {
       intents: INTENTS,
       properties: { os: navigator.platform || 'web', browser: /Firefox/.test(ua) ? 'Firefox' : 'Chrome', device: 'chatd-web' },
       large_threshold: 250,
-      presence: this.presence(),
+      // Only a chosen status goes out: "online" would clear one that another device of the user chose.
+      ...(this.status !== 'online' ? { presence: this.presence() } : {}),
       chatd_irc: true,
     });
   }

@@ -35,4 +35,12 @@ export default async function (t) {
   // The page itself shows the status it chose.
   await waitFor(() => page.evaluate(() => /Do Not Disturb|dnd/i.test(document.querySelector('[data-testid="status-button"]')?.getAttribute('aria-label') || '')),
     { timeout: 10_000, message: 'the page shows dnd' });
+
+  // Another device of alice's, which chose nothing, connects without undoing the choice.
+  const other = await openAs(t, alice.token);
+  await waitFor(() => other.evaluate(() => document.querySelector('[data-testid="me-name"]')?.textContent),
+    { timeout: 10_000, message: 'the second device is signed in' });
+  await waitFor(async () => (await other.locator('[data-testid="conn-status"]').isHidden()), { timeout: 10_000, message: 'the second device is connected' });
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.equal((await whois()).status, 'dnd', 'a second device does not clear the chosen status');
 }
