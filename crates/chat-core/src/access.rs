@@ -8,7 +8,6 @@ use crate::error::Error;
 use crate::event::{Audience, Event, EventKind};
 use crate::id::{ChannelId, SpaceId, UserId};
 use crate::model::{ChannelKind, MemberModes, Space};
-use crate::name::mask_matches;
 use crate::perm::{OverwriteTarget, Permissions};
 
 /// What members of a DM or group DM may do there.
@@ -104,11 +103,11 @@ impl Core {
         if sp.network && ch.invited.contains(&user) {
             perms |= Permissions::VIEW_CHANNEL;
         }
-        if !ch.bans.is_empty() {
-            let nick = self.state.users.get(&user).map_or("", |u| u.nick.as_str());
-            if ch.bans.iter().any(|b| mask_matches(&b.mask, nick)) {
-                perms &= !Permissions::BANNED;
-            }
+        if !ch.bans.is_empty()
+            && let Some(u) = self.state.users.get(&user)
+            && ch.bans.iter().any(|b| b.holds(u))
+        {
+            perms &= !Permissions::BANNED;
         }
         let (mut allow, deny) = ch
             .overwrites

@@ -81,6 +81,7 @@ impl State {
                 new,
                 notices,
             } => {
+                self.bind_bans_before_rename(*user);
                 let u = self.users.get_mut(user).ok_or_else(|| unknown("user"))?;
                 u.nick.clone_from(new);
                 self.nicks.remove(&casefold(old));
@@ -513,12 +514,19 @@ impl State {
                 message,
             } => {
                 let network = self.network.ok_or_else(|| unknown("network"))?;
+                let bound: Vec<BTreeSet<UserId>> = changes
+                    .iter()
+                    .map(|change| match change {
+                        ModeChange::Ban { mask, on: true } => self.users_matching(*channel, mask),
+                        _ => BTreeSet::new(),
+                    })
+                    .collect();
                 let ch = self
                     .channels
                     .get_mut(channel)
                     .ok_or_else(|| unknown("channel"))?;
-                for change in changes {
-                    apply_mode(ch, network.everyone_role(), change, *by, now);
+                for (change, bound) in changes.iter().zip(bound) {
+                    apply_mode(ch, network.everyone_role(), change, *by, now, bound);
                 }
                 self.record_message(
                     *channel,
@@ -705,6 +713,55 @@ impl State {
     fn observe(&mut self, id: crate::id::Snowflake) {
         if let Some(ids) = &mut self.ids {
             ids.observe(id);
+        }
+    }
+
+    /// The users a new `+b` mask binds when it is set: the channel's members it matches, and the one user
+    /// whose nick it names exactly (so that `mal!*@*` or `$a:mal` set after mal left still binds mal).
+    /// Other users are bound if they leave a matching nick while the ban stands
+    /// ([`Self::bind_bans_before_rename`]); until then the mask itself holds them.
+    fn users_matching(&self, channel: ChannelId, mask: &str) -> BTreeSet<UserId> {
+        let named = crate::name::mask_exact_nick(mask)
+            .and_then(|nick| self.nicks.get(&casefold(nick)))
+            .copied();
+        let members = self
+            .channels
+            .get(&channel)
+            .into_iter()
+            .flat_map(|ch| ch.members.keys().copied());
+        members
+            .chain(named)
+            .filter(|u| {
+                self.users
+                    .get(u)
+                    .is_some_and(|u| crate::name::ban_matches(mask, u))
+            })
+            .collect()
+    }
+
+    /// Binds `user` to every network channel ban that matches them now, before their nick changes, so that
+    /// a new nick does not lift a ban. A scan of the network's channels with bans, once per nick change.
+    fn bind_bans_before_rename(&mut self, user: UserId) {
+        let (Some(network), Some(u)) = (self.network, self.users.get(&user)) else {
+            return;
+        };
+        let Some(space) = self.spaces.get(&network) else {
+            return;
+        };
+        let mut hits: Vec<(ChannelId, usize)> = Vec::new();
+        for id in &space.channels {
+            if let Some(ch) = self.channels.get(id) {
+                for (i, ban) in ch.bans.iter().enumerate() {
+                    if !ban.bound.contains(&user) && crate::name::ban_matches(&ban.mask, u) {
+                        hits.push((*id, i));
+                    }
+                }
+            }
+        }
+        for (id, i) in hits {
+            if let Some(ban) = self.channels.get_mut(&id).and_then(|ch| ch.bans.get_mut(i)) {
+                ban.bound.insert(user);
+            }
         }
     }
 
@@ -902,6 +959,7 @@ fn apply_mode(
     change: &ModeChange,
     by: UserId,
     now: u64,
+    bound: BTreeSet<UserId>,
 ) {
     let set_deny = |ch: &mut Channel, bits: Permissions, on: bool| {
         let key = OverwriteTarget::Role(everyone);
@@ -935,6 +993,7 @@ fn apply_mode(
                 mask: mask.clone(),
                 by,
                 at: now,
+                bound,
             });
         }
         ModeChange::Ban { mask, on: false } => {

@@ -72,6 +72,7 @@ pub use crate::model::{
     Message, MessageKind, MessageRecord, ReadState, Role, Space, SpaceMember, Status, Topic, User,
 };
 pub use crate::name::{
-    CHANNEL_NAME_MAX, NICK_MAX, casefold, mask_matches, validate_channel_name, validate_nick,
+    CHANNEL_NAME_MAX, NICK_MAX, ban_matches, casefold, mask_matches, user_host,
+    validate_channel_name, validate_nick,
 };
 pub use crate::perm::{Overwrite, OverwriteTarget, Permissions};

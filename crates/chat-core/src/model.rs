@@ -248,12 +248,23 @@ pub struct Topic {
 /// A `+b` entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ban {
-    /// The mask, matched against nicks.
+    /// The mask (see [`crate::name::ban_matches`]).
     pub mask: String,
     /// Who set it.
     pub by: UserId,
     /// When.
     pub at: UnixMillis,
+    /// The users the ban holds whatever their nick: those it matched when it was set, and any who took
+    /// another nick while it matched them. A mask names a nick, but a ban is meant for a person, who must
+    /// not walk out of it with `NICK`. Removing the ban frees them all.
+    pub bound: BTreeSet<UserId>,
+}
+
+impl Ban {
+    /// Whether the ban holds against `user`: bound by it, or matched by its mask now.
+    pub fn holds(&self, user: &User) -> bool {
+        self.bound.contains(&user.id) || crate::name::ban_matches(&self.mask, user)
+    }
 }
 
 /// A member's modes on a network channel (`+o`, `+v`).

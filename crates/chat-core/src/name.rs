@@ -1,6 +1,7 @@
 //! Names: nick and channel-name rules, ASCII casemapping, and length limits on free text.
 
 use crate::error::{Error, Field};
+use crate::model::User;
 
 /// The longest nick, in characters (all nick characters are ASCII, so also bytes).
 pub const NICK_MAX: usize = 32;
@@ -106,12 +107,10 @@ pub(crate) fn check_label(field: Field, text: &str, max_chars: usize) -> Result<
     check_text(field, text, max_chars * 4, true)
 }
 
-/// Matches an IRC-style ban mask against a nick: `*` matches any run, `?` one character, case-insensitively.
+/// Matches an IRC-style glob against a name: `*` matches any run, `?` one character, case-insensitively.
 ///
-/// A full `nick!user@host` mask is accepted and matched on its nick part, since chatd users have no user or
-/// host part that others may see.
+/// This is the nick part of a ban mask; [`ban_matches`] matches a whole mask against a user.
 pub fn mask_matches(mask: &str, nick: &str) -> bool {
-    let mask = mask.split('!').next().unwrap_or(mask);
     let mask: Vec<u8> = mask.bytes().map(|b| b.to_ascii_lowercase()).collect();
     let nick: Vec<u8> = nick.bytes().map(|b| b.to_ascii_lowercase()).collect();
     // Iterative glob with single backtrack point: linear in practice, no recursion on hostile masks.
@@ -139,8 +138,73 @@ pub fn mask_matches(mask: &str, nick: &str) -> bool {
     m == mask.len()
 }
 
-/// Checks a ban mask: 1..=100 bytes, no space, comma or control character.
+/// The prefix of an extended ban by account (IRCv3 networks' `$a:name`).
+const ACCOUNT_BAN: &str = "$a:";
+
+/// What kind of user a mask's host part names: chatd shows no addresses, so the host says what the user is.
+pub fn user_host(user: &User) -> &'static str {
+    if user.system {
+        "server"
+    } else if user.bot {
+        "bot"
+    } else if user.is_guest() {
+        "guest"
+    } else {
+        "account"
+    }
+}
+
+/// Whether a ban mask matches a user as they are now (their nick, id and kind).
+///
+/// A user's IRC prefix is `nick!id@host`: the nick they have now, their user id (a snowflake, which never
+/// changes), and [`user_host`] (`account`, `guest`, `bot` or `server`) in place of an address. A mask without
+/// `!` or `@` is a nick (`bob*` is `bob*!*@*`); missing parts of a full mask are `*`, and each part is a glob
+/// ([`mask_matches`]). `$a:name` matches the account (or bot) whose nick is `name`, never a guest.
+///
+/// What a ban holds beyond its mask (the users it bound, whatever their nick now) is [`crate::Ban::holds`].
+pub fn ban_matches(mask: &str, user: &User) -> bool {
+    if let Some(name) = mask.strip_prefix(ACCOUNT_BAN) {
+        return !user.is_guest() && !user.system && user.nick.eq_ignore_ascii_case(name);
+    }
+    let (nick, rest) = match mask.split_once('!') {
+        Some((nick, rest)) => (nick, Some(rest)),
+        None if mask.contains('@') => ("*", Some(mask)),
+        None => (mask, None),
+    };
+    let (ident, host) = match rest {
+        None => ("*", "*"),
+        Some(rest) => rest.split_once('@').unwrap_or((rest, "*")),
+    };
+    mask_matches(nick, &user.nick)
+        && mask_matches(ident, &user.id.get().to_string())
+        && mask_matches(host, user_host(user))
+}
+
+/// The one nick a mask can match, if its nick part has no wildcard (`$a:name` included): the user it would
+/// bind is then found by name instead of by a scan.
+pub(crate) fn mask_exact_nick(mask: &str) -> Option<&str> {
+    let nick = match mask.strip_prefix(ACCOUNT_BAN) {
+        Some(name) => name,
+        None if !mask.contains('!') && mask.contains('@') => return None,
+        None => mask.split('!').next().unwrap_or(mask),
+    };
+    (!nick.is_empty() && !nick.contains(['*', '?'])).then_some(nick)
+}
+
+/// Checks a ban mask: 1..=100 bytes, no space, comma or control character; of the extended bans only
+/// `$a:name` (by account), with a valid nick as the name.
 pub(crate) fn validate_mask(mask: &str) -> Result<(), Error> {
+    if mask.starts_with('$') {
+        let valid = mask
+            .strip_prefix(ACCOUNT_BAN)
+            .is_some_and(|name| validate_nick(name).is_ok());
+        if !valid {
+            return Err(Error::InvalidInput {
+                field: Field::Mask,
+                reason: "not a valid ban mask: the only extended ban is $a:account",
+            });
+        }
+    }
     if mask.is_empty()
         || mask.len() > 100
         || mask.chars().any(|c| c == ' ' || c == ',' || c.is_control())
@@ -225,9 +289,60 @@ mod tests {
         assert!(mask_matches("*", "bob"));
         assert!(mask_matches("b?b", "BOB"));
         assert!(mask_matches("bo*", "bobby"));
-        assert!(mask_matches("bob!*@*", "bob"));
         assert!(!mask_matches("bob", "bobby"));
         assert!(!mask_matches("*x", "bob"));
         assert!(mask_matches("*a*b*c*", "xxaxxbxxc"));
+    }
+
+    fn user(nick: &str, id: u64, account: bool) -> User {
+        User {
+            id: crate::id::UserId::from_raw(id).expect("nonzero"),
+            nick: nick.into(),
+            password_hash: account.then(|| "$argon2id$x".into()),
+            display_name: None,
+            bio: None,
+            avatar_url: None,
+            bot: false,
+            system: false,
+            created_at: 0,
+            away: None,
+            status_override: None,
+            released: false,
+            channels: Default::default(),
+            spaces: Default::default(),
+            clients: Default::default(),
+        }
+    }
+
+    #[test]
+    fn full_masks() {
+        let mal = user("mal", 42, true);
+        let guest = user("mal", 43, false);
+        assert!(ban_matches("MAL", &mal));
+        assert!(ban_matches("mal!*@*", &mal));
+        assert!(ban_matches("m*!42@account", &mal));
+        assert!(!ban_matches("mal!*@guest", &mal));
+        assert!(ban_matches("mal!*@guest", &guest));
+        assert!(ban_matches("*!*@guest", &guest));
+        assert!(ban_matches("*@guest", &guest));
+        assert!(ban_matches("*!43", &guest));
+        assert!(!ban_matches("*!42", &guest));
+        // An address is never a user's host, so a ban by address matches nobody instead of everybody.
+        assert!(!ban_matches("*!*@192.0.2.1", &mal));
+        assert!(ban_matches("$a:Mal", &mal));
+        assert!(!ban_matches("$a:mal", &guest));
+        assert!(!ban_matches("$a:mallory", &mal));
+    }
+
+    #[test]
+    fn extended_bans() {
+        assert!(validate_mask("$a:mal").is_ok());
+        for bad in ["$a:", "$a", "$a:1x", "$r:x", "$x"] {
+            assert!(validate_mask(bad).is_err(), "{bad}");
+        }
+        assert_eq!(mask_exact_nick("$a:mal"), Some("mal"));
+        assert_eq!(mask_exact_nick("mal!*@*"), Some("mal"));
+        assert_eq!(mask_exact_nick("ma*"), None);
+        assert_eq!(mask_exact_nick("*@guest"), None);
     }
 }

@@ -113,11 +113,10 @@ impl Permissions {
         .union(Self::CONNECT)
         .union(Self::SPEAK);
 
-    /// What a channel operator (`+o`) is granted on the channel, as a member overwrite.
+    /// What a channel operator (`+o`) is granted on the channel, as a member overwrite. It holds all of
+    /// [`Self::VOICE`], so that `+m` (and a ban) never takes from an operator what it takes from others.
     pub const OPERATOR: Self = Self::VIEW_CHANNEL
-        .union(Self::SEND_MESSAGES)
-        .union(Self::SEND_MESSAGES_IN_THREADS)
-        .union(Self::ADD_REACTIONS)
+        .union(Self::VOICE)
         .union(Self::READ_MESSAGE_HISTORY)
         .union(Self::CREATE_INSTANT_INVITE)
         .union(Self::MANAGE_CHANNELS)
@@ -136,7 +135,8 @@ impl Permissions {
         .union(Self::ADD_REACTIONS)
         .union(Self::CREATE_PUBLIC_THREADS);
 
-    /// What `+m` denies @everyone.
+    /// What `+m` denies @everyone: every way of speaking in the channel (messages there and in its threads,
+    /// new reactions, starting a thread). `+v` and `+o` grant all of it back.
     pub const MODERATED: Self = Self::VOICE;
 
     /// What `+i` denies @everyone: seeing the channel, hence joining it.
@@ -190,6 +190,13 @@ mod tests {
             274_877_906_944
         );
         assert_eq!(Permissions::PIN_MESSAGES.bits(), 2_251_799_813_685_248);
+    }
+
+    #[test]
+    fn voice_and_operator_undo_moderation() {
+        assert!(Permissions::VOICE.contains(Permissions::MODERATED));
+        assert!(Permissions::OPERATOR.contains(Permissions::MODERATED));
+        assert!(Permissions::OPERATOR.contains(Permissions::CREATE_PUBLIC_THREADS));
     }
 
     #[test]

@@ -19,6 +19,7 @@ const emit = (ev, ...a) => listeners[ev].forEach((f) => { try { f(...a); } catch
 // ---------- boot ----------
 
 export function start() {
+  loadServerInfo();
   const forceLp = new URLSearchParams(location.search).get('transport') === 'longpoll';
   if (forceLp) startLongPoll();
   else startGateway();
@@ -27,6 +28,7 @@ export function start() {
 function startGateway() {
   S.transport = 'ws';
   gateway = new Gateway(auth.token, {
+    status: localStorage.getItem('chatd.status') || 'online',
     onDispatch: dispatch,
     onStatus: setStatus,
     onFallback: () => { toast('WebSockets are unavailable: using long-polling', 'info'); startLongPoll(); },
@@ -37,6 +39,16 @@ function startGateway() {
     onInvalidSession: () => { S.resyncing = true; },
   });
   gateway.start({ fresh: true });
+}
+
+/** The server's limits, for the composer: the longest message it takes, in bytes. */
+async function loadServerInfo() {
+  try {
+    const info = await lp('GET', '/server');
+    if (Number.isInteger(info?.max_message_size) && info.max_message_size > 0) {
+      S.maxMessageBytes = info.max_message_size;
+    }
+  } catch { setTimeout(loadServerInfo, 5000); }
 }
 
 // ---------- my status ----------
@@ -220,9 +232,9 @@ export function dispatch(t, d) {
     }
     case 'GUILD_CREATE':
       guildCreate(d);
-      if (d.id === S.networkId) {
-        const chosen = localStorage.getItem('chatd.status');
-        if (chosen && chosen !== 'online') setMyStatus(chosen, { remember: false });
+      // The Identify carried the chosen status; show it (the guild's presences may predate it).
+      if (d.id === S.networkId && gateway && gateway.status !== 'online') {
+        S.presence.set(S.me?.id, gateway.status === 'invisible' ? 'offline' : gateway.status);
       }
       readyGuilds -= 1;
       if (readyGuilds === 0 && S.stateLoaded && !S.ready) afterReady();
@@ -242,6 +254,11 @@ export function dispatch(t, d) {
       break;
     case 'RESUMED':
       if (S.current.channel) fillGap(S.current.channel);
+      // The gateway re-sent the chosen status; the page shows it whatever the server said meanwhile.
+      if (gateway && gateway.status !== 'online') {
+        S.presence.set(S.me?.id, gateway.status === 'invisible' ? 'offline' : gateway.status);
+        invalidate('me', 'members');
+      }
       break;
     case 'CHANNEL_CREATE': case 'CHANNEL_UPDATE': case 'THREAD_CREATE': case 'THREAD_UPDATE':
       putChannel(d);
@@ -303,6 +320,10 @@ export function dispatch(t, d) {
       if (d.user?.username) rememberUser(d.user);
       S.presence.set(d.user.id, d.status);
       invalidate('members', 'me');
+      // The direct-message list shows each other user's dot: redraw it when one of them changed.
+      if (S.current.guild === '@me' && [...S.channels.values()].some((c) => isDm(c) && c.recipients?.some((r) => r.id === d.user.id))) {
+        invalidate('channels');
+      }
       break;
     case 'USER_UPDATE': case 'USER_UPDATE_ANY':
       rememberUser(d);
@@ -638,6 +659,9 @@ async function deliver(channelId, local) {
     local._state = 'failed';
     local._error = e.message;
     local._offline = e instanceof ApiError && e.status === 0;
+    // Refused for what it is (too long, malformed, not allowed): sending it again cannot work, so the bubble
+    // offers to take the text back instead of a Retry. Rate limits and server errors may pass later.
+    local._permanent = e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429;
     local._v = (local._v || 0) + 1;
     invalidate('messages');
     if (local._offline) local._error = 'offline, it will be sent when the connection is back';
@@ -697,6 +721,7 @@ export async function setPinned(channelId, id, pin) {
 
 export const getPins = (channelId) => rest('GET', `/channels/${channelId}/pins`);
 
+/** Starts a thread from a message and opens it; a refusal is thrown for the caller to show where the name was typed. */
 export async function startThread(channelId, id, name) {
   try {
     S.pendingThread = channelId;
@@ -704,7 +729,7 @@ export async function startThread(channelId, id, name) {
     putChannel({ ...th, guild_id: th.guild_id || S.channels.get(channelId)?.guild_id });
     S.pendingThread = null;
     selectChannel(th.id);
-  } catch (e) { S.pendingThread = null; toastError(e); }
+  } catch (e) { S.pendingThread = null; throw e; }
 }
 
 export async function openDm(userId) {
@@ -750,11 +775,27 @@ export async function updateProfile(globalName) {
 }
 
 export async function search(query) {
-  const gid = S.current.guild && S.current.guild !== '@me' ? S.current.guild : S.networkId;
+  // Direct messages belong to no guild, so a guild search never finds them: among the conversations the
+  // IRC-style search covers them (the open one, or every DM when none is open).
+  if (S.current.guild === '@me') return searchDms(query);
+  const gid = S.current.guild || S.networkId;
   const r = await rest('GET', `/guilds/${gid}/messages/search?content=${enc(query)}`);
   const out = (r.messages || []).map((x) => (Array.isArray(x) ? x[0] : x));
   for (const m of out) rememberUser(m.author);
   return out;
+}
+
+async function searchDms(query) {
+  const open = S.channels.get(S.current.channel);
+  const q = new URLSearchParams({ q: query, limit: '50' });
+  if (open && isDm(open)) q.set('target', open.id);
+  const r = await lp('GET', `/search?${q}`);
+  return (r.messages || [])
+    .filter((ev) => isDm(S.channels.get(ev.channel)))
+    .map((ev) => ({
+      id: ev.id, channel_id: ev.channel, content: ev.body || '', timestamp: ev.ts,
+      author: userByName(ev.from) || { id: null, username: ev.from },
+    }));
 }
 
 /** Every network channel that is not secret: [{name ('#x'), id, topic, members}]. */

@@ -22,6 +22,10 @@ export class Gateway {
     this.stopped = false;
     this.hbTimer = null;
     this.acked = true;
+    // The status this page chose (online, idle, dnd, invisible). The server keeps presence live-only, per
+    // session as Discord does, so it goes out with every Identify and again after every Resume: a Resume
+    // after a server restart finds the status forgotten.
+    this.status = handlers.status || 'online';
     // A session kept for this tab (sessionStorage) lets a reconnect resume; it is tied to the token.
     try {
       const saved = JSON.parse(sessionStorage.getItem(STORE) || 'null');
@@ -129,6 +133,7 @@ export class Gateway {
           this.failedOpens = 0;
           this.h.onStatus?.('online');
         }
+        if (t === 'RESUMED' && this.status !== 'online') this.setPresence(this.status);
         this.save();
         this.h.onDispatch(t, d, s);
         break;
@@ -136,9 +141,14 @@ export class Gateway {
     }
   }
 
-  /** op 3: online, idle, dnd or invisible. */
+  /** op 3: online, idle, dnd or invisible. `afk` stays false: idle is a status, not an away message. */
   setPresence(status) {
-    this.send(3, { since: null, activities: [], status, afk: status === 'idle' });
+    this.status = status;
+    this.send(3, this.presence());
+  }
+
+  presence() {
+    return { since: null, activities: [], status: this.status, afk: false };
   }
 
   identify() {
@@ -148,6 +158,8 @@ export class Gateway {
       intents: INTENTS,
       properties: { os: navigator.platform || 'web', browser: /Firefox/.test(ua) ? 'Firefox' : 'Chrome', device: 'chatd-web' },
       large_threshold: 250,
+      // Only a chosen status goes out: "online" would clear one that another device of the user chose.
+      ...(this.status !== 'online' ? { presence: this.presence() } : {}),
       chatd_irc: true,
     });
   }

@@ -17,6 +17,7 @@ export const S = {
   read: new Map(), // channelId -> { last: id|null, mentions: n }
   typing: new Map(), // channelId -> Map(userId -> expiry ms)
   current: { guild: null, channel: null },
+  maxMessageBytes: null, // MAX_MESSAGE_SIZE from GET /api/v1/server (UTF-8 bytes); null until known
   membersOpen: localStorage.getItem('chatd.members') !== 'closed',
   prefs: JSON.parse(localStorage.getItem('chatd.prefs') || '{"notify":false}'),
 };

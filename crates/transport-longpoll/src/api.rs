@@ -922,7 +922,7 @@ async fn whois(
 }
 
 async fn server(State(inner): Api) -> Answer {
-    let (users, channels) = inner
+    let (users, channels, max_message_size) = inner
         .query(|core| {
             let users = core.users().filter(|u| !u.system && !u.released).count();
             let network = core.network();
@@ -930,7 +930,7 @@ async fn server(State(inner): Api) -> Answer {
                 .channels()
                 .filter(|c| c.space == Some(network) && c.kind == ChannelKind::Text)
                 .count();
-            (users, channels)
+            (users, channels, core.config().max_message_size)
         })
         .await?;
     let s = &inner.settings;
@@ -940,6 +940,8 @@ async fn server(State(inner): Api) -> Answer {
         "motd": s.motd,
         "users": users,
         "channels": channels,
+        // In bytes of UTF-8, so that a client can hold a message back before the server refuses it.
+        "max_message_size": max_message_size,
         "epoch": inner.epoch(),
     }))
 }

@@ -80,12 +80,8 @@ impl Core {
                     let ch = self.chan(id);
                     let invited = ch.invited.contains(&actor.user);
                     if !perms.contains(Permissions::VIEW_CHANNEL) {
-                        let nick = &self.state.users[&actor.user].nick;
-                        if ch
-                            .bans
-                            .iter()
-                            .any(|b| crate::name::mask_matches(&b.mask, nick))
-                        {
+                        let user = &self.state.users[&actor.user];
+                        if ch.bans.iter().any(|b| b.holds(user)) {
                             return Err(Error::Banned);
                         }
                         if ch.is_invite_only() {

@@ -500,6 +500,55 @@ async fn a_second_device_sees_the_same_stream() {
 
 // --- 3. modes --------------------------------------------------------------------------------------------------
 
+/// The ban evasion found by hostile requests: `+b mal!*@*`, KICK, `NICK mx`, JOIN. The ban holds the person, so
+/// the new nick stays out until the ban is lifted; `$a:name` bans an account whatever its nick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_holds_whatever_nick_the_user_takes() {
+    let server = Server::start(&[]).await;
+    let op = server.guest("opal").await;
+    let mal = server.register("mal", "correct horse battery").await;
+    let forbidden = StatusCode::FORBIDDEN;
+    join(&server, &op, "#c").await;
+    join(&server, &mal, "#c").await;
+    mode(&server, &op, "#c", "+b", &["mal!*@*"]).await;
+    server
+        .ok(
+            &op,
+            json!({ "command": "KICK", "to": "#c", "target": "mal", "body": "out" }),
+        )
+        .await;
+    server
+        .ok(&mal, json!({ "command": "NICK", "body": "mx" }))
+        .await;
+    assert_err(
+        server
+            .cmd(&mal, json!({ "command": "JOIN", "to": "#c" }))
+            .await,
+        forbidden,
+        "banned",
+        Some(474),
+    );
+    mode(&server, &op, "#c", "-b", &["mal!*@*"]).await;
+    join(&server, &mal, "#c").await;
+
+    // By account: the account named mx now, whatever nick it takes next.
+    mode(&server, &op, "#c", "+b", &["$a:mx"]).await;
+    server
+        .ok(&mal, json!({ "command": "NICK", "body": "mal" }))
+        .await;
+    assert_err(
+        server
+            .cmd(
+                &mal,
+                json!({ "command": "PRIVMSG", "to": "#c", "body": "hello?" }),
+            )
+            .await,
+        forbidden,
+        "cannot_send",
+        Some(404),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mode_refuses_what_it_should() {
     let server = Server::start(&[]).await;
@@ -1109,7 +1158,10 @@ async fn bad_input_gets_a_typed_error_and_changes_nothing() {
         "body_too_large",
         None,
     );
-    // MAX_MESSAGE_SIZE=100: 100 bytes pass, 101 do not.
+    // MAX_MESSAGE_SIZE=100: 100 bytes pass, 101 do not; clients learn the limit from the server's info.
+    let (s, info) = server.get("/api/v1/server", None).await;
+    assert_eq!(s, StatusCode::OK, "{info}");
+    assert_eq!(info["max_message_size"], 100, "{info}");
     assert_err(
         server
             .cmd(

@@ -34,11 +34,36 @@ export function createComposer(form) {
   const ac = h('ul', { class: 'autocomplete', role: 'listbox', hidden: true, 'data-testid': 'autocomplete', id: 'composer-ac', 'aria-label': 'Suggestions' });
   ta.setAttribute('aria-controls', 'composer-ac');
   const sendBtn = h('button', { type: 'submit', class: 'send-btn', 'aria-label': 'Send message', title: 'Send' }, icon('reply', 'icon send-icon'));
-  form.replaceChildren(ac, replyBar, filesBar, h('div', { class: 'composer-row' }, attachBtn, fileInput, ta, sendBtn));
+  // How much room is left under the server's MAX_MESSAGE_SIZE, shown near the limit: the limit is in bytes of
+  // UTF-8, so an emoji takes four. Over it, sending is held back and the text stays.
+  const counter = h('span', { class: 'composer-count', 'data-testid': 'composer-count', 'aria-live': 'polite', hidden: true });
+  form.replaceChildren(ac, replyBar, filesBar, h('div', { class: 'composer-row' }, attachBtn, fileInput, ta, counter, sendBtn));
 
   function autoSize() {
     ta.style.height = 'auto';
     ta.style.height = `${Math.min(ta.scrollHeight, 240)}px`;
+  }
+
+  const utf8 = new TextEncoder();
+  /** Bytes over the limit of what Enter would send now (0 when it fits or the limit is unknown). */
+  function overLimit() {
+    const max = S.maxMessageBytes;
+    const text = ta.value.replace(/\s+$/, '');
+    if (!max || (text.startsWith('/') && !text.startsWith('//'))) return { max, used: 0, over: 0 };
+    const used = utf8.encode(text.startsWith('//') ? text.slice(1) : text).length;
+    return { max, used, over: Math.max(0, used - max) };
+  }
+
+  function updateCounter() {
+    const { max, used, over } = overLimit();
+    const near = !!max && used >= max * 0.9;
+    counter.hidden = !near;
+    counter.classList.toggle('over', over > 0);
+    form.dataset.overLimit = over > 0 ? 'true' : 'false';
+    sendBtn.disabled = over > 0;
+    if (!near) return;
+    counter.textContent = String(max - used);
+    counter.title = over > 0 ? `${over} bytes over the limit of ${max}: shorten the message to send it` : `${max - used} bytes left of ${max}`;
   }
 
   function updatePlaceholder() {
@@ -75,9 +100,15 @@ export function createComposer(form) {
   function sendFiles(picked) {
     const id = S.current.channel;
     if (!id) { toast('Open a channel first', 'error'); return; }
+    const { max, over } = overLimit();
+    if (over) {
+      updateCounter();
+      systemLine(id, `The caption is ${over} bytes over the server's limit of ${max}: shorten it, then attach again.`);
+      return;
+    }
     const text = ta.value.trim();
     sendMessage(id, text, { files: picked, replyTo: replyTo?.id });
-    ta.value = ''; autoSize(); setReply(null); setFiles([]);
+    ta.value = ''; autoSize(); setReply(null); setFiles([]); updateCounter();
   }
 
   async function submit() {
@@ -91,8 +122,14 @@ export function createComposer(form) {
       return;
     }
     if (!id) { systemLine(null, 'Open a channel first, or type /join #general'); return; }
+    const { max, over } = overLimit();
+    if (over) {
+      updateCounter();
+      systemLine(id, `This message is ${over} bytes over the server's limit of ${max}: shorten it to send it.`);
+      return;
+    }
     sendMessage(id, text.startsWith('//') ? text.slice(1) : text, { replyTo: replyTo?.id, files });
-    ta.value = ''; autoSize(); setReply(null); setFiles([]); resetTyping();
+    ta.value = ''; autoSize(); setReply(null); setFiles([]); resetTyping(); updateCounter();
   }
 
   async function runCommand(text) {
@@ -260,6 +297,7 @@ export function createComposer(form) {
 
   ta.addEventListener('input', () => {
     autoSize();
+    updateCounter();
     updateAc();
     if (S.current.channel && ta.value && !ta.value.startsWith('/')) typing(S.current.channel);
   });
@@ -315,6 +353,8 @@ export function createComposer(form) {
     replyTo: setReply,
     update: () => { updatePlaceholder(); const ch = S.channels.get(S.current.channel); ta.disabled = false; form.dataset.thread = isThread(ch) ? 'true' : 'false'; },
     input: ta,
+    /** Puts text back to be edited (a message the server refused for good). */
+    restore: (text) => { ta.value = text; autoSize(); updateCounter(); ta.focus(); },
   };
 }
 

@@ -299,7 +299,12 @@ function regularNode(m, grouped) {
   if (state === 'failed') {
     main.appendChild(h('div', { class: 'msg-failed', role: 'alert' },
       h('span', { text: `Not sent${m._error ? `: ${m._error}` : ''}. ` }),
-      h('button', { type: 'button', class: 'link-btn', 'data-testid': 'retry', text: 'Retry', onclick: () => retryMessage(m.channel_id, m.id) }),
+      m._permanent
+        ? h('button', {
+          type: 'button', class: 'link-btn', 'data-testid': 'edit-failed', text: 'Edit',
+          onclick: () => { discardMessage(m.channel_id, m.id); composerApi?.restore(m.content || ''); },
+        })
+        : h('button', { type: 'button', class: 'link-btn', 'data-testid': 'retry', text: 'Retry', onclick: () => retryMessage(m.channel_id, m.id) }),
       ' · ',
       h('button', { type: 'button', class: 'link-btn', text: 'Discard', onclick: () => discardMessage(m.channel_id, m.id) })));
   }
@@ -389,8 +394,11 @@ function actionsBar(m) {
     iconButton('smile', 'Add reaction', (e) => pickReaction(e.currentTarget, m), { 'data-testid': 'action-react' }),
     iconButton('reply', 'Reply', () => composerApi?.replyTo(m), { 'data-testid': 'action-reply' }),
     canThread ? iconButton('thread', 'Create thread', async (e) => {
-      const name = await askText(e.currentTarget, { title: 'Start a thread', label: 'Thread name', value: (m.content || 'Thread').replace(/\s+/g, ' ').slice(0, 40), action: 'Create thread' });
-      if (name) startThread(m.channel_id, m.id, name);
+      // The thread is created while the popover is open: a refusal stays in it with the name typed.
+      await askText(e.currentTarget, {
+        title: 'Start a thread', label: 'Thread name', value: (m.content || 'Thread').replace(/\s+/g, ' ').slice(0, 40),
+        action: 'Create thread', testid: 'thread-popover', submit: (name) => startThread(m.channel_id, m.id, name),
+      });
     }, { 'data-testid': 'action-thread' }) : null,
     iconButton('pin', m.pinned ? 'Unpin' : 'Pin', () => setPinned(m.channel_id, m.id, !m.pinned), { 'data-testid': 'action-pin' }),
     mine && kindOf(m) === 'message' ? iconButton('edit', 'Edit', () => startEdit(m), { 'data-testid': 'action-edit' }) : null,

@@ -42,25 +42,43 @@ document.addEventListener('mousedown', (e) => {
 }, true);
 
 /** A small form in a popover instead of window.prompt: resolves to the text, or null when dismissed. */
-export function askText(anchor, { title, label, value = '', placeholder = '', action = 'OK', testid = 'ask-popover', danger = false, noInput = false }) {
+export function askText(anchor, { title, label, value = '', placeholder = '', action = 'OK', testid = 'ask-popover', danger = false, noInput = false, submit = null }) {
+  // With `submit` (an async action), the popover stays open until the action succeeds: a refusal is shown
+  // in it beside the text the user typed, so that nothing they meant for it goes anywhere else.
   return new Promise((resolve) => {
     let done = false;
+    let busy = false;
     const finish = (v) => { if (done) return; done = true; resolve(v); };
     const input = noInput ? null : h('input', { class: 'ask-input', value, placeholder, 'aria-label': label || title, 'data-testid': 'ask-input', maxlength: 100 });
+    const error = h('p', { class: 'ask-error', role: 'alert', 'data-testid': 'ask-error', hidden: true });
+    const ok = h('button', { type: 'submit', class: `btn btn-small ${danger ? 'btn-danger' : 'btn-primary'}`, 'data-testid': 'ask-submit', text: action });
     const form = h('form', {
-      class: 'ask', onsubmit: (e) => {
+      class: 'ask', onsubmit: async (e) => {
         e.preventDefault();
+        if (busy) return;
         const v = noInput ? '' : input.value.trim();
         if (!noInput && !v) { input.focus(); return; }
+        if (submit) {
+          busy = true; ok.disabled = true; error.hidden = true;
+          try {
+            await submit(v);
+          } catch (err) {
+            busy = false; ok.disabled = false;
+            error.textContent = err?.message || String(err);
+            error.hidden = false;
+            input?.focus();
+            return;
+          }
+        }
         finish(v);
         closePopover();
       },
     }, h('h3', { class: 'pop-title', text: title }),
-    h('div', { class: 'ask-body' }, input,
+    h('div', { class: 'ask-body' }, input, error,
       h('div', { class: 'ask-actions' },
         h('button', { type: 'button', class: 'btn btn-small ask-cancel', text: 'Cancel', onclick: () => closePopover() }),
-        h('button', { type: 'submit', class: `btn btn-small ${danger ? 'btn-danger' : 'btn-primary'}`, 'data-testid': 'ask-submit', text: action }))));
+        ok)));
     popover(anchor, form, { label: title, testid, onClose: () => finish(null) });
-    if (input) { input.focus(); input.select(); } else form.querySelector('[data-testid="ask-submit"]').focus();
+    if (input) { input.focus(); input.select(); } else ok.focus();
   });
 }

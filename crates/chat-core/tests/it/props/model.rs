@@ -214,6 +214,8 @@ pub(super) struct MChan {
     pub(super) key: Option<String>,
     pub(super) limit: Option<u32>,
     pub(super) bans: Vec<String>,
+    /// Who each ban (same index) binds whatever their nick: those matched when set or on leaving a nick.
+    pub(super) bans_bound: Vec<Users>,
     pub(super) invited: Users,
     pub(super) topic: Option<String>,
 }
@@ -364,6 +366,7 @@ impl MChan {
             key: None,
             limit: None,
             bans: Vec::new(),
+            bans_bound: Vec::new(),
             invited: Users::new(),
             topic: None,
         }
@@ -485,7 +488,7 @@ impl Model {
 
     fn banned(&self, c: &MChan, u: UserId) -> bool {
         let nick = &self.user(u).nick;
-        c.bans.iter().any(|m| glob(m, nick))
+        c.bans.iter().any(|m| glob(m, nick)) || c.bans_bound.iter().any(|b| b.contains(&u))
     }
 
     /// May see the channel (hence join it): a member, or anyone not banned whom `+i` does not keep out (an
@@ -844,6 +847,15 @@ impl Model {
                     return Err("nick_in_use");
                 }
                 let peers = self.peers(u);
+                // Every ban that matches the nick being left binds its holder.
+                let leaving = self.user(u).nick.clone();
+                for c in self.chans.values_mut() {
+                    for (mask, bound) in c.bans.iter().zip(c.bans_bound.iter_mut()) {
+                        if glob(mask, &leaving) {
+                            bound.insert(u);
+                        }
+                    }
+                }
                 let old = std::mem::replace(
                     &mut self.users.get_mut(&u).expect("a known user").nick,
                     nick.clone(),
@@ -1407,11 +1419,25 @@ impl Model {
                     let present = after.bans.iter().position(|b| b.eq_ignore_ascii_case(mask));
                     match (on, present) {
                         (true, None) => {
+                            // Bound when set: the members it matches, and the holder of the one nick it names.
+                            let nick_part = mask.split('!').next().unwrap_or(mask);
+                            let named = (!nick_part.contains(['*', '?']))
+                                .then(|| self.nicks.get(&fold(nick_part)).copied())
+                                .flatten();
+                            let bound: Users = c
+                                .members
+                                .keys()
+                                .copied()
+                                .chain(named)
+                                .filter(|u| glob(mask, &self.user(*u).nick))
+                                .collect();
                             after.bans.push(mask.clone());
+                            after.bans_bound.push(bound);
                             changed += 1;
                         }
                         (false, Some(i)) => {
                             after.bans.remove(i);
+                            after.bans_bound.remove(i);
                             changed += 1;
                         }
                         _ => {}

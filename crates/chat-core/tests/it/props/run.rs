@@ -898,6 +898,13 @@ impl Runner {
             prop_assert_eq!(cc.flags.limit, c.limit, "+l of {}", name);
             let bans: Vec<&str> = cc.bans.iter().map(|b| b.mask.as_str()).collect();
             prop_assert_eq!(bans, c.bans.iter().map(String::as_str).collect::<Vec<_>>());
+            let bound: Vec<&Users> = cc.bans.iter().map(|b| &b.bound).collect();
+            prop_assert_eq!(
+                bound,
+                c.bans_bound.iter().collect::<Vec<_>>(),
+                "ban bindings of {}",
+                name
+            );
             prop_assert_eq!(&cc.invited, &c.invited, "invited to {}", name);
             prop_assert_eq!(
                 cc.topic.as_ref().map(|t| t.text.as_str()),
