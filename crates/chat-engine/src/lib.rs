@@ -36,6 +36,8 @@ mod config;
 mod directory;
 mod engine;
 mod error;
+mod hashcash;
+mod password;
 mod streams;
 mod writer;
 
@@ -43,4 +45,6 @@ pub use crate::config::{EngineConfig, RateLimit};
 pub use crate::directory::{ChannelCard, Directory, MemberCard, SpaceCard, UserCard};
 pub use crate::engine::{CommandReply, Engine, EngineTask, Login, MAX_NONCE, Session, now_ms};
 pub use crate::error::EngineError;
+pub use crate::hashcash::StampError;
+pub use crate::password::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, PasswordError, check_password};
 pub use crate::streams::{Cursor, StreamRead};
