@@ -589,11 +589,15 @@ impl Engine {
         if bits == 0 {
             return self.create_user(nick, None, false, client_name).await;
         }
-        let refuse = |reason| EngineError::HashcashRequired { bits, reason };
+        let resource = &self.shared.config.hashcash_resource;
+        let refuse = |reason| EngineError::HashcashRequired {
+            bits,
+            resource: resource.clone(),
+            reason,
+        };
         let now = now_ms();
         let stamp = stamp.ok_or(refuse(StampError::Missing))?;
-        let verified = hashcash::verify(stamp, bits, &self.shared.config.hashcash_resource, now)
-            .map_err(refuse)?;
+        let verified = hashcash::verify(stamp, bits, resource, now).map_err(refuse)?;
         let capacity = self.shared.config.max_spent_stamps;
         match lock(&self.shared.spent).spend(&verified, now, capacity) {
             Spend::Fresh => {}

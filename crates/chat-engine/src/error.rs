@@ -48,6 +48,8 @@ pub enum EngineError {
     HashcashRequired {
         /// The zero bits a stamp must have.
         bits: u32,
+        /// The resource a stamp must name (the server's name).
+        resource: String,
         /// What was wrong with the stamp given (or that none was).
         reason: StampError,
     },

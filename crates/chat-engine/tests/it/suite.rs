@@ -868,7 +868,11 @@ pub(crate) async fn guest_sign_up_needs_an_unspent_stamp<B: Backend>(backend: &B
     let (engine, task) = open(backend, config).await;
     assert_eq!(engine.hashcash(), (10, "chat.example"));
     let refused = |e: EngineError, want: StampError| match e {
-        EngineError::HashcashRequired { bits: 10, reason } if reason == want => {}
+        EngineError::HashcashRequired {
+            bits: 10,
+            reason,
+            resource,
+        } if reason == want && resource == "chat.example" => {}
         other => panic!("expected {want:?}, got {other:?}"),
     };
     refused(
