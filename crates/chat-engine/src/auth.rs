@@ -8,10 +8,6 @@ use subtle::ConstantTimeEq;
 
 use crate::error::EngineError;
 
-/// The longest password accepted: argon2 takes any length, but hashing megabytes on request is an easy
-/// denial of service.
-pub(crate) const MAX_PASSWORD: usize = 1024;
-
 /// A fresh token and its hash: the token goes to the client once, the hash to the core.
 pub(crate) fn new_token() -> Result<(String, [u8; 32]), EngineError> {
     let mut raw = [0u8; 32];
@@ -131,6 +127,12 @@ impl Bucket {
         }
     }
 
+    /// Returns a token taken by an action that turned out not to count (a login that succeeded).
+    pub(crate) fn give_back(&mut self, limit: crate::RateLimit, now: u64) {
+        self.refill(limit, now);
+        self.tokens = (self.tokens + 1.0).min(f64::from(limit.burst));
+    }
+
     /// Whether the bucket is full again (and so may be forgotten).
     pub(crate) fn is_full(&mut self, limit: crate::RateLimit, now: u64) -> bool {
         self.refill(limit, now);
@@ -153,6 +155,7 @@ mod tests {
     #[test]
     fn passwords_verify() {
         let phc = hash_password("hunter2").unwrap();
+        // Hashing is below the password rule: any text hashes.
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         assert!(verify_password("hunter2", &phc).unwrap());
         assert!(!verify_password("hunter3", &phc).unwrap());

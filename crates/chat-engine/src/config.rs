@@ -45,8 +45,25 @@ pub struct EngineConfig {
     pub user_tail_capacity: usize,
     /// Per-user message rate (`RATE_LIMIT`); `None` turns it off.
     pub rate_limit: Option<RateLimit>,
-    /// Failed logins allowed per account and per address before throttling, and their refill rate.
+    /// Failed logins allowed per account and address pair before that pair is refused (429), and their
+    /// refill rate. Only the pair is refused: the account's owner elsewhere is not.
     pub login_limit: RateLimit,
+    /// Failed logins allowed per address, whatever the accounts, before that address is refused: looser than
+    /// the pair's, against one address trying many accounts.
+    pub login_address_limit: RateLimit,
+    /// Failed logins allowed per account, from every address together, before each login attempt for it is
+    /// slowed by `login_slowdown` (never refused, so that an attacker cannot lock the owner out).
+    pub login_account_limit: RateLimit,
+    /// How long each login attempt for an account waits, while that account is over `login_account_limit`,
+    /// before its password is checked.
+    pub login_slowdown: Duration,
+    /// The zero bits a guest sign-up's proof-of-work stamp must have (`HASHCASH_BITS`); 0 asks for none.
+    pub hashcash_bits: u32,
+    /// The resource stamps must name: the server's name (`SERVER_NAME`).
+    pub hashcash_resource: String,
+    /// The most spent stamps remembered at once; when that many have not expired yet, guest sign-up is
+    /// refused (429) until some do, rather than forgetting one and letting it be spent again.
+    pub max_spent_stamps: usize,
     /// How many password hashes may run at once on the blocking pool.
     pub hash_concurrency: usize,
     /// How long a nonce is remembered (10 minutes by the spec).
@@ -80,6 +97,18 @@ impl Default for EngineConfig {
                 burst: 5,
                 per_second: 1.0 / 12.0,
             },
+            login_address_limit: RateLimit {
+                burst: 30,
+                per_second: 0.5,
+            },
+            login_account_limit: RateLimit {
+                burst: 20,
+                per_second: 1.0 / 12.0,
+            },
+            login_slowdown: Duration::from_secs(1),
+            hashcash_bits: 0,
+            hashcash_resource: "chatd".into(),
+            max_spent_stamps: 1 << 18,
             hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             nonce_ttl: Duration::from_secs(600),
             cursor_flush_interval: Duration::from_secs(1),

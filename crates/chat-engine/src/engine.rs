@@ -21,6 +21,8 @@ use crate::auth::{self, Bucket};
 use crate::config::EngineConfig;
 use crate::directory::Directory;
 use crate::error::EngineError;
+use crate::hashcash::{self, Spend, Spent, StampError};
+use crate::password::{self, MAX_LOGIN_PASSWORD_BYTES};
 use crate::streams::{Cursor, StreamRead, Streams, TailRead};
 use crate::writer::{Job, Writer};
 
@@ -179,10 +181,24 @@ impl TokenTable {
     }
 }
 
+/// What a failed login counts against. The pair is refused when its bucket is empty, the address too (for
+/// one address trying many accounts), but the account alone is only slowed: refusing it would let anyone
+/// lock its owner out with a wrong password now and then.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum LoginKey {
-    Account(String),
+    Pair(String, Option<IpAddr>),
     Address(IpAddr),
+    Account(String),
+}
+
+impl LoginKey {
+    fn limit(&self, config: &EngineConfig) -> crate::RateLimit {
+        match self {
+            LoginKey::Pair(..) => config.login_limit,
+            LoginKey::Address(_) => config.login_address_limit,
+            LoginKey::Account(_) => config.login_account_limit,
+        }
+    }
 }
 
 /// What the handles and the writer share.
@@ -195,6 +211,7 @@ pub(crate) struct Shared {
     nonces: Mutex<HashMap<(UserId, String), (UnixMillis, CommandReply)>>,
     rates: Mutex<HashMap<UserId, Bucket>>,
     logins: Mutex<HashMap<LoginKey, Bucket>>,
+    spent: Mutex<Spent>,
     hash_pool: Arc<Semaphore>,
     tokens: RwLock<TokenTable>,
     directory: RwLock<Directory>,
@@ -302,8 +319,9 @@ impl Shared {
         if let Some(limit) = self.config.rate_limit {
             lock(&self.rates).retain(|_, b| !b.is_full(limit, now));
         }
-        let login = self.config.login_limit;
-        lock(&self.logins).retain(|_, b| !b.is_full(login, now));
+        let config = &self.config;
+        lock(&self.logins).retain(|k, b| !b.is_full(k.limit(config), now));
+        lock(&self.spent).forget(now);
     }
 
     pub(crate) fn set_fatal(&self, reason: Arc<str>) {
@@ -394,6 +412,7 @@ impl Engine {
             nonces: Mutex::new(nonces),
             rates: Mutex::new(HashMap::new()),
             logins: Mutex::new(HashMap::new()),
+            spent: Mutex::new(Spent::default()),
             hash_pool: Arc::new(Semaphore::new(config.hash_concurrency.clamp(1, 1024))),
             tokens: RwLock::new(tokens),
             directory: RwLock::new(directory),
@@ -549,9 +568,60 @@ impl Engine {
         self.submit(Origin::System, command, None).await
     }
 
-    /// Starts a guest session: a user without a password, released when its last client ends.
+    /// Starts a guest session: a user without a password, released when its last client ends. With
+    /// `hashcash_bits` above zero this is refused with [`EngineError::HashcashRequired`]: use
+    /// [`Engine::guest_with_stamp`].
     pub async fn guest(&self, nick: &str, client_name: &str) -> Result<Login, EngineError> {
-        self.create_user(nick, None, false, client_name).await
+        self.guest_with_stamp(nick, client_name, None).await
+    }
+
+    /// Starts a guest session, paying with a proof-of-work stamp when `hashcash_bits` is above zero (see
+    /// [`Engine::hashcash`]). The stamp is spent only if the session is created: a sign-up refused for its
+    /// nick may try again with the same stamp.
+    pub async fn guest_with_stamp(
+        &self,
+        nick: &str,
+        client_name: &str,
+        stamp: Option<&str>,
+    ) -> Result<Login, EngineError> {
+        self.check_open()?;
+        let bits = self.shared.config.hashcash_bits;
+        if bits == 0 {
+            return self.create_user(nick, None, false, client_name).await;
+        }
+        let resource = &self.shared.config.hashcash_resource;
+        let refuse = |reason| EngineError::HashcashRequired {
+            bits,
+            resource: resource.clone(),
+            reason,
+        };
+        let now = now_ms();
+        let stamp = stamp.ok_or(refuse(StampError::Missing))?;
+        let verified = hashcash::verify(stamp, bits, resource, now).map_err(refuse)?;
+        let capacity = self.shared.config.max_spent_stamps;
+        match lock(&self.shared.spent).spend(&verified, now, capacity) {
+            Spend::Fresh => {}
+            Spend::Again => return Err(refuse(StampError::Spent)),
+            Spend::Full(until) => {
+                return Err(EngineError::RateLimited {
+                    retry_after: Duration::from_millis(until.saturating_sub(now).max(1)),
+                    limit: u32::try_from(capacity).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        let result = self.create_user(nick, None, false, client_name).await;
+        if result.is_err() {
+            lock(&self.shared.spent).unspend(&verified.key);
+        }
+        result
+    }
+
+    /// The proof of work a guest sign-up needs: the zero bits (0: none) and the resource a stamp must name.
+    pub fn hashcash(&self) -> (u32, &str) {
+        (
+            self.shared.config.hashcash_bits,
+            &self.shared.config.hashcash_resource,
+        )
     }
 
     /// Creates an account (or a bot) with a password, hashed on the bounded pool, and its first client.
@@ -610,8 +680,11 @@ impl Engine {
         }
     }
 
-    /// Adds a client to an account after checking its password. Failures are throttled per account and per
-    /// address (`ip`), with a typed [`EngineError::RateLimited`].
+    /// Adds a client to an account after checking its password. Failures are counted per account and
+    /// address (`ip`) pair, per address, and per account. An empty pair or address bucket refuses the attempt
+    /// with a typed [`EngineError::RateLimited`]; an empty account bucket only slows every attempt for that
+    /// account by `login_slowdown`, so that failures from elsewhere never keep the owner out. A successful
+    /// login gives back what it took.
     pub async fn login(
         &self,
         nick: &str,
@@ -621,50 +694,58 @@ impl Engine {
     ) -> Result<Login, EngineError> {
         self.check_open()?;
         let now = now_ms();
-        let keys: Vec<LoginKey> = std::iter::once(LoginKey::Account(chat_core::casefold(nick)))
+        let account = chat_core::casefold(nick);
+        let refusing: Vec<LoginKey> = std::iter::once(LoginKey::Pair(account.clone(), ip))
             .chain(ip.map(LoginKey::Address))
             .collect();
-        let limit = self.shared.config.login_limit;
-        {
+        let slowing = LoginKey::Account(account);
+        let config = &self.shared.config;
+        // Each attempt takes its tokens before the (slow) check rather than after a failure, so that many
+        // attempts sent at once cannot all pass the check before the first failure is counted.
+        let slow = {
             let mut logins = lock(&self.shared.logins);
-            let wait = keys
-                .iter()
-                .filter_map(|k| logins.get_mut(k).map(|b| b.wait_ms(limit, now)))
-                .max()
-                .unwrap_or(0);
+            let mut wait = 0;
+            for key in &refusing {
+                let limit = key.limit(config);
+                let bucket = logins
+                    .entry(key.clone())
+                    .or_insert_with(|| Bucket::full(limit, now));
+                wait = wait.max(bucket.wait_ms(limit, now));
+            }
             if wait > 0 {
+                let limit = refusing.iter().map(|k| k.limit(config).burst).min();
                 return Err(EngineError::RateLimited {
                     retry_after: Duration::from_millis(wait),
-                    limit: limit.burst,
+                    limit: limit.unwrap_or(config.login_limit.burst),
                 });
             }
-        }
-        if password.len() > auth::MAX_PASSWORD {
-            return Err(EngineError::InvalidCredentials);
-        }
-        let nick_owned = nick.to_owned();
-        let account = self
-            .query(move |core| {
-                core.user_by_nick(&nick_owned)
-                    .filter(|u| !u.system && !u.released)
-                    .and_then(|u| u.password_hash.clone().map(|h| (u.id, h)))
-            })
-            .await?;
-        // An unknown nick or a guest is checked against a dummy hash, so the answer takes as long as a wrong
-        // password and does not tell which nicks have accounts.
-        let (user, phc) = match account {
-            Some((user, phc)) => (Some(user), phc),
-            None => (None, dummy_hash()?),
-        };
-        let ok = self.verify(password.to_owned(), phc).await?;
-        let Some(user) = user.filter(|_| ok) else {
-            let mut logins = lock(&self.shared.logins);
-            for key in keys {
-                let bucket = logins
-                    .entry(key)
-                    .or_insert_with(|| Bucket::full(limit, now));
-                let _ = bucket.take(limit, now);
+            for key in &refusing {
+                if let Some(bucket) = logins.get_mut(key) {
+                    let _ = bucket.take(key.limit(config), now);
+                }
             }
+            let limit = slowing.limit(config);
+            logins
+                .entry(slowing.clone())
+                .or_insert_with(|| Bucket::full(limit, now))
+                .take(limit, now)
+                .is_err()
+        };
+        if slow {
+            metrics::counter!("chatd_logins_slowed_total").increment(1);
+            tokio::time::sleep(config.login_slowdown).await;
+        }
+        let user = self.check_login(nick, password).await;
+        if let Ok(Some(_)) = user {
+            let now = now_ms();
+            let mut logins = lock(&self.shared.logins);
+            for key in refusing.iter().chain(std::iter::once(&slowing)) {
+                if let Some(bucket) = logins.get_mut(key) {
+                    bucket.give_back(key.limit(config), now);
+                }
+            }
+        }
+        let Some(user) = user? else {
             return Err(EngineError::InvalidCredentials);
         };
         let (token, token_hash) = auth::new_token()?;
@@ -685,6 +766,29 @@ impl Engine {
             Some(Created::Client(client)) => Ok(self.login_result(token, client, user, reply.seq)),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Checks a nick and password: the account's user when they match, `None` when they do not.
+    async fn check_login(&self, nick: &str, password: &str) -> Result<Option<UserId>, EngineError> {
+        if password.len() > MAX_LOGIN_PASSWORD_BYTES {
+            return Ok(None);
+        }
+        let nick_owned = nick.to_owned();
+        let account = self
+            .query(move |core| {
+                core.user_by_nick(&nick_owned)
+                    .filter(|u| !u.system && !u.released)
+                    .and_then(|u| u.password_hash.clone().map(|h| (u.id, h)))
+            })
+            .await?;
+        // An unknown nick or a guest is checked against a dummy hash, so the answer takes as long as a wrong
+        // password and does not tell which nicks have accounts.
+        let (user, phc) = match account {
+            Some((user, phc)) => (Some(user), phc),
+            None => (None, dummy_hash()?),
+        };
+        let ok = self.verify(password.to_owned(), phc).await?;
+        Ok(user.filter(|_| ok))
     }
 
     /// Sets the session's user's password (a guest becomes an account).
@@ -942,20 +1046,9 @@ impl Engine {
     }
 }
 
+/// The password rule of [`crate::check_password`], as the engine's error.
 fn check_password(password: &str) -> Result<(), EngineError> {
-    if password.is_empty() {
-        return Err(EngineError::InvalidInput {
-            field: "password",
-            reason: "must not be empty",
-        });
-    }
-    if password.len() > auth::MAX_PASSWORD {
-        return Err(EngineError::InvalidInput {
-            field: "password",
-            reason: "longer than 1024 bytes",
-        });
-    }
-    Ok(())
+    password::check_password(password).map_err(EngineError::Password)
 }
 
 fn dummy_hash() -> Result<String, EngineError> {

@@ -6,6 +6,9 @@ use std::time::Duration;
 use chat_core::ReplayError;
 use chat_store::StoreError;
 
+use crate::hashcash::StampError;
+use crate::password::PasswordError;
+
 /// Why the engine did not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -36,6 +39,19 @@ pub enum EngineError {
         field: &'static str,
         /// What is wrong with it.
         reason: &'static str,
+    },
+    /// A new password breaks the password rule (length, or one of the most common passwords). Nothing changed.
+    #[error("invalid password: {0}")]
+    Password(#[from] PasswordError),
+    /// A guest sign-up came without a valid, unspent proof-of-work stamp while `HASHCASH_BITS` is above zero.
+    #[error("proof of work required ({bits} bits): {reason}")]
+    HashcashRequired {
+        /// The zero bits a stamp must have.
+        bits: u32,
+        /// The resource a stamp must name (the server's name).
+        resource: String,
+        /// What was wrong with the stamp given (or that none was).
+        reason: StampError,
     },
     /// The engine is shutting down or has shut down: it takes no new requests.
     #[error("the engine is shutting down")]

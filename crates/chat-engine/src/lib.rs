@@ -7,8 +7,10 @@
 //! every durable event of the batch in one store transaction (group commit), and only then answers the callers
 //! and publishes the events. Readers follow their user's stream with [`Engine::read`] and [`Engine::wait`]
 //! from a [`Cursor`]; recent events come from an in-memory tail, older ones from the store. Passwords are
-//! hashed with argon2id on a bounded blocking pool, tokens are kept only as SHA-256, commands with a nonce are
-//! idempotent, and messages are rate-limited per user. [`Engine::shutdown`] drains, saves and stops.
+//! hashed with argon2id on a bounded blocking pool and follow one rule on every door ([`check_password`]),
+//! failed logins are throttled per account and address, guests may have to pay with a proof-of-work stamp
+//! ([`Engine::guest_with_stamp`]), tokens are kept only as SHA-256, commands with a nonce are idempotent, and
+//! messages are rate-limited per user. [`Engine::shutdown`] drains, saves and stops.
 //!
 //! ```no_run
 //! # async fn demo(store: std::sync::Arc<impl chat_store::Store>) -> Result<(), chat_engine::EngineError> {
@@ -36,6 +38,8 @@ mod config;
 mod directory;
 mod engine;
 mod error;
+mod hashcash;
+mod password;
 mod streams;
 mod writer;
 
@@ -43,4 +47,6 @@ pub use crate::config::{EngineConfig, RateLimit};
 pub use crate::directory::{ChannelCard, Directory, MemberCard, SpaceCard, UserCard};
 pub use crate::engine::{CommandReply, Engine, EngineTask, Login, MAX_NONCE, Session, now_ms};
 pub use crate::error::EngineError;
+pub use crate::hashcash::StampError;
+pub use crate::password::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, PasswordError, check_password};
 pub use crate::streams::{Cursor, StreamRead};

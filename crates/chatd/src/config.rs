@@ -148,6 +148,11 @@ pub(crate) struct ConfigArgs {
         global = true
     )]
     pub(crate) max_connections_per_ip: String,
+
+    /// Proof of work for guest sign-up: the zero bits of a hashcash stamp (SHA-256, bound to SERVER_NAME and
+    /// the UTC date) that each guest must send; 0 asks for none.
+    #[arg(long, env = "HASHCASH_BITS", default_value = "0", global = true)]
+    pub(crate) hashcash_bits: String,
 }
 
 /// Where the data lives.
@@ -219,6 +224,7 @@ pub(crate) struct Config {
     pub(crate) cors_origins: Vec<String>,
     pub(crate) log_format: LogFormat,
     pub(crate) max_connections_per_ip: usize,
+    pub(crate) hashcash_bits: u32,
 }
 
 /// A bad configuration value, naming its variable.
@@ -518,12 +524,19 @@ impl Config {
                 1,
                 1_000_000,
             )?,
+            // Past 32 bits a stamp takes billions of hashes: no browser would sign up.
+            hashcash_bits: parse_int("HASHCASH_BITS", &args.hashcash_bits, 0, 32)?,
         })
     }
 
     /// The engine's settings for this configuration.
     pub(crate) fn engine(&self) -> EngineConfig {
         let defaults = EngineConfig::default();
+        let name = if self.server_name.is_empty() {
+            defaults.core.network_name.clone()
+        } else {
+            self.server_name.clone()
+        };
         EngineConfig {
             core: chat_core::Config {
                 node_id: self.node_id,
@@ -532,15 +545,13 @@ impl Config {
                 presence_fanout_max: self.presence_fanout_max,
                 session_idle_timeout_ms: u64::try_from(self.session_idle_timeout.as_millis())
                     .unwrap_or(u64::MAX),
-                network_name: if self.server_name.is_empty() {
-                    defaults.core.network_name.clone()
-                } else {
-                    self.server_name.clone()
-                },
+                network_name: name.clone(),
                 ..defaults.core.clone()
             },
             queue_max_age: self.queue_max_age,
             rate_limit: self.rate_limit,
+            hashcash_bits: self.hashcash_bits,
+            hashcash_resource: name,
             ..defaults
         }
     }

@@ -74,7 +74,47 @@ export const register = (username, password) =>
   rest('POST', '/auth/register', { username, password, client: 'web' }, { noAuth: true });
 export const login = (login, password) =>
   rest('POST', '/auth/login', { login, password, client: 'web' }, { noAuth: true });
-export const guest = (nick) => lp('POST', '/session', { nick, client: 'web' }, { noAuth: true });
+export const guest = (nick, hashcash) =>
+  lp('POST', '/session', hashcash ? { nick, client: 'web', hashcash } : { nick, client: 'web' }, { noAuth: true });
+/** The server's name, limits and the proof of work a guest needs (`hashcash: {bits, resource}`). */
+export const serverInfo = () => lp('GET', '/server', undefined, { noAuth: true });
+
+// The password rule the server applies on every door, shown before submit. Counted in characters (code
+// points), as the server counts them.
+export const PASSWORD_MIN = 8;
+export const PASSWORD_MAX = 128;
+export function passwordProblem(password) {
+  const n = [...password].length;
+  if (n < PASSWORD_MIN) return `Password must be at least ${PASSWORD_MIN} characters (${n} so far).`;
+  if (n > PASSWORD_MAX) return `Password must be at most ${PASSWORD_MAX} characters.`;
+  return '';
+}
+
+/**
+ * Mints a hashcash stamp for guest sign-up in a Web Worker: `1:bits:YYMMDD:resource::rand:counter` whose
+ * SHA-256 starts with `bits` zero bits. `onProgress(fraction)` is called as it works (an estimate: the work
+ * is random, about 2^bits hashes). Resolves to the stamp.
+ */
+export function mintStamp(bits, resource, onProgress = () => {}) {
+  const date = new Date().toISOString();
+  const day = date.slice(2, 4) + date.slice(5, 7) + date.slice(8, 10);
+  const raw = crypto.getRandomValues(new Uint8Array(12));
+  const rand = btoa(String.fromCharCode(...raw));
+  const expected = 2 ** bits;
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(new URL('./hashcash-worker.js', import.meta.url), { type: 'module' });
+    worker.onmessage = (e) => {
+      if (e.data.progress !== undefined) {
+        onProgress(Math.min(0.99, e.data.progress / expected));
+        return;
+      }
+      worker.terminate();
+      if (e.data.stamp) { onProgress(1); resolve(e.data.stamp); } else reject(new Error(e.data.error || 'Proof of work failed'));
+    };
+    worker.onerror = (e) => { worker.terminate(); reject(new Error(e.message || 'Proof of work failed')); };
+    worker.postMessage({ bits, resource, date: day, rand });
+  });
+}
 export const logout = () => rest('POST', '/auth/logout');
 
 export const enc = encodeURIComponent;

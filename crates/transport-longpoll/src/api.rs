@@ -373,7 +373,10 @@ async fn session(State(inner): Api, body: Body) -> Answer {
             "a guest session takes no password; use /api/v1/register or /api/v1/login",
         ));
     }
-    let login = inner.engine.guest(c.nick.trim(), &client_name(&c)).await?;
+    let login = inner
+        .engine
+        .guest_with_stamp(c.nick.trim(), &client_name(&c), c.hashcash.as_deref())
+        .await?;
     logged_in(&inner, login).await
 }
 
@@ -934,8 +937,10 @@ async fn server(State(inner): Api) -> Answer {
         })
         .await?;
     let s = &inner.settings;
+    let (bits, resource) = inner.engine.hashcash();
     ok_json(json!({
         "name": s.server_name,
+        "hashcash": { "bits": bits, "resource": resource },
         "version": s.version,
         "motd": s.motd,
         "users": users,

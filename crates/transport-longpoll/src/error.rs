@@ -22,6 +22,8 @@ pub struct ApiError {
     pub numeric: Option<u16>,
     /// For 429: how long to wait.
     pub retry_after: Option<Duration>,
+    /// For 402 `hashcash_required`: the zero bits a stamp must have and the resource it must name.
+    pub hashcash: Option<(u32, String)>,
 }
 
 #[derive(Serialize)]
@@ -31,6 +33,10 @@ struct Body<'a> {
     numeric: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bits: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a str>,
 }
 
 impl ApiError {
@@ -42,6 +48,7 @@ impl ApiError {
             message: message.into(),
             numeric: None,
             retry_after: None,
+            hashcash: None,
         }
     }
 
@@ -109,6 +116,7 @@ impl From<chat_core::Error> for ApiError {
             message: e.to_string(),
             numeric: e.irc_numeric(),
             retry_after,
+            hashcash: None,
         }
     }
 }
@@ -138,6 +146,22 @@ impl From<EngineError> for ApiError {
             },
             EngineError::InvalidToken => Self::unauthorized("Invalid or expired token"),
             EngineError::InvalidInput { field, reason } => Self::invalid(field, reason),
+            EngineError::Password(e) => Self::invalid("password", e),
+            EngineError::HashcashRequired {
+                bits,
+                resource,
+                reason,
+            } => Self {
+                hashcash: Some((bits, resource)),
+                ..Self::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "hashcash_required",
+                    format!(
+                        "Guest sign-up needs a proof-of-work stamp of {bits} bits \
+                         (\"hashcash\" field; see GET /api/v1/server): {reason}"
+                    ),
+                )
+            },
             EngineError::ShuttingDown => Self::unavailable("The server is shutting down"),
             other => {
                 // Storage failures and a stopped engine are the server's fault, never the client's: log the
@@ -161,6 +185,8 @@ impl IntoResponse for ApiError {
             message: &self.message,
             numeric: self.numeric,
             retry_after: retry,
+            bits: self.hashcash.as_ref().map(|h| h.0),
+            resource: self.hashcash.as_ref().map(|h| h.1.as_str()),
         };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(d) = self.retry_after {

@@ -42,6 +42,9 @@ pub(crate) struct Credentials {
     /// A label for this device ("phone"); defaults to the API's name.
     #[serde(default)]
     pub(crate) client: Option<String>,
+    /// A guest's proof-of-work stamp, when the server asks for one (`HASHCASH_BITS`).
+    #[serde(default)]
+    pub(crate) hashcash: Option<String>,
 }
 
 /// `POST /messages`: one command. Which fields a command reads is listed in the README.

@@ -262,6 +262,29 @@ impl From<EngineError> for RestError {
                 Self::field("login", "INVALID_LOGIN", "Login or password is invalid.")
             }
             EngineError::InvalidToken => Self::unauthorized(),
+            EngineError::Password(e) => {
+                let kind = match e {
+                    chat_engine::PasswordError::TooShort { .. }
+                    | chat_engine::PasswordError::TooLong { .. } => "BASE_TYPE_BAD_LENGTH",
+                    _ => "PASSWORD_TOO_WEAK",
+                };
+                // Discord's messages are sentences about the field: "Must be ...".
+                let text = e.to_string();
+                let mut chars = text.chars();
+                let mut message: String = chars
+                    .next()
+                    .into_iter()
+                    .flat_map(char::to_uppercase)
+                    .collect();
+                message.extend(chars);
+                message.push('.');
+                Self::field("password", kind, message)
+            }
+            EngineError::HashcashRequired { bits, reason, .. } => Self::new(
+                StatusCode::PAYMENT_REQUIRED,
+                code::GENERAL,
+                format!("Guest sign-up needs a proof-of-work stamp of {bits} bits: {reason}"),
+            ),
             EngineError::InvalidInput { field, reason } => {
                 Self::field(field, "BASE_TYPE_INVALID", reason)
             }

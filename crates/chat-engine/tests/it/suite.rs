@@ -303,10 +303,13 @@ pub(crate) async fn live_events_reach_waiters_only<B: Backend>(backend: &B) {
 pub(crate) async fn restart_keeps_state_and_cursors<B: Backend>(backend: &B) {
     let (engine, task) = open(backend, config()).await;
     let alice = engine
-        .register("alice", "pw", false, "laptop")
+        .register("alice", "alice-pw", false, "laptop")
         .await
         .unwrap();
-    let phone = engine.login("alice", "pw", "phone", None).await.unwrap();
+    let phone = engine
+        .login("alice", "alice-pw", "phone", None)
+        .await
+        .unwrap();
     let bob = engine.guest("bob", "web").await.unwrap();
     join(&engine, &alice.session, "#rust").await;
     join(&engine, &bob.session, "#rust").await;
@@ -571,7 +574,10 @@ pub(crate) async fn idle_clients_expire_by_timer<B: Backend>(backend: &B) {
     config.core.session_idle_timeout_ms = 1_000;
     let (engine, task) = open(backend, config).await;
     // The account first: hashing its password takes a while in a debug build.
-    let bob = engine.register("bob", "pw", false, "web").await.unwrap();
+    let bob = engine
+        .register("bob", "bob-password", false, "web")
+        .await
+        .unwrap();
     let alice = engine.guest("alice", "laptop").await.unwrap();
     join(&engine, &alice.session, "#rust").await;
     join(&engine, &bob.session, "#rust").await;
@@ -592,7 +598,10 @@ pub(crate) async fn idle_clients_expire_by_timer<B: Backend>(backend: &B) {
     ));
     // The guest's nick is free again; the account remains and can log in.
     engine.guest("alice", "again").await.unwrap();
-    engine.login("bob", "pw", "web", None).await.unwrap();
+    engine
+        .login("bob", "bob-password", "web", None)
+        .await
+        .unwrap();
     stop(engine, task).await;
 }
 
@@ -627,31 +636,20 @@ pub(crate) async fn foreign_epoch_resets<B: Backend>(backend: &B) {
 }
 
 pub(crate) async fn passwords_and_login_throttle<B: Backend>(backend: &B) {
-    let mut config = config();
-    config.login_limit = RateLimit {
-        burst: 2,
-        per_second: 0.01,
-    };
-    let (engine, task) = open(backend, config).await;
+    let (engine, task) = open(backend, config()).await;
     engine
-        .register("alice", "right", false, "laptop")
+        .register("alice", "right password", false, "laptop")
         .await
         .unwrap();
-    let ip = "192.0.2.1".parse().ok();
-    for _ in 0..2 {
-        let err = engine.login("alice", "wrong", "x", ip).await.unwrap_err();
-        assert!(matches!(err, EngineError::InvalidCredentials), "{err:?}");
-    }
-    // The account is throttled now, even with the right password.
-    let err = engine.login("alice", "right", "x", None).await.unwrap_err();
-    assert!(matches!(err, EngineError::RateLimited { .. }), "{err:?}");
-    // And so is the address, for other accounts.
-    engine.register("bob", "pw", false, "laptop").await.unwrap();
-    let err = engine.login("bob", "pw", "x", ip).await.unwrap_err();
-    assert!(matches!(err, EngineError::RateLimited { .. }), "{err:?}");
-    engine.login("bob", "pw", "x", None).await.unwrap();
+    engine
+        .login("alice", "right password", "x", None)
+        .await
+        .unwrap();
     // Unknown nicks and guests answer like a wrong password.
-    let err = engine.login("nobody", "pw", "x", None).await.unwrap_err();
+    let err = engine
+        .login("nobody", "some password", "x", None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, EngineError::InvalidCredentials));
     let carol = engine.guest("carol", "web").await.unwrap();
     let err = engine.login("carol", "", "x", None).await.unwrap_err();
@@ -665,15 +663,312 @@ pub(crate) async fn passwords_and_login_throttle<B: Backend>(backend: &B) {
         .login("carol", "carol-pw", "phone", None)
         .await
         .unwrap();
-    let err = engine.register("dave", "", false, "x").await.unwrap_err();
-    assert!(matches!(
-        err,
-        EngineError::InvalidInput {
-            field: "password",
-            ..
-        }
-    ));
     stop(engine, task).await;
+}
+
+/// The password rule holds on every path that sets a password: sign-up, a user's own change and the
+/// operator's; each refusal is typed and changes nothing.
+pub(crate) async fn password_rule_on_every_path<B: Backend>(backend: &B) {
+    use chat_engine::PasswordError;
+    let (engine, task) = open(backend, config()).await;
+    let short =
+        |e: &EngineError| matches!(e, EngineError::Password(PasswordError::TooShort { min: 8 }));
+    let err = engine.register("dave", "", false, "x").await.unwrap_err();
+    assert!(short(&err), "{err:?}");
+    let err = engine
+        .register("dave", "2short", false, "x")
+        .await
+        .unwrap_err();
+    assert!(short(&err), "{err:?}");
+    // Seven characters are too few even when they take 14 bytes.
+    let err = engine
+        .register("dave", "ééééééé", false, "x")
+        .await
+        .unwrap_err();
+    assert!(short(&err), "{err:?}");
+    let err = engine
+        .register("dave", &"x".repeat(129), false, "x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::Password(PasswordError::TooLong { max: 128 })
+        ),
+        "{err:?}"
+    );
+    let err = engine
+        .register("dave", "Password1", false, "x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Password(PasswordError::Common)),
+        "{err:?}"
+    );
+    // Nothing was created by the refusals: the nick is still free.
+    let dave = engine
+        .register("dave", "ééééééééé", false, "x")
+        .await
+        .unwrap();
+    let err = engine
+        .set_password(&dave.session, "short")
+        .await
+        .unwrap_err();
+    assert!(short(&err), "{err:?}");
+    let err = engine
+        .set_user_password(dave.session.user, "iloveyou")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Password(PasswordError::Common)),
+        "{err:?}"
+    );
+    engine.login("dave", "ééééééééé", "x", None).await.unwrap();
+    engine
+        .set_user_password(dave.session.user, "a much longer passphrase")
+        .await
+        .unwrap();
+    engine
+        .login("dave", "a much longer passphrase", "x", None)
+        .await
+        .unwrap();
+    stop(engine, task).await;
+}
+
+/// Failed logins throttle the account and address pair: an attacker at one address is refused, the owner at
+/// another is not, and existing sessions are untouched.
+pub(crate) async fn login_throttle_is_per_account_and_address<B: Backend>(backend: &B) {
+    let mut config = config();
+    config.login_limit = RateLimit {
+        burst: 2,
+        per_second: 0.01,
+    };
+    let (engine, task) = open(backend, config).await;
+    let alice = engine
+        .register("alice", "right password", false, "laptop")
+        .await
+        .unwrap();
+    let attacker = "192.0.2.1".parse().ok();
+    let owner = "198.51.100.7".parse().ok();
+    for _ in 0..2 {
+        let err = engine
+            .login("alice", "wrong guess", "x", attacker)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EngineError::InvalidCredentials), "{err:?}");
+    }
+    // The attacker's pair is refused now, even with the right password.
+    let err = engine
+        .login("ALICE", "right password", "x", attacker)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::RateLimited { .. }), "{err:?}");
+    // The owner elsewhere logs in, again and again.
+    for _ in 0..3 {
+        engine
+            .login("alice", "right password", "phone", owner)
+            .await
+            .unwrap();
+    }
+    // The attacker's address may still log in to its own account.
+    engine
+        .register("mallory", "mallory's own", false, "x")
+        .await
+        .unwrap();
+    engine
+        .login("mallory", "mallory's own", "x", attacker)
+        .await
+        .unwrap();
+    // The session alice had before is untouched.
+    assert_eq!(
+        engine.authenticate(&alice.token).await.unwrap(),
+        alice.session
+    );
+    join(&engine, &alice.session, "#rust").await;
+    stop(engine, task).await;
+}
+
+/// Failures from many addresses slow every login to the account, never refuse it: the right password still
+/// gets in, only later. One address trying many accounts is refused.
+pub(crate) async fn account_limit_slows_and_address_limit_refuses<B: Backend>(backend: &B) {
+    let mut config = config();
+    config.login_account_limit = RateLimit {
+        burst: 3,
+        per_second: 0.01,
+    };
+    config.login_slowdown = Duration::from_millis(1500);
+    config.login_address_limit = RateLimit {
+        burst: 4,
+        per_second: 0.01,
+    };
+    let (engine, task) = open(backend, config).await;
+    let alice = engine
+        .register("alice", "right password", false, "laptop")
+        .await
+        .unwrap();
+    for n in 0..5u8 {
+        let ip = format!("203.0.113.{n}").parse().ok();
+        let err = engine
+            .login("alice", "wrong guess", "x", ip)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EngineError::InvalidCredentials), "{err:?}");
+    }
+    let t = std::time::Instant::now();
+    engine
+        .login("alice", "right password", "x", "198.51.100.7".parse().ok())
+        .await
+        .unwrap();
+    let slowed = t.elapsed();
+    assert!(
+        slowed >= Duration::from_millis(1500),
+        "slowed only {slowed:?}"
+    );
+    assert_eq!(
+        engine.authenticate(&alice.token).await.unwrap(),
+        alice.session
+    );
+    // One address failing across accounts runs out of its own, looser, budget.
+    let spray = "192.0.2.99".parse().ok();
+    for nick in ["u1", "u2", "u3", "u4"] {
+        let err = engine
+            .login(nick, "wrong guess", "x", spray)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EngineError::InvalidCredentials), "{err:?}");
+    }
+    let err = engine
+        .login("u5", "wrong guess", "x", spray)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::RateLimited { .. }), "{err:?}");
+    stop(engine, task).await;
+}
+
+/// A proof-of-work stamp for `resource` dated `date` (`YYMMDD`) with at least `bits` zero bits.
+fn mint(bits: u32, date: &str, resource: &str) -> String {
+    (0u64..)
+        .map(|c| format!("1:{bits}:{date}:{resource}::dGVzdA:{c:x}"))
+        .find(|s| mint_zeros(s) >= bits)
+        .expect("a counter that works")
+}
+
+fn utc_date(days_ago: u64) -> String {
+    let t = std::time::SystemTime::now() - Duration::from_secs(days_ago * 86_400);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{}{}{}", &s[2..4], &s[5..7], &s[8..10])
+}
+
+/// With `hashcash_bits` set, a guest needs a valid stamp for this server and day, and each stamp works once.
+pub(crate) async fn guest_sign_up_needs_an_unspent_stamp<B: Backend>(backend: &B) {
+    use chat_engine::StampError;
+    let mut config = config();
+    config.hashcash_bits = 10;
+    config.hashcash_resource = "chat.example".into();
+    let (engine, task) = open(backend, config).await;
+    assert_eq!(engine.hashcash(), (10, "chat.example"));
+    let refused = |e: EngineError, want: StampError| match e {
+        EngineError::HashcashRequired {
+            bits: 10,
+            reason,
+            resource,
+        } if reason == want && resource == "chat.example" => {}
+        other => panic!("expected {want:?}, got {other:?}"),
+    };
+    refused(
+        engine.guest("alice", "web").await.unwrap_err(),
+        StampError::Missing,
+    );
+    let today = utc_date(0);
+    let stamp = mint(10, &today, "chat.example");
+    let alice = engine
+        .guest_with_stamp("alice", "web", Some(&stamp))
+        .await
+        .unwrap();
+    // Replayed, for another nick.
+    refused(
+        engine
+            .guest_with_stamp("bob", "web", Some(&stamp))
+            .await
+            .unwrap_err(),
+        StampError::Spent,
+    );
+    let other = mint(10, &today, "other.example");
+    refused(
+        engine
+            .guest_with_stamp("bob", "web", Some(&other))
+            .await
+            .unwrap_err(),
+        StampError::WrongResource,
+    );
+    let old = mint(10, &utc_date(2), "chat.example");
+    refused(
+        engine
+            .guest_with_stamp("bob", "web", Some(&old))
+            .await
+            .unwrap_err(),
+        StampError::WrongDate,
+    );
+    // Claims fewer bits than asked; and claims enough but has too few.
+    let weak = mint(4, &today, "chat.example");
+    refused(
+        engine
+            .guest_with_stamp("bob", "web", Some(&weak))
+            .await
+            .unwrap_err(),
+        StampError::TooFewBits,
+    );
+    let liar = (0u64..)
+        .map(|c| format!("1:10:{today}:chat.example::dGVzdA:{c:x}"))
+        .find(|s| mint_zeros(s) < 10)
+        .unwrap();
+    refused(
+        engine
+            .guest_with_stamp("bob", "web", Some(&liar))
+            .await
+            .unwrap_err(),
+        StampError::TooFewBits,
+    );
+    refused(
+        engine
+            .guest_with_stamp("bob", "web", Some("not a stamp"))
+            .await
+            .unwrap_err(),
+        StampError::Malformed,
+    );
+    // Yesterday's stamp still works (midnight), and a sign-up refused for its nick keeps its stamp.
+    let yesterday = mint(10, &utc_date(1), "chat.example");
+    let err = engine
+        .guest_with_stamp("alice", "web", Some(&yesterday))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Refused(chat_core::Error::NickInUse)),
+        "{err:?}"
+    );
+    engine
+        .guest_with_stamp("bob", "web", Some(&yesterday))
+        .await
+        .unwrap();
+    // Accounts need no stamp.
+    engine
+        .register("carol", "carol's password", false, "web")
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.authenticate(&alice.token).await.unwrap(),
+        alice.session
+    );
+    stop(engine, task).await;
+}
+
+/// The leading zero bits of a stamp's SHA-256.
+fn mint_zeros(s: &str) -> u32 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(s.as_bytes());
+    h.iter()
+        .position(|b| *b != 0)
+        .map_or(256, |i| i as u32 * 8 + h[i].leading_zeros())
 }
 
 pub(crate) async fn shutdown_refuses_new_work<B: Backend>(backend: &B) {

@@ -337,7 +337,13 @@ fn admin_create_bot_prints_a_working_token() {
     // The nick is taken now.
     let again = run(
         dir.path(),
-        &["admin", "create-bot", "robot", "--password", "x"],
+        &[
+            "admin",
+            "create-bot",
+            "robot",
+            "--password",
+            "another-secret",
+        ],
         &[],
     );
     assert!(!again.status.success());
@@ -362,7 +368,12 @@ async fn admin_users_and_passwords_work_against_the_api() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"bob-pw\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"bob-password\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     // No password at all is an error, not an empty password.
@@ -375,11 +386,32 @@ async fn admin_users_and_passwords_work_against_the_api() {
     );
     let unknown = run(
         path,
-        &["admin", "set-password", "nobody", "--password", "x"],
+        &[
+            "admin",
+            "set-password",
+            "nobody",
+            "--password",
+            "whatever-pw",
+        ],
         &[],
     );
     assert!(!unknown.status.success());
     assert!(stderr(&unknown).contains("nobody"), "{}", stderr(&unknown));
+    // The password rule holds here as on every door, and says what it is.
+    for (args, why) in [
+        (
+            ["admin", "create-user", "carol", "--password", "short"],
+            "at least 8 characters",
+        ),
+        (
+            ["admin", "set-password", "alice", "--password", "iloveyou"],
+            "most common",
+        ),
+    ] {
+        let refused = run(path, &args, &[]);
+        assert!(!refused.status.success());
+        assert!(stderr(&refused).contains(why), "{}", stderr(&refused));
+    }
 
     let served = Served::start(path, &[]).await;
     let login = |nick: &'static str, password: &'static str| {
@@ -396,7 +428,7 @@ async fn admin_users_and_passwords_work_against_the_api() {
     };
     assert_eq!(login("alice", "second-pw").await, StatusCode::OK);
     assert_eq!(login("alice", "first-pw").await, StatusCode::UNAUTHORIZED);
-    assert_eq!(login("bob", "bob-pw").await, StatusCode::OK);
+    assert_eq!(login("bob", "bob-password").await, StatusCode::OK);
     let (code, _) = served.terminate().await;
     assert_eq!(code, Some(0));
     // create-user and set-password left no client behind: the only clients are the two logins above, and
@@ -481,7 +513,13 @@ async fn sigterm_answers_parked_polls_and_exits_zero() {
     // backup is fine.
     let beside = run(
         dir.path(),
-        &["admin", "create-user", "late", "--password", "pw"],
+        &[
+            "admin",
+            "create-user",
+            "late",
+            "--password",
+            "late-password",
+        ],
         &[],
     );
     assert!(

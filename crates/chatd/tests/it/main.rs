@@ -10,4 +10,6 @@ mod harness;
 mod limits;
 mod longpoll;
 mod rest;
+mod signup;
 mod web;
+mod web_signup;

@@ -16,7 +16,7 @@ use crate::harness::Server;
 const RUN_TIMEOUT: Duration = Duration::from_secs(420);
 const NPM_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn web_dir() -> PathBuf {
+pub(crate) fn web_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("web")
@@ -35,7 +35,7 @@ async fn relay(stream: impl AsyncRead + Unpin, tag: &'static str) -> String {
 }
 
 /// Installs the harness's npm dependencies when they are missing.
-async fn ensure_node_modules(dir: &Path) {
+pub(crate) async fn ensure_node_modules(dir: &Path) {
     if dir.join("node_modules").join("playwright-core").is_dir() {
         return;
     }
