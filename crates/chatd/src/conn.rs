@@ -160,7 +160,8 @@ impl Watched {
     /// Writes what is left of a rewritten refusal.
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.pending.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.written..]))?;
+            let n =
+                ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.written..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -178,7 +179,9 @@ impl Watched {
 /// buffer holding only the head: `HTTP/1.1 431 Request Header Fields Too Large`, `connection: close`,
 /// `content-length: 0` and `date`.
 fn rewrite_refusal(written: &[u8]) -> Option<Vec<u8>> {
-    let head = std::str::from_utf8(written).ok()?.strip_suffix("\r\n\r\n")?;
+    let head = std::str::from_utf8(written)
+        .ok()?
+        .strip_suffix("\r\n\r\n")?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next()?;
     let status = match status_line.strip_prefix("HTTP/1.1 ")?.get(..4)? {
@@ -274,7 +277,10 @@ impl AsyncWrite for Watched {
             return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         }
         // Until the first request is served, one buffer at a time, so that a refusal is seen whole.
-        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
         self.poll_write(cx, first)
     }
 
@@ -308,9 +314,7 @@ mod tests {
         assert!(
             rewrite_refusal(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\n\r\n").is_none()
         );
-        assert!(
-            rewrite_refusal(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").is_none()
-        );
+        assert!(rewrite_refusal(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").is_none());
         assert!(rewrite_refusal(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n").is_none());
         assert!(
             rewrite_refusal(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").is_some()

@@ -176,7 +176,10 @@ mod tests {
             json!({"error": "method_not_allowed", "message": "This route does not take that method", "numeric": null})
         );
 
-        let text = (StatusCode::BAD_REQUEST, "Connection header did not include 'upgrade'")
+        let text = (
+            StatusCode::BAD_REQUEST,
+            "Connection header did not include 'upgrade'",
+        )
             .into_response();
         assert_eq!(
             body(to_json(text, false).await).await,
@@ -195,7 +198,9 @@ mod tests {
         let ok = (StatusCode::OK, "hello").into_response();
         let ok = to_json(ok, false).await;
         assert_eq!(
-            axum::body::to_bytes(ok.into_body(), 100).await.expect("body"),
+            axum::body::to_bytes(ok.into_body(), 100)
+                .await
+                .expect("body"),
             "hello"
         );
         let own = (

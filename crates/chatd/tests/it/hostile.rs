@@ -9,8 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use crate::harness::Server;
 
@@ -32,7 +32,10 @@ fn addr(server: &Server) -> String {
 
 /// Reads until the server closes the connection (end of stream or a reset), at most `cap`; returns how long
 /// that took, or `None` if the connection was still open at `cap`.
-async fn time_to_close(stream: &mut (impl AsyncReadExt + Unpin), cap: Duration) -> Option<Duration> {
+async fn time_to_close(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    cap: Duration,
+) -> Option<Duration> {
     let start = Instant::now();
     let mut buf = [0u8; 4096];
     loop {
@@ -159,7 +162,11 @@ async fn connections_that_never_finish_a_head_are_closed() {
             let stream = TcpStream::connect(addr).await.expect("connect");
             let (mut read, mut write) = stream.into_split();
             let trickle = tokio::spawn(async move {
-                if write.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.is_err() {
+                if write
+                    .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 for i in 0..20 {
@@ -241,7 +248,10 @@ async fn long_polls_and_websockets_outlive_both_timeouts() {
     server.drain(&mut poller).await;
     let hold = IDLE + Duration::from_secs(2);
 
-    let url = format!("{}/gateway/?v=10&encoding=json", server.base.replacen("http", "ws", 1));
+    let url = format!(
+        "{}/gateway/?v=10&encoding=json",
+        server.base.replacen("http", "ws", 1)
+    );
     let (mut ws, _) = connect_async(url).await.expect("connect");
     assert_eq!(next_json(&mut ws).await["op"], 10, "Hello");
     ws.send(Message::text(
@@ -311,10 +321,25 @@ async fn every_error_outside_the_api_has_the_json_shape() {
     }
     for (what, path, status, name) in [
         ("/gateway without Upgrade", "/gateway", 400, "bad_request"),
-        ("/gateway/ without Upgrade", "/gateway/?v=10", 400, "bad_request"),
+        (
+            "/gateway/ without Upgrade",
+            "/gateway/?v=10",
+            400,
+            "bad_request",
+        ),
         ("a missing asset", "/static/nope.js", 404, "not_found"),
-        ("the page under /static", "/static/index.html", 404, "not_found"),
-        ("an asset path going up", "/static/../Cargo.toml", 404, "not_found"),
+        (
+            "the page under /static",
+            "/static/index.html",
+            404,
+            "not_found",
+        ),
+        (
+            "an asset path going up",
+            "/static/../Cargo.toml",
+            404,
+            "not_found",
+        ),
         ("an empty asset path", "/static/", 404, "not_found"),
         ("an unknown path", "/nowhere", 404, "not_found"),
     ] {
@@ -382,9 +407,16 @@ async fn every_error_outside_the_api_has_the_json_shape() {
     let answer = exchange(&server, &request("PUT", "/api/v10/users/@me")).await;
     assert_eq!(answer.status, 405);
     let body: Value = serde_json::from_slice(&answer.body).expect("JSON");
-    assert_eq!(body, json!({"code": 0, "message": "405: Method Not Allowed"}));
+    assert_eq!(
+        body,
+        json!({"code": 0, "message": "405: Method Not Allowed"})
+    );
     // Successes are untouched.
     let answer = exchange(&server, &request("GET", "/static/app.css")).await;
     assert_eq!(answer.status, 200);
-    assert!(answer.header("content-type").is_some_and(|t| t.starts_with("text/css")));
+    assert!(
+        answer
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/css"))
+    );
 }
