@@ -420,3 +420,27 @@ async fn every_error_outside_the_api_has_the_json_shape() {
             .is_some_and(|t| t.starts_with("text/css"))
     );
 }
+
+#[test]
+fn the_timeouts_are_documented() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .arg("--help")
+        .output()
+        .expect("chatd --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let readme = include_str!("../../../../README.md");
+    for (var, default) in [
+        ("HEADER_READ_TIMEOUT", "10s"),
+        ("KEEPALIVE_IDLE_TIMEOUT", "60s"),
+    ] {
+        assert!(
+            help.contains(&format!("[env: {var}"))
+                && help.contains(&format!("[default: {default}]")),
+            "--help does not document {var}:\n{help}"
+        );
+        assert!(
+            readme.contains(&format!("| `{var}` | `{default}` |")),
+            "README's configuration table does not list {var}"
+        );
+    }
+}
