@@ -10,7 +10,6 @@
 //! before any route sees them. hyper's own refusals, written before any service runs, are rewritten at
 //! the connection (`conn.rs`).
 
-use axum::body::Body;
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -146,7 +145,7 @@ pub(crate) async fn to_json(response: Response, discord: bool) -> Response {
             .cloned()
             .unwrap_or(HeaderValue::from_static("application/json")),
     );
-    Response::from_parts(parts, Body::new(json_body))
+    Response::from_parts(parts, json_body)
 }
 
 #[cfg(test)]

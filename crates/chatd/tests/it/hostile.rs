@@ -19,11 +19,16 @@ const HEADER: Duration = Duration::from_secs(2);
 const IDLE: Duration = Duration::from_secs(5);
 
 async fn start() -> Server {
-    Server::start(&[
+    start_with(&[]).await
+}
+
+async fn start_with(env: &[(&str, &str)]) -> Server {
+    let mut all = vec![
         ("HEADER_READ_TIMEOUT", "2s"),
         ("KEEPALIVE_IDLE_TIMEOUT", "5s"),
-    ])
-    .await
+    ];
+    all.extend_from_slice(env);
+    Server::start(&all).await
 }
 
 fn addr(server: &Server) -> String {
@@ -146,7 +151,8 @@ fn request(method: &str, path: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_never_finish_a_head_are_closed() {
-    let server = start().await;
+    // Thirteen connections fill this address's slots, as a slowloris fills them all.
+    let server = start_with(&[("MAX_CONNECTIONS_PER_IP", "13")]).await;
     // Ten that send nothing.
     let silent = (0..10).map(|_| {
         let addr = addr(&server);
@@ -185,9 +191,24 @@ async fn connections_that_never_finish_a_head_are_closed() {
             closed
         })
     });
+    let silent: Vec<_> = silent.collect();
+    let trickling: Vec<_> = trickling.collect();
+    // While they are open, the address has no slot left: another connection is closed unanswered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut refused = TcpStream::connect(addr(&server)).await.expect("connect");
+    let _ = refused.write_all(&request("GET", "/api/v1/server")).await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), refused.read(&mut buf))
+        .await
+        .expect("the refused connection is closed at once");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "a connection over the cap was answered"
+    );
     for (kind, task) in silent
+        .into_iter()
         .map(|t| ("silent", t))
-        .chain(trickling.map(|t| ("trickling", t)))
+        .chain(trickling.into_iter().map(|t| ("trickling", t)))
     {
         let closed = task
             .await
@@ -198,7 +219,7 @@ async fn connections_that_never_finish_a_head_are_closed() {
             "a {kind} connection closed after {closed:?}, not about {HEADER:?}"
         );
     }
-    // The server still serves.
+    // Once they are closed, their slots are free again.
     let answer = exchange(&server, &request("GET", "/api/v1/server")).await;
     assert_eq!(answer.status, 200);
 }
