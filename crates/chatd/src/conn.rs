@@ -61,6 +61,10 @@ pub(crate) struct Timeouts {
 /// The timer of one connection (hyper's `Timer`). hyper's http1 server uses its timer only for the
 /// header-read timeout, once per head it waits for, which is what lets this one tell the first wait from
 /// the later (keep-alive) ones.
+///
+/// A later wait switches to the header deadline on the first read after it began. Bytes that arrived while
+/// the previous request was still being answered (a pipelined head) were read before, so such a head gets
+/// the idle deadline: still bounded, by KEEPALIVE_IDLE_TIMEOUT.
 #[derive(Debug)]
 pub(crate) struct HeadTimer {
     state: Arc<ConnState>,
