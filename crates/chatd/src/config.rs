@@ -153,6 +153,25 @@ pub(crate) struct ConfigArgs {
     /// the UTC date) that each guest must send; 0 asks for none.
     #[arg(long, env = "HASHCASH_BITS", default_value = "0", global = true)]
     pub(crate) hashcash_bits: String,
+    /// A connection has this long to send a whole request head (request line and headers), counted from
+    /// connecting or from the first byte of a later request; then it is closed (e.g. `10s`, `500ms`).
+    #[arg(
+        long,
+        env = "HEADER_READ_TIMEOUT",
+        default_value = "10s",
+        global = true
+    )]
+    pub(crate) header_read_timeout: String,
+
+    /// A keep-alive connection with no request in flight is closed after this long without a byte from the
+    /// client. Parked long-polls and WebSockets are never idle (e.g. `60s`).
+    #[arg(
+        long,
+        env = "KEEPALIVE_IDLE_TIMEOUT",
+        default_value = "60s",
+        global = true
+    )]
+    pub(crate) keepalive_idle_timeout: String,
 }
 
 /// Where the data lives.
@@ -225,6 +244,8 @@ pub(crate) struct Config {
     pub(crate) log_format: LogFormat,
     pub(crate) max_connections_per_ip: usize,
     pub(crate) hashcash_bits: u32,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) keepalive_idle_timeout: Duration,
 }
 
 /// A bad configuration value, naming its variable.
@@ -526,6 +547,18 @@ impl Config {
             )?,
             // Past 32 bits a stamp takes billions of hashes: no browser would sign up.
             hashcash_bits: parse_int("HASHCASH_BITS", &args.hashcash_bits, 0, 32)?,
+            header_read_timeout: parse_duration(
+                "HEADER_READ_TIMEOUT",
+                &args.header_read_timeout,
+                Duration::from_millis(100),
+                Duration::from_secs(600),
+            )?,
+            keepalive_idle_timeout: parse_duration(
+                "KEEPALIVE_IDLE_TIMEOUT",
+                &args.keepalive_idle_timeout,
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            )?,
         })
     }
 

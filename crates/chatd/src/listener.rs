@@ -20,7 +20,7 @@ use crate::telemetry::{CONNECTIONS, CONNECTIONS_REFUSED};
 /// Open connections per address.
 type Counts = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
-/// A [`TcpListener`] with per-address accounting, served by axum through its `Listener` trait.
+/// A [`TcpListener`] with per-address accounting.
 #[derive(Debug)]
 pub(crate) struct CountingListener {
     inner: TcpListener,
@@ -82,11 +82,9 @@ pub(crate) struct CountedStream {
     _slot: Slot,
 }
 
-impl axum::serve::Listener for CountingListener {
-    type Io = CountedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl CountingListener {
+    /// The next connection from an address with a slot free; waits out accept errors.
+    pub(crate) async fn accept(&mut self) -> (CountedStream, SocketAddr) {
         loop {
             let (stream, addr) = match self.inner.accept().await {
                 Ok(accepted) => accepted,
@@ -112,10 +110,6 @@ impl axum::serve::Listener for CountingListener {
                 addr,
             );
         }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
     }
 }
 

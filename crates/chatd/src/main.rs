@@ -4,7 +4,9 @@
 mod cli;
 mod commands;
 mod config;
+mod conn;
 mod db;
+mod errors;
 mod listener;
 mod logging;
 mod routes;
@@ -143,6 +145,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         ws,
         routes,
         max_connections_per_ip: config.max_connections_per_ip,
+        timeouts: conn::Timeouts {
+            header: config.header_read_timeout,
+            idle: config.keepalive_idle_timeout,
+        },
     };
     server::run(listener, server, shutdown).await
 }

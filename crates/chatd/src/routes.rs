@@ -41,15 +41,7 @@ pub(crate) fn router(shared: Shared) -> Router {
 
 /// The fallback for paths no router knows: the API's error shape, so clients parse one format.
 pub(crate) async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        axum::Json(json!({
-            "error": "not_found",
-            "message": "No such route",
-            "numeric": null,
-        })),
-    )
-        .into_response()
+    crate::errors::error(StatusCode::NOT_FOUND, None, false)
 }
 
 async fn health(State(shared): State<Shared>) -> Response {

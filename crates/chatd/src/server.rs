@@ -1,22 +1,34 @@
-//! The server: one listener serving every route (the long-poll API, health, metrics), until a shutdown
-//! future resolves; then a bounded graceful drain and the engine's shutdown.
+//! The server: one listener serving every route (the long-poll API, the gateway, health, metrics, the web
+//! client), until a shutdown future resolves; then a bounded graceful drain and the engine's shutdown.
 //!
 //! Shutdown is an argument (as in tokio's mini-redis) so that tests and `main` decide what ends the server:
-//! `main` passes SIGTERM or Ctrl-C.
+//! `main` passes SIGTERM or Ctrl-C. Connections are served by hyper's http1 connection directly rather than
+//! through `axum::serve`, which has no way to set hyper's header-read timeout: see `conn.rs` for the
+//! timeouts and `errors.rs` for the one error shape.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt as _;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use axum::response::Response;
 use chat_engine::{Engine, EngineTask};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt as _;
 use transport_longpoll::LongPoll;
 use transport_ws::WsApi;
 
-use crate::listener::CountingListener;
-use crate::routes;
+use crate::conn::{ConnState, HeadTimer, Timeouts, Watched};
+use crate::listener::{CountedStream, CountingListener};
+use crate::{errors, routes};
 
 /// How long in-flight requests get to finish once shutdown begins. Parked long-polls are answered at once
 /// by `LongPoll::close`, so anything still open after this is a slow client, not work worth waiting for.
@@ -30,6 +42,7 @@ pub(crate) struct Server {
     pub(crate) ws: WsApi,
     pub(crate) routes: routes::Shared,
     pub(crate) max_connections_per_ip: usize,
+    pub(crate) timeouts: Timeouts,
 }
 
 impl Server {
@@ -52,57 +65,101 @@ pub(crate) async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = server.router();
-    let longpoll = server.longpoll.clone();
-    let ws = server.ws.clone();
-    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections; answering parked long-polls");
-        // Before axum waits for connections to finish: a parked long-poll would otherwise hold its
-        // connection for up to 30 s.
-        longpoll.close();
-        ws.close();
-        let _ = draining_tx.send(());
-    };
-    // `tap_io` is a no-op here; it gives axum a listener type for which it can extract the peer's
-    // `SocketAddr` as `ConnectInfo`, which the transports read for per-address limits.
-    let listener = CountingListener::new(listener, server.max_connections_per_ip).tap_io(|_| {});
-    let served = {
-        let serve = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signal)
-        .into_future();
-        tokio::pin!(serve);
-        let deadline = async {
-            // Resolves only once shutdown has begun; an error means `serve` ended first and dropped the
-            // sender.
-            if draining_rx.await.is_ok() {
-                tokio::time::sleep(DRAIN_TIMEOUT).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
+    let mut listener = CountingListener::new(listener, server.max_connections_per_ip);
+    // Every connection task holds a receiver: `true` asks it to finish its request and close, and the
+    // sender's `closed` resolves once every task has ended.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
         };
-        tokio::select! {
-            result = &mut serve => result.map_err(anyhow::Error::from),
-            () = deadline => {
-                tracing::warn!(
-                    timeout = ?DRAIN_TIMEOUT,
-                    "connections still open after the drain timeout; leaving them to be cut at exit"
-                );
-                Ok(())
-            }
-        }
-        // The serve future ends here: the listener is closed. Connections still open after the deadline
-        // are tasks of their own; they end when the runtime does, right after the engine has stopped.
-    };
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            app.clone(),
+            server.timeouts,
+            stop_rx.clone(),
+        ));
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; answering parked long-polls");
+    // Before waiting for connections to finish: a parked long-poll would otherwise hold its connection for
+    // up to 30 s.
+    server.longpoll.close();
+    server.ws.close();
+    stop_tx.send_replace(true);
+    drop(stop_rx);
+    if tokio::time::timeout(DRAIN_TIMEOUT, stop_tx.closed())
+        .await
+        .is_err()
+    {
+        // Connections still open are tasks of their own; they end when the runtime does, right after the
+        // engine has stopped.
+        tracing::warn!(
+            timeout = ?DRAIN_TIMEOUT,
+            "connections still open after the drain timeout; leaving them to be cut at exit"
+        );
+    }
     tracing::info!("connections drained; stopping the engine");
-    let stopped = crate::db::stop(&server.engine, server.engine_task).await;
-    served?;
-    stopped?;
+    crate::db::stop(&server.engine, server.engine_task).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves one connection until it closes, or, once `stop` turns true, until its request in flight is done.
+async fn serve_connection(
+    stream: CountedStream,
+    peer: SocketAddr,
+    app: Router,
+    timeouts: Timeouts,
+    mut stop: watch::Receiver<bool>,
+) {
+    let state = Arc::new(ConnState::default());
+    let io = TokioIo::new(Watched::new(stream, Arc::clone(&state)));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(HeadTimer::new(Arc::clone(&state), timeouts))
+        .header_read_timeout(timeouts.header);
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        state.mark_served();
+        handle(app.clone(), request, peer)
+    });
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    // Timeouts, refused heads and resets: the client's doing, not worth more than a debug line.
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                }
+                break;
+            }
+            () = async { let _ = stop.wait_for(|stop| *stop).await; }, if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// One request: refused if its head is over our limits, else routed; any error answer leaves in JSON.
+async fn handle(
+    app: Router,
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response, Infallible> {
+    let discord = errors::is_discord(request.uri().path());
+    if let Some(refusal) = errors::check_head(&request) {
+        return Ok(refusal);
+    }
+    // The transports read the peer's address for per-address limits.
+    request.extensions_mut().insert(ConnectInfo(peer));
+    let response = app.oneshot(request.map(Body::new)).await?;
+    Ok(errors::to_json(response, discord).await)
 }
 
 /// Listens for SIGTERM and Ctrl-C (SIGINT) from now on, and returns a future that resolves on either.

@@ -35,14 +35,19 @@ async fn index(headers: HeaderMap) -> Response {
 async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
     // The page is served at `/` only; `index.html` under /static would be a second copy of it.
     if path == "index.html" {
-        return StatusCode::NOT_FOUND.into_response();
+        return not_found();
     }
     serve(&path, &headers)
 }
 
+/// A missing file: the server's JSON error, as for any unknown path.
+fn not_found() -> Response {
+    crate::errors::error(StatusCode::NOT_FOUND, Some("No such file"), false)
+}
+
 fn serve(path: &str, headers: &HeaderMap) -> Response {
     let Some(file) = Assets::get(path) else {
-        return (StatusCode::NOT_FOUND, "not found").into_response();
+        return not_found();
     };
     let etag = format!(
         "\"{}\"",

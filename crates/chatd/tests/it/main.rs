@@ -7,6 +7,7 @@ mod crash;
 mod discord;
 mod gateway;
 mod harness;
+mod hostile;
 mod limits;
 mod longpoll;
 mod rest;
