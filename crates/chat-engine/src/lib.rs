@@ -36,6 +36,7 @@ mod config;
 mod directory;
 mod engine;
 mod error;
+mod files;
 mod streams;
 mod writer;
 
@@ -43,4 +44,5 @@ pub use crate::config::{EngineConfig, RateLimit};
 pub use crate::directory::{ChannelCard, Directory, MemberCard, SpaceCard, UserCard};
 pub use crate::engine::{CommandReply, Engine, EngineTask, Login, MAX_NONCE, Session, now_ms};
 pub use crate::error::EngineError;
+pub use crate::files::{Files, NewFile, StoredFile, SweepReport, Upload, token_shaped};
 pub use crate::streams::{Cursor, StreamRead};
