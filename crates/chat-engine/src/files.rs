@@ -489,13 +489,18 @@ impl Upload {
         self.state = UploadState::Settled;
     }
 
-    /// No message refers to the files (the command was refused or never ran): they go now, on the blocking
-    /// pool when there is a runtime.
+    /// No message refers to the files (the command was refused or never ran): they go now, before this
+    /// returns (a few unlinks), so that a refusal answered after it leaves nothing behind.
     pub fn discard(mut self) {
-        self.remove_files();
+        self.remove_files(false);
     }
 
-    fn remove_files(&mut self) {
+    /// As [`Upload::discard`], on the blocking pool: for the writer, which does not wait for the disk.
+    pub(crate) fn discard_later(mut self) {
+        self.remove_files(true);
+    }
+
+    fn remove_files(&mut self, later: bool) {
         self.state = UploadState::Settled;
         if self.attachments.is_empty() {
             return;
@@ -509,10 +514,10 @@ impl Upload {
             files.unregister(channel, &attachments);
         };
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
+            Ok(rt) if later => {
                 rt.spawn_blocking(work);
             }
-            Err(_) => work(),
+            _ => work(),
         }
     }
 }
@@ -520,7 +525,7 @@ impl Upload {
 impl Drop for Upload {
     fn drop(&mut self) {
         match self.state {
-            UploadState::Open => self.remove_files(),
+            UploadState::Open => self.remove_files(false),
             UploadState::Taken => {
                 // The commit may have happened: only the sweep, which asks the store, may remove these.
                 self.files.unregister(self.channel, &self.attachments);

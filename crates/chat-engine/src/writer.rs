@@ -176,7 +176,7 @@ impl Writer {
                         if let Some(first) = seen {
                             // A repeat: the first message stands, and this one's files belong to nothing.
                             if let Some(u) = upload {
-                                u.discard();
+                                u.discard_later();
                             }
                             pending.push((reply, Ok(first)));
                             continue;
@@ -207,7 +207,7 @@ impl Writer {
                         if result.is_ok() {
                             uploads.push(u);
                         } else {
-                            u.discard();
+                            u.discard_later();
                         }
                     }
                     let outcome = if result.is_ok() { "ok" } else { "refused" };
@@ -282,7 +282,7 @@ impl Writer {
         } else {
             // Nothing to commit: an accepted command made no durable event, so no message holds these.
             for u in uploads {
-                u.discard();
+                u.discard_later();
             }
             self.shared.publish(Vec::new(), Vec::new(), live);
         }
@@ -398,7 +398,7 @@ fn refuse(job: Job, error: impl Fn() -> EngineError) {
         Job::Command { reply, upload, .. } => {
             // Never applied: no message holds its files.
             if let Some(u) = upload {
-                u.discard();
+                u.discard_later();
             }
             let _ = reply.send(Err(error()));
         }
