@@ -1,5 +1,6 @@
 //! The life of uploaded files: every way a message goes (a REST delete or bulk delete, a long-poll DELETE, a
-//! channel's or a space's deletion, retention) removes its files from DATA_DIR, and what a crash leaves
+//! channel's or a space's deletion, the last member leaving a network channel, retention) removes its files
+//! from DATA_DIR, and what a crash leaves
 //! behind is found by `chatd check`, removed by `chatd check --fix` and by the sweep at start-up, while files
 //! that messages hold stay.
 
@@ -295,6 +296,24 @@ async fn a_space_delete_removes_its_channels_files() {
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     assert_gone_soon(&doomed, SOON).await;
     assert_present(&stored(&server, &elsewhere));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_channel_emptied_by_its_last_part_takes_its_files() {
+    let server = Server::start(&[]).await;
+    let (alice, c) = alice_on_files(&server).await;
+    server
+        .ok(&alice, json!({"command": "JOIN", "to": "#stays"}))
+        .await;
+    let a = Rest::new(&server, &alice);
+    let stays = network_channel(&a, "stays").await;
+    let doomed = stored(&server, &a.upload(&c, "one", "a.txt", b"first").await);
+    let kept = stored(&server, &a.upload(&stays, "two", "b.txt", b"second").await);
+    server
+        .ok(&alice, json!({"command": "PART", "to": "#files"}))
+        .await;
+    assert_gone_soon(&doomed, SOON).await;
+    assert_present(&kept);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
