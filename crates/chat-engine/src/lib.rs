@@ -9,6 +9,9 @@
 //! from a [`Cursor`]; recent events come from an in-memory tail, older ones from the store. Passwords are
 //! hashed with argon2id on a bounded blocking pool, tokens are kept only as SHA-256, commands with a nonce are
 //! idempotent, and messages are rate-limited per user. [`Engine::shutdown`] drains, saves and stops.
+//! Uploaded files live in [`Files`] under DATA_DIR: transports write an [`Upload`] and send it with its
+//! command ([`Engine::command_with_upload`]); the engine removes a message's files once its removal commits,
+//! and [`Engine::sweep_files`] finds what a crash left behind.
 //!
 //! ```no_run
 //! # async fn demo(store: std::sync::Arc<impl chat_store::Store>) -> Result<(), chat_engine::EngineError> {
