@@ -1,5 +1,6 @@
 //! The engine's settings.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A token bucket's shape: `burst` actions at once, refilled at `per_second`.
@@ -78,6 +79,8 @@ pub struct EngineConfig {
     /// How often the background retention pass runs (MAX_HISTORY, QUEUE_MAX_AGE, expired nonces); zero turns
     /// it off.
     pub retention_interval: Duration,
+    /// DATA_DIR: attachments' files are kept under its `attachments/` directory.
+    pub data_dir: PathBuf,
 }
 
 impl Default for EngineConfig {
@@ -115,6 +118,7 @@ impl Default for EngineConfig {
             max_read: 1000,
             queue_max_age: Duration::from_secs(48 * 60 * 60),
             retention_interval: Duration::from_secs(300),
+            data_dir: PathBuf::from("./data"),
         }
     }
 }

@@ -84,6 +84,33 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// The channels `kind` removes, as known before it is applied: a deleted channel with its threads, a
+    /// deleted space's channels with theirs. Empty for any other event.
+    pub(crate) fn removed_channels(&self, kind: &EventKind) -> Vec<ChannelId> {
+        let mut gone: Vec<ChannelId> = match kind {
+            EventKind::ChannelDeleted { channel } => vec![*channel],
+            EventKind::SpaceDeleted { space } => self
+                .channels
+                .iter()
+                .filter(|(_, card)| card.space == Some(*space))
+                .map(|(id, _)| *id)
+                .collect(),
+            _ => return Vec::new(),
+        };
+        let threads: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|(id, card)| {
+                card.kind == ChannelKind::Thread
+                    && card.parent.is_some_and(|p| gone.contains(&p))
+                    && !gone.contains(id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        gone.extend(threads);
+        gone
+    }
+
     /// Builds the directory from a core's state.
     pub(crate) fn from_core(core: &Core) -> Self {
         let mut dir = Self::default();

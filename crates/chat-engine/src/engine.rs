@@ -21,6 +21,7 @@ use crate::auth::{self, Bucket};
 use crate::config::EngineConfig;
 use crate::directory::Directory;
 use crate::error::EngineError;
+use crate::files::{Files, SweepReport, Upload};
 use crate::hashcash::{self, Spend, Spent, StampError};
 use crate::password::{self, MAX_LOGIN_PASSWORD_BYTES};
 use crate::streams::{Cursor, StreamRead, Streams, TailRead};
@@ -205,6 +206,8 @@ impl LoginKey {
 pub(crate) struct Shared {
     pub(crate) config: EngineConfig,
     pub(crate) store: Arc<dyn Store>,
+    /// The attachments' files under DATA_DIR.
+    pub(crate) files: Arc<Files>,
     epoch: u64,
     streams: Mutex<Streams>,
     cursors: Mutex<CursorTable>,
@@ -223,6 +226,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The committed directory (see [`Engine::directory`]).
+    pub(crate) fn directory(&self) -> RwLockReadGuard<'_, Directory> {
+        self.directory
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn nonce_lookup(
         &self,
         key: &(UserId, String),
@@ -420,6 +430,7 @@ impl Engine {
             closed: AtomicBool::new(false),
             fatal: Mutex::new(None),
             last_prune: AtomicU64::new(now),
+            files: Arc::new(Files::new(&config.data_dir)),
             store,
             config,
         });
@@ -468,6 +479,29 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The attachments' files: where a transport stores an upload ([`Files::upload`]) and finds a file to
+    /// serve ([`Files::find`]). Removing them is the engine's business.
+    pub fn files(&self) -> &Arc<Files> {
+        &self.shared.files
+    }
+
+    /// Compares the attachments' files with the messages in the store and reports (with `fix`, removes)
+    /// every file no message refers to that was last written before `cutoff` and is not an upload in flight
+    /// (see [`Files::sweep`]). Runs on the blocking pool.
+    pub async fn sweep_files(
+        &self,
+        cutoff: SystemTime,
+        fix: bool,
+    ) -> Result<SweepReport, EngineError> {
+        let files = Arc::clone(&self.shared.files);
+        let store = Arc::clone(&self.shared.store);
+        tokio::task::spawn_blocking(move || files.sweep(&*store, cutoff, fix))
+            .await
+            .map_err(|e| EngineError::Stopped {
+                reason: format!("the sweep task failed: {e}").into(),
+            })?
+    }
+
     /// The store, for history and search queries that need no ordering with commands.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
@@ -486,16 +520,32 @@ impl Engine {
         origin: Origin,
         command: Command,
         nonce: Option<(UserId, String)>,
+        upload: Option<Upload>,
     ) -> Result<CommandReply, EngineError> {
-        self.check_open()?;
+        if let Err(e) = self.check_open() {
+            if let Some(u) = upload {
+                u.discard();
+            }
+            return Err(e);
+        }
         let (reply, rx) = oneshot::channel();
         let job = Job::Command {
             origin,
             command: Box::new(command),
             nonce,
             reply,
+            upload,
         };
-        self.tx.send(job).await.map_err(|_| self.shared.gone())?;
+        if let Err(refused) = self.tx.send(job).await {
+            // The writer is gone and never saw the command: no message holds its files.
+            if let Job::Command {
+                upload: Some(u), ..
+            } = refused.0
+            {
+                u.discard();
+            }
+            return Err(self.shared.gone());
+        }
         rx.await.map_err(|_| self.shared.gone())?
     }
 
@@ -523,6 +573,32 @@ impl Engine {
         session: &Session,
         command: Command,
         nonce: Option<String>,
+    ) -> Result<CommandReply, EngineError> {
+        self.client_command(session, command, nonce, None).await
+    }
+
+    /// Runs a command whose message carries the files of `upload` (its [`Upload::attachments`]), as
+    /// [`Engine::command`] does. The files are kept once the command commits and removed if it is refused
+    /// or never runs, whatever becomes of the caller meanwhile.
+    pub async fn command_with_upload(
+        &self,
+        session: &Session,
+        command: Command,
+        nonce: Option<String>,
+        upload: Upload,
+    ) -> Result<CommandReply, EngineError> {
+        self.client_command(session, command, nonce, Some(upload))
+            .await
+    }
+
+    /// [`Engine::command`], with an upload. Every early return drops the upload, which removes its files: the
+    /// writer never saw the command.
+    async fn client_command(
+        &self,
+        session: &Session,
+        command: Command,
+        nonce: Option<String>,
+        upload: Option<Upload>,
     ) -> Result<CommandReply, EngineError> {
         self.check_open()?;
         let now = now_ms();
@@ -559,13 +635,13 @@ impl Engine {
                 });
             }
         }
-        self.submit(Origin::Client(session.client), command, nonce)
+        self.submit(Origin::Client(session.client), command, nonce, upload)
             .await
     }
 
     /// Runs a command as the server's operator (the CLI, housekeeping): no rate limit, no nonce.
     pub async fn system(&self, command: Command) -> Result<CommandReply, EngineError> {
-        self.submit(Origin::System, command, None).await
+        self.submit(Origin::System, command, None, None).await
     }
 
     /// Starts a guest session: a user without a password, released when its last client ends. With
@@ -657,6 +733,7 @@ impl Engine {
                         token_hash,
                     }),
                 },
+                None,
                 None,
             )
             .await?;
@@ -760,6 +837,7 @@ impl Engine {
                     },
                 },
                 None,
+                None,
             )
             .await?;
         match reply.created {
@@ -806,6 +884,7 @@ impl Engine {
                 password_hash,
             },
             None,
+            None,
         )
         .await
     }
@@ -825,6 +904,7 @@ impl Engine {
                 user,
                 password_hash,
             },
+            None,
             None,
         )
         .await
@@ -1166,12 +1246,18 @@ fn spawn_retention(shared: &Arc<Shared>) {
             let now = now_ms();
             let events_before = now.saturating_sub(ttl_ms(shared.config.queue_max_age));
             let nonces_before = now.saturating_sub(ttl_ms(shared.config.nonce_ttl));
+            let files = Arc::clone(&shared.files);
             drop(shared);
             let pass = tokio::task::spawn_blocking(move || {
                 let mut total = chat_store::RetentionReport::default();
                 loop {
                     let report =
                         store.enforce_retention(max_history, events_before, nonces_before)?;
+                    // The pass has committed: the trimmed messages' files go now. A crash before this
+                    // leaves them to the sweep.
+                    for (channel, attachment) in &report.attachments {
+                        files.remove(*channel, std::slice::from_ref(attachment));
+                    }
                     if report.messages + report.events + report.nonces == 0 {
                         return Ok::<_, chat_store::StoreError>(total);
                     }

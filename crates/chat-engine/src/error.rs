@@ -77,6 +77,9 @@ pub enum EngineError {
         /// The decoder's message.
         detail: String,
     },
+    /// Reading or writing the attachments' files under DATA_DIR failed.
+    #[error("attachment files: {0}")]
+    Files(std::io::Error),
     /// Hashing or verifying a password failed inside the hashing library (not a wrong password).
     #[error("password hashing failed: {0}")]
     Hashing(String),

@@ -11,6 +11,9 @@
 //! failed logins are throttled per account and address, guests may have to pay with a proof-of-work stamp
 //! ([`Engine::guest_with_stamp`]), tokens are kept only as SHA-256, commands with a nonce are idempotent, and
 //! messages are rate-limited per user. [`Engine::shutdown`] drains, saves and stops.
+//! Uploaded files live in [`Files`] under DATA_DIR: transports write an [`Upload`] and send it with its
+//! command ([`Engine::command_with_upload`]); the engine removes a message's files once its removal commits,
+//! and [`Engine::sweep_files`] finds what a crash left behind.
 //!
 //! ```no_run
 //! # async fn demo(store: std::sync::Arc<impl chat_store::Store>) -> Result<(), chat_engine::EngineError> {
@@ -38,6 +41,7 @@ mod config;
 mod directory;
 mod engine;
 mod error;
+mod files;
 mod hashcash;
 mod password;
 mod streams;
@@ -47,6 +51,7 @@ pub use crate::config::{EngineConfig, RateLimit};
 pub use crate::directory::{ChannelCard, Directory, MemberCard, SpaceCard, UserCard};
 pub use crate::engine::{CommandReply, Engine, EngineTask, Login, MAX_NONCE, Session, now_ms};
 pub use crate::error::EngineError;
+pub use crate::files::{Files, NewFile, StoredFile, SweepReport, Upload, token_shaped};
 pub use crate::hashcash::StampError;
 pub use crate::password::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, PasswordError, check_password};
 pub use crate::streams::{Cursor, StreamRead};

@@ -8,15 +8,17 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chat_core::{
-    ClientId, Command, Core, Created, Event, EventKind, Origin, Seq, UnixMillis, UserId,
+    Attachment, ChannelId, ClientId, Command, Core, Created, Event, EventKind, MessageId, Origin,
+    Seq, UnixMillis, UserId,
 };
-use chat_store::{Batch, NonceRecord};
+use chat_store::{Batch, NonceRecord, Store};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::engine::{CommandReply, Shared, encode_reply, now_ms};
 use crate::error::EngineError;
+use crate::files::{Files, Upload};
 
 /// A request to the writer.
 pub(crate) enum Job {
@@ -28,6 +30,8 @@ pub(crate) enum Job {
         /// The acting user and the nonce, when the command carries one.
         nonce: Option<(UserId, String)>,
         reply: oneshot::Sender<Result<CommandReply, EngineError>>,
+        /// Files written for the command's message: kept if it commits, removed if it is refused.
+        upload: Option<Upload>,
     },
     /// A read of the committed state, run after the batch it arrives in has committed.
     Query(Box<dyn FnOnce(&Core) + Send>),
@@ -137,6 +141,8 @@ impl Writer {
         let mut nonces: Vec<NonceRecord> = Vec::new();
         let mut batch_nonces: HashMap<(UserId, String), CommandReply> = HashMap::new();
         let mut new_cursors: Vec<(ClientId, Seq)> = Vec::new();
+        // Uploads of accepted commands: kept once the batch commits.
+        let mut uploads: Vec<Upload> = Vec::new();
 
         // The seq where each command's (or timer call's) durable events end: the store resolves audiences
         // at those points, as the core did.
@@ -157,13 +163,21 @@ impl Writer {
                     command,
                     nonce,
                     reply,
+                    mut upload,
                 } => {
+                    if let Some(u) = &mut upload {
+                        u.take();
+                    }
                     if let Some(key) = &nonce {
                         let seen = batch_nonces
                             .get(key)
                             .cloned()
                             .or_else(|| self.shared.nonce_lookup(key, now));
                         if let Some(first) = seen {
+                            // A repeat: the first message stands, and this one's files belong to nothing.
+                            if let Some(u) = upload {
+                                u.discard_later();
+                            }
                             pending.push((reply, Ok(first)));
                             continue;
                         }
@@ -187,6 +201,13 @@ impl Writer {
                                 reply: encode_reply(r),
                             });
                             batch_nonces.insert(key, r.clone());
+                        }
+                    }
+                    if let Some(u) = upload {
+                        if result.is_ok() {
+                            uploads.push(u);
+                        } else {
+                            u.discard_later();
                         }
                     }
                     let outcome = if result.is_ok() { "ok" } else { "refused" };
@@ -217,21 +238,25 @@ impl Writer {
             metrics::counter!("chatd_events_total").increment(durable_events.len() as u64);
             let started = Instant::now();
             let store = Arc::clone(&self.shared.store);
+            let doomed = Doomed::of(&durable_events, &self.shared.directory());
             let committed = tokio::task::spawn_blocking(move || {
+                // Which files the batch's removals orphan is read before the append, while the messages
+                // are still there; the files go only after the append has committed.
+                let doomed = doomed.resolve(&*store);
                 let result = store.append(&Batch {
                     events: &durable_events,
                     command_ends: &command_ends,
                     cursors: &cursors,
                     nonces: &nonces,
                 });
-                result.map(|()| (durable_events, nonces))
+                result.map(|()| (durable_events, nonces, doomed))
             })
             .await
             .map_err(|e| EngineError::Stopped {
                 reason: format!("the commit task failed: {e}").into(),
             })
             .and_then(|r| r.map_err(EngineError::from));
-            let (durable_events, nonces) = match committed {
+            let (durable_events, nonces, doomed) = match committed {
                 Ok(done) => done,
                 Err(e) => {
                     // Nothing of this batch may be acknowledged: tell each caller why, before anyone else
@@ -244,12 +269,21 @@ impl Writer {
                 }
             };
             metrics::histogram!("chatd_commit_seconds").record(started.elapsed().as_secs_f64());
-            // From here on the batch is durable: answer, remember and publish.
+            // From here on the batch is durable: its messages' files stay, its removals' files go, then
+            // answer, remember and publish.
+            for u in uploads {
+                u.keep();
+            }
+            doomed.remove(&self.shared.files);
             self.shared.remember_nonces(nonces, batch_nonces);
             self.since_snapshot += u64::try_from(durable_events.len()).unwrap_or(u64::MAX);
             self.shared
                 .publish(durable_events, durable_recipients, live);
         } else {
+            // Nothing to commit: an accepted command made no durable event, so no message holds these.
+            for u in uploads {
+                u.discard_later();
+            }
             self.shared.publish(Vec::new(), Vec::new(), live);
         }
         for (tx, result) in pending {
@@ -361,7 +395,11 @@ impl Writer {
 
 fn refuse(job: Job, error: impl Fn() -> EngineError) {
     match job {
-        Job::Command { reply, .. } => {
+        Job::Command { reply, upload, .. } => {
+            // Never applied: no message holds its files.
+            if let Some(u) = upload {
+                u.discard_later();
+            }
             let _ = reply.send(Err(error()));
         }
         Job::Shutdown(done) => {
@@ -401,5 +439,80 @@ async fn sleep_opt(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The files a batch's removals orphan: those of deleted messages, and whole directories of deleted channels.
+#[derive(Debug, Default)]
+struct Doomed {
+    /// Deleted messages, resolved to their files by asking the store before the append.
+    messages: Vec<MessageId>,
+    /// Messages created earlier in the same batch (not in the store yet), with their files.
+    created: HashMap<MessageId, (ChannelId, Vec<Attachment>)>,
+    /// Channels deleted, threads and a space's channels included.
+    channels: Vec<ChannelId>,
+    /// What `resolve` found.
+    files: Vec<(ChannelId, Vec<Attachment>)>,
+}
+
+impl Doomed {
+    fn of(events: &[Event], directory: &crate::Directory) -> Self {
+        let mut doomed = Doomed::default();
+        for e in events {
+            match &e.kind {
+                EventKind::MessageCreated { message } if !message.attachments.is_empty() => {
+                    doomed
+                        .created
+                        .insert(message.id, (message.channel, message.attachments.clone()));
+                }
+                EventKind::MessageDeleted { message, .. } => doomed.messages.push(*message),
+                EventKind::MessagesDeleted { messages, .. } => {
+                    doomed.messages.extend(messages.iter().copied());
+                }
+                EventKind::ChannelDeleted { .. } | EventKind::SpaceDeleted { .. } => {
+                    doomed.channels.extend(directory.removed_channels(&e.kind));
+                }
+                _ => {}
+            }
+        }
+        doomed
+    }
+
+    /// Finds the deleted messages' files. Blocking; a failed read leaves those files to the sweep rather than
+    /// failing the commit.
+    fn resolve(mut self, store: &dyn Store) -> Self {
+        for id in std::mem::take(&mut self.messages) {
+            if let Some(found) = self.created.remove(&id) {
+                self.files.push(found);
+                continue;
+            }
+            match store.message(id) {
+                Ok(Some(m)) if !m.attachments.is_empty() => {
+                    self.files.push((m.channel, m.attachments));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, message = id.get(), "cannot read a deleted message's files");
+                }
+            }
+        }
+        self.created.clear();
+        self
+    }
+
+    /// Removes the files, on the blocking pool: the commit is done, the writer does not wait.
+    fn remove(self, files: &Arc<Files>) {
+        if self.files.is_empty() && self.channels.is_empty() {
+            return;
+        }
+        let files = Arc::clone(files);
+        tokio::task::spawn_blocking(move || {
+            for (channel, attachments) in &self.files {
+                files.remove(*channel, attachments);
+            }
+            for channel in self.channels {
+                files.remove_channel(channel);
+            }
+        });
     }
 }

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use chat_core::{
-    ChannelId, ChannelInfo, ChannelKind, ClientId, Event, Invite, MessageId, OverwriteTarget,
-    Permissions, Role, RoleId, Seq, SpaceId, SpaceInfo, UnixMillis, UserId,
+    Attachment, ChannelId, ChannelInfo, ChannelKind, ClientId, Event, Invite, MessageId,
+    OverwriteTarget, Permissions, Role, RoleId, Seq, SpaceId, SpaceInfo, UnixMillis, UserId,
 };
 
 use crate::project::{
@@ -747,6 +747,17 @@ impl Store for MemoryStore {
         Ok(self.lock().tables.messages.get(&id).cloned())
     }
 
+    fn attachments(&self, channel: ChannelId) -> Result<Vec<Attachment>, StoreError> {
+        Ok(self
+            .lock()
+            .tables
+            .messages
+            .values()
+            .filter(|m| m.channel == channel)
+            .flat_map(|m| m.attachments.iter().cloned())
+            .collect())
+    }
+
     fn search(&self, q: &SearchQuery) -> Result<Vec<SearchHit>, StoreError> {
         let terms = text::parse(&q.text);
         if terms.is_empty() || q.channels.is_empty() {
@@ -791,7 +802,11 @@ impl Store for MemoryStore {
         }
         for ids in per_channel.values() {
             for id in &ids[..ids.len().saturating_sub(max_history)] {
-                inner.tables.messages.remove(id);
+                if let Some(m) = inner.tables.messages.remove(id) {
+                    report
+                        .attachments
+                        .extend(m.attachments.into_iter().map(|a| (m.channel, a)));
+                }
                 report.messages += 1;
             }
         }

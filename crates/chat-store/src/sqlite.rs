@@ -1272,6 +1272,28 @@ impl Store for SqliteStore {
         self.read(|c| Ok(messages_where(c, "m.id = ?1", &[&sql(id.get())])?.pop()))
     }
 
+    fn attachments(&self, channel: ChannelId) -> Result<Vec<Attachment>, StoreError> {
+        self.read(|c| {
+            // An empty list encodes as the one byte 0x00; only messages with files are decoded.
+            let mut stmt = c.prepare_cached(
+                "SELECT id, attachments FROM messages WHERE channel = ?1 AND attachments != x'00'",
+            )?;
+            let rows = stmt
+                .query_map([sql(channel.get())], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::new();
+            for (id, bytes) in rows {
+                out.extend(
+                    postcard::from_bytes::<Vec<Attachment>>(&bytes)
+                        .map_err(|e| corrupt("attachments", uns(id), e))?,
+                );
+            }
+            Ok(out)
+        })
+    }
+
     fn search(&self, q: &SearchQuery) -> Result<Vec<SearchHit>, StoreError> {
         let terms = text::parse(&q.text);
         if terms.is_empty() || q.channels.is_empty() {
@@ -1352,6 +1374,23 @@ impl Store for SqliteStore {
                 let tx = w
                     .conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                // The files of what goes are read in the same transaction, so the report names exactly
+                // the messages removed.
+                let files: Vec<(i64, Vec<u8>)> = tx
+                    .prepare_cached(
+                        "SELECT id, attachments FROM
+                             (SELECT id, attachments FROM messages WHERE channel = ?1 ORDER BY id LIMIT ?2)
+                         WHERE attachments != x'00'",
+                    )?
+                    .query_map(params![channel, n], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let mut gone = Vec::new();
+                for (id, bytes) in files {
+                    let c = id_of(channel, ChannelId::from_raw, "message channel")?;
+                    let list = postcard::from_bytes::<Vec<Attachment>>(&bytes)
+                        .map_err(|e| corrupt("attachments", uns(id), e))?;
+                    gone.extend(list.into_iter().map(|a| (c, a)));
+                }
                 tx.execute(
                     "DELETE FROM reactions WHERE message IN
                          (SELECT id FROM messages WHERE channel = ?1 ORDER BY id LIMIT ?2)",
@@ -1364,6 +1403,7 @@ impl Store for SqliteStore {
                 )?;
                 tx.commit()?;
                 report.messages += removed as u64;
+                report.attachments.extend(gone);
                 excess -= n;
                 chunks += 1;
                 if removed == 0 {

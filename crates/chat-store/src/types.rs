@@ -158,7 +158,7 @@ pub struct StreamPage {
 }
 
 /// What one retention pass removed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RetentionReport {
     /// Messages removed because their channel held more than MAX_HISTORY.
     pub messages: u64,
@@ -166,6 +166,9 @@ pub struct RetentionReport {
     pub events: u64,
     /// Expired nonces removed.
     pub nonces: u64,
+    /// The attachments of the messages removed, each with its channel: their files are garbage once the
+    /// pass has returned (its deletions are committed), and the engine removes them.
+    pub attachments: Vec<(ChannelId, Attachment)>,
 }
 
 /// Why a store operation failed.
@@ -268,8 +271,13 @@ pub trait Store: Send + Sync + 'static {
     /// Full-text search, newest first.
     fn search(&self, query: &SearchQuery) -> Result<Vec<SearchHit>, StoreError>;
 
+    /// The attachments of every message `channel` still holds (none for a deleted channel): the files that
+    /// must stay on disk, which the engine's sweep compares the channel's stored files with.
+    fn attachments(&self, channel: ChannelId) -> Result<Vec<Attachment>, StoreError>;
+
     /// One bounded retention pass: trims channels to `max_history` messages, drops log events older than
     /// `events_before` (unix ms) that the newest snapshot covers, and nonces older than `nonces_before`.
+    /// The report lists the trimmed messages' attachments, so that their files go once the pass returns.
     /// Works in small transactions so writers are never stalled for long; call it again while it reports work.
     fn enforce_retention(
         &self,

@@ -46,8 +46,13 @@ pub(crate) enum Cmd {
         /// Where to write the copy; must not exist yet.
         path: PathBuf,
     },
-    /// Open the database, rebuild the state from it, and report what it holds; exits nonzero on failure.
-    Check,
+    /// Open the database, rebuild the state from it, and report what it holds, orphan attachment files
+    /// included; exits nonzero on failure.
+    Check {
+        /// Remove the orphan files found (files under DATA_DIR/attachments that no message refers to).
+        #[arg(long)]
+        fix: bool,
+    },
 }
 
 /// Where a password comes from: `--password`, else the `CHATD_PASSWORD` environment variable, else one line

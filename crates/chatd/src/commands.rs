@@ -235,9 +235,13 @@ struct Census {
 }
 
 /// `check`: opens the database, rebuilds the state through the engine exactly as the server would, and
-/// reports what is there. Any failure on the way (a damaged log, a snapshot that does not decode, a replay
-/// that does not reach the log's end) is an error and a nonzero exit.
-pub(crate) async fn check(config: &Config) -> anyhow::Result<()> {
+/// reports what is there, and the attachment files no message refers to (with `fix`, removes them). Any
+/// failure on the way (a damaged log, a snapshot that does not decode, a replay that does not reach the
+/// log's end) is an error and a nonzero exit; orphan files are reported, not a failure.
+pub(crate) async fn check(config: &Config, fix: bool) -> anyhow::Result<()> {
+    // Files written after this are not judged. The database lock held from here on means no server runs
+    // on it, so no upload is in flight; the cutoff is the grace for anything that still raced the lock.
+    let cutoff = std::time::SystemTime::now();
     let db = Db::open(config, Create::Refuse, Lock::Engine)?;
     let store = db.store();
     let meta = store.meta();
@@ -245,9 +249,11 @@ pub(crate) async fn check(config: &Config) -> anyhow::Result<()> {
     let first = store.first_seq().context("reading the log's first seq")?;
     let (engine, task) = db.start(config.engine()).await?;
     let result = census(&engine).await;
+    let swept = engine.sweep_files(cutoff, fix).await;
     let replayed = engine.last_seq();
     let stopped = db::stop(&engine, task).await;
     let (census, channels) = result?;
+    let swept = swept.context("comparing the attachment files with the messages")?;
     stopped?;
     if replayed != logged {
         bail!("the rebuilt state ends at seq {replayed} but the log ends at seq {logged}");
@@ -269,6 +275,27 @@ pub(crate) async fn check(config: &Config) -> anyhow::Result<()> {
     println!("channels: {}", census.channels);
     println!("dms: {}", census.dms);
     println!("messages: {messages}");
+    println!("attachment files: {}", swept.live);
+    for path in &swept.orphans {
+        println!("orphan file: {}", path.display());
+    }
+    for path in &swept.unknown {
+        println!("unknown file (left alone): {}", path.display());
+    }
+    let orphans = swept.orphans.len();
+    if fix {
+        println!(
+            "orphan files: {orphans} removed ({} bytes)",
+            swept.orphan_bytes
+        );
+    } else if orphans > 0 {
+        println!(
+            "orphan files: {orphans} ({} bytes); `chatd check --fix` removes them",
+            swept.orphan_bytes
+        );
+    } else {
+        println!("orphan files: 0");
+    }
     println!("ok");
     Ok(())
 }

@@ -90,6 +90,11 @@ pub(crate) struct ConfigArgs {
     #[arg(long, env = "QUEUE_MAX_AGE", default_value = "48h", global = true)]
     pub(crate) queue_max_age: String,
 
+    /// How often retention runs (MAX_HISTORY, QUEUE_MAX_AGE, expired nonces, and the trimmed messages'
+    /// files), e.g. `5m` or plain seconds.
+    #[arg(long, env = "RETENTION_INTERVAL", default_value = "5m", global = true)]
+    pub(crate) retention_interval: String,
+
     /// Default long-poll hold when a client gives no `timeout`, in seconds (1..=30).
     #[arg(long, env = "LONG_POLL_TIMEOUT", default_value = "15", global = true)]
     pub(crate) long_poll_timeout: String,
@@ -232,6 +237,7 @@ pub(crate) struct Config {
     pub(crate) max_message_size: usize,
     pub(crate) session_idle_timeout: Duration,
     pub(crate) queue_max_age: Duration,
+    pub(crate) retention_interval: Duration,
     pub(crate) long_poll_timeout: Duration,
     pub(crate) gateway_heartbeat_interval: Duration,
     pub(crate) node_id: u16,
@@ -519,6 +525,12 @@ impl Config {
                 Duration::from_secs(1),
                 Duration::from_secs(10 * 365 * 86_400),
             )?,
+            retention_interval: parse_duration(
+                "RETENTION_INTERVAL",
+                &args.retention_interval,
+                Duration::from_secs(1),
+                Duration::from_secs(86_400),
+            )?,
             long_poll_timeout: parse_duration(
                 "LONG_POLL_TIMEOUT",
                 &args.long_poll_timeout,
@@ -582,9 +594,11 @@ impl Config {
                 ..defaults.core.clone()
             },
             queue_max_age: self.queue_max_age,
+            retention_interval: self.retention_interval,
             rate_limit: self.rate_limit,
             hashcash_bits: self.hashcash_bits,
             hashcash_resource: name,
+            data_dir: self.data_dir.clone(),
             ..defaults
         }
     }
@@ -605,7 +619,6 @@ impl Config {
     /// The gateway's and Discord REST API's settings.
     pub(crate) fn ws(&self) -> transport_ws::Settings {
         transport_ws::Settings {
-            data_dir: self.data_dir.clone(),
             max_upload: self.max_upload_size,
             max_body: MAX_BODY,
             heartbeat_interval: self.gateway_heartbeat_interval,

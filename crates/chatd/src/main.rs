@@ -84,8 +84,27 @@ async fn dispatch(command: Cmd, config: &Config) -> anyhow::Result<()> {
         Cmd::Invite { action } => commands::invite(config, action).await,
         Cmd::Seed(args) => seed::run(config, args).await,
         Cmd::Backup { path } => commands::backup(config, &path),
-        Cmd::Check => commands::check(config).await,
+        Cmd::Check { fix } => commands::check(config, fix).await,
     }
+}
+
+/// Removes, in the background, the attachment files a crash left behind (see `Files::sweep`): only files
+/// written before this process started count, since the database lock says no other chatd writes them now,
+/// and uploads of this process are skipped while in flight.
+fn sweep_files(engine: &chat_engine::Engine, cutoff: std::time::SystemTime) {
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        match engine.sweep_files(cutoff, true).await {
+            Ok(report) if !report.orphans.is_empty() => tracing::info!(
+                removed = report.orphans.len(),
+                bytes = report.orphan_bytes,
+                "removed orphan attachment files"
+            ),
+            Ok(_) => {}
+            // A failed sweep costs disk space only; `chatd check --fix` or the next start tries again.
+            Err(e) => tracing::warn!(error = %e, "the attachment file sweep failed"),
+        }
+    });
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
@@ -105,8 +124,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let shutdown = server::shutdown_signal().context("installing signal handlers")?;
 
     let started = Instant::now();
+    let start_time = std::time::SystemTime::now();
     let db = Db::open(config, Create::Allow, Lock::Engine)?;
     let (engine, engine_task) = db.start(config.engine()).await?;
+    sweep_files(&engine, start_time);
     let longpoll = transport_longpoll::LongPoll::new(engine.clone(), config.longpoll());
     let ws = transport_ws::WsApi::new(engine.clone(), config.ws());
     let routes = routes::Shared {

@@ -13,7 +13,6 @@ mod gateway;
 mod model;
 mod rest;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::Router;
@@ -31,8 +30,6 @@ pub struct Settings {
     pub outbound_cap: usize,
     /// Client events allowed per minute before 4008.
     pub events_per_minute: u32,
-    /// Where uploaded attachments are stored.
-    pub data_dir: PathBuf,
     /// The largest upload accepted (MAX_UPLOAD_SIZE).
     pub max_upload: u64,
     /// The largest JSON request body accepted by the REST API.
@@ -46,7 +43,6 @@ impl Default for Settings {
             max_payload: 4096,
             outbound_cap: 1 << 20,
             events_per_minute: 120,
-            data_dir: PathBuf::from("./data"),
             max_upload: 25 << 20,
             max_body: 64 * 1024,
         }

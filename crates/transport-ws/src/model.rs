@@ -706,14 +706,6 @@ fn kind_and_content(kind: MessageKind, body: &str, reply: bool) -> (u8, String) 
     }
 }
 
-/// `N` bytes from the OS random source.
-pub(crate) fn random<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    // Without an OS random source no id or token can be made safely: this is not a state to run in.
-    getrandom::fill(&mut bytes).expect("the OS random source works");
-    bytes
-}
-
 /// An attachment's URL (the path below the server's base): `/attachments/{channel}/{id}/{token}/{filename}`.
 pub(crate) fn attachment_url(channel: chat_core::ChannelId, a: &chat_core::Attachment) -> String {
     format!("/attachments/{channel}/{}/{}/{}", a.id, a.token, a.filename)

@@ -1,6 +1,7 @@
 //! The engine's integration tests: one suite, run against every store implementation.
 
 mod crash;
+mod files;
 mod suite;
 mod teststore;
 

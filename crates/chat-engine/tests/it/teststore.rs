@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 
-use chat_core::{Audience, ClientId, Event, MessageId, Seq, UnixMillis, UserId};
+use chat_core::{
+    Attachment, Audience, ChannelId, ClientId, Event, MessageId, Seq, UnixMillis, UserId,
+};
 use chat_store::{
     Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, Store,
     StoreError, StoredMessage, StreamPage,
@@ -190,6 +192,10 @@ impl Store for TestStore {
     }
 
     fn search(&self, _query: &SearchQuery) -> Result<Vec<SearchHit>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn attachments(&self, _channel: ChannelId) -> Result<Vec<Attachment>, StoreError> {
         Ok(Vec::new())
     }
 

@@ -1014,6 +1014,71 @@ fn retention_trims_history<S: Store>(s: &S) {
     assert_eq!(s.search(&sq("m1199", &[ch])).unwrap().len(), 1);
 }
 
+fn attachments_are_listed_and_trimmed_ones_reported<S: Store>(s: &S) {
+    let mut w = World::new();
+    let (_, a) = w.guest("alice");
+    let ch = w.join(a, "#rust");
+    let other = w.join(a, "#other");
+    let file = |id: u64| chat_core::Attachment {
+        id,
+        filename: format!("f{id}.txt"),
+        size: 3,
+        content_type: None,
+        token: format!("{id:032x}"),
+    };
+    let mut with_files = Vec::new();
+    for id in 1..=3 {
+        let created = w.run(
+            Some(a),
+            Command::Send {
+                to: Target::parse("#rust"),
+                message: Outgoing {
+                    body: format!("file {id}"),
+                    attachments: vec![file(id)],
+                    ..Outgoing::default()
+                },
+            },
+        );
+        match created {
+            Some(Created::Message(m)) => with_files.push(m),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    w.say(a, "#rust", "no file");
+    w.say(a, "#rust", "nor this");
+    w.say(a, "#other", "nor here");
+    w.run(
+        Some(a),
+        Command::Delete {
+            message: with_files[1],
+        },
+    );
+    w.flush(s);
+    let ids = |list: Vec<chat_core::Attachment>| {
+        let mut ids: Vec<u64> = list.iter().map(|f| f.id).collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(
+        ids(s.attachments(ch).unwrap()),
+        [1, 3],
+        "a deleted message's file is not live"
+    );
+    assert!(s.attachments(other).unwrap().is_empty());
+    // Keep the newest two rows of #rust (the two plain messages are newer than file 3): files 1 and 3 go.
+    let mut reported = Vec::new();
+    loop {
+        let r = s.enforce_retention(2, 0, 0).unwrap();
+        if r.messages == 0 {
+            break;
+        }
+        reported.extend(r.attachments);
+    }
+    reported.sort_by_key(|(_, f)| f.id);
+    assert_eq!(reported, vec![(ch, file(1)), (ch, file(3))]);
+    assert!(s.attachments(ch).unwrap().is_empty());
+}
+
 fn replay_rebuilds_the_core<S: Store>(s: &S) {
     let (mut w, _) = busy_world();
     w.flush(s);
@@ -1159,6 +1224,7 @@ conformance!(
     snapshots,
     retention_trims_history,
     retention_with_extreme_cutoffs,
+    attachments_are_listed_and_trimmed_ones_reported,
     replay_rebuilds_the_core,
     odd_inputs_are_answered,
 );

@@ -5,6 +5,7 @@ mod assets;
 mod cli;
 mod crash;
 mod discord;
+mod files;
 mod gateway;
 mod harness;
 mod hostile;

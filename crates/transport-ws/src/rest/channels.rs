@@ -310,20 +310,14 @@ pub(super) async fn create_message(State(inner): St, Auth(me): Auth, p: P, req: 
         .query(move |core| visible(core, me.user, c).map(|_| ()))
         .await??;
     let target = Target::Channel(ChannelRef::Id(c));
-    let (form, attachments) = if multipart {
-        super::files::read_upload(&inner, c, req, CREATE_FIELDS).await?
+    let (form, upload) = if multipart {
+        let (form, upload) = super::files::read_upload(&inner, c, req, CREATE_FIELDS).await?;
+        (form, Some(upload))
     } else {
-        (
-            inner.form(req.into_body(), CREATE_FIELDS).await?,
-            Vec::new(),
-        )
+        (inner.form(req.into_body(), CREATE_FIELDS).await?, None)
     };
-    let files = attachments.clone();
-    let result = send(&inner, me, target, &form, attachments).await;
-    if result.is_err() && !files.is_empty() {
-        super::files::remove(&inner, c, &files).await;
-    }
-    result
+    // A refused message's files are removed by the engine (or by the upload, dropped before it was sent).
+    send(&inner, me, target, &form, upload).await
 }
 
 async fn send(
@@ -331,7 +325,7 @@ async fn send(
     me: chat_engine::Session,
     target: Target,
     form: &Form,
-    attachments: Vec<chat_core::Attachment>,
+    upload: Option<chat_engine::Upload>,
 ) -> Answer {
     let content = form.str("content")?.unwrap_or_default();
     let tts = form.bool("tts")?.unwrap_or(false);
@@ -344,21 +338,27 @@ async fn send(
         body: content,
         meta: None,
         reply_to,
-        attachments,
+        attachments: upload
+            .as_ref()
+            .map(|u| u.attachments().to_vec())
+            .unwrap_or_default(),
         embeds,
         nonce: nonce.clone(),
         tts,
     };
-    let reply = inner
-        .run(
-            &me,
-            Command::Send {
-                to: target,
-                message: outgoing,
-            },
-            nonce.filter(|_| enforce),
-        )
-        .await?;
+    let command = Command::Send {
+        to: target,
+        message: outgoing,
+    };
+    let nonce = nonce.filter(|_| enforce);
+    let reply = match upload {
+        Some(upload) => inner
+            .engine
+            .command_with_upload(&me, command, nonce, upload)
+            .await
+            .map_err(RestError::from)?,
+        None => inner.run(&me, command, nonce).await?,
+    };
     let Some(Created::Message(id)) = reply.created else {
         return Err(RestError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -431,12 +431,8 @@ pub(super) async fn delete_message(State(inner): St, Auth(me): Auth, p: P) -> An
     inner
         .query(move |core| readable_message(core, me.user, c, m))
         .await??;
-    let files = inner.stored(m).await?.map(|s| s.attachments);
+    // The engine removes the message's files once its deletion has committed.
     inner.run(&me, Command::Delete { message: m }, None).await?;
-    // The message is gone, so are its files.
-    if let Some(files) = files {
-        super::files::remove(&inner, c, &files).await;
-    }
     no_content()
 }
 
@@ -457,14 +453,6 @@ pub(super) async fn bulk_delete(State(inner): St, Auth(me): Auth, p: P, body: Bo
     inner
         .query(move |core| readable(core, me.user, c).map(|_| ()))
         .await??;
-    let mut files = Vec::new();
-    for m in &messages {
-        if let Some(s) = inner.stored(*m).await?
-            && s.channel == c
-        {
-            files.extend(s.attachments);
-        }
-    }
     inner
         .run(
             &me,
@@ -475,7 +463,6 @@ pub(super) async fn bulk_delete(State(inner): St, Auth(me): Auth, p: P, body: Bo
             None,
         )
         .await?;
-    super::files::remove(&inner, c, &files).await;
     no_content()
 }
 

@@ -1,14 +1,13 @@
-//! Attachments: multipart uploads (`payload_json` + `files[n]`) stored under `DATA_DIR/attachments/`, and
-//! serving them back at `/attachments/{channel}/{id}/{token}/{filename}` with safe names and headers that stop
-//! a browser from rendering an upload as a page (no HTML inline, `nosniff`, a sandbox CSP).
+//! Attachments: multipart uploads (`payload_json` + `files[n]`) written through the engine's
+//! [`chat_engine::Files`] (which owns where files live and when they go), and serving them back at
+//! `/attachments/{channel}/{id}/{token}/{filename}` with safe names and headers that stop a browser from
+//! rendering an upload as a page (no HTML inline, `nosniff`, a sandbox CSP).
 //!
 //! Without an `Authorization` header the URL itself is the capability, as Discord's CDN links are, so it must
 //! not be guessable. An attachment id is a snowflake (clients read its timestamp bits), which leaves 22 random
 //! bits: too few. Each upload therefore also gets a token of 128 random bits, kept in the message's
-//! attachment record and in the stored file's name (`{channel}/{id}-{token}`): a wrong token finds no file
-//! and is answered 404 like a missing one.
+//! attachment record: a wrong token finds no file and is answered 404 like a missing one.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -16,56 +15,19 @@ use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chat_core::{Attachment, ChannelId};
-use serde_json::{Value, json};
+use chat_core::ChannelId;
+use chat_engine::Upload;
 
 use super::{Auth, Form, Inner, P, readable};
 use crate::error::{RestError, code};
-use crate::model;
 
 /// At most this many files per message (Discord's limit).
 const MAX_FILES: usize = 10;
-
-/// How many times an upload draws a new id when the one drawn is taken (22 random bits per millisecond).
-const ID_TRIES: usize = 8;
 
 pub(super) fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .route("/attachments/{channel}/{id}/{token}/{filename}", get(serve))
         .with_state(inner)
-}
-
-fn root(inner: &Inner) -> PathBuf {
-    inner.settings.data_dir.join("attachments")
-}
-
-/// A fresh URL token: 128 random bits in hex.
-fn new_token() -> String {
-    model::random::<16>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The name an attachment's bytes are stored under in its channel's directory (its metadata goes beside it,
-/// with `.json` added).
-fn stored_name(id: u64, token: &str) -> String {
-    format!("{id}-{token}")
-}
-
-/// Whether `token` has the shape of one we make (so that it is safe to put in a path).
-fn token_shaped(token: &str) -> bool {
-    token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// A fresh attachment id: a snowflake (the upload's time since Discord's epoch, which clients read, in the
-/// high bits) whose 22 low bits are random, so that ids sort by upload time and are not sequential. It is
-/// never 0. Two uploads may draw the same id; the caller stores with `create_new` and draws again.
-fn new_id() -> u64 {
-    let ms = chat_engine::now_ms();
-    let noise = u32::from_le_bytes(model::random::<4>());
-    let since = ms.saturating_sub(chat_core::DISCORD_EPOCH).max(1);
-    (since << 22) | u64::from(noise & 0x3F_FFFF)
 }
 
 /// A file name safe to store and to put in a header: no directories, no control or quoting characters,
@@ -106,14 +68,14 @@ fn inline_ok(ct: &str) -> bool {
         || ct.starts_with("video/")
 }
 
-/// Reads a multipart message create: `payload_json` (the JSON fields) and up to ten files, each stored at
-/// once, all removed again if anything fails.
+/// Reads a multipart message create: `payload_json` (the JSON fields) and up to ten files, each written at
+/// once through the engine's upload, whose files all go again if anything fails (the upload is dropped).
 pub(super) async fn read_upload(
     inner: &Inner,
     channel: ChannelId,
     req: Request,
     known: &[&str],
-) -> Result<(Form, Vec<Attachment>), RestError> {
+) -> Result<(Form, Upload), RestError> {
     let bad = |what: &str| {
         RestError::new(
             StatusCode::BAD_REQUEST,
@@ -124,127 +86,64 @@ pub(super) async fn read_upload(
     let mut multipart = Multipart::from_request(req, &())
         .await
         .map_err(|_| bad("Invalid multipart body"))?;
-    let dir = root(inner).join(channel.to_string());
     let mut form = Form::default();
-    let mut files: Vec<Attachment> = Vec::new();
-    let result: Result<(), RestError> = async {
-        while let Some(mut field) = multipart.next_field().await.map_err(|e| {
+    let mut upload = inner.engine.files().upload(channel);
+    while let Some(mut field) = multipart.next_field().await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            RestError::too_large(inner.settings.max_upload)
+        } else {
+            bad("Invalid multipart body")
+        }
+    })? {
+        let name = field.name().unwrap_or("").to_owned();
+        if name == "payload_json" {
+            let text = field
+                .text()
+                .await
+                .map_err(|_| bad("Invalid payload_json"))?;
+            if text.len() > inner.settings.max_body {
+                return Err(RestError::too_large(inner.settings.max_body as u64));
+            }
+            form = Form::parse(text.as_bytes(), known)?;
+            continue;
+        }
+        if !name.starts_with("file") {
+            // Discord ignores parts it does not know; so do we (their bytes are skipped).
+            continue;
+        }
+        if upload.attachments().len() >= MAX_FILES {
+            return Err(RestError::field(
+                "files",
+                "BASE_TYPE_MAX_LENGTH",
+                "Must be 10 or fewer in length.",
+            ));
+        }
+        let filename = safe_name(field.file_name().unwrap_or("file"));
+        let content_type = field.content_type().map(|c| {
+            c.chars()
+                .filter(|c| !c.is_control())
+                .take(100)
+                .collect::<String>()
+        });
+        let mut out = upload
+            .create(filename, content_type)
+            .await
+            .map_err(|e| internal(&e))?;
+        while let Some(chunk) = field.chunk().await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 RestError::too_large(inner.settings.max_upload)
             } else {
                 bad("Invalid multipart body")
             }
         })? {
-            let name = field.name().unwrap_or("").to_owned();
-            if name == "payload_json" {
-                let text = field
-                    .text()
-                    .await
-                    .map_err(|_| bad("Invalid payload_json"))?;
-                if text.len() > inner.settings.max_body {
-                    return Err(RestError::too_large(inner.settings.max_body as u64));
-                }
-                form = Form::parse(text.as_bytes(), known)?;
-                continue;
+            if out.size() + chunk.len() as u64 > inner.settings.max_upload {
+                return Err(RestError::too_large(inner.settings.max_upload));
             }
-            if !name.starts_with("file") {
-                // Discord ignores parts it does not know; so do we (their bytes are skipped).
-                continue;
-            }
-            if files.len() >= MAX_FILES {
-                return Err(RestError::field(
-                    "files",
-                    "BASE_TYPE_MAX_LENGTH",
-                    "Must be 10 or fewer in length.",
-                ));
-            }
-            let filename = safe_name(field.file_name().unwrap_or("file"));
-            let content_type = field.content_type().map(|c| {
-                c.chars()
-                    .filter(|c| !c.is_control())
-                    .take(100)
-                    .collect::<String>()
-            });
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .map_err(|e| internal(&e))?;
-            // A fresh id whose file does not exist yet (never overwrite another upload).
-            let token = new_token();
-            let mut tries = 0;
-            let (id, mut out) = loop {
-                let id = new_id();
-                let opened = tokio::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(dir.join(stored_name(id, &token)))
-                    .await;
-                match opened {
-                    Ok(out) => break (id, out),
-                    Err(e)
-                        if e.kind() == std::io::ErrorKind::AlreadyExists
-                            && tries + 1 < ID_TRIES =>
-                    {
-                        tries += 1;
-                    }
-                    Err(e) => return Err(internal(&e)),
-                }
-            };
-            let mut size: u64 = 0;
-            // Record the file before writing, so that a failure part-way removes it too.
-            files.push(Attachment {
-                id,
-                filename: filename.clone(),
-                size: 0,
-                content_type: content_type.clone(),
-                token: token.clone(),
-            });
-            while let Some(chunk) = field.chunk().await.map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    RestError::too_large(inner.settings.max_upload)
-                } else {
-                    bad("Invalid multipart body")
-                }
-            })? {
-                size += chunk.len() as u64;
-                if size > inner.settings.max_upload {
-                    return Err(RestError::too_large(inner.settings.max_upload));
-                }
-                tokio::io::AsyncWriteExt::write_all(&mut out, &chunk)
-                    .await
-                    .map_err(|e| internal(&e))?;
-            }
-            tokio::io::AsyncWriteExt::flush(&mut out)
-                .await
-                .map_err(|e| internal(&e))?;
-            let meta = json!({ "filename": filename, "content_type": content_type });
-            tokio::fs::write(
-                dir.join(format!("{}.json", stored_name(id, &token))),
-                meta.to_string(),
-            )
-            .await
-            .map_err(|e| internal(&e))?;
-            if let Some(last) = files.last_mut() {
-                last.size = size;
-            }
+            out.write(&chunk).await.map_err(|e| internal(&e))?;
         }
-        Ok(())
+        upload.finish(out).await.map_err(|e| internal(&e))?;
     }
-    .await;
-    if let Err(e) = result {
-        remove(inner, channel, &files).await;
-        return Err(e);
-    }
-    Ok((form, files))
-}
-
-/// Removes stored files (a refused message's uploads).
-pub(super) async fn remove(inner: &Inner, channel: ChannelId, files: &[Attachment]) {
-    let dir = root(inner).join(channel.to_string());
-    for f in files {
-        let name = stored_name(f.id, &f.token);
-        let _ = tokio::fs::remove_file(dir.join(&name)).await;
-        let _ = tokio::fs::remove_file(dir.join(format!("{name}.json"))).await;
-    }
+    Ok((form, upload))
 }
 
 fn internal(e: &std::io::Error) -> RestError {
@@ -275,10 +174,9 @@ async fn serve_inner(
     let not_found = || RestError::new(StatusCode::NOT_FOUND, code::GENERAL, "404: Not Found");
     let id: u64 = p.str("id").parse().map_err(|_| not_found())?;
     let token = p.str("token");
-    if !token_shaped(token) {
+    if !chat_engine::token_shaped(token) {
         return Err(not_found());
     }
-    let name = stored_name(id, token);
     if headers.contains_key(header::AUTHORIZATION) {
         let mut parts = axum::http::Request::builder()
             .body(())
@@ -294,20 +192,20 @@ async fn serve_inner(
             .query(move |core| readable(core, me.user, c).map(|_| ()))
             .await??;
     }
-    let dir = root(inner).join(c.to_string());
-    let meta = tokio::fs::read(dir.join(format!("{name}.json")))
+    let file = inner
+        .engine
+        .files()
+        .find(c, id, token)
         .await
-        .map_err(|_| not_found())?;
-    let meta: Value = serde_json::from_slice(&meta).map_err(|_| not_found())?;
-    let filename = safe_name(meta["filename"].as_str().unwrap_or("file"));
+        .ok_or_else(not_found)?;
+    let filename = safe_name(&file.filename);
     if safe_name(p.str("filename")) != filename {
         return Err(not_found());
     }
-    let bytes = tokio::fs::read(dir.join(&name))
-        .await
-        .map_err(|_| not_found())?;
-    let ct = meta["content_type"]
-        .as_str()
+    let bytes = tokio::fs::read(&file.path).await.map_err(|_| not_found())?;
+    let ct = file
+        .content_type
+        .as_deref()
         .unwrap_or("application/octet-stream");
     let (ct, disposition) = if inline_ok(ct) {
         (ct.to_owned(), "inline")
@@ -369,22 +267,6 @@ mod tests {
         assert_eq!(safe_name(".."), "file");
         assert_eq!(safe_name("\"quoted\".txt"), "quoted.txt");
         assert!(safe_name(&"é".repeat(200)).len() <= 128);
-    }
-
-    #[test]
-    fn ids_are_snowflakes_and_tokens_are_random_hex() {
-        let id = new_id();
-        assert!(id > 0);
-        let ms = (id >> 22) + chat_core::DISCORD_EPOCH;
-        assert!(
-            ms.abs_diff(chat_engine::now_ms()) < 60_000,
-            "real timestamp bits"
-        );
-        let (a, b) = (new_token(), new_token());
-        assert!(token_shaped(&a) && token_shaped(&b));
-        assert_ne!(a, b);
-        assert!(!token_shaped("../../etc/passwd0000000000000000"));
-        assert!(!token_shaped(&a[..31]));
     }
 
     #[test]
