@@ -1252,3 +1252,58 @@ fn the_world_has_something_of_every_kind() {
     assert_eq!(pools.invites.len(), 2);
     assert!(core.poll_timeout().is_some());
 }
+
+/// A thread started from a message takes the message's id (as Discord's do, and libraries look it up by it);
+/// the message starts no second thread, however it is asked, and the refusal changes nothing.
+#[test]
+fn a_thread_from_a_message_takes_its_id_once() {
+    let (mut core, mut now, _) = world();
+    let (thread, starter) = core
+        .channels()
+        .find_map(|c| Some((c.id, c.starter?)).filter(|_| c.kind == ChannelKind::Thread))
+        .expect("the world has a thread started from a message");
+    assert_eq!(thread.get(), starter.get());
+    let parent = core
+        .message(starter)
+        .map(|m| m.channel)
+        .expect("the starter is in the state");
+    let owner = core
+        .channel(parent)
+        .and_then(|c| c.space)
+        .and_then(|s| core.space(s))
+        .map(|s| s.owner)
+        .expect("the parent is a space's channel");
+    let client = core
+        .user(owner)
+        .and_then(|u| u.clients().next())
+        .expect("the owner has a client");
+    now += 1_000;
+    let before = core.state().clone();
+    let again = core.handle(
+        now,
+        Origin::Client(client),
+        Command::CreateThread {
+            channel: ChannelRef::Id(parent),
+            name: "again".to_owned(),
+            message: Some(starter),
+        },
+    );
+    assert_eq!(again.err(), Some(chat_core::Error::ThreadExists));
+    assert!(core.poll_event().is_none(), "a refusal emits nothing");
+    assert_eq!(core.state(), &before, "a refusal changes nothing");
+    // Later ids never meet the thread's: they come after every id handed out.
+    let free = setup(
+        &mut core,
+        &mut now,
+        Origin::Client(client),
+        Command::CreateThread {
+            channel: ChannelRef::Id(parent),
+            name: "free".to_owned(),
+            message: None,
+        },
+    );
+    match free {
+        Some(Created::Channel(c)) => assert!(c.get() > thread.get()),
+        other => panic!("a thread was expected, not {other:?}"),
+    }
+}

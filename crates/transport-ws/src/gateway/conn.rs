@@ -696,7 +696,13 @@ impl Conn {
             // The writer ends only with the connection; a dropped answer means there is no one to wait for.
             let _ = flushed.await;
         }
-        tokio::time::sleep(READY_ALONE).await;
+        // A shutdown does not wait: the connection must reach its Reconnect and close while the server
+        // still runs (it does not wait for upgraded connections).
+        let mut closing = self.shared.closing.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(READY_ALONE) => {}
+            _ = closing.wait_for(|c| *c) => {}
+        }
     }
 
     async fn connect(&mut self, session: Session) {
