@@ -1612,9 +1612,12 @@ async fn ready_arrives_alone_before_the_guild_creates() {
     assert!(rest.iter().all(|f| f["t"] == "GUILD_CREATE"), "{rest:?}");
 }
 
-/// A frame of a megabyte is refused with 4002 like any payload over 4096 bytes, not with a reset.
+/// A frame of a megabyte is refused with 4002 like any payload over 4096 bytes, not with a reset: also when
+/// the client is still writing it as the server sees its header (over a real network, or from a client
+/// that writes in pieces), which is when a server that stops reading early resets the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_megabyte_frame_closes_with_4002() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = Server::start(&[]).await;
     let alice = server.register("alice", "correct horse").await;
     for identified in [false, true] {
@@ -1625,6 +1628,29 @@ async fn a_megabyte_frame_closes_with_4002() {
         gw.send(json!({"op": 1, "d": "x".repeat(1 << 20)})).await;
         assert_eq!(gw.close_code().await, 4002);
     }
+
+    // The same frame, written in pieces 20 ms apart.
+    let mut ws = RawWs::connect(&server).await;
+    let head = "{\"op\":1,\"d\":\"";
+    let payload = format!("{head}{}\"}}", "x".repeat((1 << 20) - head.len() - 2));
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x81u8, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    for piece in frame.chunks(64 << 10) {
+        let wrote = ws.tcp.write_all(piece).await;
+        assert!(wrote.is_ok(), "the server reset the connection: {wrote:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), ws.tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server closes within 10 s");
+    assert!(read.is_ok(), "the server reset the connection: {read:?}");
+    // A close frame: 0x88, its length, then the code.
+    assert!(answer.len() >= 4 && answer[0] == 0x88, "{answer:?}");
+    assert_eq!(u16::from_be_bytes([answer[2], answer[3]]), 4002);
 }
 
 /// Presence has a limit of its own: a spent message rate does not cost a presence update, and the sixth
