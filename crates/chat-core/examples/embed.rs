@@ -114,7 +114,8 @@ impl Host {
                 self.nick(*user),
                 reason.as_deref().unwrap_or("")
             ),
-            EventKind::PresenceChanged { user, status } => {
+            EventKind::PresenceChanged { user, status }
+            | EventKind::PresenceUpdated { user, status, .. } => {
                 format!("{} is now {status:?}", self.nick(*user))
             }
             other => format!("{other:?}"),

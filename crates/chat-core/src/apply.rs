@@ -43,6 +43,7 @@ impl State {
                         created_at: now,
                         away: None,
                         status_override: None,
+                        activities: Vec::new(),
                         released: false,
                         channels: BTreeSet::new(),
                         spaces: BTreeSet::new(),
@@ -190,7 +191,9 @@ impl State {
                     .away
                     .clone_from(message);
             }
-            EventKind::PresenceChanged { .. } | EventKind::Typing { .. } => {}
+            EventKind::PresenceChanged { .. }
+            | EventKind::PresenceUpdated { .. }
+            | EventKind::Typing { .. } => {}
             EventKind::ReadAck {
                 user,
                 channel,

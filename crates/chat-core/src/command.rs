@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::{ChannelId, ClientId, MessageId, RoleId, SpaceId, UserId};
-use crate::model::{Attachment, ChannelKind, MessageKind, Status};
+use crate::model::{Activity, Attachment, ChannelKind, MessageKind, Status};
 use crate::perm::{OverwriteTarget, Permissions};
 
 /// Who is asking.
@@ -507,5 +507,13 @@ pub enum Command {
     UseInvite {
         /// Its code.
         code: String,
+    },
+
+    // --- presence, continued ------------------------------------------------------------------------------------
+    /// Sets what the user is doing (replacing what was set before; empty clears it). Live-only, like presence.
+    SetActivities {
+        /// At most 5, each with a name of 1 to 128 characters and a state of at most 128 (Discord's
+        /// limits).
+        activities: Vec<Activity>,
     },
 }

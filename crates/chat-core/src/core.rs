@@ -482,6 +482,7 @@ impl Core {
             } => self.update_profile(actor, display_name, bio, avatar_url),
             C::Away { message } => self.away(actor, message),
             C::SetStatus { status } => self.set_status(actor, status),
+            C::SetActivities { activities } => self.set_activities(actor, activities),
             C::Join { channel, key } => self.join(actor, channel, key),
             C::Part { channel, reason } => self.part(actor, channel, reason),
             C::Kick {

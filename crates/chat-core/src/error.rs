@@ -135,6 +135,9 @@ pub enum Error {
         /// What was attempted.
         what: &'static str,
     },
+    /// The message already started a thread: a thread takes its starter message's id, so there can be one.
+    #[error("A thread has already been created for this message")]
+    ThreadExists,
 }
 
 impl Error {
@@ -171,6 +174,7 @@ impl Error {
             Error::LimitReached { .. } => "limit_reached",
             Error::InvalidInput { .. } => "invalid_input",
             Error::NotSupported { .. } => "not_supported",
+            Error::ThreadExists => "thread_exists",
         }
     }
 
@@ -258,6 +262,8 @@ pub enum Field {
     Color,
     /// A presence status.
     Status,
+    /// An activity (its name or state).
+    Activity,
 }
 
 impl fmt::Display for Field {
@@ -290,6 +296,7 @@ impl fmt::Display for Field {
             Field::List => "list",
             Field::Color => "color",
             Field::Status => "status",
+            Field::Activity => "activity",
         };
         f.write_str(name)
     }

@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::{ChannelId, ClientId, MessageId, RoleId, Seq, SpaceId, UnixMillis, UserId};
-use crate::model::{ChannelFlags, ChannelKind, Invite, Message, MessageKind, Role, Status, Topic};
+use crate::model::{
+    Activity, ChannelFlags, ChannelKind, Invite, Message, MessageKind, Role, Status, Topic,
+};
 use crate::perm::{OverwriteTarget, Permissions};
 
 /// One change, in log order.
@@ -27,7 +29,9 @@ impl Event {
     pub fn is_durable(&self) -> bool {
         !matches!(
             self.kind,
-            EventKind::Typing { .. } | EventKind::PresenceChanged { .. }
+            EventKind::Typing { .. }
+                | EventKind::PresenceChanged { .. }
+                | EventKind::PresenceUpdated { .. }
         )
     }
 }
@@ -662,6 +666,17 @@ pub enum EventKind {
         channel: ChannelId,
         /// Whether non-members see it now.
         listed: bool,
+    },
+    /// Presence changed, or what the user is doing did (live only). Emitted in place of
+    /// [`EventKind::PresenceChanged`] whenever the user has activities or they just changed, so that one
+    /// event carries the whole presence; without activities a status change stays a `PresenceChanged`.
+    PresenceUpdated {
+        /// Whose.
+        user: UserId,
+        /// As others see it.
+        status: Status,
+        /// What they are doing (empty when offline).
+        activities: Vec<Activity>,
     },
 }
 

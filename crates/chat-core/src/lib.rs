@@ -68,8 +68,9 @@ pub use crate::id::{
     SpaceId, UnixMillis, UserId,
 };
 pub use crate::model::{
-    Attachment, Ban, Channel, ChannelFlags, ChannelKind, Client, Invite, InviteTarget, MemberModes,
-    Message, MessageKind, MessageRecord, ReadState, Role, Space, SpaceMember, Status, Topic, User,
+    Activity, ActivityKind, Attachment, Ban, Channel, ChannelFlags, ChannelKind, Client, Invite,
+    InviteTarget, MemberModes, Message, MessageKind, MessageRecord, ReadState, Role, Space,
+    SpaceMember, Status, Topic, User,
 };
 pub use crate::name::{
     CHANNEL_NAME_MAX, NICK_MAX, ban_matches, casefold, mask_matches, user_host,

@@ -36,6 +36,10 @@ pub struct User {
     /// An explicit presence that overrides the derived one. Live-only, like presence: not in snapshots.
     #[serde(skip)]
     pub status_override: Option<Status>,
+    /// What the user is doing, as their client said last. Live-only: not in snapshots, cleared when the
+    /// user goes offline.
+    #[serde(skip)]
+    pub activities: Vec<Activity>,
     /// A guest whose session ended: its nick is free again and it has no clients or memberships.
     pub released: bool,
     /// Explicit channel memberships (network channels, DMs, group DMs).
@@ -66,6 +70,34 @@ impl User {
     pub fn clients(&self) -> impl Iterator<Item = ClientId> + '_ {
         self.clients.iter().copied()
     }
+}
+
+/// What a user is doing, as their client says (Discord's activities): live-only, like presence.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Activity {
+    /// What: a game's name, a song, a stream's title.
+    pub name: String,
+    /// How to read the name.
+    pub kind: ActivityKind,
+    /// A line of detail (a custom status's text, a party's state).
+    pub state: Option<String>,
+}
+
+/// The kinds of activity, in Discord's order (its `type` numbers are the positions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ActivityKind {
+    /// "Playing {name}".
+    Playing,
+    /// "Streaming {name}".
+    Streaming,
+    /// "Listening to {name}".
+    Listening,
+    /// "Watching {name}".
+    Watching,
+    /// A custom status: the text is in `state`.
+    Custom,
+    /// "Competing in {name}".
+    Competing,
 }
 
 /// Presence as others see it.

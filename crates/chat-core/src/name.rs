@@ -307,6 +307,7 @@ mod tests {
             created_at: 0,
             away: None,
             status_override: None,
+            activities: Vec::new(),
             released: false,
             channels: Default::default(),
             spaces: Default::default(),

@@ -1149,14 +1149,18 @@ fn unexpected(created: &Option<Created>) -> EngineError {
 }
 
 /// Which commands count against the per-user message rate: everything a user does on purpose, not the
-/// keep-alives and presence that transports send on the user's behalf, not reading, and not typing (the core
-/// throttles typing itself).
+/// keep-alives and presence that transports send on the user's behalf, not reading, not typing (the core
+/// throttles typing itself), and not a chosen status or activities: the door that takes them limits them
+/// on its own (the gateway: 5 presence updates per minute per connection), so that chatting fast never
+/// costs a presence update, nor the reverse.
 fn rate_limited(command: &Command) -> bool {
     !matches!(
         command,
         Command::Touch
             | Command::Connect
             | Command::Disconnect
+            | Command::SetStatus { .. }
+            | Command::SetActivities { .. }
             | Command::Read { .. }
             | Command::Typing { .. }
             | Command::Logout

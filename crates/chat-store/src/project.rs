@@ -231,6 +231,7 @@ pub(crate) fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::Quit { .. } => "quit",
         EventKind::AwayChanged { .. } => "away_changed",
         EventKind::PresenceChanged { .. } => "presence_changed",
+        EventKind::PresenceUpdated { .. } => "presence_updated",
         EventKind::Typing { .. } => "typing",
         EventKind::ReadAck { .. } => "read_ack",
         EventKind::SpaceCreated { .. } => "space_created",

@@ -127,6 +127,11 @@ pub(crate) struct ConfigArgs {
     #[arg(long, env = "FEDERATION_KEY", hide_env_values = true, global = true)]
     pub(crate) federation_key: Option<String>,
 
+    /// The server's public base URL (`https://chat.example.org`), for the absolute URLs of attachments
+    /// [default: none, taken from each request's Host].
+    #[arg(long, env = "PUBLIC_URL", global = true)]
+    pub(crate) public_url: Option<String>,
+
     /// Comma-separated origins allowed to call the API from a browser (`*` for any); empty turns CORS off.
     #[arg(long, env = "CORS_ORIGINS", default_value = "", global = true)]
     pub(crate) cors_origins: String,
@@ -247,6 +252,7 @@ pub(crate) struct Config {
     pub(crate) metrics_auth: Option<MetricsAuth>,
     pub(crate) federation_key: Option<Secret>,
     pub(crate) cors_origins: Vec<String>,
+    pub(crate) public_url: Option<String>,
     pub(crate) log_format: LogFormat,
     pub(crate) max_connections_per_ip: usize,
     pub(crate) hashcash_bits: u32,
@@ -280,6 +286,26 @@ fn bad(variable: &'static str, value: &str, expected: impl Into<String>) -> Conf
         value: value.to_owned(),
         expected: expected.into(),
     }
+}
+
+/// `PUBLIC_URL`: an `http` or `https` URL with a host and nothing after the path, kept without its trailing
+/// `/` so that paths append to it.
+fn parse_public_url(value: &str) -> Result<String, ConfigError> {
+    let expected =
+        "an http:// or https:// URL such as https://chat.example.org (no query, no fragment)";
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+        .ok_or_else(|| bad("PUBLIC_URL", value, expected))?;
+    let host = rest.split('/').next().unwrap_or("");
+    let clean = value.bytes().all(|b| b.is_ascii_graphic())
+        && !value.contains(['?', '#', '"', '\\', '<', '>'])
+        && !host.is_empty()
+        && !host.contains('@');
+    if !clean {
+        return Err(bad("PUBLIC_URL", value, expected));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
 }
 
 /// An unset optional variable and an empty one mean the same: `FOO=` in a `.env` file clears it.
@@ -550,6 +576,9 @@ impl Config {
             metrics_auth,
             federation_key: non_empty(&args.federation_key).map(|k| Secret(k.to_owned())),
             cors_origins,
+            public_url: non_empty(&args.public_url)
+                .map(parse_public_url)
+                .transpose()?,
             log_format,
             max_connections_per_ip: parse_int(
                 "MAX_CONNECTIONS_PER_IP",
@@ -622,6 +651,7 @@ impl Config {
             max_upload: self.max_upload_size,
             max_body: MAX_BODY,
             heartbeat_interval: self.gateway_heartbeat_interval,
+            public_url: self.public_url.clone(),
             ..transport_ws::Settings::default()
         }
     }
@@ -648,6 +678,30 @@ mod tests {
         assert!(p("postgres://localhost/db").is_err());
         assert!(p("").is_err());
         assert!(p("sqlite://").is_err());
+    }
+
+    #[test]
+    fn public_urls() {
+        let p = parse_public_url;
+        assert_eq!(
+            p("https://chat.example.org/"),
+            Ok("https://chat.example.org".into())
+        );
+        assert_eq!(
+            p("http://10.0.0.1:8080/chat"),
+            Ok("http://10.0.0.1:8080/chat".into())
+        );
+        for bad in [
+            "chat.example.org",
+            "ftp://x",
+            "https://",
+            "https://a b",
+            "https://x/?q",
+            "https://u@x",
+            "https://x/\"",
+        ] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

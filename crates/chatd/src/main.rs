@@ -124,6 +124,13 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let shutdown = server::shutdown_signal().context("installing signal handlers")?;
 
     let started = Instant::now();
+    // The port is taken before the database is loaded: a client that reconnects while the server starts
+    // (a bot resuming after a restart) waits in the listen backlog until it is served, instead of being
+    // refused, which some Discord libraries answer by dropping their session. Only the time between the old
+    // process closing its listener and this line refuses connections.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {} (LISTEN)", config.listen))?;
     let start_time = std::time::SystemTime::now();
     let db = Db::open(config, Create::Allow, Lock::Engine)?;
     let (engine, engine_task) = db.start(config.engine()).await?;
@@ -135,14 +142,6 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         metrics: Some(metrics),
         metrics_auth: config.metrics_auth.clone().map(Arc::new),
         started,
-    };
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            // The engine was started; stop it cleanly before reporting, so the database is left tidy.
-            let _ = db::stop(&engine, engine_task).await;
-            return Err(e).with_context(|| format!("listening on {} (LISTEN)", config.listen));
-        }
     };
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(

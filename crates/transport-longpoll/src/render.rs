@@ -324,7 +324,9 @@ pub(crate) fn event(dir: &Directory, event: &Event) -> Option<Wire> {
             w.from = nick(*user);
             on(&mut w, *channel, Some(*user));
         }
-        EventKind::PresenceChanged { user, status } => {
+        // Activities are the Discord door's: here a presence is its status.
+        EventKind::PresenceChanged { user, status }
+        | EventKind::PresenceUpdated { user, status, .. } => {
             w.kind = "presence";
             w.seq = None;
             w.from = nick(*user);

@@ -32,6 +32,7 @@ pub(crate) mod code {
     pub(crate) const MISSING_PERMISSIONS: u32 = 50013;
     pub(crate) const INVALID_CHANNEL_TYPE: u32 = 50024;
     pub(crate) const INVALID_FORM_BODY: u32 = 50035;
+    pub(crate) const THREAD_EXISTS: u32 = 160_004;
 }
 
 /// Which limit a 429 reports in its `X-RateLimit-*` headers.
@@ -246,6 +247,7 @@ impl From<chat_core::Error> for RestError {
             E::NotSupported { .. } => {
                 Self::new(StatusCode::BAD_REQUEST, code::INVALID_CHANNEL_TYPE, text)
             }
+            E::ThreadExists => Self::new(StatusCode::BAD_REQUEST, code::THREAD_EXISTS, text),
             _ => Self::new(StatusCode::BAD_REQUEST, code::GENERAL, text),
         }
     }

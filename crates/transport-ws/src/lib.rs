@@ -34,6 +34,9 @@ pub struct Settings {
     pub max_upload: u64,
     /// The largest JSON request body accepted by the REST API.
     pub max_body: usize,
+    /// The server's public base URL without a trailing `/` (PUBLIC_URL), which attachment URLs start with;
+    /// `None` takes it from the request's `Host` (for the gateway, the `Host` of its upgrade request).
+    pub public_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -45,6 +48,7 @@ impl Default for Settings {
             events_per_minute: 120,
             max_upload: 25 << 20,
             max_body: 64 * 1024,
+            public_url: None,
         }
     }
 }

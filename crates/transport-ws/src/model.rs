@@ -150,11 +150,36 @@ pub(crate) fn channel_name(name: &str) -> &str {
 ///
 /// A field added here for text channels or categories must also go into [`ChannelShape`], or GUILD_CREATE's
 /// cached copies ([`ChannelTexts`]) would not notice when it changes.
+///
+/// `last_message_id` is there only for a viewer who may view the channel ([`sees_activity`]): a channel
+/// listed to someone who may not open it (a `+i` network channel) tells nothing of its activity.
 pub(crate) fn channel(core: &Core, ch: &Channel, viewer: UserId) -> Value {
+    let activity = sees_activity(core, ch, viewer);
+    channel_as(core, ch, viewer, activity)
+}
+
+/// A channel object rendered once for many viewers (CHANNEL_UPDATE and the like): without
+/// `last_message_id`, since some of them may not view the channel. Members learn of messages from
+/// MESSAGE_CREATE all the same.
+pub(crate) fn shared_channel(core: &Core, ch: &Channel) -> Value {
+    channel_as(core, ch, core.system_user(), false)
+}
+
+/// Whether `viewer` may see a channel's activity (its newest message): they are on it, or may view it.
+/// Listing is wider than this: a network's channels are listed to every member, `+i` ones included.
+pub(crate) fn sees_activity(core: &Core, ch: &Channel, viewer: UserId) -> bool {
+    core.is_member(viewer, ch.id)
+        || core
+            .channel_permissions(viewer, ch.id)
+            .contains(Permissions::VIEW_CHANNEL)
+}
+
+fn channel_as(core: &Core, ch: &Channel, viewer: UserId, activity: bool) -> Value {
+    let last_message = ch.last_message.filter(|_| activity);
     let mut v = json!({
         "id": ch.id.to_string(),
         "type": channel_type(ch.kind),
-        "last_message_id": ch.last_message.map(|m| m.to_string()),
+        "last_message_id": last_message.map(|m| m.to_string()),
         "flags": 0,
     });
     let map = v.as_object_mut().expect("a json! object is an object");
@@ -456,7 +481,7 @@ impl ChannelText {
             return None;
         }
         // The object of a text channel or category does not depend on the viewer.
-        let mut v = channel(core, ch, core.system_user());
+        let mut v = shared_channel(core, ch);
         // Replaced in place: the field keeps its position.
         v.as_object_mut()?
             .insert("last_message_id".into(), Value::Null);
@@ -515,7 +540,10 @@ impl ChannelTexts {
                     Some(made)
                 });
                 match text {
-                    Some(text) => ListedChannel::Cached(text, ch.last_message),
+                    Some(text) => ListedChannel::Cached(
+                        text,
+                        ch.last_message.filter(|_| sees_activity(core, ch, viewer)),
+                    ),
                     None => ListedChannel::Built(channel(core, ch, viewer)),
                 }
             })
@@ -704,6 +732,57 @@ fn kind_and_content(kind: MessageKind, body: &str, reply: bool) -> (u8, String) 
         MessageKind::Topic => (message_type::CHANNEL_NAME_CHANGE, body.to_owned()),
         _ => (message_type::DEFAULT, body.to_owned()),
     }
+}
+
+/// The base URL attachment URLs start with for a request: PUBLIC_URL when set, else the scheme and `Host`
+/// the client used (`https` behind a proxy that says `X-Forwarded-Proto: https`). `None` without a usable
+/// `Host`: the URLs then stay relative.
+pub(crate) fn base_url(public_url: Option<&str>, headers: &http::HeaderMap) -> Option<String> {
+    if let Some(url) = public_url {
+        return Some(url.to_owned());
+    }
+    // Only the characters of a host name, an IP literal and a port: the base goes into JSON text unescaped.
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })?;
+    let secure = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    Some(format!(
+        "{}://{host}",
+        if secure { "https" } else { "http" }
+    ))
+}
+
+/// Attachment URLs as [`message`] writes them, relative, and the key each is under.
+const RELATIVE_URLS: [(&str, &str); 2] = [
+    ("\"url\":\"/attachments/", "\"url\":\""),
+    ("\"proxy_url\":\"/attachments/", "\"proxy_url\":\""),
+];
+
+/// Rendered JSON text with its attachment URLs made absolute under `base` (`None` when it has none).
+///
+/// Messages are rendered once for every reader (the gateway's cache), with relative URLs; each answer and
+/// each connection prefixes its own base here. The match is exact: inside a JSON string a quote is always
+/// escaped, so `"url":"/attachments/` can only be a key and the start of its value, never text in a message.
+/// `base` holds no quote or backslash ([`base_url`] and PUBLIC_URL's check see to it).
+pub(crate) fn absolute_attachment_urls(text: &str, base: &str) -> Option<String> {
+    if !text.contains("\":\"/attachments/") {
+        return None;
+    }
+    let mut out = text.to_owned();
+    for (relative, key) in RELATIVE_URLS {
+        if out.contains(relative) {
+            out = out.replace(relative, &format!("{key}{base}/attachments/"));
+        }
+    }
+    Some(out)
 }
 
 /// An attachment's URL (the path below the server's base): `/attachments/{channel}/{id}/{token}/{filename}`.
@@ -929,6 +1008,50 @@ pub(crate) fn channel_info(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attachment_urls_become_absolute_but_message_text_does_not() {
+        let m = json!({
+            "content": "\"url\":\"/attachments/not-a-key",
+            "attachments": [{"url": "/attachments/1/2/t/a.txt", "proxy_url": "/attachments/1/2/t/a.txt"}],
+        })
+        .to_string();
+        let out = absolute_attachment_urls(&m, "https://chat.example.org").expect("rewritten");
+        let v: Value = serde_json::from_str(&out).expect("still JSON");
+        assert_eq!(
+            v["attachments"][0]["url"],
+            "https://chat.example.org/attachments/1/2/t/a.txt"
+        );
+        assert_eq!(v["attachments"][0]["proxy_url"], v["attachments"][0]["url"]);
+        assert_eq!(v["content"], "\"url\":\"/attachments/not-a-key");
+        assert_eq!(
+            absolute_attachment_urls("{\"content\":\"hi\"}", "http://x"),
+            None
+        );
+
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(base_url(None, &headers), None);
+        headers.insert(
+            http::header::HOST,
+            "127.0.0.1:8080".parse().expect("header"),
+        );
+        assert_eq!(
+            base_url(None, &headers).as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        headers.insert("x-forwarded-proto", "https".parse().expect("header"));
+        assert_eq!(
+            base_url(None, &headers).as_deref(),
+            Some("https://127.0.0.1:8080")
+        );
+        assert_eq!(
+            base_url(Some("https://c.org"), &headers).as_deref(),
+            Some("https://c.org")
+        );
+        headers.insert(http::header::HOST, "evil\"host".parse().expect("header"));
+        headers.remove("x-forwarded-proto");
+        assert_eq!(base_url(None, &headers), None);
+    }
 
     #[test]
     fn timestamps_have_discords_long_form() {

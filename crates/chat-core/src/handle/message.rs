@@ -684,13 +684,19 @@ impl Core {
                 .get(&m)
                 .filter(|r| r.channel == parent)
                 .ok_or(Error::NoSuchMessage)?;
-            if rec.thread.is_some() {
-                return Err(Error::NotSupported {
-                    what: "that message already has a thread",
-                });
+            // The thread takes the message's id, so a message starts one thread at most, ever: a deleted
+            // thread's id stays its own (its starter keeps pointing at it), as the store's rows for it may.
+            if rec.thread.is_some() || self.state.channels.contains_key(&ChannelId(m.0)) {
+                return Err(Error::ThreadExists);
             }
         }
-        let id = ChannelId(self.next_id());
+        // A thread started from a message takes the message's id, as Discord's do (libraries look the thread
+        // up by it). No other object can hold that id: every id comes from one strictly increasing
+        // generator, which handed this one to the message alone.
+        let id = match message {
+            Some(m) => ChannelId(m.0),
+            None => ChannelId(self.next_id()),
+        };
         let info = ChannelInfo {
             parent: Some(parent),
             owner: Some(actor.user),

@@ -5,11 +5,15 @@ use crate::core::{Actor, Core, Created};
 use crate::error::{Error, Field};
 use crate::event::{Audience, ClientEnd, EventKind};
 use crate::id::{ChannelId, ClientId, MessageId, UserId};
-use crate::model::{ChannelKind, Status};
+use crate::model::{Activity, ChannelKind, Status};
 use crate::name::{casefold, check_label, check_text, validate_nick};
 
 /// Longest away message, quit or part reason, in bytes.
 pub(crate) const REASON_MAX: usize = 512;
+/// Most activities a user shows at once.
+const MAX_ACTIVITIES: usize = 5;
+/// Longest activity name or state, in characters (Discord's limit).
+const ACTIVITY_TEXT_MAX: usize = 128;
 
 impl Core {
     fn check_new_client(&self, client: &NewClient) -> Result<(), Error> {
@@ -319,15 +323,93 @@ impl Core {
     pub(crate) fn presence_changed(&mut self, user: UserId, before: Status) {
         let after = self.presence(user);
         if after != before {
-            let audience = Audience::Users(self.presence_peers(user));
-            self.emit(
-                audience,
-                EventKind::PresenceChanged {
-                    user,
-                    status: after,
-                },
-            );
+            // Activities belong to a live session: a user who goes offline is doing nothing any more.
+            let had_activities = if after == Status::Offline {
+                self.state
+                    .users
+                    .get_mut(&user)
+                    .is_some_and(|u| !std::mem::take(&mut u.activities).is_empty())
+            } else {
+                false
+            };
+            self.presence_event(user, after, had_activities);
         }
+    }
+
+    /// Emits a user's presence to their peers: a `PresenceUpdated` carrying the activities when there are
+    /// some (or `activities_changed`), else the plain `PresenceChanged` every door knows.
+    fn presence_event(&mut self, user: UserId, status: Status, activities_changed: bool) {
+        let activities = self
+            .state
+            .users
+            .get(&user)
+            .map(|u| u.activities.clone())
+            .unwrap_or_default();
+        let audience = Audience::Users(self.presence_peers(user));
+        let kind = if activities.is_empty() && !activities_changed {
+            EventKind::PresenceChanged { user, status }
+        } else {
+            EventKind::PresenceUpdated {
+                user,
+                status,
+                activities,
+            }
+        };
+        self.emit(audience, kind);
+    }
+
+    pub(crate) fn set_activities(
+        &mut self,
+        actor: Actor,
+        activities: Vec<Activity>,
+    ) -> Result<Option<Created>, Error> {
+        if activities.len() > MAX_ACTIVITIES {
+            return Err(Error::InvalidInput {
+                field: Field::Activity,
+                reason: "at most 5 activities",
+            });
+        }
+        for a in &activities {
+            let name = a.name.chars().count();
+            if name == 0 || name > ACTIVITY_TEXT_MAX {
+                return Err(Error::InvalidInput {
+                    field: Field::Activity,
+                    reason: "an activity's name has 1 to 128 characters",
+                });
+            }
+            if a.state
+                .as_ref()
+                .is_some_and(|s| s.chars().count() > ACTIVITY_TEXT_MAX)
+            {
+                return Err(Error::InvalidInput {
+                    field: Field::Activity,
+                    reason: "an activity's state has at most 128 characters",
+                });
+            }
+            if a.name
+                .chars()
+                .chain(a.state.iter().flat_map(|s| s.chars()))
+                .any(char::is_control)
+            {
+                return Err(Error::InvalidInput {
+                    field: Field::Activity,
+                    reason: "no control characters",
+                });
+            }
+        }
+        let Some(u) = self.state.users.get_mut(&actor.user) else {
+            return Err(Error::NoSuchNick);
+        };
+        if u.activities == activities {
+            return Ok(None);
+        }
+        u.activities = activities;
+        let status = self.presence(actor.user);
+        // Someone offline (not connected, or invisible) shows no activity: their peers learn nothing.
+        if status != Status::Offline {
+            self.presence_event(actor.user, status, true);
+        }
+        Ok(None)
     }
 
     pub(crate) fn nick(&mut self, actor: Actor, nick: String) -> Result<Option<Created>, Error> {

@@ -32,8 +32,8 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use chat_core::{
-    ClientId, Command, Config, Core, Created, Error, Event, EventKind, NewClient, Origin, Reply,
-    Snowflake, State, UnixMillis, UserId,
+    ChannelKind, ClientId, Command, Config, Core, Created, Error, Event, EventKind, MessageId,
+    NewClient, Origin, Reply, Snowflake, State, UnixMillis, UserId,
 };
 
 /// Where the virtual clock starts: 2027-01-15, well after the snowflake epoch.
@@ -540,6 +540,13 @@ fn new_ids(kind: &EventKind) -> Vec<u64> {
             created: true,
             ..
         } => vec![role.id.get()],
+        // A thread started from a message takes the message's id, handed out (and checked) with the message.
+        E::ChannelCreated { channel, .. }
+            if channel.kind == ChannelKind::Thread
+                && channel.starter.map(MessageId::get) == Some(channel.id.get()) =>
+        {
+            Vec::new()
+        }
         E::ChannelCreated { channel, .. } => vec![channel.id.get()],
         E::MessageCreated { message } => vec![message.id.get()],
         E::InviteCreated { invite } => vec![invite.id.get()],

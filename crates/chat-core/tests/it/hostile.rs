@@ -1252,3 +1252,154 @@ fn the_world_has_something_of_every_kind() {
     assert_eq!(pools.invites.len(), 2);
     assert!(core.poll_timeout().is_some());
 }
+
+/// A thread started from a message takes the message's id (as Discord's do, and libraries look it up by it);
+/// the message starts no second thread, however it is asked, and the refusal changes nothing.
+#[test]
+fn a_thread_from_a_message_takes_its_id_once() {
+    let (mut core, mut now, _) = world();
+    let (thread, starter) = core
+        .channels()
+        .find_map(|c| Some((c.id, c.starter?)).filter(|_| c.kind == ChannelKind::Thread))
+        .expect("the world has a thread started from a message");
+    assert_eq!(thread.get(), starter.get());
+    let parent = core
+        .message(starter)
+        .map(|m| m.channel)
+        .expect("the starter is in the state");
+    let owner = core
+        .channel(parent)
+        .and_then(|c| c.space)
+        .and_then(|s| core.space(s))
+        .map(|s| s.owner)
+        .expect("the parent is a space's channel");
+    let client = core
+        .user(owner)
+        .and_then(|u| u.clients().next())
+        .expect("the owner has a client");
+    now += 1_000;
+    let before = core.state().clone();
+    let again = core.handle(
+        now,
+        Origin::Client(client),
+        Command::CreateThread {
+            channel: ChannelRef::Id(parent),
+            name: "again".to_owned(),
+            message: Some(starter),
+        },
+    );
+    assert_eq!(again.err(), Some(chat_core::Error::ThreadExists));
+    assert!(core.poll_event().is_none(), "a refusal emits nothing");
+    assert_eq!(core.state(), &before, "a refusal changes nothing");
+    // Later ids never meet the thread's: they come after every id handed out.
+    let free = setup(
+        &mut core,
+        &mut now,
+        Origin::Client(client),
+        Command::CreateThread {
+            channel: ChannelRef::Id(parent),
+            name: "free".to_owned(),
+            message: None,
+        },
+    );
+    match free {
+        Some(Created::Channel(c)) => assert!(c.get() > thread.get()),
+        other => panic!("a thread was expected, not {other:?}"),
+    }
+}
+
+/// Activities are live presence: a change reaches the user's peers with the status, a status change carries
+/// them, bad ones are refused without a change, and going offline clears them.
+#[test]
+fn activities_travel_with_presence_and_end_with_it() {
+    use chat_core::{Activity, ActivityKind, EventKind};
+    let (mut core, mut now, _) = world();
+    let alice = core.user_by_nick("alice").map(|u| u.id).expect("alice");
+    let client = core
+        .user(alice)
+        .and_then(|u| u.clients().next())
+        .expect("a client");
+    let me = Origin::Client(client);
+    setup(&mut core, &mut now, me, Command::Connect);
+    let chess = Activity {
+        name: "chess".to_owned(),
+        kind: ActivityKind::Playing,
+        state: None,
+    };
+    let mut run = |core: &mut Core, command: Command| {
+        now += 1_000;
+        let result = core.handle(now, me, command);
+        let events: Vec<EventKind> = std::iter::from_fn(|| core.poll_event())
+            .map(|e| e.kind)
+            .collect();
+        (result, events)
+    };
+    let (result, events) = run(
+        &mut core,
+        Command::SetActivities {
+            activities: vec![chess.clone()],
+        },
+    );
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        events,
+        [EventKind::PresenceUpdated {
+            user: alice,
+            status: Status::Online,
+            activities: vec![chess.clone()],
+        }]
+    );
+    let (_, events) = run(
+        &mut core,
+        Command::SetStatus {
+            status: Some(Status::Dnd),
+        },
+    );
+    assert_eq!(
+        events,
+        [EventKind::PresenceUpdated {
+            user: alice,
+            status: Status::Dnd,
+            activities: vec![chess.clone()],
+        }]
+    );
+    let long = "x".repeat(129);
+    for bad in [
+        vec![chess.clone(); 6],
+        vec![Activity {
+            name: String::new(),
+            ..chess.clone()
+        }],
+        vec![Activity {
+            name: long.clone(),
+            ..chess.clone()
+        }],
+        vec![Activity {
+            state: Some(long.clone()),
+            ..chess.clone()
+        }],
+        vec![Activity {
+            name: "bell\u{7}".to_owned(),
+            ..chess.clone()
+        }],
+    ] {
+        let before = core.state().clone();
+        let (result, events) = run(&mut core, Command::SetActivities { activities: bad });
+        assert!(
+            matches!(result, Err(chat_core::Error::InvalidInput { .. })),
+            "{result:?}"
+        );
+        assert!(events.is_empty());
+        assert_eq!(core.state(), &before);
+    }
+    let (_, events) = run(&mut core, Command::Disconnect);
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            EventKind::PresenceUpdated { user, status: Status::Offline, activities }
+                if *user == alice && activities.is_empty()
+        )),
+        "{events:?}"
+    );
+    assert!(core.user(alice).expect("alice").activities.is_empty());
+}

@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const BIN: &str = env!("CARGO_BIN_EXE_chatd");
 
 /// Every configuration variable of SPEC §7 plus the binary's own; `--help` must name each.
-const VARIABLES: [&str; 24] = [
+const VARIABLES: [&str; 25] = [
     "PORT",
     "LISTEN",
     "DBURL",
@@ -40,6 +40,7 @@ const VARIABLES: [&str; 24] = [
     "MAX_CONNECTIONS_PER_IP",
     "GATEWAY_HEARTBEAT_INTERVAL",
     "PRESENCE_FANOUT_MAX",
+    "PUBLIC_URL",
 ];
 
 /// A `std::process::Command` for chatd in `dir`, with only PATH and the given variables in its environment
@@ -241,6 +242,8 @@ fn bad_values_fail_naming_their_variable() {
         ("MAX_CONNECTIONS_PER_IP", "0"),
         ("GATEWAY_HEARTBEAT_INTERVAL", "2m"),
         ("METRICS_USERNAME", "prom"),
+        ("PUBLIC_URL", "chat.example.org"),
+        ("PUBLIC_URL", "https://chat.example.org/?x"),
     ];
     for (var, value) in cases {
         let out = run(dir.path(), &["check"], &[(var, value)]);
@@ -574,6 +577,84 @@ async fn sigterm_answers_parked_polls_and_exits_zero() {
     // The database is whole afterwards.
     let report = ok(dir.path(), &["check"], &[]);
     assert!(report.trim_end().ends_with("ok"));
+}
+
+/// The port is taken before the database is loaded: a client reconnecting while the server starts (a bot
+/// resuming after a restart) is not refused but waits, and is served once loading ends.
+#[tokio::test]
+async fn connections_made_while_the_database_loads_wait_instead_of_being_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(
+        dir.path(),
+        &[
+            "seed",
+            "--users",
+            "50",
+            "--spaces",
+            "1",
+            "--messages",
+            "20000",
+        ],
+        &[("RATE_LIMIT", "off")],
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let listen = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let mut child = tokio::process::Command::from(command(
+        dir.path(),
+        &["serve"],
+        &[("LISTEN", listen.as_str())],
+    ))
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("spawn");
+    // Connect as early as possible, and send a request on the connection at once.
+    let mut tcp = loop {
+        match tokio::net::TcpStream::connect(&listen).await {
+            Ok(tcp) => break tcp,
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => panic!("never accepted: {e}"),
+        }
+    };
+    let accepted = started.elapsed();
+    {
+        use tokio::io::AsyncWriteExt;
+        tcp.write_all(
+            b"GET /.well-known/healthcheck.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    }
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout);
+    let mut line = String::new();
+    lines
+        .read_line(&mut line)
+        .await
+        .expect("the listening line");
+    let loaded = started.elapsed();
+    assert!(line.starts_with("chatd listening on"), "{line}");
+    assert!(
+        accepted + Duration::from_millis(20) < loaded,
+        "the port was taken only when loading ended: accepted after {accepted:?}, loaded after {loaded:?}"
+    );
+    let mut answer = String::new();
+    {
+        use tokio::io::AsyncReadExt;
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut answer))
+            .await
+            .expect("an answer")
+            .expect("read");
+    }
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let _ = child.kill().await;
 }
 
 #[tokio::test]

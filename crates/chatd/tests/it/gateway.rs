@@ -1392,3 +1392,473 @@ async fn guild_create_channel_lists_follow_every_change_after_the_cache_is_warm(
     let of_bob = network_guild(&server, &bob.token).await;
     assert_eq!(names(&of_bob), ["one", "two", "three"], "{of_bob}");
 }
+
+/// The id of network channel `#name` as `token`'s REST API lists it.
+async fn channel_id(server: &Server, token: &str, name: &str) -> String {
+    let (_, guilds) = server.get("/api/v10/users/@me/guilds", Some(token)).await;
+    let guild = guilds[0]["id"].as_str().expect("a guild").to_owned();
+    let (_, channels) = server
+        .get(&format!("/api/v10/guilds/{guild}/channels"), Some(token))
+        .await;
+    channels
+        .as_array()
+        .expect("channels")
+        .iter()
+        .find(|c| c["name"] == name.trim_start_matches('#'))
+        .and_then(|c| c["id"].as_str())
+        .unwrap_or_else(|| panic!("{name} in {channels}"))
+        .to_owned()
+}
+
+/// discord.py's `Message.edit()` sends `tts` with every edit: the edit is taken and reaches the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_with_fields_the_route_does_not_know_is_taken_and_dispatched() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    join(&server, &alice, "#test").await;
+    let c = channel_id(&server, &alice.token, "#test").await;
+    let mut gw = Gw::connect(&server).await;
+    gw.identify(&alice.token, ALL).await;
+    gw.sync().await;
+    let m = rest(
+        &server,
+        reqwest::Method::POST,
+        &format!("/channels/{c}/messages"),
+        &alice.token,
+        json!({"content": "first"}),
+    )
+    .await;
+    let id = m["id"].as_str().expect("id").to_owned();
+    let (s, _, v) = server
+        .raw(
+            reqwest::Method::PATCH,
+            &format!("/api/v10/channels/{c}/messages/{id}"),
+            Some(&alice.token),
+            Some(
+                json!({"content": "x", "tts": false})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{v}");
+    assert_eq!(v["content"], "x");
+    let update = gw.until("MESSAGE_UPDATE").await;
+    assert_eq!(update["d"]["id"], json!(id));
+    assert_eq!(update["d"]["content"], "x");
+}
+
+/// A client's WebSocket over a bare TCP socket, to see what each read of the socket gives.
+struct RawWs {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    async fn connect(server: &Server) -> RawWs {
+        use tokio::io::AsyncWriteExt;
+        let addr = server.base.trim_start_matches("http://").to_owned();
+        let mut tcp = TcpStream::connect(&addr).await.expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let request = format!(
+            "GET /gateway/?v=10&encoding=json HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.expect("handshake");
+        let mut ws = RawWs {
+            tcp,
+            buf: Vec::new(),
+        };
+        // The handshake's answer, then Hello.
+        while !ws.buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            ws.read_once().await;
+        }
+        let end = ws
+            .buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("end")
+            + 4;
+        assert!(
+            ws.buf.starts_with(b"HTTP/1.1 101"),
+            "{:?}",
+            String::from_utf8_lossy(&ws.buf)
+        );
+        ws.buf.drain(..end);
+        let hello = ws.frame().await;
+        assert_eq!(hello["op"], 10, "{hello}");
+        ws
+    }
+
+    /// One read of the socket, appended to the buffer; returns how many bytes it gave.
+    async fn read_once(&mut self) -> usize {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0u8; 1 << 20];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.tcp.read(&mut chunk))
+            .await
+            .expect("data within 10 s")
+            .expect("read");
+        assert!(n > 0, "the server closed the socket");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// The complete text frames at the start of the buffer, taken out of it.
+    fn complete_frames(&mut self) -> Vec<Value> {
+        let mut frames = Vec::new();
+        loop {
+            let b = &self.buf;
+            if b.len() < 2 {
+                break;
+            }
+            assert_eq!(b[0], 0x81, "a final text frame");
+            let (len, start) = match b[1] & 0x7f {
+                126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
+                127 if b.len() >= 10 => {
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&b[2..10]);
+                    (usize::try_from(u64::from_be_bytes(n)).expect("len"), 10)
+                }
+                126 | 127 => break,
+                n => (usize::from(n), 2),
+            };
+            if b.len() < start + len {
+                break;
+            }
+            let v = serde_json::from_slice(&b[start..start + len]).expect("a JSON frame");
+            self.buf.drain(..start + len);
+            frames.push(v);
+        }
+        frames
+    }
+
+    /// The next text frame, reading as much as it takes.
+    async fn frame(&mut self) -> Value {
+        loop {
+            let mut frames = self.complete_frames();
+            if !frames.is_empty() {
+                assert_eq!(frames.len(), 1, "one frame at a time here: {frames:?}");
+                return frames.remove(0);
+            }
+            self.read_once().await;
+        }
+    }
+
+    /// Sends a text frame, masked as a client must.
+    async fn send(&mut self, v: Value) {
+        use tokio::io::AsyncWriteExt;
+        let payload = v.to_string().into_bytes();
+        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+        let mut out = vec![0x81u8];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | u8::try_from(n).expect("small")),
+            n => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&u16::try_from(n).expect("under 64 KiB").to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.tcp.write_all(&out).await.expect("send");
+    }
+}
+
+/// READY arrives in a read of its own, as Discord's does: a client that reads whatever is there, a little
+/// after the first byte of the answer arrived, finds READY alone, and the GUILD_CREATEs in later reads. (A
+/// popular JavaScript library handled a GUILD_CREATE read together with READY before READY.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_arrives_alone_before_the_guild_creates() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    join(&server, &alice, "#test").await;
+    let (s, _) = server
+        .post(
+            "/api/v10/guilds",
+            Some(&alice.token),
+            json!({"name": "Second guild"}),
+        )
+        .await;
+    assert!(s.is_success(), "{s}");
+    let mut ws = RawWs::connect(&server).await;
+    ws.send(json!({
+        "op": 2,
+        "d": {"token": format!("Bot {}", alice.token), "intents": ALL, "properties": {}},
+    }))
+    .await;
+    // A client that reads 10 ms after its socket became readable: long after the server wrote GUILD_CREATE
+    // right behind READY, as it used to.
+    let mut one = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), ws.tcp.peek(&mut one))
+        .await
+        .expect("an answer within 10 s")
+        .expect("peek");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    ws.read_once().await;
+    let first_read = ws.complete_frames();
+    assert_eq!(first_read.len(), 1, "READY shared its read: {first_read:?}");
+    assert_eq!(first_read[0]["t"], "READY", "{}", first_read[0]);
+    assert!(ws.buf.is_empty(), "READY came with more bytes in its read");
+    let guilds = first_read[0]["d"]["guilds"]
+        .as_array()
+        .expect("guilds")
+        .len();
+    assert_eq!(guilds, 2);
+    let mut rest = Vec::new();
+    while rest.len() < guilds {
+        ws.read_once().await;
+        rest.extend(ws.complete_frames());
+    }
+    assert!(rest.iter().all(|f| f["t"] == "GUILD_CREATE"), "{rest:?}");
+}
+
+/// A frame of a megabyte is refused with 4002 like any payload over 4096 bytes, not with a reset: also when
+/// the client is still writing it as the server sees its header (over a real network, or from a client
+/// that writes in pieces), which is when a server that stops reading early resets the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_megabyte_frame_closes_with_4002() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    for identified in [false, true] {
+        let mut gw = Gw::connect(&server).await;
+        if identified {
+            gw.identify(&alice.token, ALL).await;
+        }
+        gw.send(json!({"op": 1, "d": "x".repeat(1 << 20)})).await;
+        assert_eq!(gw.close_code().await, 4002);
+    }
+
+    // The same frame, written in pieces 20 ms apart.
+    let mut ws = RawWs::connect(&server).await;
+    let head = "{\"op\":1,\"d\":\"";
+    let payload = format!("{head}{}\"}}", "x".repeat((1 << 20) - head.len() - 2));
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x81u8, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    for piece in frame.chunks(64 << 10) {
+        let wrote = ws.tcp.write_all(piece).await;
+        assert!(wrote.is_ok(), "the server reset the connection: {wrote:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), ws.tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server closes within 10 s");
+    assert!(read.is_ok(), "the server reset the connection: {read:?}");
+    // A close frame: 0x88, its length, then the code.
+    assert!(answer.len() >= 4 && answer[0] == 0x88, "{answer:?}");
+    assert_eq!(u16::from_be_bytes([answer[2], answer[3]]), 4002);
+}
+
+/// Presence has a limit of its own: a spent message rate does not cost a presence update, and the sixth
+/// update in a minute closes the connection with 4008 (the gateway has no other answer to op 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_updates_have_their_own_limit_and_are_never_dropped_silently() {
+    const GUILD_PRESENCES: u64 = 1 << 8;
+    let server = Server::start(&[("RATE_LIMIT", "1/1")]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    join(&server, &alice, "#test").await;
+    join(&server, &bob, "#test").await;
+    let mut a = Gw::connect(&server).await;
+    a.identify(&alice.token, GUILDS | GUILD_PRESENCES).await;
+    a.sync().await;
+    let mut b = Gw::connect(&server).await;
+    let bob_id = b.identify(&bob.token, ALL).await["d"]["user"]["id"].clone();
+    b.sync().await;
+
+    // Bob spends his message rate...
+    let mut limited = false;
+    for i in 0..3 {
+        let (s, _) = server
+            .cmd(
+                &bob,
+                json!({"command": "PRIVMSG", "to": "#test", "body": format!("m{i}")}),
+            )
+            .await;
+        limited |= s == reqwest::StatusCode::TOO_MANY_REQUESTS;
+    }
+    assert!(limited, "the message rate was not spent");
+    // ...and still changes his presence.
+    for status in ["dnd", "idle", "dnd", "idle", "dnd"] {
+        b.send(json!({"op": 3, "d": {"since": null, "activities": [], "status": status, "afk": false}}))
+            .await;
+        loop {
+            let v = a.until("PRESENCE_UPDATE").await;
+            if v["d"]["user"]["id"] == bob_id && v["d"]["status"] == status {
+                break;
+            }
+        }
+    }
+    // The sixth within the minute is refused out loud.
+    b.send(
+        json!({"op": 3, "d": {"since": null, "activities": [], "status": "idle", "afk": false}}),
+    )
+    .await;
+    assert_eq!(b.close_code().await, 4008);
+}
+
+/// Activities are kept and sent: in PRESENCE_UPDATE and in GUILD_CREATE's presences, as raw frames show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_activities_reach_presence_update_and_guild_create() {
+    const GUILD_PRESENCES: u64 = 1 << 8;
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    join(&server, &alice, "#test").await;
+    join(&server, &bob, "#test").await;
+    let mut a = Gw::connect(&server).await;
+    a.identify(&alice.token, GUILDS | GUILD_PRESENCES).await;
+    a.sync().await;
+    let mut b = Gw::connect(&server).await;
+    let bob_id = b.identify(&bob.token, ALL).await["d"]["user"]["id"].clone();
+    b.sync().await;
+
+    b.send(json!({"op": 3, "d": {
+        "since": null,
+        "status": "online",
+        "afk": false,
+        "activities": [
+            {"name": "chess", "type": 0, "url": null},
+            {"name": "Custom Status", "type": 4, "state": "thinking"},
+        ],
+    }}))
+    .await;
+    let want = json!([
+        {"name": "chess", "type": 0},
+        {"name": "Custom Status", "type": 4, "state": "thinking"},
+    ]);
+    // (Bob's coming online, without activities, may come first.)
+    let text = loop {
+        if let Frame::Text(text, v) = a.next().await {
+            if v["t"] == "PRESENCE_UPDATE"
+                && v["d"]["user"]["id"] == bob_id
+                && v["d"]["activities"] != json!([])
+            {
+                assert_eq!(v["d"]["activities"], want, "{text}");
+                assert_eq!(v["d"]["status"], "online");
+                break text;
+            }
+        } else {
+            panic!("closed");
+        }
+    };
+    assert!(text.contains("\"state\":\"thinking\""), "{text}");
+
+    // A later connection sees them in GUILD_CREATE's presences.
+    let mut c = Gw::connect(&server).await;
+    c.identify(&alice.token, GUILDS | GUILD_PRESENCES).await;
+    let guild = c.until("GUILD_CREATE").await;
+    let bobs = guild["d"]["presences"]
+        .as_array()
+        .expect("presences")
+        .iter()
+        .find(|p| p["user"]["id"] == bob_id)
+        .cloned()
+        .expect("bob's presence");
+    assert_eq!(bobs["activities"], want);
+
+    // Clearing them is an update too; going offline shows none.
+    b.send(
+        json!({"op": 3, "d": {"since": null, "status": "online", "afk": false, "activities": []}}),
+    )
+    .await;
+    loop {
+        let v = a.until("PRESENCE_UPDATE").await;
+        if v["d"]["user"]["id"] == bob_id && v["d"]["activities"] == json!([]) {
+            break;
+        }
+    }
+}
+
+/// Attachment URLs are absolute: under the Host the gateway connection was opened with, and under
+/// PUBLIC_URL when it is set (REST answers are covered in rest.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachment_urls_in_dispatches_are_absolute() {
+    for public in [None, Some("https://chat.example.org")] {
+        let env: Vec<(&str, &str)> = public.iter().map(|p| ("PUBLIC_URL", *p)).collect();
+        let server = Server::start(&env).await;
+        let alice = server.register("alice", "correct horse").await;
+        join(&server, &alice, "#files").await;
+        let c = channel_id(&server, &alice.token, "#files").await;
+        let mut gw = Gw::connect(&server).await;
+        gw.identify(&alice.token, ALL).await;
+        gw.sync().await;
+        let form = reqwest::multipart::Form::new()
+            .text("payload_json", json!({"content": "a file"}).to_string())
+            .part(
+                "files[0]",
+                reqwest::multipart::Part::bytes(b"hello".to_vec())
+                    .file_name("a.txt")
+                    .mime_str("text/plain")
+                    .expect("mime"),
+            );
+        let r = server
+            .http()
+            .post(format!("{}/api/v10/channels/{c}/messages", server.base))
+            .header("authorization", format!("Bot {}", alice.token))
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+        let (_, v) = message(&mut gw, "a file").await;
+        let file = &v["d"]["attachments"][0];
+        let base = public.map_or_else(|| server.base.clone(), str::to_owned);
+        let url = file["url"].as_str().expect("url");
+        assert!(url.starts_with(&format!("{base}/attachments/")), "{url}");
+        assert_eq!(file["proxy_url"], file["url"]);
+        if public.is_none() {
+            // The URL works as it is.
+            let got = server.http().get(url).send().await.expect("download");
+            assert_eq!(got.status(), reqwest::StatusCode::OK);
+            assert_eq!(got.text().await.expect("body"), "hello");
+        }
+    }
+}
+
+/// A `+i` channel that a network member may not view is listed to them (as Discord lists channels without
+/// VIEW_CHANNEL) but tells nothing of its activity: no `last_message_id`, over REST or in GUILD_CREATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_one_may_not_view_shows_no_activity() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let mallory = server.register("mallory", "correct horse").await;
+    join(&server, &alice, "#club").await;
+    server
+        .ok(
+            &alice,
+            json!({"command": "MODE", "to": "#club", "body": "+i", "args": []}),
+        )
+        .await;
+    say(&server, &alice, "#club", "members only").await;
+    let c = channel_id(&server, &alice.token, "#club").await;
+
+    // Alice, on the channel, sees its newest message.
+    let (_, mine) = server
+        .get(&format!("/api/v10/channels/{c}"), Some(&alice.token))
+        .await;
+    assert!(mine["last_message_id"].is_string(), "{mine}");
+    let guild = network_guild(&server, &alice.token).await;
+    let (_, _, last) = listed(&guild)
+        .into_iter()
+        .find(|(name, _, _)| name == "club")
+        .expect("listed");
+    assert!(last.is_string(), "{guild}");
+
+    // Mallory may not view it: the channel is there, its activity is not.
+    let (s, theirs) = server
+        .get(&format!("/api/v10/channels/{c}"), Some(&mallory.token))
+        .await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{theirs}");
+    assert_eq!(theirs["last_message_id"], Value::Null, "{theirs}");
+    let guild = network_guild(&server, &mallory.token).await;
+    let (_, _, last) = listed(&guild)
+        .into_iter()
+        .find(|(name, _, _)| name == "club")
+        .expect("listed");
+    assert_eq!(last, Value::Null, "{guild}");
+}

@@ -62,6 +62,13 @@ impl<'a> Bot<'a> {
     }
 }
 
+/// An attachment's `url` without the server's base, which it is absolute under.
+fn below_base<'v>(server: &Server, attachment: &'v Value) -> &'v str {
+    let url = attachment["url"].as_str().expect("url");
+    url.strip_prefix(&server.base)
+        .unwrap_or_else(|| panic!("{url} is not under {}", server.base))
+}
+
 /// The network guild's id and the id of one of its channels by name (without `#`).
 async fn network_channel(bot: &Bot<'_>, name: &str) -> (String, String) {
     let (s, guilds) = bot.get("/users/@me/guilds").await;
@@ -587,6 +594,7 @@ async fn errors_use_discords_codes() {
         .await;
     assert_code(s, &v, StatusCode::BAD_REQUEST, 50035);
     assert!(v["errors"]["tts"].is_object(), "{v}");
+    // A field the route does not know is ignored, as Discord ignores it.
     let (s, v) = a
         .send(
             Method::POST,
@@ -594,8 +602,7 @@ async fn errors_use_discords_codes() {
             json!({"content": "hi", "frobnicate": 1}),
         )
         .await;
-    assert_code(s, &v, StatusCode::BAD_REQUEST, 50035);
-    assert!(v["errors"]["frobnicate"].is_object(), "{v}");
+    assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = a.send(Method::POST, &path, json!({"content": ""})).await;
     assert_code(s, &v, StatusCode::BAD_REQUEST, 50006);
     let (s, _, v) = a.call(Method::POST, &path, None).await;
@@ -1029,7 +1036,7 @@ async fn attachments_upload_and_download_safely() {
     assert_eq!(files[0]["size"], 10);
 
     // Served back: plain text inline, HTML never inline.
-    let url = files[0]["url"].as_str().unwrap();
+    let url = below_base(&server, &files[0]);
     let r = http
         .get(format!("{}{url}", server.base))
         .send()
@@ -1044,7 +1051,7 @@ async fn attachments_upload_and_download_safely() {
             .contains("notes.txt")
     );
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"hello file");
-    let url = files[1]["url"].as_str().unwrap();
+    let url = below_base(&server, &files[1]);
     let r = http
         .get(format!("{}{url}", server.base))
         .send()
@@ -1060,7 +1067,7 @@ async fn attachments_upload_and_download_safely() {
     );
 
     // A reader who may not read the channel is refused; one who may is served.
-    let url = files[0]["url"].as_str().unwrap();
+    let url = below_base(&server, &files[0]);
     for (who, want) in [(&carol, StatusCode::FORBIDDEN), (&bob, StatusCode::OK)] {
         let r = http
             .get(format!("{}{url}", server.base))
@@ -1648,7 +1655,7 @@ async fn attachment_urls_need_their_token() {
         ms.abs_diff(now) < 600_000,
         "the id's timestamp is the upload's: {id}"
     );
-    let url = file["url"].as_str().unwrap().to_owned();
+    let url = below_base(&server, file).to_owned();
     let parts: Vec<&str> = url.split('/').collect();
     assert_eq!(
         parts.len(),
@@ -1661,8 +1668,8 @@ async fn attachment_urls_need_their_token() {
     );
     let token = parts[4];
     assert!(token.len() >= 32, "{url}");
-    assert_eq!(file["proxy_url"], json!(url));
-    let second_url = second["attachments"][0]["url"].as_str().unwrap().to_owned();
+    assert_eq!(file["proxy_url"], file["url"]);
+    let second_url = below_base(&server, &second["attachments"][0]).to_owned();
     let second_token = second_url.split('/').nth(4).unwrap().to_owned();
     assert_ne!(token, second_token);
 
@@ -1856,4 +1863,335 @@ async fn auth_register_and_login_keep_the_client_name() {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+/// Every route that reads a JSON body ignores a field it does not know, as Discord does: libraries send fields
+/// we have no use for (discord.py sends `tts` on every edit). The table is every route of the router whose
+/// handler reads a body (`Inner::form` and the multipart `payload_json`), each with a valid body plus a field
+/// no route knows; a known field of the wrong type is still refused with 50035 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_body_fields_are_ignored_on_every_route() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    let bob = server.register("bob", "correct horse battery").await;
+    let a = Bot::new(&server, &alice);
+    let b = Bot::new(&server, &bob);
+    let (_, g) = a
+        .send(
+            Method::POST,
+            "/guilds",
+            json!({"name": "Fields", "public": true}),
+        )
+        .await;
+    let gid = g["id"].as_str().expect("guild").to_owned();
+    let bob_id = b.get("/users/@me").await.1["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let s = b
+        .call(
+            Method::PUT,
+            &format!("/guilds/{gid}/members/{bob_id}"),
+            None,
+        )
+        .await
+        .0;
+    assert!(s.is_success(), "{s}");
+    let (_, ch) = a
+        .send(
+            Method::POST,
+            &format!("/guilds/{gid}/channels"),
+            json!({"name": "talk"}),
+        )
+        .await;
+    let cid = ch["id"].as_str().expect("channel").to_owned();
+    let mut messages = Vec::new();
+    for text in ["one", "two", "three", "four"] {
+        let (s, m) = a
+            .send(
+                Method::POST,
+                &format!("/channels/{cid}/messages"),
+                json!({"content": text}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{m}");
+        messages.push(m["id"].as_str().expect("id").to_owned());
+    }
+    let (_, role) = a
+        .send(
+            Method::POST,
+            &format!("/guilds/{gid}/roles"),
+            json!({"name": "r"}),
+        )
+        .await;
+    let rid = role["id"].as_str().expect("role").to_owned();
+
+    let unknown = json!({"zzz_not_a_field": {"nested": [1, 2]}, "tts": false});
+    let with_unknown = |body: Value| {
+        let mut body = body;
+        if let (Some(map), Some(extra)) = (body.as_object_mut(), unknown.as_object()) {
+            for (k, v) in extra {
+                map.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        body
+    };
+    // (method, path, valid body): the order matters only for the ban, which goes last.
+    let routes: Vec<(Method, String, Value)> = vec![
+        (
+            Method::PATCH,
+            "/users/@me".into(),
+            json!({"global_name": "Al"}),
+        ),
+        (
+            Method::POST,
+            "/users/@me/channels".into(),
+            json!({"recipient_id": bob_id}),
+        ),
+        (
+            Method::POST,
+            "/auth/register".into(),
+            json!({"username": "carol", "password": "correct horse battery"}),
+        ),
+        (
+            Method::POST,
+            "/auth/login".into(),
+            json!({"login": "carol", "password": "correct horse battery"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/channels/{cid}"),
+            json!({"topic": "t"}),
+        ),
+        (
+            Method::POST,
+            format!("/channels/{cid}/messages"),
+            json!({"content": "more"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/channels/{cid}/messages/{}", messages[0]),
+            json!({"content": "edited"}),
+        ),
+        (
+            Method::POST,
+            format!("/channels/{cid}/messages/bulk-delete"),
+            json!({"messages": [messages[2], messages[3]]}),
+        ),
+        (
+            Method::POST,
+            format!("/channels/{cid}/invites"),
+            json!({"max_age": 0}),
+        ),
+        (
+            Method::PUT,
+            format!("/channels/{cid}/permissions/{bob_id}"),
+            json!({"type": 1, "allow": "0", "deny": "0"}),
+        ),
+        (
+            Method::POST,
+            format!("/channels/{cid}/threads"),
+            json!({"name": "alone", "type": 11}),
+        ),
+        (
+            Method::POST,
+            format!("/channels/{cid}/messages/{}/threads", messages[1]),
+            json!({"name": "from a message"}),
+        ),
+        (Method::POST, "/guilds".into(), json!({"name": "Second"})),
+        (
+            Method::PATCH,
+            format!("/guilds/{gid}"),
+            json!({"name": "Renamed"}),
+        ),
+        (
+            Method::POST,
+            format!("/guilds/{gid}/channels"),
+            json!({"name": "more"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/guilds/{gid}/members/@me"),
+            json!({"nick": "boss"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/guilds/{gid}/members/{bob_id}"),
+            json!({"nick": "b"}),
+        ),
+        (
+            Method::POST,
+            format!("/guilds/{gid}/roles"),
+            json!({"name": "another"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/guilds/{gid}/roles/{rid}"),
+            json!({"name": "renamed"}),
+        ),
+        (
+            Method::PUT,
+            format!("/guilds/{gid}/bans/{bob_id}"),
+            json!({"delete_message_seconds": 0}),
+        ),
+    ];
+    for (method, path, body) in routes {
+        let (s, v) = a.send(method.clone(), &path, with_unknown(body)).await;
+        assert!(s.is_success(), "{method} {path}: {s} {v}");
+    }
+
+    // The multipart form's payload_json too.
+    let form = reqwest::multipart::Form::new()
+        .text(
+            "payload_json",
+            with_unknown(json!({"content": "with a file"})).to_string(),
+        )
+        .part(
+            "files[0]",
+            reqwest::multipart::Part::bytes(b"hi".to_vec())
+                .file_name("a.txt")
+                .mime_str("text/plain")
+                .expect("mime"),
+        );
+    let r = server
+        .http()
+        .post(format!("{}/api/v10/channels/{cid}/messages", server.base))
+        .header("authorization", format!("Bot {}", alice.token))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // A known field of the wrong type is still refused, naming the field.
+    let (s, v) = a
+        .send(
+            Method::PATCH,
+            &format!("/channels/{cid}/messages/{}", messages[0]),
+            json!({"content": 5, "tts": false}),
+        )
+        .await;
+    assert_code(s, &v, StatusCode::BAD_REQUEST, 50035);
+    assert!(v["errors"]["content"].is_object(), "{v}");
+}
+
+/// Attachment URLs in REST answers are absolute: under PUBLIC_URL when set, else under the request's Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachment_urls_in_answers_are_absolute() {
+    for public in [None, Some("https://chat.example.org/")] {
+        let env: Vec<(&str, &str)> = public.iter().map(|p| ("PUBLIC_URL", *p)).collect();
+        let server = Server::start(&env).await;
+        let alice = server.register("alice", "correct horse battery").await;
+        server
+            .ok(&alice, json!({"command": "JOIN", "to": "#files"}))
+            .await;
+        let a = Bot::new(&server, &alice);
+        let (_, c) = network_channel(&a, "files").await;
+        let form = reqwest::multipart::Form::new()
+            .text("payload_json", json!({"content": "a file"}).to_string())
+            .part(
+                "files[0]",
+                reqwest::multipart::Part::bytes(b"hello".to_vec())
+                    .file_name("a.txt")
+                    .mime_str("text/plain")
+                    .expect("mime"),
+            );
+        let r = server
+            .http()
+            .post(format!("{}/api/v10/channels/{c}/messages", server.base))
+            .header("authorization", format!("Bot {}", alice.token))
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(r.status(), StatusCode::OK);
+        let created: Value = r.json().await.expect("json");
+        let id = created["id"].as_str().expect("id").to_owned();
+        let base = public.map_or_else(
+            || server.base.clone(),
+            |p| p.trim_end_matches('/').to_owned(),
+        );
+        let (_, got) = a.get(&format!("/channels/{c}/messages/{id}")).await;
+        let (_, list) = a.get(&format!("/channels/{c}/messages?limit=5")).await;
+        for m in [&created, &got, &list[0]] {
+            let file = &m["attachments"][0];
+            let url = file["url"].as_str().expect("url");
+            assert!(url.starts_with(&format!("{base}/attachments/")), "{m}");
+            assert_eq!(file["proxy_url"], file["url"]);
+        }
+        // The Host the client used is the one it gets back (a proxy's own name, say).
+        if public.is_none() {
+            let r = server
+                .http()
+                .get(format!(
+                    "{}/api/v10/channels/{c}/messages/{id}",
+                    server.base
+                ))
+                .header("authorization", format!("Bot {}", alice.token))
+                .header("host", "chat.internal:8443")
+                .header("x-forwarded-proto", "https")
+                .send()
+                .await
+                .expect("get");
+            let m: Value = r.json().await.expect("json");
+            let url = m["attachments"][0]["url"].as_str().expect("url");
+            assert!(
+                url.starts_with("https://chat.internal:8443/attachments/"),
+                "{m}"
+            );
+        }
+    }
+}
+
+/// A thread started from a message takes the message's id, as Discord's does; a second one from the same
+/// message is refused with Discord's 160004.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_from_a_message_takes_its_id() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse battery").await;
+    let a = Bot::new(&server, &alice);
+    let (_, g) = a
+        .send(Method::POST, "/guilds", json!({"name": "Threads"}))
+        .await;
+    let gid = g["id"].as_str().expect("guild").to_owned();
+    let (_, ch) = a
+        .send(
+            Method::POST,
+            &format!("/guilds/{gid}/channels"),
+            json!({"name": "talk"}),
+        )
+        .await;
+    let cid = ch["id"].as_str().expect("channel").to_owned();
+    let (_, m) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{cid}/messages"),
+            json!({"content": "start here"}),
+        )
+        .await;
+    let mid = m["id"].as_str().expect("id").to_owned();
+    let path = format!("/channels/{cid}/messages/{mid}/threads");
+    let (s, t) = a.send(Method::POST, &path, json!({"name": "sub"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    assert_eq!(t["id"], json!(mid), "{t}");
+    let (s, by_id) = a.get(&format!("/channels/{mid}")).await;
+    assert_eq!(s, StatusCode::OK, "{by_id}");
+    assert_eq!(by_id["type"], 11);
+    assert_eq!(by_id["parent_id"], json!(cid));
+    let (s, v) = a
+        .send(
+            Method::POST,
+            &format!("/channels/{mid}/messages"),
+            json!({"content": "in the thread"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["channel_id"], json!(mid));
+
+    let (s, v) = a.send(Method::POST, &path, json!({"name": "again"})).await;
+    assert_code(s, &v, StatusCode::BAD_REQUEST, 160_004);
+    // The message itself is still the message.
+    let (s, v) = a.get(&format!("/channels/{cid}/messages/{mid}")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["content"], "start here");
 }

@@ -34,10 +34,17 @@ const WAIT: Duration = Duration::from_secs(30);
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Slack on top of 1.5 heartbeat intervals before a silent connection counts as a zombie.
 const HEARTBEAT_SLACK: Duration = Duration::from_secs(1);
-/// The window of the client payload rate limit.
+/// The window of the client payload rate limit (and of the presence limit).
 const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// Presence Updates (op 3) a connection may send in [`RATE_WINDOW`], as on Discord; one more closes the
+/// connection with 4008. A presence goes to every peer of the user, so it has a limit of its own, apart from
+/// the user's message rate: chatting fast never costs a presence update, nor the reverse. The presence an
+/// Identify carries is part of the Identify and does not count.
+const PRESENCES_PER_WINDOW: u32 = 5;
 /// How long a Resume's replay waits for a full queue to drain before giving up on the client.
 const REPLAY_STALL: Duration = Duration::from_secs(30);
+/// How long READY has the socket to itself before the first GUILD_CREATE is queued (see `Conn::identify`).
+const READY_ALONE: Duration = Duration::from_millis(50);
 /// The least time a connection gets to identify or resume (see [`identify_deadline`]).
 const IDENTIFY_FLOOR: Duration = Duration::from_secs(10);
 
@@ -131,6 +138,8 @@ enum Out {
     Frame { text: Utf8Bytes, counted: bool },
     /// A close frame after everything queued before it.
     Close(u16, &'static str),
+    /// Answered once everything queued before it has been written and flushed to the socket.
+    Flushed(oneshot::Sender<()>),
 }
 
 type Read = Pin<Box<dyn Future<Output = Result<StreamRead, EngineError>> + Send>>;
@@ -152,10 +161,14 @@ struct Conn {
     urgent: Option<oneshot::Sender<(u16, &'static str)>>,
     queued: Arc<AtomicUsize>,
     resume_url: String,
+    /// The base of attachment URLs (see [`crate::model::base_url`]).
+    base: Option<String>,
     last_heartbeat: Instant,
     /// Since when the connection has had no session (it opened, or op 9 ended it); `None` while it has one.
     unidentified_since: Option<Instant>,
     rate: RateWindow,
+    /// Presence Updates in the current window (see [`PRESENCES_PER_WINDOW`]).
+    presence_rate: RateWindow,
     live: Option<Live>,
     /// The `s` of the last dispatch queued: replies that are not log events (member chunks) carry it.
     last_s: u64,
@@ -168,6 +181,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     socket: WebSocket,
     resume_url: String,
+    base: Option<String>,
     version_ok: bool,
 ) {
     let _counted = Counted::new(&shared.connections);
@@ -183,9 +197,11 @@ pub(crate) async fn run(
         urgent: Some(urgent_tx),
         queued,
         resume_url,
+        base,
         last_heartbeat: now,
         unidentified_since: Some(now),
         rate: RateWindow::new(now),
+        presence_rate: RateWindow::new(now),
         live: None,
         last_s: 0,
         connected: None,
@@ -280,6 +296,15 @@ async fn write_loop(
             Out::Close(code, reason) => {
                 let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close_with(code, reason))).await;
                 break;
+            }
+            Out::Flushed(done) => {
+                // Every frame before this one was flushed after it was written (uncounted frames always
+                // are; a counted one when the queue ran empty), but a flush costs nothing when there is
+                // nothing left, and it keeps the promise independent of that rule.
+                if sink.flush().await.is_err() {
+                    break;
+                }
+                let _ = done.send(());
             }
         }
     }
@@ -467,7 +492,12 @@ impl Conn {
         let mut frames = Vec::new();
         for d in &rendered.dispatches {
             if let Some(text) = d.resolve(&self.shared.ctx, user, intents).await {
-                frames.push(text);
+                // Rendered once for every connection with relative attachment URLs; this one's base here.
+                let absolute = self
+                    .base
+                    .as_deref()
+                    .and_then(|base| crate::model::absolute_attachment_urls(text.as_str(), base));
+                frames.push(absolute.map_or(text, Utf8Bytes::from));
             }
         }
         frames
@@ -510,14 +540,24 @@ impl Conn {
             {
                 self.close(close::NOT_AUTHENTICATED, "Not authenticated.")
             }
-            op::PRESENCE_UPDATE => match serde_json::from_value::<frame::PresenceUpdate>(payload.d)
-            {
-                Ok(p) => {
-                    self.presence(&p).await;
-                    ControlFlow::Continue(())
+            op::PRESENCE_UPDATE => {
+                // Discord answers an op 3 with nothing, so a refused one cannot be answered: it closes the
+                // connection with 4008, as Discord does past its gateway limits. Libraries resume on 4008
+                // (it is not one of the codes they give up on), so nothing of the session is lost.
+                if !self
+                    .presence_rate
+                    .admit(Instant::now(), PRESENCES_PER_WINDOW)
+                {
+                    return self.close(
+                        close::RATE_LIMITED,
+                        "You are being rate limited: at most 5 presence updates a minute.",
+                    );
                 }
-                Err(_) => self.close(close::DECODE_ERROR, "Error while decoding payload."),
-            },
+                match serde_json::from_value::<frame::PresenceUpdate>(payload.d) {
+                    Ok(p) => self.presence(&p).await,
+                    Err(_) => self.close(close::DECODE_ERROR, "Error while decoding payload."),
+                }
+            }
             op::REQUEST_GUILD_MEMBERS => {
                 match serde_json::from_value::<frame::RequestMembers>(payload.d) {
                     Ok(r) => self.request_members(r).await,
@@ -610,7 +650,9 @@ impl Conn {
             frame::dispatch(snap.seq, "READY", &ready.to_string()),
             false,
         );
-        if intents & intents::GUILDS != 0 {
+        let guild_creates = intents & intents::GUILDS != 0 && !snap.guilds.is_empty();
+        if guild_creates {
+            self.ready_alone().await;
             // Written here, off the engine's writer: the channel lists are cached text.
             for guild in &snap.guilds {
                 let text = frame::dispatch_with(snap.seq, "GUILD_CREATE", guild.len_hint(), |d| {
@@ -631,9 +673,36 @@ impl Conn {
         });
         self.connect(session).await;
         if let Some(presence) = &identify.presence {
-            self.presence(presence).await;
+            return self.presence(presence).await;
         }
         ControlFlow::Continue(())
+    }
+
+    /// Lets READY reach the client on its own before any GUILD_CREATE follows it, as Discord's READY does.
+    ///
+    /// Frames are already written one WebSocket frame each, but a client that reads its socket once for
+    /// several frames handles them in one go, and a popular JavaScript library then handles a GUILD_CREATE
+    /// before the READY it read with it. Nothing in TCP can make two writes arrive in two reads: the reader
+    /// decides how much it takes. What the server can do is make READY the only thing there is to read for a
+    /// while: it waits until READY has left its buffers (written and flushed to the kernel; on loopback it is
+    /// then in the client's receive buffer) and then for [`READY_ALONE`] before it queues the GUILD_CREATEs.
+    /// 50 ms is several scheduler periods (a client woken by READY's arrival runs and reads it well within
+    /// that on a loaded machine) and still below what Discord itself takes between READY and the first lazy
+    /// GUILD_CREATE, so a client waits no longer than it would there. Live events are not lost meanwhile:
+    /// the stream's position and live generation were taken before the snapshot.
+    async fn ready_alone(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.tx.send(Out::Flushed(done)).is_ok() {
+            // The writer ends only with the connection; a dropped answer means there is no one to wait for.
+            let _ = flushed.await;
+        }
+        // A shutdown does not wait: the connection must reach its Reconnect and close while the server
+        // still runs (it does not wait for upgraded connections).
+        let mut closing = self.shared.closing.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(READY_ALONE) => {}
+            _ = closing.wait_for(|c| *c) => {}
+        }
     }
 
     async fn connect(&mut self, session: Session) {
@@ -725,8 +794,12 @@ impl Conn {
         ControlFlow::Continue(())
     }
 
-    async fn presence(&self, p: &frame::PresenceUpdate) {
-        let Some(live) = &self.live else { return };
+    /// Applies a Presence Update (or an Identify's presence). The gateway has no reply to op 3, so a
+    /// refusal closes the connection: invalid activities with 4002, a spent rate limit with 4008.
+    async fn presence(&self, p: &frame::PresenceUpdate) -> ControlFlow<()> {
+        let Some(live) = &self.live else {
+            return ControlFlow::Continue(());
+        };
         let session = live.session;
         let status = match p.status.as_deref() {
             Some("idle") => Some(Status::Idle),
@@ -735,16 +808,40 @@ impl Conn {
             // "online" (or nothing) clears the override: presence follows the live connections again.
             _ => None,
         };
-        let engine = &self.shared.engine;
-        let _ = engine
-            .command(&session, Command::SetStatus { status }, None)
-            .await;
-        if p.afk == Some(true) {
-            let away = Command::Away {
-                message: Some("afk".into()),
-            };
-            let _ = engine.command(&session, away, None).await;
+        let mut commands = vec![Command::SetStatus { status }];
+        if let Some(activities) = &p.activities {
+            // Types Discord does not define are left out rather than refused.
+            let activities = activities
+                .iter()
+                .filter_map(frame::Activity::to_core)
+                .collect();
+            commands.push(Command::SetActivities { activities });
         }
+        if p.afk == Some(true) {
+            commands.push(Command::Away {
+                message: Some("afk".into()),
+            });
+        }
+        for command in commands {
+            let away = matches!(command, Command::Away { .. });
+            match self.shared.engine.command(&session, command, None).await {
+                Ok(_) => {}
+                // `afk` is a hint (Discord uses it for push notifications): a refused away is no error of
+                // the payload's.
+                Err(EngineError::Refused(_)) if away => {}
+                Err(EngineError::RateLimited { .. }) => {
+                    return self.close(close::RATE_LIMITED, "You are being rate limited.");
+                }
+                Err(EngineError::Refused(_)) => {
+                    return self.close(close::DECODE_ERROR, "Invalid presence.");
+                }
+                Err(EngineError::InvalidToken) => {
+                    return self.close(close::AUTHENTICATION_FAILED, "Authentication failed.");
+                }
+                Err(_) => return self.close(close::UNKNOWN_ERROR, "Server unavailable: resume."),
+            }
+        }
+        ControlFlow::Continue(())
     }
 
     async fn request_members(&mut self, r: frame::RequestMembers) -> ControlFlow<()> {
@@ -849,13 +946,8 @@ fn ready_snapshot(
                     .filter_map(|m| {
                         let status = core.presence(m.user);
                         (!matches!(status, Status::Offline | Status::Invisible)).then(|| {
-                            let name = super::render::status_name(status);
-                            json!({
-                                "user": { "id": m.user.to_string() },
-                                "status": name,
-                                "activities": [],
-                                "client_status": { "desktop": name },
-                            })
+                            let activities = core.user(m.user).map_or(&[][..], |u| &u.activities);
+                            super::render::presence_json(m.user, status, activities)
                         })
                     })
                     .collect();

@@ -140,6 +140,58 @@ pub(crate) struct PresenceUpdate {
     pub(crate) status: Option<String>,
     #[serde(default)]
     pub(crate) afk: Option<bool>,
+    /// Absent or null leaves them as they are; a list replaces them.
+    #[serde(default)]
+    pub(crate) activities: Option<Vec<Activity>>,
+}
+
+/// One of a presence's activities: the fields kept (the rest, such as `url` or `created_at`, are ignored).
+#[derive(Debug, Deserialize)]
+pub(crate) struct Activity {
+    pub(crate) name: String,
+    #[serde(rename = "type", default)]
+    pub(crate) kind: u64,
+    #[serde(default)]
+    pub(crate) state: Option<String>,
+}
+
+impl Activity {
+    /// The core's activity; `None` for a type Discord does not define.
+    pub(crate) fn to_core(&self) -> Option<chat_core::Activity> {
+        use chat_core::ActivityKind as K;
+        let kind = match self.kind {
+            0 => K::Playing,
+            1 => K::Streaming,
+            2 => K::Listening,
+            3 => K::Watching,
+            4 => K::Custom,
+            5 => K::Competing,
+            _ => return None,
+        };
+        Some(chat_core::Activity {
+            name: self.name.clone(),
+            kind,
+            state: self.state.clone(),
+        })
+    }
+}
+
+/// An activity as Discord writes it in presences.
+pub(crate) fn activity_json(a: &chat_core::Activity) -> Value {
+    use chat_core::ActivityKind as K;
+    let kind = match a.kind {
+        K::Playing => 0,
+        K::Streaming => 1,
+        K::Listening => 2,
+        K::Watching => 3,
+        K::Custom => 4,
+        K::Competing => 5,
+    };
+    let mut v = serde_json::json!({ "name": a.name, "type": kind });
+    if let (Some(state), Some(map)) = (&a.state, v.as_object_mut()) {
+        map.insert("state".into(), Value::String(state.clone()));
+    }
+    v
 }
 
 /// Request Guild Members' `d` (op 8). `guild_id` and `user_ids` are snowflakes as strings or numbers.

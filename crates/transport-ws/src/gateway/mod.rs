@@ -8,7 +8,8 @@
 //! filters them by audience and intents. Settings come only from [`Settings`]; chatd fills them.
 //!
 //! Close codes (Discord's meanings): 4001 unknown op; 4002 a payload that is not JSON, has no integer `op`,
-//! has a malformed `d`, or is over `max_payload`; 4003 an op other than Heartbeat, Identify and Resume before
+//! has a malformed `d`, or is over `max_payload` (frames up to 2 MiB are read and refused so; larger ones
+//! reset the connection); 4003 an op other than Heartbeat, Identify and Resume before
 //! identifying; 4004 a bad token; 4005 Identify or Resume on an identified connection; 4008 more than
 //! `events_per_minute` payloads in a minute; 4010 a shard other than `[0, 1]`; 4012 `v` other than 9 or 10;
 //! 4013 intents with bits Discord does not define. 4000 is the resumable close: no heartbeat for 1.5
@@ -93,6 +94,11 @@ impl Gateway {
     }
 }
 
+/// The largest frame (and message) the WebSocket library reads whole before the connection refuses it with
+/// 4002: 2 MiB, so that a client that writes a frame of a megabyte or so gets Discord's close code rather
+/// than a reset. The buffer is reserved only while such a frame is read, and is freed with the connection.
+const LIBRARY_FRAME_MAX: usize = 2 << 20;
+
 /// The read and write buffer of a socket: a few KiB, not tungstenite's 128 KiB, so that idle connections
 /// are cheap; a large frame is still written whole, in several writes.
 const SOCKET_BUFFER: usize = 4096;
@@ -121,12 +127,21 @@ async fn upgrade(
         .and_then(|h| h.to_str().ok())
         .is_some_and(|p| p.eq_ignore_ascii_case("https"));
     let resume_url = format!("{}://{host}/gateway", if secure { "wss" } else { "ws" });
-    // The library's own limit sits well above max_payload, so that an oversize payload reaches the
-    // connection, which closes with Discord's 4002 instead of failing inside the library.
-    let library_max = shared.settings.max_payload.max(4096).saturating_mul(4);
+    // Attachment URLs in this connection's dispatches start with the base its client connected to.
+    let base = crate::model::base_url(shared.settings.public_url.as_deref(), &headers);
+    // The library's own limit sits well above max_payload, so that an oversize payload is read whole and
+    // reaches the connection, which closes with Discord's 4002. A frame the library refuses instead leaves
+    // its unread rest in the socket: closing a socket with unread data sends a TCP reset, and the client
+    // (still writing its frame) sees the reset, never the close frame. Frames past this limit still end
+    // that way; it is what bounds the memory one connection can make the server hold.
+    let library_max = shared
+        .settings
+        .max_payload
+        .saturating_mul(4)
+        .max(LIBRARY_FRAME_MAX);
     ws.read_buffer_size(SOCKET_BUFFER)
         .write_buffer_size(SOCKET_BUFFER)
         .max_message_size(library_max)
         .max_frame_size(library_max)
-        .on_upgrade(move |socket| conn::run(shared, socket, resume_url, version_ok))
+        .on_upgrade(move |socket| conn::run(shared, socket, resume_url, base, version_ok))
 }

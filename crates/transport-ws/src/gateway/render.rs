@@ -330,6 +330,28 @@ fn put_guild(d: &mut Value, space: Option<SpaceId>) {
     }
 }
 
+/// A presence object as Discord writes it in PRESENCE_UPDATE and in GUILD_CREATE's `presences` (without the
+/// guild id); an offline user shows no activity.
+pub(crate) fn presence_json(
+    user: UserId,
+    status: Status,
+    activities: &[chat_core::Activity],
+) -> Value {
+    let name = status_name(status);
+    let offline = matches!(status, Status::Offline | Status::Invisible);
+    let activities: Vec<Value> = if offline {
+        Vec::new()
+    } else {
+        activities.iter().map(super::frame::activity_json).collect()
+    };
+    json!({
+        "user": { "id": user.to_string() },
+        "status": name,
+        "activities": activities,
+        "client_status": if offline { json!({}) } else { json!({ "desktop": name }) },
+    })
+}
+
 pub(crate) fn status_name(status: Status) -> &'static str {
     match status {
         Status::Online => "online",
@@ -622,18 +644,17 @@ fn render_hot(ctx: &Context, dir: &Directory, event: &Event) -> Option<Vec<Dispa
             };
             vec![Dispatch::new(Who::All, intent, seq, "TYPING_START", &d)]
         }
-        EventKind::PresenceChanged { user, status } => {
-            let name = status_name(*status);
-            let mut d = json!({
-                "user": { "id": user.to_string() },
-                "status": name,
-                "activities": [],
-                "client_status": if *status == Status::Offline || *status == Status::Invisible {
-                    json!({})
-                } else {
-                    json!({ "desktop": name })
-                },
-            });
+        EventKind::PresenceChanged { .. } | EventKind::PresenceUpdated { .. } => {
+            let (user, status, activities) = match &event.kind {
+                EventKind::PresenceUpdated {
+                    user,
+                    status,
+                    activities,
+                } => (user, status, activities.as_slice()),
+                EventKind::PresenceChanged { user, status } => (user, status, &[][..]),
+                _ => return Some(Vec::new()),
+            };
+            let mut d = presence_json(*user, *status, activities);
             put_guild(&mut d, ctx.network.get().copied());
             vec![Dispatch::new(
                 Who::All,
@@ -959,7 +980,7 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
                 .query(move |core| {
                     let ch = core.channel(id)?;
                     ch.space?;
-                    Some((ch.kind, model::channel(core, ch, core.system_user())))
+                    Some((ch.kind, model::shared_channel(core, ch)))
                 })
                 .await
                 .ok()
@@ -1028,7 +1049,7 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
                     if space.network {
                         return None;
                     }
-                    Some(model::channel(core, ch, core.system_user()))
+                    Some(model::shared_channel(core, ch))
                 })
                 .await
                 .ok()
@@ -1063,7 +1084,7 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
                 .query(move |core| {
                     let ch = core.channel(id)?;
                     ch.space?;
-                    Some(model::channel(core, ch, core.system_user()))
+                    Some(model::shared_channel(core, ch))
                 })
                 .await
                 .ok()

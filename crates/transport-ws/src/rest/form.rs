@@ -14,8 +14,9 @@ fn type_error(field: &str, kind: &str, what: &str) -> RestError {
 }
 
 impl Form {
-    /// Parses a body (empty = `{}`), refusing fields outside `known`. The lists hold every field Discord
-    /// documents for the route, so that libraries sending fields we ignore still work.
+    /// Parses a body (empty = `{}`), keeping only the fields in `known` (the fields the route reads). Fields
+    /// outside it are ignored, as Discord ignores them: libraries send fields we have no use for (discord.py
+    /// sends `tts` on every edit). A known field of the wrong type is still refused, by the getters below.
     pub(crate) fn parse(bytes: &[u8], known: &[&str]) -> Result<Self, RestError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
@@ -23,16 +24,10 @@ impl Form {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| {
             RestError::field("_body", "BASE_TYPE_INVALID", format!("Invalid JSON: {e}"))
         })?;
-        let Value::Object(map) = value else {
+        let Value::Object(mut map) = value else {
             return Err(type_error("_body", "DICT_TYPE_CONVERT", "an object"));
         };
-        if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(RestError::field(
-                unknown,
-                "UNKNOWN_FIELD",
-                "This field is not allowed here.",
-            ));
-        }
+        map.retain(|k, _| known.contains(&k.as_str()));
         Ok(Self(map))
     }
 

@@ -69,6 +69,10 @@ impl Rest {
                 RestError::new(StatusCode::METHOD_NOT_ALLOWED, 0, "405: Method Not Allowed")
                     .into_response()
             })
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&self.inner),
+                absolute_urls,
+            ))
             .with_state(Arc::clone(&self.inner));
         Router::new()
             .nest("/api/v10", api.clone())
@@ -212,6 +216,49 @@ fn api_routes(upload_cap: usize) -> Router<Arc<Inner>> {
         )
         .route("/guilds/{guild}/invites", get(guilds::invites))
         .route("/guilds/{guild}/messages/search", get(guilds::search))
+}
+
+/// Makes the attachment URLs of a JSON answer absolute, under PUBLIC_URL or the request's own host. Messages
+/// are rendered with relative URLs by the code shared with the gateway ([`model::message`]); the base is a
+/// property of the request, so it is applied here, once, for every route that answers with messages.
+async fn absolute_urls(
+    axum::extract::State(inner): St,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let base = model::base_url(inner.settings.public_url.as_deref(), req.headers());
+    let resp = next.run(req).await;
+    let Some(base) = base else { return resp };
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // Our own answers, already in memory: reading them whole cannot run away.
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return RestError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                0,
+                "500: Internal Server Error",
+            )
+            .into_response();
+        }
+    };
+    let rewritten = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|text| model::absolute_attachment_urls(text, &base));
+    match rewritten {
+        Some(text) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            axum::response::Response::from_parts(parts, Body::from(text))
+        }
+        None => axum::response::Response::from_parts(parts, Body::from(bytes)),
+    }
 }
 
 // --- extractors ---------------------------------------------------------------------------------------------
