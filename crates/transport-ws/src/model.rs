@@ -766,6 +766,11 @@ const RELATIVE_URLS: [(&str, &str); 2] = [
     ("\"proxy_url\":\"/attachments/", "\"proxy_url\":\""),
 ];
 
+/// Whether rendered JSON text holds an attachment URL that [`absolute_attachment_urls`] would rewrite.
+pub(crate) fn has_relative_attachment_urls(text: &str) -> bool {
+    text.contains("\":\"/attachments/")
+}
+
 /// Rendered JSON text with its attachment URLs made absolute under `base` (`None` when it has none).
 ///
 /// Messages are rendered once for every reader (the gateway's cache), with relative URLs; each answer and
@@ -773,7 +778,7 @@ const RELATIVE_URLS: [(&str, &str); 2] = [
 /// escaped, so `"url":"/attachments/` can only be a key and the start of its value, never text in a message.
 /// `base` holds no quote or backslash ([`base_url`] and PUBLIC_URL's check see to it).
 pub(crate) fn absolute_attachment_urls(text: &str, base: &str) -> Option<String> {
-    if !text.contains("\":\"/attachments/") {
+    if !has_relative_attachment_urls(text) {
         return None;
     }
     let mut out = text.to_owned();

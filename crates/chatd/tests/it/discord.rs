@@ -1009,7 +1009,7 @@ async fn new_account_is_guild_member_add() {
     assert!(status.is_success(), "register a bot: {bot}");
     let token = bot["token"].as_str().expect("token").to_owned();
     // A person's shard hears nothing of it: its next dispatch is the channel made at the end.
-    let dave = server.register("dave", "pw-dave").await;
+    let dave = server.register("dave", "pw-dave-long").await;
     let mut person = shard(&server, &dave.token);
     log_in(&mut person).await;
     let mut gw = shard(&server, &token);

@@ -496,6 +496,7 @@ impl Conn {
                 let absolute = self
                     .base
                     .as_deref()
+                    .filter(|_| d.has_attachment_urls())
                     .and_then(|base| crate::model::absolute_attachment_urls(text.as_str(), base));
                 frames.push(absolute.map_or(text, Utf8Bytes::from));
             }

@@ -67,6 +67,9 @@ pub(crate) struct Dispatch {
     gate: Option<Gate>,
     /// A frame made on demand instead of `frame` (a joiner's GUILD_CREATE).
     deferred: Option<Deferred>,
+    /// Whether `frame` holds relative attachment URLs, which each connection makes absolute: looked for once
+    /// here, so that the many connections a dispatch goes to do not each scan it.
+    attachment_urls: bool,
 }
 
 /// A GUILD_CREATE for one user, made when one of their connections first needs it.
@@ -86,14 +89,21 @@ struct Gate {
 
 impl Dispatch {
     fn new(to: Who, intent: u64, seq: u64, name: &str, d: &Value) -> Self {
+        let frame = frame::dispatch(seq, name, &d.to_string());
         Self {
             to,
             intent,
             about: None,
-            frame: frame::dispatch(seq, name, &d.to_string()).into(),
+            attachment_urls: model::has_relative_attachment_urls(&frame),
+            frame: frame.into(),
             gate: None,
             deferred: None,
         }
+    }
+
+    /// Whether the frames of this dispatch may hold relative attachment URLs to make absolute.
+    pub(crate) fn has_attachment_urls(&self) -> bool {
+        self.attachment_urls
     }
 
     fn about(mut self, user: UserId) -> Self {
@@ -1139,6 +1149,7 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
                 about: None,
                 frame: Utf8Bytes::from_static(""),
                 gate: None,
+                attachment_urls: false,
                 deferred: Some(Deferred {
                     seq,
                     space,
