@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_core::ReplayError;
-use chat_store::StoreError;
+use chat_log::StoreError;
 
 /// Why the engine did not do what it was asked.
 #[derive(Debug, thiserror::Error)]

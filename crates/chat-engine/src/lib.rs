@@ -1,17 +1,19 @@
 //! The async heart of chatd: owns the core and the store, sequences commands, group-commits events, wakes
 //! readers and drives the core's timers.
 //!
-//! An [`Engine`] is started on a [`chat_store::Store`] with [`Engine::open`], which rebuilds the
-//! [`chat_core::Core`] from the latest snapshot and the log after it and spawns the writer task. That one task
+//! An [`Engine`] is started on a [`Store`] (the contract of `chat-log`) with [`Engine::open`], which rebuilds
+//! the [`chat_core::Core`] from the latest snapshot and the log after it and spawns the writer task. That one task
 //! owns the core: commands queue on a bounded channel, the writer takes them in batches, applies each, appends
 //! every durable event of the batch in one store transaction (group commit), and only then answers the callers
 //! and publishes the events. Readers follow their user's stream with [`Engine::read`] and [`Engine::wait`]
 //! from a [`Cursor`]; recent events come from an in-memory tail, older ones from the store. Passwords are
 //! hashed with argon2id on a bounded blocking pool, tokens are kept only as SHA-256, commands with a nonce are
-//! idempotent, and messages are rate-limited per user. [`Engine::shutdown`] drains, saves and stops.
+//! idempotent, and messages are rate-limited per user. History, search and message lookups go through the
+//! engine too ([`Engine::history`], [`Engine::search`], [`Engine::message`]), so that transports never hold
+//! the store. [`Engine::shutdown`] drains, saves and stops.
 //!
 //! ```no_run
-//! # async fn demo(store: std::sync::Arc<impl chat_store::Store>) -> Result<(), chat_engine::EngineError> {
+//! # async fn demo(store: std::sync::Arc<impl chat_engine::Store>) -> Result<(), chat_engine::EngineError> {
 //! use chat_core::{Command, Outgoing, Target};
 //! use chat_engine::{Engine, EngineConfig};
 //! use std::time::Duration;
@@ -36,6 +38,7 @@ mod config;
 mod directory;
 mod engine;
 mod error;
+mod read;
 mod streams;
 mod writer;
 
@@ -44,3 +47,6 @@ pub use crate::directory::{ChannelCard, Directory, MemberCard, SpaceCard, UserCa
 pub use crate::engine::{CommandReply, Engine, EngineTask, Login, MAX_NONCE, Session, now_ms};
 pub use crate::error::EngineError;
 pub use crate::streams::{Cursor, StreamRead};
+// The storage contract's types that the read API and the errors carry, so that transports need no storage
+// crate of their own.
+pub use chat_log::{HistoryQuery, SearchHit, SearchQuery, Store, StoreError, StoredMessage};

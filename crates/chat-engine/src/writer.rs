@@ -10,7 +10,7 @@ use std::time::Duration;
 use chat_core::{
     ClientId, Command, Core, Created, Event, EventKind, Origin, Seq, UnixMillis, UserId,
 };
-use chat_store::{Batch, NonceRecord};
+use chat_log::{Batch, NonceRecord};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

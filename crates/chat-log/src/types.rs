@@ -201,9 +201,10 @@ pub enum StoreError {
         /// The decoder's message.
         detail: String,
     },
-    /// The SQLite database failed.
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The database behind the store failed (SQLite's error, or another implementation's). The store's own
+    /// error is kept as the source, so its message reaches the log.
+    #[error("database: {0}")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A file operation failed (opening, backup).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
