@@ -7,6 +7,9 @@
 //! the binary. A new store (PostgreSQL, a cluster's shared log) implements [`Store`] and changes nothing
 //! above it.
 //!
+//! [`format`] is the log's format version: how the records every store keeps are encoded, which versions a
+//! build reads, and how a record of an older version is converted.
+//!
 //! ```
 //! use chat_log::{HistoryQuery, Store, StoreError, StoredMessage};
 //!
@@ -18,6 +21,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod format;
 mod types;
 
 pub use crate::types::{

@@ -37,6 +37,7 @@ mod text;
 
 pub use crate::memory::MemoryStore;
 pub use crate::sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
+pub use chat_log::format;
 // The contract, re-exported so that code which picks a store (the binary, tests, benches) names one crate.
 pub use chat_log::{
     Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, Store,

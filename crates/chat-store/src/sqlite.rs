@@ -18,6 +18,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::project::{self, AUD_CHANNEL, AUD_CHANNEL_AND, AUD_USERS, Effect};
 use crate::text;
+use chat_log::format::{self, FORMAT_VERSION};
 use chat_log::{
     Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, Store,
     StoreError, StoredMessage, StreamPage,
@@ -205,8 +206,12 @@ fn random_u64() -> Result<u64, StoreError> {
     })
 }
 
-/// Reads the database's identity, creating it on first open.
-fn load_meta(conn: &mut Connection, now: UnixMillis) -> Result<DbMeta, StoreError> {
+/// The `meta` key of the log's format version (see [`chat_log::format`]). A database without it was written
+/// before versions were recorded: version 1.
+const FORMAT_KEY: &str = "format_version";
+
+/// Reads the database's identity and its log's format version, creating both on first open.
+fn load_meta(conn: &mut Connection, now: UnixMillis) -> Result<(DbMeta, u32), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .db()?;
@@ -216,12 +221,16 @@ fn load_meta(conn: &mut Connection, now: UnixMillis) -> Result<DbMeta, StoreErro
             .optional()
             .db()?)
     };
-    let meta = match (get("epoch")?, get("invite_seed")?, get("created_at")?) {
-        (Some(epoch), Some(seed), Some(at)) => DbMeta {
-            epoch: uns(epoch),
-            invite_seed: uns(seed),
-            created_at: uns(at),
-        },
+    let found = match (get("epoch")?, get("invite_seed")?, get("created_at")?) {
+        (Some(epoch), Some(seed), Some(at)) => {
+            let meta = DbMeta {
+                epoch: uns(epoch),
+                invite_seed: uns(seed),
+                created_at: uns(at),
+            };
+            let version = get(FORMAT_KEY)?.map_or(1, |v| u32::try_from(v).unwrap_or(u32::MAX));
+            (meta, version)
+        }
         _ => {
             let meta = DbMeta {
                 epoch: random_u64()?,
@@ -232,6 +241,7 @@ fn load_meta(conn: &mut Connection, now: UnixMillis) -> Result<DbMeta, StoreErro
                 ("epoch", meta.epoch),
                 ("invite_seed", meta.invite_seed),
                 ("created_at", meta.created_at),
+                (FORMAT_KEY, u64::from(FORMAT_VERSION)),
             ] {
                 tx.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
@@ -239,22 +249,118 @@ fn load_meta(conn: &mut Connection, now: UnixMillis) -> Result<DbMeta, StoreErro
                 )
                 .db()?;
             }
-            meta
+            (meta, FORMAT_VERSION)
         }
     };
     tx.commit().db()?;
-    Ok(meta)
+    Ok(found)
+}
+
+/// Rows rewritten per statement of a format migration: the rows of one chunk are read before any is written.
+const UPGRADE_CHUNK: i64 = 1_000;
+
+/// Converts every record the database keeps in postcard from format `from` to this build's, and records the
+/// new version, in one transaction: after a crash the database is wholly in the old format or the new.
+fn upgrade_format(conn: &mut Connection, from: u32) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .db()?;
+    rewrite::<Event>(&tx, from, ("events", "seq", "payload"), "event")?;
+    rewrite::<chat_core::State>(&tx, from, ("snapshots", "seq", "state"), "snapshot")?;
+    rewrite::<Vec<UserId>>(&tx, from, ("messages", "id", "mentions"), "mentions")?;
+    rewrite::<Vec<Attachment>>(&tx, from, ("messages", "id", "attachments"), "attachments")?;
+    // `space_members.roles` holds role ids alone (no struct of the core), and nonces' replies are the
+    // engine's own small records, which it reads leniently: neither changes with the format.
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+        params![FORMAT_KEY, FORMAT_VERSION],
+    )
+    .db()?;
+    tx.commit().db()
+}
+
+/// Rewrites one postcard column of a table keyed by an integer, chunk by chunk in key order.
+fn rewrite<T: serde::de::DeserializeOwned + serde::Serialize>(
+    tx: &rusqlite::Transaction<'_>,
+    from: u32,
+    (table, key, column): (&str, &str, &str),
+    what: &'static str,
+) -> Result<(), StoreError> {
+    let mut read = tx
+        .prepare(&format!(
+            "SELECT {key}, {column} FROM {table} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2"
+        ))
+        .db()?;
+    let mut write = tx
+        .prepare(&format!(
+            "UPDATE {table} SET {column} = ?2 WHERE {key} = ?1"
+        ))
+        .db()?;
+    let mut after = i64::MIN;
+    loop {
+        let rows = read
+            .query_map(params![after, UPGRADE_CHUNK], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .db()?
+            .collect::<Result<Vec<_>, _>>()
+            .db()?;
+        let Some(&(last, _)) = rows.last() else {
+            return Ok(());
+        };
+        for (k, bytes) in rows {
+            let again = format::upgrade::<T>(from, &bytes).map_err(|e| corrupt(what, uns(k), e))?;
+            if let Some(again) = again {
+                write.execute(params![k, again]).db()?;
+            }
+        }
+        after = last;
+    }
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the database at `path`: applies missing migrations, refuses a database from a newer
-    /// chatd with [`StoreError::TooNew`], and on creation draws a random epoch and invite seed.
+    /// Opens (or creates) the database at `path`: applies missing schema migrations, refuses a database from
+    /// a newer chatd with [`StoreError::TooNew`], and on creation draws a random epoch and invite seed. A log
+    /// in another format than this build's is refused ([`StoreError::FormatTooOld`],
+    /// [`StoreError::FormatTooNew`]); [`SqliteStore::upgrade`] converts an older one.
     pub fn open(
         path: impl AsRef<Path>,
         durability: Durability,
         now: UnixMillis,
     ) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
+        let (conn, meta, found) = Self::connect(path.as_ref(), durability, now)?;
+        if format::check(found)? {
+            return Err(StoreError::FormatTooOld {
+                found,
+                known: FORMAT_VERSION,
+            });
+        }
+        Self::finish(path.as_ref(), conn, meta)
+    }
+
+    /// Opens the database as [`SqliteStore::open`] does, first converting a log in an older format to this
+    /// build's (`chatd migrate`). Returns the version it converted from, if it converted.
+    pub fn upgrade(
+        path: impl AsRef<Path>,
+        durability: Durability,
+        now: UnixMillis,
+    ) -> Result<(Self, Option<u32>), StoreError> {
+        let (mut conn, meta, found) = Self::connect(path.as_ref(), durability, now)?;
+        let upgraded = if format::check(found)? {
+            upgrade_format(&mut conn, found)?;
+            Some(found)
+        } else {
+            None
+        };
+        Ok((Self::finish(path.as_ref(), conn, meta)?, upgraded))
+    }
+
+    /// Opens the connection, applies the schema migrations, and reads the identity and the format version.
+    fn connect(
+        path: &Path,
+        durability: Durability,
+        now: UnixMillis,
+    ) -> Result<(Connection, DbMeta, u32), StoreError> {
         let mut conn = Connection::open(&path).db()?;
         configure(&conn)?;
         let mode: String = conn
@@ -277,7 +383,12 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA wal_autocheckpoint = 10000")
             .db()?;
         migrate(&mut conn, now)?;
-        let meta = load_meta(&mut conn, now)?;
+        let (meta, found) = load_meta(&mut conn, now)?;
+        Ok((conn, meta, found))
+    }
+
+    fn finish(path: &Path, conn: Connection, meta: DbMeta) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
         let last: i64 = conn
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
             .db()?;

@@ -47,9 +47,25 @@ pub(crate) enum Create {
 }
 
 impl Db {
-    /// Opens the database, applying any pending migrations (SQLite). With [`Lock::Engine`] it first takes
-    /// the database's lock file. Blocking: call it before the server runs, or on the blocking pool.
+    /// Opens the database, applying any pending schema migrations (SQLite); a log in an older format is
+    /// refused with what to do (see [`Db::upgrade`]). With [`Lock::Engine`] it first takes the database's
+    /// lock file. Blocking: call it before the server runs, or on the blocking pool.
     pub(crate) fn open(config: &Config, create: Create, lock: Lock) -> anyhow::Result<Self> {
+        Ok(Self::open_as(config, create, lock, false)?.0)
+    }
+
+    /// Opens the database as [`Db::open`] does, converting a log in an older format to this build's
+    /// (`chatd migrate`), under the engine's lock. Returns the format version it converted from, if any.
+    pub(crate) fn upgrade(config: &Config) -> anyhow::Result<(Self, Option<u32>)> {
+        Self::open_as(config, Create::Allow, Lock::Engine, true)
+    }
+
+    fn open_as(
+        config: &Config,
+        create: Create,
+        lock: Lock,
+        upgrade: bool,
+    ) -> anyhow::Result<(Self, Option<u32>)> {
         match &config.db {
             DbUrl::Memory => {
                 if create == Create::Refuse {
@@ -57,10 +73,11 @@ impl Db {
                         "DBURL=memory: holds nothing outside a running server; name a SQLite file"
                     );
                 }
-                Ok(Db {
+                let db = Db {
                     kind: Kind::Memory(Arc::new(MemoryStore::new())),
                     _lock: None,
-                })
+                };
+                Ok((db, None))
             }
             DbUrl::Sqlite(path) => {
                 if create == Create::Refuse && !path.exists() {
@@ -73,12 +90,17 @@ impl Db {
                     Lock::Engine => Some(Arc::new(take_lock(path)?)),
                     Lock::None => None,
                 };
-                let store = SqliteStore::open(path, config.durability, now_ms())
-                    .with_context(|| format!("opening the database {}", path.display()))?;
-                Ok(Db {
+                let (store, upgraded) = if upgrade {
+                    SqliteStore::upgrade(path, config.durability, now_ms())
+                } else {
+                    SqliteStore::open(path, config.durability, now_ms()).map(|s| (s, None))
+                }
+                .with_context(|| format!("opening the database {}", path.display()))?;
+                let db = Db {
                     kind: Kind::Sqlite(Arc::new(store)),
                     _lock: lock,
-                })
+                };
+                Ok((db, upgraded))
             }
         }
     }
