@@ -216,10 +216,9 @@ fn load_meta(conn: &mut Connection, now: UnixMillis) -> Result<(DbMeta, u32), St
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .db()?;
     let get = |key: &str| -> Result<Option<i64>, StoreError> {
-        Ok(tx
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        tx.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()
-            .db()?)
+            .db()
     };
     let found = match (get("epoch")?, get("invite_seed")?, get("created_at")?) {
         (Some(epoch), Some(seed), Some(at)) => {
@@ -361,7 +360,7 @@ impl SqliteStore {
         durability: Durability,
         now: UnixMillis,
     ) -> Result<(Connection, DbMeta, u32), StoreError> {
-        let mut conn = Connection::open(&path).db()?;
+        let mut conn = Connection::open(path).db()?;
         configure(&conn)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -1403,13 +1402,13 @@ impl Store for SqliteStore {
 
     fn latest_snapshot(&self) -> Result<Option<(Seq, Vec<u8>)>, StoreError> {
         self.read(|c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT seq, state FROM snapshots ORDER BY seq DESC LIMIT 1",
                 [],
                 |r| Ok((uns(r.get(0)?), r.get(1)?)),
             )
             .optional()
-            .db()?)
+            .db()
         })
     }
 
@@ -1443,20 +1442,18 @@ impl Store for SqliteStore {
 
     fn nonce(&self, user: UserId, nonce: &str) -> Result<Option<NonceRecord>, StoreError> {
         self.read(|c| {
-            Ok(
-                c.prepare_cached("SELECT at, reply FROM nonces WHERE user = ?1 AND nonce = ?2")
-                    .db()?
-                    .query_row(params![sql(user.get()), nonce], |r| {
-                        Ok(NonceRecord {
-                            user,
-                            nonce: nonce.to_owned(),
-                            at: uns(r.get(0)?),
-                            reply: r.get(1)?,
-                        })
+            c.prepare_cached("SELECT at, reply FROM nonces WHERE user = ?1 AND nonce = ?2")
+                .db()?
+                .query_row(params![sql(user.get()), nonce], |r| {
+                    Ok(NonceRecord {
+                        user,
+                        nonce: nonce.to_owned(),
+                        at: uns(r.get(0)?),
+                        reply: r.get(1)?,
                     })
-                    .optional()
-                    .db()?,
-            )
+                })
+                .optional()
+                .db()
         })
     }
 

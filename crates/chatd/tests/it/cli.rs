@@ -351,7 +351,13 @@ fn an_older_log_format_is_refused_until_migrated_and_a_newer_one_always() {
     ok(dir.path(), &["init"], &[]);
     ok(
         dir.path(),
-        &["admin", "create-user", "alice", "--password", "secret-enough"],
+        &[
+            "admin",
+            "create-user",
+            "alice",
+            "--password",
+            "secret-enough",
+        ],
         &[],
     );
     let report = ok(dir.path(), &["check"], &[]);
@@ -365,7 +371,11 @@ fn an_older_log_format_is_refused_until_migrated_and_a_newer_one_always() {
     }
     let checked = run(dir.path(), &["check"], &[]);
     assert!(!checked.status.success());
-    assert!(stderr(&checked).contains("chatd migrate"), "{}", stderr(&checked));
+    assert!(
+        stderr(&checked).contains("chatd migrate"),
+        "{}",
+        stderr(&checked)
+    );
 
     let migrated = ok(dir.path(), &["migrate"], &[]);
     assert!(
@@ -386,7 +396,11 @@ fn an_older_log_format_is_refused_until_migrated_and_a_newer_one_always() {
     }
     let migrate = run(dir.path(), &["migrate"], &[]);
     assert!(!migrate.status.success());
-    assert!(stderr(&migrate).contains("upgrade chatd"), "{}", stderr(&migrate));
+    assert!(
+        stderr(&migrate).contains("upgrade chatd"),
+        "{}",
+        stderr(&migrate)
+    );
 }
 
 #[test]
