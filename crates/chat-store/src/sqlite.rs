@@ -354,6 +354,18 @@ impl SqliteStore {
         Ok((Self::finish(path.as_ref(), conn, meta)?, upgraded))
     }
 
+    /// Opens the database whatever its log's format, to copy it (`chatd backup` before `chatd migrate`), and
+    /// returns that format's version. Only a store of this build's [`FORMAT_VERSION`] may have its records
+    /// read: an engine must be started on [`SqliteStore::open`] or [`SqliteStore::upgrade`].
+    pub fn open_as_is(
+        path: impl AsRef<Path>,
+        durability: Durability,
+        now: UnixMillis,
+    ) -> Result<(Self, u32), StoreError> {
+        let (conn, meta, found) = Self::connect(path.as_ref(), durability, now)?;
+        Ok((Self::finish(path.as_ref(), conn, meta)?, found))
+    }
+
     /// Opens the connection, applies the schema migrations, and reads the identity and the format version.
     fn connect(
         path: &Path,

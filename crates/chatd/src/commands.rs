@@ -219,7 +219,8 @@ pub(crate) fn backup(config: &Config, path: &Path) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let db = Db::open(config, Create::Refuse, Lock::None)?;
+    // Whatever the log's format: a backup is what to take before `chatd migrate` converts an older one.
+    let db = Db::open_to_copy(config)?;
     let store = db.store();
     store
         .backup(path)

@@ -376,6 +376,10 @@ fn an_older_log_format_is_refused_until_migrated_and_a_newer_one_always() {
         "{}",
         stderr(&checked)
     );
+    // The backup the message asks for is taken as it is.
+    let copy = dir.path().join("before-migrate.db");
+    ok(dir.path(), &["backup", copy.to_str().unwrap()], &[]);
+    assert!(copy.exists());
 
     let migrated = ok(dir.path(), &["migrate"], &[]);
     assert!(
