@@ -7,7 +7,7 @@
 //! the binary. A new store (PostgreSQL, a cluster's shared log) implements [`Store`] and changes nothing
 //! above it.
 //!
-//! [`format`] is the log's format version: how the records every store keeps are encoded, which versions a
+//! [`format`](mod@format) is the log's format version: how the records every store keeps are encoded, which versions a
 //! build reads, and how a record of an older version is converted.
 //!
 //! ```
