@@ -7,8 +7,8 @@
 //! the binary. A new store (PostgreSQL, a cluster's shared log) implements [`Store`] and changes nothing
 //! above it.
 //!
-//! [`format`](mod@format) is the log's format version: how the records every store keeps are encoded, which versions a
-//! build reads, and how a record of an older version is converted.
+//! [`format`](mod@format) is the log's format version: how the records every store keeps are encoded, which
+//! versions a build reads, and how a record of an older version is converted.
 //!
 //! ```
 //! use chat_log::{HistoryQuery, Store, StoreError, StoredMessage};
