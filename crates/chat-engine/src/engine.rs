@@ -12,7 +12,7 @@ use chat_core::{
     ClientId, Command, Core, Created, Event, EventKind, NewClient, Origin, Seq, State, UnixMillis,
     UserId,
 };
-use chat_store::{Batch, Store};
+use chat_log::{Batch, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -247,7 +247,7 @@ impl Shared {
 
     pub(crate) fn remember_nonces(
         &self,
-        records: Vec<chat_store::NonceRecord>,
+        records: Vec<chat_log::NonceRecord>,
         mut replies: HashMap<(UserId, String), CommandReply>,
     ) {
         let mut nonces = lock(&self.nonces);
@@ -502,9 +502,17 @@ impl Engine {
             })?
     }
 
-    /// The store, for history and search queries that need no ordering with commands.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.shared.store
+    /// Runs a read of the store on the blocking pool: history, search and message lookups need no ordering
+    /// with commands. Crate-private: transports read through the methods in `read.rs`, so that a new store
+    /// (or a cluster's shared log) changes what they call in one place.
+    pub(crate) async fn read_store<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let store = Arc::clone(&self.shared.store);
+        Ok(tokio::task::spawn_blocking(move || read(store.as_ref()))
+            .await
+            .map_err(|_| self.shared.gone())??)
     }
 
     fn check_open(&self) -> Result<(), EngineError> {
@@ -1253,7 +1261,7 @@ fn spawn_retention(shared: &Arc<Shared>) {
             let files = Arc::clone(&shared.files);
             drop(shared);
             let pass = tokio::task::spawn_blocking(move || {
-                let mut total = chat_store::RetentionReport::default();
+                let mut total = chat_log::RetentionReport::default();
                 loop {
                     let report =
                         store.enforce_retention(max_history, events_before, nonces_before)?;
@@ -1263,7 +1271,7 @@ fn spawn_retention(shared: &Arc<Shared>) {
                         files.remove(*channel, std::slice::from_ref(attachment));
                     }
                     if report.messages + report.events + report.nonces == 0 {
-                        return Ok::<_, chat_store::StoreError>(total);
+                        return Ok::<_, chat_log::StoreError>(total);
                     }
                     total.messages += report.messages;
                     total.events += report.events;

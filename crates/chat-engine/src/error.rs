@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_core::ReplayError;
-use chat_store::StoreError;
+use chat_log::StoreError;
 
 use crate::hashcash::StampError;
 use crate::password::PasswordError;

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use chat_core::{Attachment, ChannelId};
-use chat_store::Store;
+use chat_log::Store;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 

@@ -11,7 +11,7 @@ use chat_core::{
     Attachment, ChannelId, ClientId, Command, Core, Created, Event, EventKind, MessageId, Origin,
     Seq, UnixMillis, UserId,
 };
-use chat_store::{Batch, NonceRecord, Store};
+use chat_log::{Batch, NonceRecord, Store};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

@@ -1,5 +1,6 @@
-//! Durable storage for chatd behind one trait, [`Store`]: the append-only event log, snapshots of the core's
-//! state, clients' cursors, nonces, and the materialized tables that serve history and search.
+//! Durable storage for chatd: the implementations of `chat-log`'s [`Store`] (the append-only event log,
+//! snapshots of the core's state, clients' cursors, nonces, and the materialized tables that serve history
+//! and search). Only the binary, tests and benches depend on this crate; the engine knows the contract alone.
 //!
 //! Two implementations share one contract and one test suite: [`SqliteStore`] (rusqlite, WAL, FTS5; the one
 //! the server runs) and [`MemoryStore`] (a plain in-memory reference, for tests and for embedders that need
@@ -33,11 +34,12 @@ mod memory;
 mod project;
 mod sqlite;
 mod text;
-mod types;
 
 pub use crate::memory::MemoryStore;
 pub use crate::sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
-pub use crate::types::{
+pub use chat_log::format;
+// The contract, re-exported so that code which picks a store (the binary, tests, benches) names one crate.
+pub use chat_log::{
     Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, Store,
     StoreError, StoredMessage, StreamPage,
 };

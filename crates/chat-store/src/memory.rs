@@ -16,7 +16,7 @@ use crate::project::{
     self, AUD_CHANNEL, AUD_CHANNEL_AND, AUD_SPACE, AUD_SPACE_AND, AUD_USER, AUD_USERS, Effect,
 };
 use crate::text;
-use crate::types::{
+use chat_log::{
     Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, Store,
     StoreError, StoredMessage, StreamPage,
 };

@@ -12,7 +12,7 @@ use chat_core::{
     OverwriteTarget, Permissions, Role, RoleId, Seq, SpaceId, SpaceInfo, Topic, UnixMillis, UserId,
 };
 
-use crate::types::StoredMessage;
+use chat_log::StoredMessage;
 
 /// One change to the materialized tables.
 #[derive(Debug)]

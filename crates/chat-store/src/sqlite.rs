@@ -18,7 +18,8 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::project::{self, AUD_CHANNEL, AUD_CHANNEL_AND, AUD_USERS, Effect};
 use crate::text;
-use crate::types::{
+use chat_log::format::{self, FORMAT_VERSION};
+use chat_log::{
     Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, Store,
     StoreError, StoredMessage, StreamPage,
 };
@@ -110,6 +111,17 @@ fn lim(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Turns SQLite's errors into the contract's: `?` cannot, since neither type belongs to this crate.
+trait Db<T> {
+    fn db(self) -> Result<T, StoreError>;
+}
+
+impl<T> Db<T> for rusqlite::Result<T> {
+    fn db(self) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Database(Box::new(e)))
+    }
+}
+
 fn corrupt(what: &'static str, at: u64, detail: impl ToString) -> StoreError {
     StoreError::Corrupt {
         what,
@@ -139,11 +151,12 @@ fn decode_event(seq: i64, payload: &[u8]) -> Result<Event, StoreError> {
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).db()?;
     // The projection uses a few dozen distinct statements; the default cache of 16 would re-prepare them.
     conn.set_prepared_statement_cache_capacity(128);
     // A larger page cache (64 MiB) keeps the hot ends of the log, message and FTS b-trees in memory.
-    conn.execute_batch("PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;")?;
+    conn.execute_batch("PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;")
+        .db()?;
     Ok(())
 }
 
@@ -154,12 +167,15 @@ fn migrate(conn: &mut Connection, now: UnixMillis) -> Result<(), StoreError> {
              version    INTEGER PRIMARY KEY,
              applied_at INTEGER NOT NULL
          )",
-    )?;
-    let current: i64 = conn.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-        [],
-        |r| r.get(0),
-    )?;
+    )
+    .db()?;
+    let current: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
+        .db()?;
     let found = u32::try_from(current).unwrap_or(u32::MAX);
     if found > SCHEMA_VERSION {
         return Err(StoreError::TooNew {
@@ -168,13 +184,16 @@ fn migrate(conn: &mut Connection, now: UnixMillis) -> Result<(), StoreError> {
         });
     }
     for (version, script) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch(script)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .db()?;
+        tx.execute_batch(script).db()?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
             params![version, bound(now)],
-        )?;
-        tx.commit()?;
+        )
+        .db()?;
+        tx.commit().db()?;
     }
     Ok(())
 }
@@ -187,20 +206,30 @@ fn random_u64() -> Result<u64, StoreError> {
     })
 }
 
-/// Reads the database's identity, creating it on first open.
-fn load_meta(conn: &mut Connection, now: UnixMillis) -> Result<DbMeta, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+/// The `meta` key of the log's format version (see [`chat_log::format`]). A database without it was written
+/// before versions were recorded: version 1.
+const FORMAT_KEY: &str = "format_version";
+
+/// Reads the database's identity and its log's format version, creating both on first open.
+fn load_meta(conn: &mut Connection, now: UnixMillis) -> Result<(DbMeta, u32), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .db()?;
     let get = |key: &str| -> Result<Option<i64>, StoreError> {
-        Ok(tx
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?)
+        tx.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .db()
     };
-    let meta = match (get("epoch")?, get("invite_seed")?, get("created_at")?) {
-        (Some(epoch), Some(seed), Some(at)) => DbMeta {
-            epoch: uns(epoch),
-            invite_seed: uns(seed),
-            created_at: uns(at),
-        },
+    let found = match (get("epoch")?, get("invite_seed")?, get("created_at")?) {
+        (Some(epoch), Some(seed), Some(at)) => {
+            let meta = DbMeta {
+                epoch: uns(epoch),
+                invite_seed: uns(seed),
+                created_at: uns(at),
+            };
+            let version = get(FORMAT_KEY)?.map_or(1, |v| u32::try_from(v).unwrap_or(u32::MAX));
+            (meta, version)
+        }
         _ => {
             let meta = DbMeta {
                 epoch: random_u64()?,
@@ -211,31 +240,143 @@ fn load_meta(conn: &mut Connection, now: UnixMillis) -> Result<DbMeta, StoreErro
                 ("epoch", meta.epoch),
                 ("invite_seed", meta.invite_seed),
                 ("created_at", meta.created_at),
+                (FORMAT_KEY, u64::from(FORMAT_VERSION)),
             ] {
                 tx.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
                     params![k, sql(v)],
-                )?;
+                )
+                .db()?;
             }
-            meta
+            (meta, FORMAT_VERSION)
         }
     };
-    tx.commit()?;
-    Ok(meta)
+    tx.commit().db()?;
+    Ok(found)
+}
+
+/// Rows rewritten per statement of a format migration: the rows of one chunk are read before any is written.
+const UPGRADE_CHUNK: i64 = 1_000;
+
+/// Converts every record the database keeps in postcard from format `from` to this build's, and records the
+/// new version, in one transaction: after a crash the database is wholly in the old format or the new.
+fn upgrade_format(conn: &mut Connection, from: u32) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .db()?;
+    rewrite::<Event>(&tx, from, ("events", "seq", "payload"), "event")?;
+    rewrite::<chat_core::State>(&tx, from, ("snapshots", "seq", "state"), "snapshot")?;
+    rewrite::<Vec<UserId>>(&tx, from, ("messages", "id", "mentions"), "mentions")?;
+    rewrite::<Vec<Attachment>>(&tx, from, ("messages", "id", "attachments"), "attachments")?;
+    // `space_members.roles` holds role ids alone (no struct of the core), and nonces' replies are the
+    // engine's own small records, which it reads leniently: neither changes with the format.
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+        params![FORMAT_KEY, FORMAT_VERSION],
+    )
+    .db()?;
+    tx.commit().db()
+}
+
+/// Rewrites one postcard column of a table keyed by an integer, chunk by chunk in key order.
+fn rewrite<T: serde::de::DeserializeOwned + serde::Serialize>(
+    tx: &rusqlite::Transaction<'_>,
+    from: u32,
+    (table, key, column): (&str, &str, &str),
+    what: &'static str,
+) -> Result<(), StoreError> {
+    let mut read = tx
+        .prepare(&format!(
+            "SELECT {key}, {column} FROM {table} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2"
+        ))
+        .db()?;
+    let mut write = tx
+        .prepare(&format!(
+            "UPDATE {table} SET {column} = ?2 WHERE {key} = ?1"
+        ))
+        .db()?;
+    let mut after = i64::MIN;
+    loop {
+        let rows = read
+            .query_map(params![after, UPGRADE_CHUNK], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .db()?
+            .collect::<Result<Vec<_>, _>>()
+            .db()?;
+        let Some(&(last, _)) = rows.last() else {
+            return Ok(());
+        };
+        for (k, bytes) in rows {
+            let again = format::upgrade::<T>(from, &bytes).map_err(|e| corrupt(what, uns(k), e))?;
+            if let Some(again) = again {
+                write.execute(params![k, again]).db()?;
+            }
+        }
+        after = last;
+    }
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the database at `path`: applies missing migrations, refuses a database from a newer
-    /// chatd with [`StoreError::TooNew`], and on creation draws a random epoch and invite seed.
+    /// Opens (or creates) the database at `path`: applies missing schema migrations, refuses a database from
+    /// a newer chatd with [`StoreError::TooNew`], and on creation draws a random epoch and invite seed. A log
+    /// in another format than this build's is refused ([`StoreError::FormatTooOld`],
+    /// [`StoreError::FormatTooNew`]); [`SqliteStore::upgrade`] converts an older one.
     pub fn open(
         path: impl AsRef<Path>,
         durability: Durability,
         now: UnixMillis,
     ) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        let mut conn = Connection::open(&path)?;
+        let (conn, meta, found) = Self::connect(path.as_ref(), durability, now)?;
+        if format::check(found)? {
+            return Err(StoreError::FormatTooOld {
+                found,
+                known: FORMAT_VERSION,
+            });
+        }
+        Self::finish(path.as_ref(), conn, meta)
+    }
+
+    /// Opens the database as [`SqliteStore::open`] does, first converting a log in an older format to this
+    /// build's (`chatd migrate`). Returns the version it converted from, if it converted.
+    pub fn upgrade(
+        path: impl AsRef<Path>,
+        durability: Durability,
+        now: UnixMillis,
+    ) -> Result<(Self, Option<u32>), StoreError> {
+        let (mut conn, meta, found) = Self::connect(path.as_ref(), durability, now)?;
+        let upgraded = if format::check(found)? {
+            upgrade_format(&mut conn, found)?;
+            Some(found)
+        } else {
+            None
+        };
+        Ok((Self::finish(path.as_ref(), conn, meta)?, upgraded))
+    }
+
+    /// Opens the database whatever its log's format, to copy it (`chatd backup` before `chatd migrate`), and
+    /// returns that format's version. Only a store of this build's [`FORMAT_VERSION`] may have its records
+    /// read: an engine must be started on [`SqliteStore::open`] or [`SqliteStore::upgrade`].
+    pub fn open_as_is(
+        path: impl AsRef<Path>,
+        durability: Durability,
+        now: UnixMillis,
+    ) -> Result<(Self, u32), StoreError> {
+        let (conn, meta, found) = Self::connect(path.as_ref(), durability, now)?;
+        Ok((Self::finish(path.as_ref(), conn, meta)?, found))
+    }
+
+    /// Opens the connection, applies the schema migrations, and reads the identity and the format version.
+    fn connect(
+        path: &Path,
+        durability: Durability,
+        now: UnixMillis,
+    ) -> Result<(Connection, DbMeta, u32), StoreError> {
+        let mut conn = Connection::open(path).db()?;
         configure(&conn)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .db()?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Io(std::io::Error::other(format!(
                 "the database refused WAL mode (journal_mode is {mode})"
@@ -244,16 +385,24 @@ impl SqliteStore {
         conn.execute_batch(match durability {
             Durability::Full => "PRAGMA synchronous = FULL",
             Durability::Relaxed => "PRAGMA synchronous = NORMAL",
-        })?;
+        })
+        .db()?;
         // Checkpoints run on the committing connection, inside an append, and copy every page written since
         // the last one back to the database. The default (every 1000 pages, 4 MiB of log) copies the hot
         // pages of the log, message, nonce and index b-trees again and again; a longer interval copies each
         // of them once for many more commits.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 10000")?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 10000")
+            .db()?;
         migrate(&mut conn, now)?;
-        let meta = load_meta(&mut conn, now)?;
-        let last: i64 =
-            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+        let (meta, found) = load_meta(&mut conn, now)?;
+        Ok((conn, meta, found))
+    }
+
+    fn finish(path: &Path, conn: Connection, meta: DbMeta) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        let last: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
+            .db()?;
         Ok(Self {
             meta,
             path,
@@ -286,9 +435,9 @@ impl SqliteStore {
         let conn = match pooled {
             Some(c) => c,
             None => {
-                let c = Connection::open(&self.path)?;
+                let c = Connection::open(&self.path).db()?;
                 configure(&c)?;
-                c.execute_batch("PRAGMA query_only = ON")?;
+                c.execute_batch("PRAGMA query_only = ON").db()?;
                 c
             }
         };
@@ -307,29 +456,29 @@ const MESSAGE_COLS: &str = "m.id, m.seq, m.ts, m.channel, m.space, m.author, m.k
      m.attachments";
 
 fn message_from_row(conn: &Connection, r: &Row<'_>) -> Result<StoredMessage, StoreError> {
-    let id: i64 = r.get(0)?;
+    let id: i64 = r.get(0).db()?;
     let at = uns(id);
-    let kind: String = r.get(6)?;
-    let mentions: Vec<u8> = r.get(16)?;
-    let attachments: Vec<u8> = r.get(17)?;
+    let kind: String = r.get(6).db()?;
+    let mentions: Vec<u8> = r.get(16).db()?;
+    let attachments: Vec<u8> = r.get(17).db()?;
     let mut m = StoredMessage {
         id: id_of(id, MessageId::from_raw, "message")?,
-        seq: uns(r.get(1)?),
-        ts: uns(r.get(2)?),
-        channel: id_of(r.get(3)?, ChannelId::from_raw, "message channel")?,
-        space: opt_id(r.get(4)?, SpaceId::from_raw, "message space")?,
-        author: id_of(r.get(5)?, UserId::from_raw, "message author")?,
+        seq: uns(r.get(1).db()?),
+        ts: uns(r.get(2).db()?),
+        channel: id_of(r.get(3).db()?, ChannelId::from_raw, "message channel")?,
+        space: opt_id(r.get(4).db()?, SpaceId::from_raw, "message space")?,
+        author: id_of(r.get(5).db()?, UserId::from_raw, "message author")?,
         kind: chat_core::MessageKind::from_name(&kind)
             .ok_or_else(|| corrupt("message kind", at, kind.clone()))?,
-        body: r.get(7)?,
-        meta: r.get(8)?,
-        reply_to: opt_id(r.get(9)?, MessageId::from_raw, "reply")?,
-        thread: opt_id(r.get(10)?, ChannelId::from_raw, "thread")?,
-        mention_everyone: r.get(11)?,
-        embeds: r.get(12)?,
-        pinned: r.get(13)?,
-        edited_at: r.get::<_, Option<i64>>(14)?.map(uns),
-        nonce: r.get(15)?,
+        body: r.get(7).db()?,
+        meta: r.get(8).db()?,
+        reply_to: opt_id(r.get(9).db()?, MessageId::from_raw, "reply")?,
+        thread: opt_id(r.get(10).db()?, ChannelId::from_raw, "thread")?,
+        mention_everyone: r.get(11).db()?,
+        embeds: r.get(12).db()?,
+        pinned: r.get(13).db()?,
+        edited_at: r.get::<_, Option<i64>>(14).db()?.map(uns),
+        nonce: r.get(15).db()?,
         mentions: postcard::from_bytes::<Vec<UserId>>(&mentions)
             .map_err(|e| corrupt("mentions", at, e))?,
         attachments: postcard::from_bytes::<Vec<Attachment>>(&attachments)
@@ -337,11 +486,12 @@ fn message_from_row(conn: &Connection, r: &Row<'_>) -> Result<StoredMessage, Sto
         reactions: BTreeMap::new(),
     };
     let mut stmt = conn
-        .prepare_cached("SELECT emoji, user FROM reactions WHERE message = ?1 ORDER BY emoji, n")?;
-    let mut rows = stmt.query([id])?;
-    while let Some(row) = rows.next()? {
-        let emoji: String = row.get(0)?;
-        let user = id_of(row.get(1)?, UserId::from_raw, "reaction user")?;
+        .prepare_cached("SELECT emoji, user FROM reactions WHERE message = ?1 ORDER BY emoji, n")
+        .db()?;
+    let mut rows = stmt.query([id]).db()?;
+    while let Some(row) = rows.next().db()? {
+        let emoji: String = row.get(0).db()?;
+        let user = id_of(row.get(1).db()?, UserId::from_raw, "reaction user")?;
         m.reactions.entry(emoji).or_default().push(user);
     }
     Ok(m)
@@ -353,10 +503,10 @@ fn messages_where(
     params: &[&dyn rusqlite::ToSql],
 ) -> Result<Vec<StoredMessage>, StoreError> {
     let sql = format!("SELECT {MESSAGE_COLS} FROM messages m WHERE {clause}");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(params)?;
+    let mut stmt = conn.prepare_cached(&sql).db()?;
+    let mut rows = stmt.query(params).db()?;
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
+    while let Some(r) = rows.next().db()? {
         out.push(message_from_row(conn, r)?);
     }
     Ok(out)
@@ -373,10 +523,10 @@ fn leave_channels(
     let sql = format!(
         "UPDATE members SET to_seq = ?1 WHERE user = ?2 AND to_seq IS NULL AND channel IN ({channels})"
     );
-    let mut stmt = tx.prepare_cached(&sql)?;
+    let mut stmt = tx.prepare_cached(&sql).db()?;
     match arg {
-        Some(a) => stmt.execute(params![seq, user, a])?,
-        None => stmt.execute(params![seq, user])?,
+        Some(a) => stmt.execute(params![seq, user, a]).db()?,
+        None => stmt.execute(params![seq, user]).db()?,
     };
     Ok(())
 }
@@ -384,24 +534,33 @@ fn leave_channels(
 /// Removes a channel with its threads: memberships end, its messages leave history.
 fn channel_gone(tx: &Connection, seq: i64, channel: i64) -> Result<(), StoreError> {
     let threads: Vec<i64> = tx
-        .prepare_cached("SELECT id FROM channels WHERE kind = 'thread' AND parent = ?1")?
-        .query_map([channel], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+        .prepare_cached("SELECT id FROM channels WHERE kind = 'thread' AND parent = ?1")
+        .db()?
+        .query_map([channel], |r| r.get(0))
+        .db()?
+        .collect::<Result<_, _>>()
+        .db()?;
     for t in threads {
         channel_gone(tx, seq, t)?;
     }
-    tx.prepare_cached(
-        "UPDATE channels SET deleted_seq = ?1 WHERE id = ?2 AND deleted_seq IS NULL",
-    )?
-    .execute(params![seq, channel])?;
-    tx.prepare_cached("UPDATE members SET to_seq = ?1 WHERE channel = ?2 AND to_seq IS NULL")?
-        .execute(params![seq, channel])?;
+    tx.prepare_cached("UPDATE channels SET deleted_seq = ?1 WHERE id = ?2 AND deleted_seq IS NULL")
+        .db()?
+        .execute(params![seq, channel])
+        .db()?;
+    tx.prepare_cached("UPDATE members SET to_seq = ?1 WHERE channel = ?2 AND to_seq IS NULL")
+        .db()?
+        .execute(params![seq, channel])
+        .db()?;
     tx.prepare_cached(
         "DELETE FROM reactions WHERE message IN (SELECT id FROM messages WHERE channel = ?1)",
-    )?
-    .execute([channel])?;
-    tx.prepare_cached("DELETE FROM messages WHERE channel = ?1")?
-        .execute([channel])?;
+    )
+    .db()?
+    .execute([channel])
+    .db()?;
+    tx.prepare_cached("DELETE FROM messages WHERE channel = ?1")
+        .db()?
+        .execute([channel])
+        .db()?;
     Ok(())
 }
 
@@ -411,8 +570,10 @@ fn space_join(tx: &Connection, seq: i64, space: i64, user: i64) -> Result<(), St
          SELECT ?1, ?2, ?3 WHERE NOT EXISTS (
              SELECT 1 FROM space_members WHERE space = ?1 AND user = ?2 AND to_seq IS NULL)
          ON CONFLICT (space, user, from_seq) DO UPDATE SET to_seq = NULL",
-    )?
-    .execute(params![space, user, seq])?;
+    )
+    .db()?
+    .execute(params![space, user, seq])
+    .db()?;
     Ok(())
 }
 
@@ -449,32 +610,37 @@ fn apply(
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO users (id, nick, password_hash, bot, system, released, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
-            )?
-            .execute(params![sql(id.get()), nick, password_hash, bot, system, bound(ev.ts)])?;
+            ).db()?
+            .execute(params![sql(id.get()), nick, password_hash, bot, system, bound(ev.ts)]).db()?;
         }
         Effect::NetworkJoin(user) => {
             let network: Option<i64> = tx
                 .prepare_cached(
                     "SELECT id FROM spaces WHERE network = 1 AND deleted_seq IS NULL ORDER BY id LIMIT 1",
-                )?
+                ).db()?
                 .query_row([], |r| r.get(0))
-                .optional()?;
+                .optional().db()?;
             if let Some(n) = network {
                 space_join(tx, seq, n, sql(user.get()))?;
             }
         }
         Effect::SpaceJoinAll(space) => {
             let users: Vec<i64> = tx
-                .prepare_cached("SELECT id FROM users WHERE released = 0")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+                .prepare_cached("SELECT id FROM users WHERE released = 0")
+                .db()?
+                .query_map([], |r| r.get(0))
+                .db()?
+                .collect::<Result<_, _>>()
+                .db()?;
             for u in users {
                 space_join(tx, seq, sql(space.get()), u)?;
             }
         }
         Effect::Nick(user, nick) => {
-            tx.prepare_cached("UPDATE users SET nick = ?1 WHERE id = ?2")?
-                .execute(params![nick, sql(user.get())])?;
+            tx.prepare_cached("UPDATE users SET nick = ?1 WHERE id = ?2")
+                .db()?
+                .execute(params![nick, sql(user.get())])
+                .db()?;
         }
         Effect::Profile {
             user,
@@ -484,16 +650,22 @@ fn apply(
         } => {
             tx.prepare_cached(
                 "UPDATE users SET display_name = ?1, bio = ?2, avatar_url = ?3 WHERE id = ?4",
-            )?
-            .execute(params![display_name, bio, avatar_url, sql(user.get())])?;
+            )
+            .db()?
+            .execute(params![display_name, bio, avatar_url, sql(user.get())])
+            .db()?;
         }
         Effect::Password(user, hash) => {
-            tx.prepare_cached("UPDATE users SET password_hash = ?1 WHERE id = ?2")?
-                .execute(params![hash, sql(user.get())])?;
+            tx.prepare_cached("UPDATE users SET password_hash = ?1 WHERE id = ?2")
+                .db()?
+                .execute(params![hash, sql(user.get())])
+                .db()?;
         }
         Effect::Away(user, message) => {
-            tx.prepare_cached("UPDATE users SET away = ?1 WHERE id = ?2")?
-                .execute(params![message, sql(user.get())])?;
+            tx.prepare_cached("UPDATE users SET away = ?1 WHERE id = ?2")
+                .db()?
+                .execute(params![message, sql(user.get())])
+                .db()?;
         }
         Effect::Client {
             id,
@@ -504,18 +676,22 @@ fn apply(
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO clients (id, user, name, token_hash, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
+            )
+            .db()?
             .execute(params![
                 sql(id.get()),
                 sql(user.get()),
                 name,
                 &token_hash[..],
                 bound(ev.ts)
-            ])?;
+            ])
+            .db()?;
         }
         Effect::ClientGone(id) => {
-            tx.prepare_cached("DELETE FROM clients WHERE id = ?1")?
-                .execute([sql(id.get())])?;
+            tx.prepare_cached("DELETE FROM clients WHERE id = ?1")
+                .db()?
+                .execute([sql(id.get())])
+                .db()?;
         }
         Effect::Quit { user, released } => {
             let u = sql(user.get());
@@ -529,12 +705,18 @@ fn apply(
                 )?;
                 tx.prepare_cached(
                     "UPDATE space_members SET to_seq = ?1 WHERE user = ?2 AND to_seq IS NULL",
-                )?
-                .execute(params![seq, u])?;
-                tx.prepare_cached("UPDATE users SET released = 1, away = NULL WHERE id = ?1")?
-                    .execute([u])?;
-                tx.prepare_cached("DELETE FROM read_states WHERE user = ?1")?
-                    .execute([u])?;
+                )
+                .db()?
+                .execute(params![seq, u])
+                .db()?;
+                tx.prepare_cached("UPDATE users SET released = 1, away = NULL WHERE id = ?1")
+                    .db()?
+                    .execute([u])
+                    .db()?;
+                tx.prepare_cached("DELETE FROM read_states WHERE user = ?1")
+                    .db()?
+                    .execute([u])
+                    .db()?;
             } else {
                 leave_channels(
                     tx,
@@ -555,13 +737,15 @@ fn apply(
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO read_states (user, channel, last_read, mention_count)
                  VALUES (?1, ?2, ?3, ?4)",
-            )?
+            )
+            .db()?
             .execute(params![
                 sql(user.get()),
                 sql(channel.get()),
                 sql(message.get()),
                 mentions
-            ])?;
+            ])
+            .db()?;
         }
         Effect::Space(info) => {
             tx.prepare_cached(
@@ -569,7 +753,7 @@ fn apply(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (id) DO UPDATE SET name = ?2, description = ?3, icon_url = ?4, owner = ?5,
                      public = ?6, network = ?7",
-            )?
+            ).db()?
             .execute(params![
                 sql(info.id.get()),
                 info.name,
@@ -579,25 +763,34 @@ fn apply(
                 info.public,
                 info.network,
                 seq
-            ])?;
+            ]).db()?;
         }
         Effect::SpaceGone(space) => {
             let s = sql(space.get());
             let channels: Vec<i64> = tx
-                .prepare_cached("SELECT id FROM channels WHERE space = ?1")?
-                .query_map([s], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+                .prepare_cached("SELECT id FROM channels WHERE space = ?1")
+                .db()?
+                .query_map([s], |r| r.get(0))
+                .db()?
+                .collect::<Result<_, _>>()
+                .db()?;
             for c in channels {
                 channel_gone(tx, seq, c)?;
             }
             tx.prepare_cached(
                 "UPDATE space_members SET to_seq = ?1 WHERE space = ?2 AND to_seq IS NULL",
-            )?
-            .execute(params![seq, s])?;
-            tx.prepare_cached("UPDATE spaces SET deleted_seq = ?1 WHERE id = ?2")?
-                .execute(params![seq, s])?;
-            tx.prepare_cached("DELETE FROM invites WHERE space = ?1")?
-                .execute([s])?;
+            )
+            .db()?
+            .execute(params![seq, s])
+            .db()?;
+            tx.prepare_cached("UPDATE spaces SET deleted_seq = ?1 WHERE id = ?2")
+                .db()?
+                .execute(params![seq, s])
+                .db()?;
+            tx.prepare_cached("DELETE FROM invites WHERE space = ?1")
+                .db()?
+                .execute([s])
+                .db()?;
         }
         Effect::SpaceJoin(space, user) => {
             space_join(tx, seq, sql(space.get()), sql(user.get()))?;
@@ -607,8 +800,10 @@ fn apply(
             tx.prepare_cached(
                 "UPDATE space_members SET to_seq = ?1
                  WHERE space = ?2 AND user = ?3 AND to_seq IS NULL",
-            )?
-            .execute(params![seq, s, u])?;
+            )
+            .db()?
+            .execute(params![seq, s, u])
+            .db()?;
             leave_channels(
                 tx,
                 seq,
@@ -627,11 +822,15 @@ fn apply(
             if on {
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO space_bans (space, user, reason) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![s, u, reason])?;
+                )
+                .db()?
+                .execute(params![s, u, reason])
+                .db()?;
             } else {
-                tx.prepare_cached("DELETE FROM space_bans WHERE space = ?1 AND user = ?2")?
-                    .execute(params![s, u])?;
+                tx.prepare_cached("DELETE FROM space_bans WHERE space = ?1 AND user = ?2")
+                    .db()?
+                    .execute(params![s, u])
+                    .db()?;
             }
         }
         Effect::MemberUpdate {
@@ -644,15 +843,18 @@ fn apply(
             tx.prepare_cached(
                 "UPDATE space_members SET roles = ?1, nick = ?2
                  WHERE space = ?3 AND user = ?4 AND to_seq IS NULL",
-            )?
-            .execute(params![blob, nick, sql(space.get()), sql(user.get())])?;
+            )
+            .db()?
+            .execute(params![blob, nick, sql(space.get()), sql(user.get())])
+            .db()?;
         }
         Effect::Role(space, role) => {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO roles
                      (id, space, name, permissions, color, hoist, mentionable, position)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
+            )
+            .db()?
             .execute(params![
                 sql(role.id.get()),
                 sql(space.get()),
@@ -662,14 +864,19 @@ fn apply(
                 role.hoist,
                 role.mentionable,
                 role.position
-            ])?;
+            ])
+            .db()?;
         }
         Effect::RoleGone(role) => {
             let r = sql(role.get());
-            tx.prepare_cached("DELETE FROM roles WHERE id = ?1")?
-                .execute([r])?;
-            tx.prepare_cached("DELETE FROM overwrites WHERE target_kind = 0 AND target = ?1")?
-                .execute([r])?;
+            tx.prepare_cached("DELETE FROM roles WHERE id = ?1")
+                .db()?
+                .execute([r])
+                .db()?;
+            tx.prepare_cached("DELETE FROM overwrites WHERE target_kind = 0 AND target = ?1")
+                .db()?
+                .execute([r])
+                .db()?;
         }
         Effect::Channel { info, created } => {
             let kind = info.kind.name();
@@ -680,7 +887,7 @@ fn apply(
                     "INSERT OR REPLACE INTO channels (id, space, kind, parent, name, topic, topic_by,
                          topic_at, position, slowmode_secs, owner, starter, created_seq)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                )?
+                ).db()?
                 .execute(params![
                     c,
                     info.space.map(|s| sql(s.get())),
@@ -695,21 +902,22 @@ fn apply(
                     info.owner.map(|o| sql(o.get())),
                     info.starter.map(|s| sql(s.get())),
                     seq
-                ])?;
+                ]).db()?;
                 for (t, allow, deny) in &info.overwrites {
                     let (tk, tv) = target_cols(*t);
                     tx.prepare_cached(
                         "INSERT OR REPLACE INTO overwrites (channel, target_kind, target, allow, deny)
                          VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )?
-                    .execute(params![c, tk, tv, sql(allow.bits()), sql(deny.bits())])?;
+                    ).db()?
+                    .execute(params![c, tk, tv, sql(allow.bits()), sql(deny.bits())]).db()?;
                 }
             } else {
                 tx.prepare_cached(
                     "UPDATE channels SET name = ?2, topic = ?3, topic_by = ?4, topic_at = ?5,
                          position = ?6, parent = ?7, slowmode_secs = ?8, owner = ?9
                      WHERE id = ?1",
-                )?
+                )
+                .db()?
                 .execute(params![
                     c,
                     info.name,
@@ -720,7 +928,8 @@ fn apply(
                     info.parent.map(|p| sql(p.get())),
                     info.slowmode_secs,
                     info.owner.map(|o| sql(o.get())),
-                ])?;
+                ])
+                .db()?;
             }
         }
         Effect::ChannelGone(channel) => channel_gone(tx, seq, sql(channel.get()))?,
@@ -735,14 +944,16 @@ fn apply(
                  SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (
                      SELECT 1 FROM members WHERE channel = ?1 AND user = ?2 AND to_seq IS NULL)
                  ON CONFLICT (channel, user, from_seq) DO UPDATE SET to_seq = NULL",
-            )?
-            .execute(params![sql(channel.get()), sql(user.get()), seq, op, voice])?;
+            )
+            .db()?
+            .execute(params![sql(channel.get()), sql(user.get()), seq, op, voice])
+            .db()?;
         }
         Effect::ChannelLeave(channel, user) => {
             tx.prepare_cached(
                 "UPDATE members SET to_seq = ?1 WHERE channel = ?2 AND user = ?3 AND to_seq IS NULL",
-            )?
-            .execute(params![seq, sql(channel.get()), sql(user.get())])?;
+            ).db()?
+            .execute(params![seq, sql(channel.get()), sql(user.get())]).db()?;
         }
         Effect::Overwrite {
             channel,
@@ -755,33 +966,35 @@ fn apply(
                     tx.prepare_cached(
                         "INSERT OR REPLACE INTO overwrites (channel, target_kind, target, allow, deny)
                          VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )?
+                    ).db()?
                     .execute(params![
                         sql(channel.get()),
                         tk,
                         tv,
                         sql(allow.bits()),
                         sql(deny.bits())
-                    ])?;
+                    ]).db()?;
                 }
                 None => {
                     tx.prepare_cached(
                         "DELETE FROM overwrites WHERE channel = ?1 AND target_kind = ?2 AND target = ?3",
-                    )?
-                    .execute(params![sql(channel.get()), tk, tv])?;
+                    ).db()?
+                    .execute(params![sql(channel.get()), tk, tv]).db()?;
                 }
             }
         }
         Effect::Topic(channel, topic) => {
             tx.prepare_cached(
                 "UPDATE channels SET topic = ?1, topic_by = ?2, topic_at = ?3 WHERE id = ?4",
-            )?
+            )
+            .db()?
             .execute(params![
                 topic.map(|t| t.text.as_str()),
                 topic.map(|t| sql(t.by.get())),
                 topic.map(|t| bound(t.at)),
                 sql(channel.get())
-            ])?;
+            ])
+            .db()?;
         }
         Effect::MemberMode {
             channel,
@@ -792,8 +1005,10 @@ fn apply(
             tx.prepare_cached(
                 "UPDATE members SET op = COALESCE(?1, op), voice = COALESCE(?2, voice)
                  WHERE channel = ?3 AND user = ?4 AND to_seq IS NULL",
-            )?
-            .execute(params![op, voice, sql(channel.get()), sql(user.get())])?;
+            )
+            .db()?
+            .execute(params![op, voice, sql(channel.get()), sql(user.get())])
+            .db()?;
         }
         Effect::Message(m) => {
             let c = sql(m.channel.get());
@@ -804,7 +1019,7 @@ fn apply(
                      attachments)
                  VALUES (?1, ?2, ?3, ?4, (SELECT space FROM channels WHERE id = ?4), ?5, ?6, ?7, ?8,
                      ?9, ?10, ?11, ?12, 0, NULL, ?13, ?14, ?15)",
-            )?
+            ).db()?
             .execute(params![
                 id,
                 bound(m.seq),
@@ -821,15 +1036,17 @@ fn apply(
                 m.nonce,
                 encode(&m.mentions, "mentions", ev.seq)?,
                 encode(&m.attachments, "attachments", ev.seq)?,
-            ])?;
+            ]).db()?;
             // The index is kept here rather than by a trigger (migration 3 says why). It blanks the two
             // control characters snippets use as highlight markers, as the view the index reads does.
             if inserted == 1 && FTS_KINDS.contains(&m.kind) {
                 tx.prepare_cached(
                     "INSERT INTO messages_fts (rowid, body)
                      VALUES (?1, replace(replace(?2, char(2), ' '), char(3), ' '))",
-                )?
-                .execute(params![id, m.body])?;
+                )
+                .db()?
+                .execute(params![id, m.body])
+                .db()?;
             }
             deferred.last_message.insert(c, id);
         }
@@ -844,7 +1061,7 @@ fn apply(
             tx.prepare_cached(
                 "UPDATE messages SET body = ?1, meta = COALESCE(?2, meta), mentions = ?3, edited_at = ?4,
                  embeds = COALESCE(?6, embeds) WHERE id = ?5",
-            )?
+            ).db()?
             .execute(params![
                 body,
                 meta,
@@ -852,14 +1069,18 @@ fn apply(
                 bound(edited_at),
                 sql(id.get()),
                 embeds
-            ])?;
+            ]).db()?;
         }
         Effect::Delete(id) => {
             let m = sql(id.get());
-            tx.prepare_cached("DELETE FROM reactions WHERE message = ?1")?
-                .execute([m])?;
-            tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
-                .execute([m])?;
+            tx.prepare_cached("DELETE FROM reactions WHERE message = ?1")
+                .db()?
+                .execute([m])
+                .db()?;
+            tx.prepare_cached("DELETE FROM messages WHERE id = ?1")
+                .db()?
+                .execute([m])
+                .db()?;
         }
         Effect::React {
             id,
@@ -871,22 +1092,30 @@ fn apply(
                 tx.prepare_cached(
                     "INSERT OR IGNORE INTO reactions (message, emoji, user, n)
                      SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
-                )?
-                .execute(params![sql(id.get()), emoji, sql(user.get()), seq])?;
+                )
+                .db()?
+                .execute(params![sql(id.get()), emoji, sql(user.get()), seq])
+                .db()?;
             } else {
                 tx.prepare_cached(
                     "DELETE FROM reactions WHERE message = ?1 AND emoji = ?2 AND user = ?3",
-                )?
-                .execute(params![sql(id.get()), emoji, sql(user.get())])?;
+                )
+                .db()?
+                .execute(params![sql(id.get()), emoji, sql(user.get())])
+                .db()?;
             }
         }
         Effect::Pin(id, on) => {
-            tx.prepare_cached("UPDATE messages SET pinned = ?1 WHERE id = ?2")?
-                .execute(params![on, sql(id.get())])?;
+            tx.prepare_cached("UPDATE messages SET pinned = ?1 WHERE id = ?2")
+                .db()?
+                .execute(params![on, sql(id.get())])
+                .db()?;
         }
         Effect::Thread { starter, thread } => {
-            tx.prepare_cached("UPDATE messages SET thread = ?1 WHERE id = ?2")?
-                .execute(params![sql(thread.get()), sql(starter.get())])?;
+            tx.prepare_cached("UPDATE messages SET thread = ?1 WHERE id = ?2")
+                .db()?
+                .execute(params![sql(thread.get()), sql(starter.get())])
+                .db()?;
         }
         Effect::Invite(inv) => {
             let (space, channel) = match inv.target {
@@ -897,7 +1126,8 @@ fn apply(
                 "INSERT OR REPLACE INTO invites
                      (code, id, space, channel, creator, max_uses, uses, expires_at, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
+            )
+            .db()?
             .execute(params![
                 inv.code,
                 sql(inv.id.get()),
@@ -908,15 +1138,20 @@ fn apply(
                 inv.uses,
                 inv.expires_at.map(bound),
                 bound(inv.created_at)
-            ])?;
+            ])
+            .db()?;
         }
         Effect::InviteUsed(code) => {
-            tx.prepare_cached("UPDATE invites SET uses = uses + 1 WHERE code = ?1")?
-                .execute([code])?;
+            tx.prepare_cached("UPDATE invites SET uses = uses + 1 WHERE code = ?1")
+                .db()?
+                .execute([code])
+                .db()?;
         }
         Effect::InviteGone(code) => {
-            tx.prepare_cached("DELETE FROM invites WHERE code = ?1")?
-                .execute([code])?;
+            tx.prepare_cached("DELETE FROM invites WHERE code = ?1")
+                .db()?
+                .execute([code])
+                .db()?;
         }
     }
     Ok(())
@@ -926,9 +1161,11 @@ fn apply(
 fn membership_channel(tx: &Connection, channel: ChannelId) -> Result<i64, StoreError> {
     let c = sql(channel.get());
     let parent: Option<Option<i64>> = tx
-        .prepare_cached("SELECT parent FROM channels WHERE id = ?1 AND kind = 'thread'")?
+        .prepare_cached("SELECT parent FROM channels WHERE id = ?1 AND kind = 'thread'")
+        .db()?
         .query_row([c], |r| r.get(0))
-        .optional()?;
+        .optional()
+        .db()?;
     Ok(parent.flatten().unwrap_or(c))
 }
 
@@ -954,7 +1191,8 @@ fn append_event(
     tx.prepare_cached(
         "INSERT INTO events (seq, ts, kind, aud, aud_at, aud_channel, aud_space, aud_user, payload)
          VALUES (?1, ?2, ?3, ?4, ?9, ?5, ?6, ?7, ?8)",
-    )?
+    )
+    .db()?
     .execute(params![
         bound(ev.seq),
         bound(ev.ts),
@@ -965,17 +1203,20 @@ fn append_event(
         cols.user.map(|u| sql(u.get())),
         payload,
         bound(at)
-    ])?;
+    ])
+    .db()?;
     Ok(())
 }
 
 fn save_cursors_in(tx: &Connection, cursors: &[(ClientId, Seq)]) -> Result<(), StoreError> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO cursors (client, seq) VALUES (?1, ?2)
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO cursors (client, seq) VALUES (?1, ?2)
          ON CONFLICT (client) DO UPDATE SET seq = ?2",
-    )?;
+        )
+        .db()?;
     for (c, s) in cursors {
-        stmt.execute(params![sql(c.get()), bound(*s)])?;
+        stmt.execute(params![sql(c.get()), bound(*s)]).db()?;
     }
     Ok(())
 }
@@ -989,8 +1230,9 @@ fn stream_window(
     hi: Seq,
     limit: usize,
 ) -> Result<(Vec<Event>, Option<Seq>, usize), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT e.seq, e.aud, e.payload FROM events e
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT e.seq, e.aud, e.payload FROM events e
          WHERE e.seq > ?1 AND e.seq <= ?2 AND (
              (e.aud IN (1, 4, 6) AND e.aud_user = ?3)
              OR e.aud = 2
@@ -1001,15 +1243,18 @@ fn stream_window(
                  WHERE m.space = e.aud_space AND m.user = ?3 AND m.from_seq <= e.aud_at
                    AND (m.to_seq IS NULL OR m.to_seq > e.aud_at))))
          ORDER BY e.seq LIMIT ?4",
-    )?;
-    let mut rows = stmt.query(params![bound(lo), bound(hi), sql(user.get()), lim(limit)])?;
+        )
+        .db()?;
+    let mut rows = stmt
+        .query(params![bound(lo), bound(hi), sql(user.get()), lim(limit)])
+        .db()?;
     let mut out = Vec::new();
     let mut last = None;
     let mut n = 0;
-    while let Some(r) = rows.next()? {
-        let seq: i64 = r.get(0)?;
-        let aud: u8 = r.get(1)?;
-        let payload: Vec<u8> = r.get(2)?;
+    while let Some(r) = rows.next().db()? {
+        let seq: i64 = r.get(0).db()?;
+        let aud: u8 = r.get(1).db()?;
+        let payload: Vec<u8> = r.get(2).db()?;
         n += 1;
         last = Some(uns(seq));
         let ev = decode_event(seq, &payload)?;
@@ -1033,7 +1278,9 @@ impl Store for SqliteStore {
 
     fn first_seq(&self) -> Result<Option<Seq>, StoreError> {
         self.read(|c| {
-            let v: Option<i64> = c.query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))?;
+            let v: Option<i64> = c
+                .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
+                .db()?;
             Ok(v.map(uns))
         })
     }
@@ -1051,29 +1298,32 @@ impl Store for SqliteStore {
         }
         let tx = w
             .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .db()?;
         let points = project::audience_points(batch.events, batch.command_ends);
         let mut deferred = Deferred::default();
         for (ev, at) in batch.events.iter().zip(points) {
             append_event(&tx, ev, at, &mut deferred)?;
         }
         {
-            let mut stmt =
-                tx.prepare_cached("UPDATE channels SET last_message = ?1 WHERE id = ?2")?;
+            let mut stmt = tx
+                .prepare_cached("UPDATE channels SET last_message = ?1 WHERE id = ?2")
+                .db()?;
             for (channel, message) in deferred.last_message {
-                stmt.execute(params![message, channel])?;
+                stmt.execute(params![message, channel]).db()?;
             }
         }
         save_cursors_in(&tx, batch.cursors)?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO nonces (user, nonce, at, reply) VALUES (?1, ?2, ?3, ?4)",
-            )?;
+            ).db()?;
             for n in batch.nonces {
-                stmt.execute(params![sql(n.user.get()), n.nonce, bound(n.at), n.reply])?;
+                stmt.execute(params![sql(n.user.get()), n.nonce, bound(n.at), n.reply])
+                    .db()?;
             }
         }
-        tx.commit()?;
+        tx.commit().db()?;
         w.last_seq = last;
         self.committed.store(last, Ordering::Release);
         Ok(())
@@ -1081,14 +1331,16 @@ impl Store for SqliteStore {
 
     fn events_after(&self, after: Seq, limit: usize) -> Result<Vec<Event>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT seq, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )?;
-            let mut rows = stmt.query(params![bound(after), lim(limit)])?;
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT seq, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )
+                .db()?;
+            let mut rows = stmt.query(params![bound(after), lim(limit)]).db()?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                let seq: i64 = r.get(0)?;
-                let payload: Vec<u8> = r.get(1)?;
+            while let Some(r) = rows.next().db()? {
+                let seq: i64 = r.get(0).db()?;
+                let payload: Vec<u8> = r.get(1).db()?;
                 out.push(decode_event(seq, &payload)?);
             }
             Ok(out)
@@ -1103,11 +1355,12 @@ impl Store for SqliteStore {
     ) -> Result<StreamPage, StoreError> {
         self.read(|c| {
             // One read transaction: the bounds and the rows come from the same committed state.
-            let tx = c.unchecked_transaction()?;
-            let (first, last): (Option<i64>, Option<i64>) =
-                tx.query_row("SELECT MIN(seq), MAX(seq) FROM events", [], |r| {
+            let tx = c.unchecked_transaction().db()?;
+            let (first, last): (Option<i64>, Option<i64>) = tx
+                .query_row("SELECT MIN(seq), MAX(seq) FROM events", [], |r| {
                     Ok((r.get(0)?, r.get(1)?))
-                })?;
+                })
+                .db()?;
             if let Some(first) = first.map(uns)
                 && after < first - 1
             {
@@ -1132,7 +1385,7 @@ impl Store for SqliteStore {
                 };
                 windows += 1;
             }
-            tx.finish()?;
+            tx.finish().db()?;
             Ok(StreamPage {
                 events,
                 next: cursor,
@@ -1145,25 +1398,29 @@ impl Store for SqliteStore {
         let mut w = self.writer();
         let tx = w
             .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .db()?;
         // Start-up reads only the newest snapshot; older ones are dead weight.
-        tx.execute("DELETE FROM snapshots WHERE seq <= ?1", [bound(seq)])?;
+        tx.execute("DELETE FROM snapshots WHERE seq <= ?1", [bound(seq)])
+            .db()?;
         tx.execute(
             "INSERT INTO snapshots (seq, state) VALUES (?1, ?2)",
             params![bound(seq), state],
-        )?;
-        tx.commit()?;
+        )
+        .db()?;
+        tx.commit().db()?;
         Ok(())
     }
 
     fn latest_snapshot(&self) -> Result<Option<(Seq, Vec<u8>)>, StoreError> {
         self.read(|c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT seq, state FROM snapshots ORDER BY seq DESC LIMIT 1",
                 [],
                 |r| Ok((uns(r.get(0)?), r.get(1)?)),
             )
-            .optional()?)
+            .optional()
+            .db()
         })
     }
 
@@ -1171,21 +1428,24 @@ impl Store for SqliteStore {
         let mut w = self.writer();
         let tx = w
             .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .db()?;
         save_cursors_in(&tx, cursors)?;
-        tx.commit()?;
+        tx.commit().db()?;
         Ok(())
     }
 
     fn cursors(&self) -> Result<Vec<(ClientId, Seq)>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT client, seq FROM cursors ORDER BY client")?;
-            let mut rows = stmt.query([])?;
+            let mut stmt = c
+                .prepare_cached("SELECT client, seq FROM cursors ORDER BY client")
+                .db()?;
+            let mut rows = stmt.query([]).db()?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
+            while let Some(r) = rows.next().db()? {
                 out.push((
-                    id_of(r.get(0)?, ClientId::from_raw, "cursor client")?,
-                    uns(r.get(1)?),
+                    id_of(r.get(0).db()?, ClientId::from_raw, "cursor client")?,
+                    uns(r.get(1).db()?),
                 ));
             }
             Ok(out)
@@ -1194,33 +1454,34 @@ impl Store for SqliteStore {
 
     fn nonce(&self, user: UserId, nonce: &str) -> Result<Option<NonceRecord>, StoreError> {
         self.read(|c| {
-            Ok(
-                c.prepare_cached("SELECT at, reply FROM nonces WHERE user = ?1 AND nonce = ?2")?
-                    .query_row(params![sql(user.get()), nonce], |r| {
-                        Ok(NonceRecord {
-                            user,
-                            nonce: nonce.to_owned(),
-                            at: uns(r.get(0)?),
-                            reply: r.get(1)?,
-                        })
+            c.prepare_cached("SELECT at, reply FROM nonces WHERE user = ?1 AND nonce = ?2")
+                .db()?
+                .query_row(params![sql(user.get()), nonce], |r| {
+                    Ok(NonceRecord {
+                        user,
+                        nonce: nonce.to_owned(),
+                        at: uns(r.get(0)?),
+                        reply: r.get(1)?,
                     })
-                    .optional()?,
-            )
+                })
+                .optional()
+                .db()
         })
     }
 
     fn nonces_since(&self, since: UnixMillis) -> Result<Vec<NonceRecord>, StoreError> {
         self.read(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT user, nonce, at, reply FROM nonces WHERE at >= ?1")?;
-            let mut rows = stmt.query([bound(since)])?;
+            let mut stmt = c
+                .prepare_cached("SELECT user, nonce, at, reply FROM nonces WHERE at >= ?1")
+                .db()?;
+            let mut rows = stmt.query([bound(since)]).db()?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
+            while let Some(r) = rows.next().db()? {
                 out.push(NonceRecord {
-                    user: id_of(r.get(0)?, UserId::from_raw, "nonce user")?,
-                    nonce: r.get(1)?,
-                    at: uns(r.get(2)?),
-                    reply: r.get(3)?,
+                    user: id_of(r.get(0).db()?, UserId::from_raw, "nonce user")?,
+                    nonce: r.get(1).db()?,
+                    at: uns(r.get(2).db()?),
+                    reply: r.get(3).db()?,
                 });
             }
             Ok(out)
@@ -1275,14 +1536,18 @@ impl Store for SqliteStore {
     fn attachments(&self, channel: ChannelId) -> Result<Vec<Attachment>, StoreError> {
         self.read(|c| {
             // An empty list encodes as the one byte 0x00; only messages with files are decoded.
-            let mut stmt = c.prepare_cached(
-                "SELECT id, attachments FROM messages WHERE channel = ?1 AND attachments != x'00'",
-            )?;
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, attachments FROM messages WHERE channel = ?1 AND attachments != x'00'",
+                )
+                .db()?;
             let rows = stmt
                 .query_map([sql(channel.get())], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+                })
+                .db()?
+                .collect::<Result<Vec<_>, _>>()
+                .db()?;
             let mut out = Vec::new();
             for (id, bytes) in rows {
                 out.extend(
@@ -1322,24 +1587,26 @@ impl Store for SqliteStore {
                    AND (?7 IS NULL OR m.id > ?7)
                  ORDER BY messages_fts.rowid DESC LIMIT ?8 OFFSET ?9"
             );
-            let mut stmt = conn.prepare_cached(&sql_text)?;
-            let mut rows = stmt.query(params![
-                expr,
-                channels,
-                q.author.map(|a| sql(a.get())),
-                q.channel.map(|c| sql(c.get())),
-                q.space.map(|s| sql(s.get())),
-                q.before.map(|b| bound(b.get())),
-                q.after.map(|a| bound(a.get())),
-                lim(q.limit.clamp(1, 100)),
-                lim(q.offset),
-            ])?;
+            let mut stmt = conn.prepare_cached(&sql_text).db()?;
+            let mut rows = stmt
+                .query(params![
+                    expr,
+                    channels,
+                    q.author.map(|a| sql(a.get())),
+                    q.channel.map(|c| sql(c.get())),
+                    q.space.map(|s| sql(s.get())),
+                    q.before.map(|b| bound(b.get())),
+                    q.after.map(|a| bound(a.get())),
+                    lim(q.limit.clamp(1, 100)),
+                    lim(q.offset),
+                ])
+                .db()?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
+            while let Some(r) = rows.next().db()? {
                 let message = message_from_row(conn, r)?;
                 out.push(SearchHit {
                     message,
-                    snippet: r.get(18)?,
+                    snippet: r.get(18).db()?,
                 });
             }
             Ok(out)
@@ -1357,10 +1624,12 @@ impl Store for SqliteStore {
         let over: Vec<(i64, i64)> = self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT channel, COUNT(*) - ?1 FROM messages GROUP BY channel HAVING COUNT(*) > ?1",
-            )?;
+            ).db()?;
             let rows = stmt
-                .query_map([lim(max_history)], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<Vec<(i64, i64)>, _>>()?;
+                .query_map([lim(max_history)], |r| Ok((r.get(0)?, r.get(1)?)))
+                .db()?
+                .collect::<Result<Vec<(i64, i64)>, _>>()
+                .db()?;
             Ok(rows)
         })?;
         let mut chunks = 0;
@@ -1373,7 +1642,8 @@ impl Store for SqliteStore {
                 let mut w = self.writer();
                 let tx = w
                     .conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .db()?;
                 // The files of what goes are read in the same transaction, so the report names exactly
                 // the messages removed.
                 let files: Vec<(i64, Vec<u8>)> = tx
@@ -1381,9 +1651,12 @@ impl Store for SqliteStore {
                         "SELECT id, attachments FROM
                              (SELECT id, attachments FROM messages WHERE channel = ?1 ORDER BY id LIMIT ?2)
                          WHERE attachments != x'00'",
-                    )?
-                    .query_map(params![channel, n], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
+                    )
+                    .db()?
+                    .query_map(params![channel, n], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .db()?
+                    .collect::<Result<_, _>>()
+                    .db()?;
                 let mut gone = Vec::new();
                 for (id, bytes) in files {
                     let c = id_of(channel, ChannelId::from_raw, "message channel")?;
@@ -1395,13 +1668,16 @@ impl Store for SqliteStore {
                     "DELETE FROM reactions WHERE message IN
                          (SELECT id FROM messages WHERE channel = ?1 ORDER BY id LIMIT ?2)",
                     params![channel, n],
-                )?;
-                let removed = tx.execute(
-                    "DELETE FROM messages WHERE id IN
+                )
+                .db()?;
+                let removed = tx
+                    .execute(
+                        "DELETE FROM messages WHERE id IN
                          (SELECT id FROM messages WHERE channel = ?1 ORDER BY id LIMIT ?2)",
-                    params![channel, n],
-                )?;
-                tx.commit()?;
+                        params![channel, n],
+                    )
+                    .db()?;
+                tx.commit().db()?;
                 report.messages += removed as u64;
                 report.attachments.extend(gone);
                 excess -= n;
@@ -1414,16 +1690,19 @@ impl Store for SqliteStore {
         // Events go from the front of the log only, so the retained log stays a contiguous range: up to the
         // first event at or after the cutoff time, and never the newest snapshot's seq or later.
         let log_end: Option<i64> = self.read(|c| {
-            let snap: Option<i64> =
-                c.query_row("SELECT MAX(seq) FROM snapshots", [], |r| r.get(0))?;
+            let snap: Option<i64> = c
+                .query_row("SELECT MAX(seq) FROM snapshots", [], |r| r.get(0))
+                .db()?;
             let Some(snap) = snap else {
                 return Ok(None);
             };
-            let young: Option<i64> = c.query_row(
-                "SELECT MIN(seq) FROM events WHERE ts >= ?1",
-                [bound(events_before)],
-                |r| r.get(0),
-            )?;
+            let young: Option<i64> = c
+                .query_row(
+                    "SELECT MIN(seq) FROM events WHERE ts >= ?1",
+                    [bound(events_before)],
+                    |r| r.get(0),
+                )
+                .db()?;
             Ok(Some(young.map_or(snap, |y| y.min(snap))))
         })?;
         if let Some(log_end) = log_end {
@@ -1431,13 +1710,16 @@ impl Store for SqliteStore {
                 let mut w = self.writer();
                 let tx = w
                     .conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let removed = tx.execute(
-                    "DELETE FROM events WHERE seq IN
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .db()?;
+                let removed = tx
+                    .execute(
+                        "DELETE FROM events WHERE seq IN
                          (SELECT seq FROM events WHERE seq < ?1 ORDER BY seq LIMIT ?2)",
-                    params![log_end, lim(RETENTION_CHUNK)],
-                )?;
-                tx.commit()?;
+                        params![log_end, lim(RETENTION_CHUNK)],
+                    )
+                    .db()?;
+                tx.commit().db()?;
                 report.events += removed as u64;
                 if removed < RETENTION_CHUNK {
                     break;
@@ -1448,13 +1730,16 @@ impl Store for SqliteStore {
             let mut w = self.writer();
             let tx = w
                 .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let removed = tx.execute(
-                "DELETE FROM nonces WHERE (user, nonce) IN
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .db()?;
+            let removed = tx
+                .execute(
+                    "DELETE FROM nonces WHERE (user, nonce) IN
                      (SELECT user, nonce FROM nonces WHERE at < ?1 LIMIT ?2)",
-                params![bound(nonces_before), lim(RETENTION_CHUNK)],
-            )?;
-            tx.commit()?;
+                    params![bound(nonces_before), lim(RETENTION_CHUNK)],
+                )
+                .db()?;
+            tx.commit().db()?;
             report.nonces += removed as u64;
             if removed < RETENTION_CHUNK {
                 break;
@@ -1465,12 +1750,12 @@ impl Store for SqliteStore {
 
     fn backup(&self, path: &Path) -> Result<(), StoreError> {
         self.read(|src| {
-            let mut dst = Connection::open(path)?;
-            let backup = rusqlite::backup::Backup::new(src, &mut dst)?;
+            let mut dst = Connection::open(path).db()?;
+            let backup = rusqlite::backup::Backup::new(src, &mut dst).db()?;
             // All pages in one step: the copy is one consistent read of the source, with no restart when the
             // writer commits meanwhile.
             loop {
-                match backup.step(-1)? {
+                match backup.step(-1).db()? {
                     rusqlite::backup::StepResult::Done => return Ok(()),
                     // Busy or locked: another connection holds a lock for a moment; try again shortly.
                     _ => std::thread::sleep(std::time::Duration::from_millis(5)),

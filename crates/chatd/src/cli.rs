@@ -27,7 +27,7 @@ pub(crate) enum Cmd {
     Serve,
     /// Create the database (and DATA_DIR) if missing, with its genesis events; harmless when it exists.
     Init,
-    /// Apply pending schema migrations to the database and report its schema version.
+    /// Apply pending schema migrations and convert the log to this build's format, and report both versions.
     Migrate,
     /// Manage accounts.
     Admin {

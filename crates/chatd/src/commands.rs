@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context as _, bail};
 use chat_core::{ChannelKind, Command, Created, MessageKind};
 use chat_engine::Engine;
+use chat_store::format::FORMAT_VERSION;
 use chat_store::{HistoryQuery, SCHEMA_VERSION};
 
 use crate::cli::{AdminCmd, InviteCmd, PasswordArg};
@@ -41,10 +42,18 @@ pub(crate) async fn init(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `migrate`: opening the store applies pending migrations; nothing else is needed.
+/// `migrate`: opening the store applies pending schema migrations; converting the log's format is asked
+/// for explicitly, since it rewrites every record.
 pub(crate) fn migrate(config: &Config) -> anyhow::Result<()> {
-    let _db = Db::open(config, Create::Allow, Lock::Engine)?;
-    println!("{}: schema version {SCHEMA_VERSION}", config.db);
+    let (_db, upgraded) = Db::upgrade(config)?;
+    let converted = match upgraded {
+        Some(from) => format!(" (converted from format version {from})"),
+        None => String::new(),
+    };
+    println!(
+        "{}: schema version {SCHEMA_VERSION}, log format version {FORMAT_VERSION}{converted}",
+        config.db
+    );
     Ok(())
 }
 
@@ -210,7 +219,8 @@ pub(crate) fn backup(config: &Config, path: &Path) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let db = Db::open(config, Create::Refuse, Lock::None)?;
+    // Whatever the log's format: a backup is what to take before `chatd migrate` converts an older one.
+    let db = Db::open_to_copy(config)?;
     let store = db.store();
     store
         .backup(path)
@@ -264,6 +274,8 @@ pub(crate) async fn check(config: &Config, fix: bool) -> anyhow::Result<()> {
         .context("the counting task failed")??;
     println!("database: {}", config.db);
     println!("schema version: {SCHEMA_VERSION}");
+    // An open store's log is in this build's format: an older or newer one was refused on opening.
+    println!("log format version: {FORMAT_VERSION}");
     println!("epoch: {}", meta.epoch);
     println!("last seq: {logged}");
     if let Some(first) = first {

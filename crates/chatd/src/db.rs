@@ -47,9 +47,31 @@ pub(crate) enum Create {
 }
 
 impl Db {
-    /// Opens the database, applying any pending migrations (SQLite). With [`Lock::Engine`] it first takes
-    /// the database's lock file. Blocking: call it before the server runs, or on the blocking pool.
+    /// Opens the database, applying any pending schema migrations (SQLite); a log in an older format is
+    /// refused with what to do (see [`Db::upgrade`]). With [`Lock::Engine`] it first takes the database's
+    /// lock file. Blocking: call it before the server runs, or on the blocking pool.
     pub(crate) fn open(config: &Config, create: Create, lock: Lock) -> anyhow::Result<Self> {
+        Ok(Self::open_as(config, create, lock, Format::Refuse)?.0)
+    }
+
+    /// Opens an existing database to copy it, whatever its log's format (a backup before `chatd migrate`).
+    /// Only the store's backup may be used: its records may be in a format this build does not read.
+    pub(crate) fn open_to_copy(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self::open_as(config, Create::Refuse, Lock::None, Format::AsIs)?.0)
+    }
+
+    /// Opens the database as [`Db::open`] does, converting a log in an older format to this build's
+    /// (`chatd migrate`), under the engine's lock. Returns the format version it converted from, if any.
+    pub(crate) fn upgrade(config: &Config) -> anyhow::Result<(Self, Option<u32>)> {
+        Self::open_as(config, Create::Allow, Lock::Engine, Format::Convert)
+    }
+
+    fn open_as(
+        config: &Config,
+        create: Create,
+        lock: Lock,
+        format: Format,
+    ) -> anyhow::Result<(Self, Option<u32>)> {
         match &config.db {
             DbUrl::Memory => {
                 if create == Create::Refuse {
@@ -57,10 +79,11 @@ impl Db {
                         "DBURL=memory: holds nothing outside a running server; name a SQLite file"
                     );
                 }
-                Ok(Db {
+                let db = Db {
                     kind: Kind::Memory(Arc::new(MemoryStore::new())),
                     _lock: None,
-                })
+                };
+                Ok((db, None))
             }
             DbUrl::Sqlite(path) => {
                 if create == Create::Refuse && !path.exists() {
@@ -73,12 +96,21 @@ impl Db {
                     Lock::Engine => Some(Arc::new(take_lock(path)?)),
                     Lock::None => None,
                 };
-                let store = SqliteStore::open(path, config.durability, now_ms())
-                    .with_context(|| format!("opening the database {}", path.display()))?;
-                Ok(Db {
+                let now = now_ms();
+                let (store, upgraded) = match format {
+                    Format::Refuse => {
+                        SqliteStore::open(path, config.durability, now).map(|s| (s, None))
+                    }
+                    Format::Convert => SqliteStore::upgrade(path, config.durability, now),
+                    Format::AsIs => SqliteStore::open_as_is(path, config.durability, now)
+                        .map(|(s, _)| (s, None)),
+                }
+                .with_context(|| format!("opening the database {}", path.display()))?;
+                let db = Db {
                     kind: Kind::Sqlite(Arc::new(store)),
                     _lock: lock,
-                })
+                };
+                Ok((db, upgraded))
             }
         }
     }
@@ -99,6 +131,17 @@ impl Db {
         };
         started.context("starting the engine (rebuilding the state from the database)")
     }
+}
+
+/// What opening does with a log in another format than this build's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// Refuse it, saying what to do: everything that reads the log.
+    Refuse,
+    /// Convert an older one (`migrate`).
+    Convert,
+    /// Take it as it is, to copy it (`backup`).
+    AsIs,
 }
 
 /// Whether this process will run an engine on the database.

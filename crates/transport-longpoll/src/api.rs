@@ -18,8 +18,7 @@ use chat_core::{
     Channel, ChannelId, ChannelKind, ChannelRef, Command, Core, Created, Permissions, Seq, Status,
     UserId,
 };
-use chat_engine::{Cursor, Engine, EngineError, Session};
-use chat_store::{HistoryQuery, SearchQuery};
+use chat_engine::{Cursor, Engine, HistoryQuery, SearchQuery, Session, StoredMessage};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
@@ -1003,7 +1002,6 @@ async fn history(
     let channel = inner
         .query(move |core| readable(core, user, &target))
         .await??;
-    let store = Arc::clone(inner.engine.store());
     let query = HistoryQuery {
         channel,
         before,
@@ -1011,10 +1009,7 @@ async fn history(
         around: None,
         limit,
     };
-    let page = tokio::task::spawn_blocking(move || store.history(&query))
-        .await
-        .map_err(|_| EngineError::ShuttingDown)?
-        .map_err(EngineError::from)?;
+    let page = inner.engine.history(query).await?;
     messages(&inner, &page)
 }
 
@@ -1024,7 +1019,7 @@ struct Page {
     messages: Vec<render::Wire>,
 }
 
-fn messages(inner: &Inner, page: &[chat_store::StoredMessage]) -> Answer {
+fn messages(inner: &Inner, page: &[StoredMessage]) -> Answer {
     let dir = inner.engine.directory();
     let messages: Vec<render::Wire> = page.iter().map(|m| render::stored(&dir, m)).collect();
     drop(dir);
@@ -1083,7 +1078,6 @@ async fn search(
         })
         .await??;
     let (channels, channel, author) = scope;
-    let store = Arc::clone(inner.engine.store());
     let query = SearchQuery {
         text,
         channels,
@@ -1095,10 +1089,7 @@ async fn search(
         limit,
         offset: 0,
     };
-    let hits = tokio::task::spawn_blocking(move || store.search(&query))
-        .await
-        .map_err(|_| EngineError::ShuttingDown)?
-        .map_err(EngineError::from)?;
-    let page: Vec<chat_store::StoredMessage> = hits.into_iter().map(|h| h.message).collect();
+    let hits = inner.engine.search(query).await?;
+    let page: Vec<StoredMessage> = hits.into_iter().map(|h| h.message).collect();
     messages(&inner, &page)
 }

@@ -13,7 +13,7 @@ use chat_core::{
     Status, UnixMillis, UserId,
 };
 use chat_engine::Directory;
-use chat_store::StoredMessage;
+use chat_engine::StoredMessage;
 use serde::Serialize;
 use serde_json::value::RawValue;
 

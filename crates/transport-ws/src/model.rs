@@ -10,8 +10,8 @@ use chat_core::{
     Channel, ChannelKind, Core, Message, MessageId, MessageKind, OverwriteTarget, Permissions,
     Role, Space, SpaceId, SpaceMember, User, UserId,
 };
+use chat_engine::StoredMessage;
 use chat_engine::{Directory, UserCard};
-use chat_store::StoredMessage;
 use serde_json::{Value, json};
 
 /// Discord's channel types.

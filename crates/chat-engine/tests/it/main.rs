@@ -133,6 +133,7 @@ macro_rules! store_suite {
                 old_cursors_come_from_the_store,
                 cursor_older_than_retention_resets,
                 background_retention_resets_old_cursors,
+                reads_go_through_the_engine,
             );
         }
     };

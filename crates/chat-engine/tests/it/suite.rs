@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use chat_core::{Command, Created, EventKind, Outgoing, Target};
 use chat_engine::{
-    CommandReply, Cursor, Engine, EngineConfig, EngineError, EngineTask, RateLimit, Session,
-    StreamRead,
+    CommandReply, Cursor, Engine, EngineConfig, EngineError, EngineTask, HistoryQuery, RateLimit,
+    SearchQuery, Session, StreamRead,
 };
 
 use crate::Backend;
@@ -1362,5 +1362,74 @@ pub(crate) async fn live_events_between_waits_reach_wait_from<B: Backend>(backen
         .await
         .expect("wait_from");
     assert!(again.events.is_empty(), "{again:?}");
+    stop(engine, task).await;
+}
+
+/// History, search and message lookups, as the transports make them: through the engine, never the store.
+pub(crate) async fn reads_go_through_the_engine<B: Backend>(backend: &B) {
+    let (engine, task) = open(backend, config()).await;
+    let alice = engine.guest("alice", "laptop").await.unwrap();
+    join(&engine, &alice.session, "#rust").await;
+    let mut ids = Vec::new();
+    for body in ["first", "second", "third, with searchable words"] {
+        let sent = say(&engine, &alice.session, "#rust", body, None)
+            .await
+            .unwrap();
+        match sent.created {
+            Some(Created::Message(id)) => ids.push(id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let channel = engine
+        .query(|core| core.channel_by_name("#rust").map(|c| c.id))
+        .await
+        .unwrap()
+        .expect("the channel");
+
+    let page = engine
+        .history(HistoryQuery {
+            channel,
+            before: None,
+            after: None,
+            around: None,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let written: Vec<&str> = page
+        .iter()
+        .filter(|m| m.kind == chat_core::MessageKind::Message)
+        .map(|m| m.body.as_str())
+        .collect();
+    assert_eq!(written, ["first", "second", "third, with searchable words"]);
+
+    let hits = engine
+        .search(SearchQuery {
+            text: "searchable".into(),
+            channels: vec![channel],
+            author: None,
+            channel: None,
+            space: None,
+            before: None,
+            after: None,
+            limit: 25,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].message.id, ids[2]);
+
+    let second = engine.message(ids[1]).await.unwrap().expect("stored");
+    assert_eq!((second.body.as_str(), second.channel), ("second", channel));
+    let missing = chat_core::MessageId::from_raw(1).expect("nonzero");
+    assert_eq!(engine.message(missing).await.unwrap(), None);
+    // In the order asked for, without the ones that do not exist (a channel's pins, newest first).
+    let some = engine
+        .messages(vec![ids[2], missing, ids[0]])
+        .await
+        .unwrap();
+    let found: Vec<_> = some.iter().map(|m| m.id).collect();
+    assert_eq!(found, [ids[2], ids[0]]);
     stop(engine, task).await;
 }

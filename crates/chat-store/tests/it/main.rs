@@ -1,6 +1,7 @@
 //! The store conformance suite: every test is written once over `S: Store` and run against both the
 //! in-memory reference and SQLite on a real file, with events made by a real `chat_core::Core`.
 
+mod format;
 mod random;
 mod sqlite_only;
 

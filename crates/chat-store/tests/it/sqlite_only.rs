@@ -181,7 +181,7 @@ fn a_batch_failing_inside_sqlite_is_rolled_back() {
         command_ends: &ends,
         ..chat_store::Batch::default()
     });
-    assert!(matches!(r, Err(StoreError::Sqlite(_))), "{r:?}");
+    assert!(matches!(r, Err(StoreError::Database(_))), "{r:?}");
     assert_eq!(s.last_seq().unwrap(), last);
     assert!(
         s.message(m1).unwrap().is_none(),

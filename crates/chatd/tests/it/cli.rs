@@ -313,6 +313,103 @@ fn init_then_check_reports_the_database() {
     assert!(migrate.contains("schema version"), "{migrate}");
 }
 
+/// Records the log's format version in the database at `dir/chat.db`, or with `None` removes it, as a
+/// database written by chatd 0.1 (format 1, the same encoding as today's) has none.
+fn record_format(dir: &Path, version: Option<u32>) {
+    let c = rusqlite::Connection::open(dir.join("chat.db")).unwrap();
+    match version {
+        Some(v) => c.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('format_version', ?1)",
+            [v],
+        ),
+        None => c.execute("DELETE FROM meta WHERE key = 'format_version'", []),
+    }
+    .unwrap();
+}
+
+/// Starts `chatd` (serve) and insists that it exits by itself, refusing to start; returns its stderr.
+fn refused_to_serve(dir: &Path) -> String {
+    let mut child = command(dir, &[], &[("LISTEN", "127.0.0.1:0")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chatd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chatd served a database it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(!out.status.success());
+    stderr(&out)
+}
+
+#[test]
+fn an_older_log_format_is_refused_until_migrated_and_a_newer_one_always() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(dir.path(), &["init"], &[]);
+    ok(
+        dir.path(),
+        &[
+            "admin",
+            "create-user",
+            "alice",
+            "--password",
+            "secret-enough",
+        ],
+        &[],
+    );
+    let report = ok(dir.path(), &["check"], &[]);
+    assert_eq!(field(&report, "log format version"), "2");
+
+    // As chatd 0.1 left it: refused at start, by check and by admin, with both versions and what to do.
+    record_format(dir.path(), None);
+    let served = refused_to_serve(dir.path());
+    for needle in ["version 1", "(2)", "chatd migrate"] {
+        assert!(served.contains(needle), "{needle:?} not in {served}");
+    }
+    let checked = run(dir.path(), &["check"], &[]);
+    assert!(!checked.status.success());
+    assert!(
+        stderr(&checked).contains("chatd migrate"),
+        "{}",
+        stderr(&checked)
+    );
+    // The backup the message asks for is taken as it is.
+    let copy = dir.path().join("before-migrate.db");
+    ok(dir.path(), &["backup", copy.to_str().unwrap()], &[]);
+    assert!(copy.exists());
+
+    let migrated = ok(dir.path(), &["migrate"], &[]);
+    assert!(
+        migrated.contains("log format version 2 (converted from format version 1)"),
+        "{migrated}"
+    );
+    let report = ok(dir.path(), &["check"], &[]);
+    assert_eq!(field(&report, "log format version"), "2");
+    assert_eq!(field(&report, "users"), "1", "alice came through");
+    let again = ok(dir.path(), &["migrate"], &[]);
+    assert!(!again.contains("converted"), "{again}");
+
+    // Written by a newer chatd: refused everywhere, migrate included, with what to do.
+    record_format(dir.path(), Some(3));
+    let served = refused_to_serve(dir.path());
+    for needle in ["version 3", "(2)", "upgrade chatd"] {
+        assert!(served.contains(needle), "{needle:?} not in {served}");
+    }
+    let migrate = run(dir.path(), &["migrate"], &[]);
+    assert!(!migrate.status.success());
+    assert!(
+        stderr(&migrate).contains("upgrade chatd"),
+        "{}",
+        stderr(&migrate)
+    );
+}
+
 #[test]
 fn check_fails_on_a_damaged_database() {
     let dir = tempfile::tempdir().unwrap();

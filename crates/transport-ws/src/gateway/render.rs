@@ -936,13 +936,7 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
             embeds,
             ..
         } => {
-            let store = Arc::clone(ctx.engine.store());
-            let id = *message;
-            let stored = tokio::task::spawn_blocking(move || store.message(id))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
+            let stored = ctx.engine.message(*message).await.ok().flatten();
             let dir = ctx.engine.directory();
             let space = model::channel_space(&dir, *channel);
             let mut view = match &stored {

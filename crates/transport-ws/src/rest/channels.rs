@@ -1,8 +1,6 @@
 //! Channels and their messages: history, sending (JSON or multipart), edits, deletions, reactions, pins,
 //! typing, read acks, joining network channels, invites, permission overwrites and threads.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
@@ -11,8 +9,7 @@ use chat_core::{
     ChannelKind, ChannelRef, Command, Core, Created, InviteTarget, MessageId, Outgoing,
     OverwriteTarget, Permissions, RoleId, Target, UserId,
 };
-use chat_engine::EngineError;
-use chat_store::HistoryQuery;
+use chat_engine::{HistoryQuery, StoredMessage};
 use serde_json::{Value, json};
 
 use super::{
@@ -161,7 +158,6 @@ pub(super) async fn messages(State(inner): St, Auth(me): Auth, p: P, q: Q) -> An
     inner
         .query(move |core| readable(core, me.user, c).map(|_| ()))
         .await??;
-    let store = Arc::clone(inner.engine.store());
     // Discord takes one of the three; `around` wins, then `before`, as Discord's own precedence.
     let query = HistoryQuery {
         channel: c,
@@ -174,21 +170,14 @@ pub(super) async fn messages(State(inner): St, Auth(me): Auth, p: P, q: Q) -> An
         around,
         limit,
     };
-    let mut page = tokio::task::spawn_blocking(move || store.history(&query))
-        .await
-        .map_err(|_| RestError::from(EngineError::ShuttingDown))?
-        .map_err(|e| RestError::from(EngineError::from(e)))?;
+    let mut page = inner.engine.history(query).await?;
     // The store pages oldest first; Discord answers newest first.
     page.reverse();
     ok(Value::Array(message_objects(&inner, &page, me.user)))
 }
 
 /// Stored messages as message objects, seen by `viewer`.
-fn message_objects(
-    inner: &Inner,
-    page: &[chat_store::StoredMessage],
-    viewer: chat_core::UserId,
-) -> Vec<Value> {
+fn message_objects(inner: &Inner, page: &[StoredMessage], viewer: chat_core::UserId) -> Vec<Value> {
     let dir = inner.engine.directory();
     page.iter()
         .map(|m| model::message(&dir, &model::MessageView::stored(m), Some(viewer)))
@@ -598,22 +587,16 @@ async fn pinned(
     inner: &Inner,
     me: &chat_engine::Session,
     p: &P,
-) -> Result<Vec<chat_store::StoredMessage>, RestError> {
+) -> Result<Vec<StoredMessage>, RestError> {
     let c = p.channel()?;
     let user = me.user;
     let ids = inner
         .query(move |core| readable(core, user, c).map(|ch| ch.pins.clone()))
         .await??;
-    let store = Arc::clone(inner.engine.store());
-    tokio::task::spawn_blocking(move || {
-        ids.iter()
-            .rev()
-            .filter_map(|id| store.message(*id).transpose())
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|_| RestError::from(EngineError::ShuttingDown))?
-    .map_err(|e| RestError::from(EngineError::from(e)))
+    Ok(inner
+        .engine
+        .messages(ids.into_iter().rev().collect())
+        .await?)
 }
 
 /// `GET /channels/{id}/pins`: the older route, a bare array of messages.

@@ -1,8 +1,6 @@
 //! Guilds (spaces; the network is one): the guild itself, its channels, members, roles, bans, invites and
 //! message search.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -11,8 +9,7 @@ use chat_core::{
     ChannelId, ChannelKind, Command, Core, Created, InviteTarget, MessageId, OverwriteTarget,
     Permissions, RoleId, Space, SpaceId, UserId,
 };
-use chat_engine::EngineError;
-use chat_store::SearchQuery;
+use chat_engine::SearchQuery;
 use serde_json::{Value, json};
 
 use super::{Auth, Form, Inner, P, Q, Sight, St, no_content, ok, sight};
@@ -780,7 +777,6 @@ pub(super) async fn search(State(inner): St, Auth(me): Auth, p: P, q: Q) -> Answ
     {
         return Err(RestError::missing_access());
     }
-    let store = Arc::clone(inner.engine.store());
     let query = SearchQuery {
         text,
         channels,
@@ -792,10 +788,7 @@ pub(super) async fn search(State(inner): St, Auth(me): Auth, p: P, q: Q) -> Answ
         limit,
         offset,
     };
-    let hits = tokio::task::spawn_blocking(move || store.search(&query))
-        .await
-        .map_err(|_| RestError::from(EngineError::ShuttingDown))?
-        .map_err(|e| RestError::from(EngineError::from(e)))?;
+    let hits = inner.engine.search(query).await?;
     let dir = inner.engine.directory();
     let messages: Vec<Value> = hits
         .iter()

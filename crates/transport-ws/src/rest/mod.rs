@@ -24,8 +24,7 @@ use chat_core::{
     Channel, ChannelId, ChannelKind, Command, Core, Created, MessageId, Permissions, SpaceId,
     UserId,
 };
-use chat_engine::{CommandReply, Engine, EngineError, Session};
-use chat_store::StoredMessage;
+use chat_engine::{CommandReply, Engine, Session, StoredMessage};
 use serde_json::Value;
 
 use crate::Settings;
@@ -471,13 +470,9 @@ impl Inner {
         Ok(self.engine.command(me, command, nonce).await?)
     }
 
-    /// A message from the store (blocking: on the blocking pool).
+    /// A message as the store has it, through the engine.
     pub(crate) async fn stored(&self, id: MessageId) -> Result<Option<StoredMessage>, RestError> {
-        let store = Arc::clone(self.engine.store());
-        tokio::task::spawn_blocking(move || store.message(id))
-            .await
-            .map_err(|_| RestError::from(EngineError::ShuttingDown))?
-            .map_err(|e| RestError::from(EngineError::from(e)))
+        Ok(self.engine.message(id).await?)
     }
 
     /// A stored message as a Discord message object.

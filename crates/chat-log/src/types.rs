@@ -185,6 +185,42 @@ pub enum StoreError {
         /// The newest this binary knows.
         known: u32,
     },
+    /// The database's records are in a newer format than this build reads (see [`crate::format`]).
+    #[error(
+        "the database's log format is version {found}, newer than this chatd reads ({known}); upgrade chatd, \
+         or restore a backup taken before the upgrade"
+    )]
+    FormatTooNew {
+        /// The database's format version.
+        found: u32,
+        /// The newest this build reads.
+        known: u32,
+    },
+    /// The database's records are in an older format, which this build converts only when asked to: the
+    /// conversion rewrites the whole log, so it is an operator's step, not a side effect of starting.
+    #[error(
+        "the database's log format is version {found}, older than this chatd's ({known}); run `chatd migrate` \
+         to convert it (back it up first with `chatd backup`)"
+    )]
+    FormatTooOld {
+        /// The database's format version.
+        found: u32,
+        /// The version this build writes.
+        known: u32,
+    },
+    /// The database's records are in a format older than any this build can convert.
+    #[error(
+        "the database's log format is version {found}; this chatd converts versions {oldest} to {known} only: \
+         convert it with an older chatd's `chatd migrate` first"
+    )]
+    FormatUnsupported {
+        /// The database's format version.
+        found: u32,
+        /// The oldest version this build converts.
+        oldest: u32,
+        /// The version this build writes.
+        known: u32,
+    },
     /// A batch does not continue the log: its first seq is not the last seq plus one, seqs have a gap, or
     /// it holds a live-only event (typing, presence), which carries the seq before it.
     #[error("batch seq {got} does not follow the log's last seq {last}")]
@@ -204,9 +240,10 @@ pub enum StoreError {
         /// The decoder's message.
         detail: String,
     },
-    /// The SQLite database failed.
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The database behind the store failed (SQLite's error, or another implementation's). The store's own
+    /// error is kept as the source, so its message reaches the log.
+    #[error("database: {0}")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A file operation failed (opening, backup).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -1,0 +1,200 @@
+//! The log's format version on a database file: a database as chatd 0.1 left it (format 1: today's encoding,
+//! no version recorded) is refused by `open` with what to do and converted by `upgrade` with every record
+//! intact; a newer or unknown version is refused by both; a record that does not decode stops a conversion,
+//! which then changes nothing.
+
+use std::path::Path;
+
+use chat_core::{Attachment, Command, Outgoing, Target};
+use chat_store::format::{FORMAT_VERSION, OLDEST_FORMAT};
+use chat_store::{Durability, HistoryQuery, SqliteStore, Store, StoreError};
+
+use crate::{NOW, World};
+
+fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+    SqliteStore::open(path, Durability::Full, NOW)
+}
+
+fn upgrade(path: &Path) -> Result<(SqliteStore, Option<u32>), StoreError> {
+    SqliteStore::upgrade(path, Durability::Full, NOW)
+}
+
+/// The format version the file records, `None` if it records none (a database of chatd 0.1).
+fn recorded(path: &Path) -> Option<i64> {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'format_version'",
+            [],
+            |r| r.get(0),
+        )
+        .ok()
+}
+
+fn record(path: &Path, version: Option<u32>) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    match version {
+        Some(v) => c.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('format_version', ?1)",
+            [v],
+        ),
+        None => c.execute("DELETE FROM meta WHERE key = 'format_version'", []),
+    }
+    .unwrap();
+}
+
+/// Writes a database with every kind of postcard record (events, a snapshot, a message's mentions and
+/// attachments) as chatd 0.1 did: format 1 has today's encoding and records no version.
+fn format_1_database(path: &Path) -> (World, Vec<u8>, chat_core::ChannelId) {
+    let mut w = World::new();
+    let (_, a) = w.guest("alice");
+    let (bob, _) = w.guest("bob");
+    let channel = w.join(a, "#rust");
+    w.run(
+        Some(a),
+        Command::Send {
+            to: Target::parse("#rust"),
+            message: Outgoing {
+                body: "a file for bob".into(),
+                attachments: vec![Attachment {
+                    id: 7,
+                    filename: "notes.txt".into(),
+                    size: 12,
+                    content_type: Some("text/plain".into()),
+                    token: "0123456789abcdef".into(),
+                }],
+                ..Outgoing::default()
+            },
+        },
+    );
+    let snapshot = postcard::to_allocvec(w.core.state()).unwrap();
+    {
+        let s = open(path).unwrap();
+        w.flush(&s);
+        s.save_snapshot(w.core.last_seq(), &snapshot).unwrap();
+        w.say(a, "#rust", "after the snapshot, hi bob");
+        w.flush(&s);
+    }
+    assert_eq!(recorded(path), Some(i64::from(FORMAT_VERSION)));
+    record(path, None);
+    let _ = bob;
+    (w, snapshot, channel)
+}
+
+#[test]
+fn a_new_database_records_this_builds_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    drop(open(&path).unwrap());
+    assert_eq!(recorded(&path), Some(i64::from(FORMAT_VERSION)));
+}
+
+#[test]
+fn a_format_1_database_is_refused_then_converted_with_every_record_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let (w, snapshot, channel) = format_1_database(&path);
+
+    let refused = open(&path).unwrap_err();
+    assert!(
+        matches!(refused, StoreError::FormatTooOld { found: 1, known } if known == FORMAT_VERSION),
+        "{refused:?}"
+    );
+    let message = refused.to_string();
+    for needle in [
+        "version 1",
+        &format!("({FORMAT_VERSION})"),
+        "chatd migrate",
+        "chatd backup",
+    ] {
+        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+    assert_eq!(recorded(&path), None, "a refusal changes nothing");
+
+    let (s, from) = upgrade(&path).unwrap();
+    assert_eq!(from, Some(1));
+    assert_eq!(recorded(&path), Some(i64::from(FORMAT_VERSION)));
+    assert_eq!(s.events_after(0, 10_000).unwrap(), w.log);
+    let (_, bytes) = s.latest_snapshot().unwrap().unwrap();
+    assert_eq!(bytes, snapshot);
+    let page = s
+        .history(&HistoryQuery {
+            channel,
+            before: None,
+            after: None,
+            around: None,
+            limit: 100,
+        })
+        .unwrap();
+    let sent = page
+        .iter()
+        .find(|m| m.body == "a file for bob")
+        .expect("the message with a file");
+    assert_eq!(sent.attachments.len(), 1);
+    assert_eq!(sent.attachments[0].filename, "notes.txt");
+    assert!(page.iter().any(|m| m.body == "after the snapshot, hi bob"));
+    drop(s);
+
+    // Converted once: it opens as it is, and a second conversion has nothing to do.
+    drop(open(&path).unwrap());
+    let (_, again) = upgrade(&path).unwrap();
+    assert_eq!(again, None);
+}
+
+#[test]
+fn newer_and_unknown_formats_are_refused_by_open_and_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    drop(open(&path).unwrap());
+
+    record(&path, Some(FORMAT_VERSION + 1));
+    for refused in [open(&path).unwrap_err(), upgrade(&path).unwrap_err()] {
+        assert!(
+            matches!(refused, StoreError::FormatTooNew { found, known }
+                if found == FORMAT_VERSION + 1 && known == FORMAT_VERSION),
+            "{refused:?}"
+        );
+        let message = refused.to_string();
+        for needle in [
+            format!("version {}", FORMAT_VERSION + 1),
+            format!("({FORMAT_VERSION})"),
+            "upgrade chatd".to_owned(),
+        ] {
+            assert!(message.contains(&needle), "{needle:?} not in {message:?}");
+        }
+    }
+    assert_eq!(recorded(&path), Some(i64::from(FORMAT_VERSION + 1)));
+
+    // A version older than any this build converts (none was ever written below 1).
+    record(&path, Some(OLDEST_FORMAT - 1));
+    let refused = upgrade(&path).unwrap_err();
+    assert!(
+        matches!(refused, StoreError::FormatUnsupported { found: 0, .. }),
+        "{refused:?}"
+    );
+    assert!(refused.to_string().contains("version 0"), "{refused}");
+}
+
+#[test]
+fn a_record_that_does_not_decode_stops_the_conversion_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let (w, _, _) = format_1_database(&path);
+    let last = w.core.last_seq();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute(
+        "UPDATE events SET payload = x'ff' WHERE seq = ?1",
+        [last as i64],
+    )
+    .unwrap();
+    drop(c);
+    match upgrade(&path) {
+        Err(StoreError::Corrupt { what, at, .. }) => assert_eq!((what, at), ("event", last)),
+        other => panic!("expected Corrupt, got {:?}", other.map(|(_, v)| v)),
+    }
+    assert_eq!(
+        recorded(&path),
+        None,
+        "the failed conversion was rolled back"
+    );
+}
