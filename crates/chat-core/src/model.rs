@@ -288,7 +288,9 @@ pub struct Ban {
     pub at: UnixMillis,
     /// The users the ban holds whatever their nick: those it matched when it was set, and any who took
     /// another nick while it matched them. A mask names a nick, but a ban is meant for a person, who must
-    /// not walk out of it with `NICK`. Removing the ban frees them all.
+    /// not walk out of it with `NICK`. Removing the ban frees them all. Added in the log's format 3 (a ban
+    /// of an older snapshot binds no one until it matches someone again).
+    #[serde(default)]
     pub bound: BTreeSet<UserId>,
 }
 

@@ -35,7 +35,10 @@ use crate::StoreError;
 /// - 1: the encoding of chatd 0.1, when no version was recorded.
 /// - 2: the same encoding, with the version recorded in the database. Migrating from 1 decodes every stored
 ///   record, so a database is stamped 2 only once all of it is known to decode.
-pub const FORMAT_VERSION: u32 = 2;
+/// - 3: a channel's `Ban` gains `bound`, the users it holds whatever their nick (a ban of an older snapshot
+///   binds no one); `EventKind::PresenceUpdated` is appended (live only, never stored, but an older build must
+///   not meet it either).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The oldest format version this build can migrate from. Below it the database is refused.
 pub const OLDEST_FORMAT: u32 = 1;
@@ -54,7 +57,11 @@ pub struct Shape {
 /// Every struct that gained trailing fields since [`OLDEST_FORMAT`]. When a snapshot type gains a field (at
 /// the end, with `#[serde(default)]`), add `Shape { name: "Ban", until: 2, fields: 3 }` for a `Ban` that had
 /// three fields up to version 2, and bump [`FORMAT_VERSION`] to 3.
-pub const SHAPES: &[Shape] = &[];
+pub const SHAPES: &[Shape] = &[Shape {
+    name: "Ban",
+    until: 2,
+    fields: 3,
+}];
 
 /// Whether this build can open a database of format `found` as it is (`Ok(false)`), after a migration
 /// (`Ok(true)`), or not at all (a typed error whose message names both versions and what to do).
@@ -115,8 +122,8 @@ pub fn upgrade<T: DeserializeOwned + Serialize>(
     version: u32,
     bytes: &[u8],
 ) -> Result<Option<Vec<u8>>, postcard::Error> {
-    // Versions 1 and 2 share every shape; a hand-written decoder for an incompatible change would go here,
-    // matched on `version`, before the shape-directed decoding below.
+    // Every change so far is a trailing field, read through `SHAPES`. A hand-written decoder for an
+    // incompatible change would go here, matched on `version`, before the shape-directed decoding below.
     let value: T = decode_from(version, bytes)?;
     let again = encode(&value)?;
     Ok((again != bytes).then_some(again))

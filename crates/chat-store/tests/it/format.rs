@@ -1,6 +1,7 @@
 //! The log's format version on a database file: a database as chatd 0.1 left it (format 1: today's encoding,
 //! no version recorded) is refused by `open` with what to do and converted by `upgrade` with every record
-//! intact; a newer or unknown version is refused by both; a record that does not decode stops a conversion,
+//! intact; a format 2 snapshot whose bans lack the field format 3 added is converted with its bans; a newer
+//! or unknown version is refused by both; a record that does not decode stops a conversion,
 //! which then changes nothing.
 
 use std::path::Path;
@@ -44,7 +45,8 @@ fn record(path: &Path, version: Option<u32>) {
 }
 
 /// Writes a database with every kind of postcard record (events, a snapshot, a message's mentions and
-/// attachments) as chatd 0.1 did: format 1 has today's encoding and records no version.
+/// attachments) as chatd 0.1 did: format 1 records no version, and its encoding is today's for every record
+/// written here (it differs only in `Ban`, which this database has none of; see the format 2 test).
 fn format_1_database(path: &Path) -> (World, Vec<u8>, chat_core::ChannelId) {
     let mut w = World::new();
     let (_, a) = w.guest("alice");
@@ -197,4 +199,78 @@ fn a_record_that_does_not_decode_stops_the_conversion_and_changes_nothing() {
         None,
         "the failed conversion was rolled back"
     );
+}
+
+/// The bytes of today's snapshot with every ban's `bound` (added in format 3) cut out: exactly what chatd
+/// wrote at format 2, where a `Ban` was its mask, setter and time. An empty set is postcard's one byte 0
+/// after those three fields, so the format-2 bytes of each ban are found and the byte after them dropped.
+fn as_format_2(snapshot: &[u8], bans: &[chat_core::Ban]) -> Vec<u8> {
+    let mut bytes = snapshot.to_vec();
+    for ban in bans {
+        assert!(ban.bound.is_empty(), "only bans that bind no one here");
+        let old = postcard::to_allocvec(&(&ban.mask, ban.by, ban.at)).unwrap();
+        let mut new = old.clone();
+        new.push(0);
+        let at = bytes
+            .windows(new.len())
+            .position(|w| w == new.as_slice())
+            .expect("the ban's bytes in the snapshot");
+        assert_eq!(
+            bytes[at + 1..]
+                .windows(new.len())
+                .filter(|w| *w == new.as_slice())
+                .count(),
+            0,
+            "the ban's bytes are found once"
+        );
+        bytes.remove(at + old.len());
+    }
+    bytes
+}
+
+#[test]
+fn a_format_2_snapshot_with_bans_is_converted_and_its_bans_still_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let mut w = World::new();
+    let (_, a) = w.guest("alice");
+    let channel = w.join(a, "#rust");
+    // A mask that matches no one present: the ban binds no one when it is set, as every ban of format 2 did.
+    w.run(
+        Some(a),
+        Command::Mode {
+            channel: chat_core::ChannelRef::Id(channel),
+            modes: "+b".into(),
+            args: vec!["mal!*@*".into()],
+        },
+    );
+    let bans = w.core.channel(channel).unwrap().bans.clone();
+    assert_eq!(bans.len(), 1);
+    let snapshot = postcard::to_allocvec(w.core.state()).unwrap();
+    let old = as_format_2(&snapshot, &bans);
+    assert!(
+        postcard::from_bytes::<chat_core::State>(&old).is_err(),
+        "format 2's bytes do not read as today's type"
+    );
+    {
+        let s = open(&path).unwrap();
+        w.flush(&s);
+        s.save_snapshot(w.core.last_seq(), &old).unwrap();
+    }
+    record(&path, Some(2));
+
+    let refused = open(&path).unwrap_err();
+    assert!(
+        matches!(refused, StoreError::FormatTooOld { found: 2, known } if known == FORMAT_VERSION),
+        "{refused:?}"
+    );
+    let (s, from) = upgrade(&path).unwrap();
+    assert_eq!(from, Some(2));
+    let (_, bytes) = s.latest_snapshot().unwrap().unwrap();
+    assert_eq!(bytes, snapshot, "converted to exactly today's encoding");
+    let state: chat_core::State = postcard::from_bytes(&bytes).unwrap();
+    let core = chat_core::Core::from_state(chat_core::Config::default(), state);
+    let ban = &core.channel(channel).unwrap().bans[0];
+    assert_eq!(ban.mask, "mal!*@*");
+    assert!(ban.bound.is_empty());
 }

@@ -350,6 +350,8 @@ fn refused_to_serve(dir: &Path) -> String {
 
 #[test]
 fn an_older_log_format_is_refused_until_migrated_and_a_newer_one_always() {
+    let current = chat_store::format::FORMAT_VERSION;
+    let newer = current + 1;
     let dir = tempfile::tempdir().unwrap();
     ok(dir.path(), &["init"], &[]);
     ok(
@@ -364,12 +366,12 @@ fn an_older_log_format_is_refused_until_migrated_and_a_newer_one_always() {
         &[],
     );
     let report = ok(dir.path(), &["check"], &[]);
-    assert_eq!(field(&report, "log format version"), "2");
+    assert_eq!(field(&report, "log format version"), current.to_string());
 
     // As chatd 0.1 left it: refused at start, by check and by admin, with both versions and what to do.
     record_format(dir.path(), None);
     let served = refused_to_serve(dir.path());
-    for needle in ["version 1", "(2)", "chatd migrate"] {
+    for needle in ["version 1", &format!("({current})"), "chatd migrate"] {
         assert!(served.contains(needle), "{needle:?} not in {served}");
     }
     let checked = run(dir.path(), &["check"], &[]);
@@ -386,20 +388,26 @@ fn an_older_log_format_is_refused_until_migrated_and_a_newer_one_always() {
 
     let migrated = ok(dir.path(), &["migrate"], &[]);
     assert!(
-        migrated.contains("log format version 2 (converted from format version 1)"),
+        migrated.contains(&format!(
+            "log format version {current} (converted from format version 1)"
+        )),
         "{migrated}"
     );
     let report = ok(dir.path(), &["check"], &[]);
-    assert_eq!(field(&report, "log format version"), "2");
+    assert_eq!(field(&report, "log format version"), current.to_string());
     assert_eq!(field(&report, "users"), "1", "alice came through");
     let again = ok(dir.path(), &["migrate"], &[]);
     assert!(!again.contains("converted"), "{again}");
 
     // Written by a newer chatd: refused everywhere, migrate included, with what to do.
-    record_format(dir.path(), Some(3));
+    record_format(dir.path(), Some(newer));
     let served = refused_to_serve(dir.path());
-    for needle in ["version 3", "(2)", "upgrade chatd"] {
-        assert!(served.contains(needle), "{needle:?} not in {served}");
+    for needle in [
+        format!("version {newer}"),
+        format!("({current})"),
+        "upgrade chatd".to_owned(),
+    ] {
+        assert!(served.contains(&needle), "{needle:?} not in {served}");
     }
     let migrate = run(dir.path(), &["migrate"], &[]);
     assert!(!migrate.status.success());
