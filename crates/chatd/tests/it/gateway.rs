@@ -1774,6 +1774,35 @@ async fn presence_activities_reach_presence_update_and_guild_create() {
     }
 }
 
+/// `afk` in a Presence Update sets no away message (Discord only routes push notifications by it): before,
+/// `afk: true` left a durable "afk" away that no later update cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn afk_in_a_presence_update_sets_no_away_message() {
+    let server = Server::start(&[]).await;
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    join(&server, &alice, "#test").await;
+    join(&server, &bob, "#test").await;
+    let mut a = Gw::connect(&server).await;
+    a.identify(&alice.token, ALL).await;
+    a.sync().await;
+    let mut b = Gw::connect(&server).await;
+    let bob_id = b.identify(&bob.token, ALL).await["d"]["user"]["id"].clone();
+    b.sync().await;
+    b.send(json!({"op": 3, "d": {"since": 1, "activities": [], "status": "idle", "afk": true}}))
+        .await;
+    loop {
+        let v = a.until("PRESENCE_UPDATE").await;
+        if v["d"]["user"]["id"] == bob_id && v["d"]["status"] == "idle" {
+            break;
+        }
+    }
+    let (status, whois) = server.get("/api/v1/users/bob", Some(&alice.token)).await;
+    assert!(status.is_success(), "{whois}");
+    assert_eq!(whois["status"], "idle", "{whois}");
+    assert!(whois["away"].is_null(), "afk set an away message: {whois}");
+}
+
 /// Attachment URLs are absolute: under the Host the gateway connection was opened with, and under
 /// PUBLIC_URL when it is set (REST answers are covered in rest.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

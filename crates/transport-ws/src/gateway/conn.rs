@@ -818,18 +818,12 @@ impl Conn {
                 .collect();
             commands.push(Command::SetActivities { activities });
         }
-        if p.afk == Some(true) {
-            commands.push(Command::Away {
-                message: Some("afk".into()),
-            });
-        }
+        // `afk` is read and not acted on: Discord uses it only to route push notifications to a client's
+        // other devices, and shows nothing of it to anyone. Taking it for an away message left a durable
+        // "afk" that no later update cleared.
         for command in commands {
-            let away = matches!(command, Command::Away { .. });
             match self.shared.engine.command(&session, command, None).await {
                 Ok(_) => {}
-                // `afk` is a hint (Discord uses it for push notifications): a refused away is no error of
-                // the payload's.
-                Err(EngineError::Refused(_)) if away => {}
                 Err(EngineError::RateLimited { .. }) => {
                     return self.close(close::RATE_LIMITED, "You are being rate limited.");
                 }
