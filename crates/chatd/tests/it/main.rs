@@ -10,4 +10,5 @@ mod harness;
 mod limits;
 mod longpoll;
 mod rest;
+mod serenity;
 mod web;
