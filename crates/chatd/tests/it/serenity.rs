@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 use serenity::all::{
-    CacheHttp, ChannelId, ChannelType, ClientBuilder, Context, CreateAttachment, CreateMessage,
-    EditMessage, EventHandler, GatewayIntents, GetMessages, Guild, GuildId, HttpBuilder, Message,
-    MessageId, MessageType, MessageUpdateEvent, Reaction, ReactionType, Ready, ResumedEvent,
-    TypingStartEvent,
+    CacheHttp, ChannelId, ChannelPinsUpdateEvent, ChannelType, ClientBuilder, Context,
+    CreateAttachment, CreateMessage, CreateThread, EditMessage, EventHandler, GatewayIntents,
+    GetMessages, Guild, GuildChannel, GuildId, HttpBuilder, Message, MessageId, MessageType,
+    MessageUpdateEvent, Reaction, ReactionType, Ready, ResumedEvent, TypingStartEvent,
 };
 use serenity::async_trait;
 use tokio::sync::mpsc;
@@ -43,6 +43,10 @@ enum Seen {
     Delete(ChannelId, MessageId),
     Typing(Box<TypingStartEvent>),
     Resumed,
+    ReactionRemove(Box<Reaction>),
+    DeleteBulk(ChannelId, Vec<MessageId>),
+    ThreadCreate(Box<GuildChannel>),
+    Pins(ChannelId),
 }
 
 /// The bot: forwards every event to the test, and answers `!echo TEXT` with a reply, as bots do.
@@ -113,6 +117,28 @@ impl EventHandler for Bot {
 
     async fn resume(&self, _ctx: Context, _event: ResumedEvent) {
         self.tell(Seen::Resumed);
+    }
+
+    async fn reaction_remove(&self, _ctx: Context, reaction: Reaction) {
+        self.tell(Seen::ReactionRemove(Box::new(reaction)));
+    }
+
+    async fn message_delete_bulk(
+        &self,
+        _ctx: Context,
+        channel: ChannelId,
+        messages: Vec<MessageId>,
+        _guild: Option<GuildId>,
+    ) {
+        self.tell(Seen::DeleteBulk(channel, messages));
+    }
+
+    async fn thread_create(&self, _ctx: Context, thread: GuildChannel) {
+        self.tell(Seen::ThreadCreate(Box::new(thread)));
+    }
+
+    async fn channel_pins_update(&self, _ctx: Context, pin: ChannelPinsUpdateEvent) {
+        self.tell(Seen::Pins(pin.channel_id));
     }
 }
 
@@ -680,4 +706,199 @@ async fn serenity_bot_lives_a_day() {
             .any(|e| e["body"] == "still here" && e["ref"] == asked.as_str()),
         "{events:?}"
     );
+}
+
+/// Logs the bot in and returns it with its guild and `#chan`, once READY, GUILD_CREATE and the cache are in.
+async fn logged_in(base: &str, token: &str) -> (Running, GuildId, ChannelId) {
+    let mut bot = start_bot(base, token).await;
+    let ready = bot
+        .wait_for("READY", |s| match s {
+            Seen::Ready(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await;
+    let guild_id = ready.guilds[0].id;
+    let guild = bot
+        .wait_for("GUILD_CREATE", |s| match s {
+            Seen::GuildCreate(g, _) if g.id == guild_id => Some(g.clone()),
+            _ => None,
+        })
+        .await;
+    bot.wait_for("cache_ready", |s| match s {
+        Seen::CacheReady(_) => Some(()),
+        _ => None,
+    })
+    .await;
+    let chan = guild
+        .channels
+        .values()
+        .find(|c| c.name == "chan")
+        .expect("#chan in GUILD_CREATE")
+        .id;
+    (bot, guild_id, chan)
+}
+
+/// The rest of what serenity bots commonly call: who and where am I, the guild's channels, members and roles,
+/// one message, pins, who reacted and taking a reaction back, a bulk delete, a thread from a message, and a
+/// direct message both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serenity_common_calls() {
+    let server = Server::start(&[]).await;
+    let mut alice = server.register("alice", "pw-alice").await;
+    let botc = server.register("serenbot", "pw-serenbot").await;
+    // The bot opens #chan, so it is the channel's operator (pins need it).
+    join(&server, &botc, "#chan").await;
+    join(&server, &alice, "#chan").await;
+    let (mut bot, guild_id, chan) = logged_in(&server.base, &botc.token).await;
+    let http = Arc::clone(&bot.http);
+
+    // Who and where.
+    let me = http.get_current_user().await.expect("GET users/@me");
+    assert_eq!(me.name, "serenbot");
+    let gateway = http.get_bot_gateway().await.expect("GET gateway/bot");
+    assert!(gateway.url.starts_with("ws://"), "{}", gateway.url);
+    let partial = guild_id
+        .to_partial_guild(&*http)
+        .await
+        .expect("GET guilds/{id}");
+    assert_eq!(partial.id, guild_id);
+    let channels = guild_id
+        .channels(&*http)
+        .await
+        .expect("GET guilds/{id}/channels");
+    assert_eq!(channels.get(&chan).map(|c| c.name.as_str()), Some("chan"));
+    let members = guild_id
+        .members(&*http, Some(100), None)
+        .await
+        .expect("GET guilds/{id}/members");
+    assert!(
+        members.iter().any(|m| m.user.name == "alice"),
+        "members: {members:?}"
+    );
+    let roles = guild_id.roles(&*http).await.expect("GET guilds/{id}/roles");
+    assert!(
+        roles.keys().any(|r| r.get() == guild_id.get()),
+        "an @everyone role with the guild's id: {roles:?}"
+    );
+    let channel = chan.to_channel(&*http).await.expect("GET channels/{id}");
+    assert_eq!(channel.guild().map(|c| c.name), Some("chan".to_owned()));
+
+    // One message, pinned, reacted to by both, a reaction taken back.
+    let said = say(&server, &alice, "pin me").await;
+    let said = MessageId::new(said.parse().expect("a numeric id"));
+    let msg = chan.message(bot.ctx(), said).await.expect("GET a message");
+    assert_eq!(msg.content, "pin me");
+    assert_eq!(msg.author.name, "alice");
+    chan.pin(&*http, said)
+        .await
+        .expect("PUT channels/{id}/pins/{id}");
+    let pins = chan.pins(&*http).await.expect("GET channels/{id}/pins");
+    assert_eq!(pins.iter().map(|m| m.id).collect::<Vec<_>>(), [said]);
+    bot.wait_for("CHANNEL_PINS_UPDATE", |s| match s {
+        Seen::Pins(c) if *c == chan => Some(()),
+        _ => None,
+    })
+    .await;
+    server
+        .ok(
+            &alice,
+            json!({ "command": "REACT", "ref": said.to_string(), "body": "👍" }),
+        )
+        .await;
+    msg.react(bot.ctx(), '👍').await.expect("Message::react");
+    let users = msg
+        .reaction_users(&*http, '👍', None, None)
+        .await
+        .expect("GET reactions/{emoji}");
+    let mut names: Vec<String> = users.into_iter().map(|u| u.name).collect();
+    names.sort();
+    assert_eq!(names, ["alice", "serenbot"]);
+    msg.delete_reaction(&*http, None, '👍')
+        .await
+        .expect("DELETE reactions/{emoji}/@me");
+    let removed = bot
+        .wait_for("MESSAGE_REACTION_REMOVE", |s| match s {
+            Seen::ReactionRemove(r) if r.message_id == said => Some(r.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(removed.user_id, Some(me.id));
+
+    // A bulk delete of the bot's own messages.
+    let mut mine = Vec::new();
+    for i in 0..3 {
+        mine.push(
+            chan.say(bot.ctx(), format!("bulk-{i}"))
+                .await
+                .expect("say")
+                .id,
+        );
+    }
+    chan.delete_messages(&*http, &mine)
+        .await
+        .expect("POST messages/bulk-delete");
+    let mut gone = bot
+        .wait_for("MESSAGE_DELETE_BULK", |s| match s {
+            Seen::DeleteBulk(c, ids) if *c == chan => Some(ids.clone()),
+            _ => None,
+        })
+        .await;
+    gone.sort();
+    assert_eq!(gone, mine);
+
+    // A thread from a message; the bot talks in it.
+    let thread = chan
+        .create_thread_from_message(bot.ctx(), said, CreateThread::new("about the pin"))
+        .await
+        .expect("POST messages/{id}/threads");
+    assert_eq!(thread.name, "about the pin");
+    assert_eq!(thread.parent_id, Some(chan));
+    bot.wait_for("THREAD_CREATE", |s| match s {
+        Seen::ThreadCreate(t) if t.id == thread.id => Some(()),
+        _ => None,
+    })
+    .await;
+    let in_thread = thread
+        .say(bot.ctx(), "in the thread")
+        .await
+        .expect("a message in the thread");
+    assert_eq!(in_thread.channel_id, thread.id);
+
+    // Direct messages: alice writes to the bot, which answers; the bot writes to alice first.
+    server.drain(&mut alice).await;
+    let (s, v) = server
+        .cmd(
+            &alice,
+            json!({ "command": "PRIVMSG", "to": "serenbot", "body": "!echo just us" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let dm = bot
+        .wait_for("the direct message", |s| match s {
+            Seen::Message(m) if m.content == "!echo just us" => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(dm.guild_id, None, "a direct message has no guild");
+    let answer = bot
+        .wait_for("the bot's answer in the DM", |s| match s {
+            Seen::Message(m) if m.content == "just us" => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(answer.channel_id, dm.channel_id);
+    let first = dm
+        .author
+        .id
+        .direct_message(bot.ctx(), CreateMessage::new().content("hello alice"))
+        .await
+        .expect("UserId::direct_message");
+    assert_eq!(first.channel_id, dm.channel_id, "one DM channel per pair");
+    let events = server.drain(&mut alice).await;
+    let from_bot: Vec<&str> = of_type(&events, "message")
+        .into_iter()
+        .filter(|e| e["from"] == "serenbot" && e["to"] == "alice")
+        .filter_map(|e| e["body"].as_str())
+        .collect();
+    assert_eq!(from_bot, ["just us", "hello alice"], "{events:?}");
 }
