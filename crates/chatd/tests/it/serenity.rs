@@ -21,6 +21,7 @@ use serenity::all::{
     GetMessages, Guild, GuildChannel, GuildId, HttpBuilder, Message, MessageId, MessageType,
     MessageUpdateEvent, Reaction, ReactionType, Ready, ResumedEvent, TypingStartEvent,
 };
+use serenity::all::{ChunkGuildFilter, GuildMembersChunkEvent, ShardId, ShardManager};
 use serenity::async_trait;
 use tokio::sync::mpsc;
 
@@ -47,6 +48,7 @@ enum Seen {
     DeleteBulk(ChannelId, Vec<MessageId>),
     ThreadCreate(Box<GuildChannel>),
     Pins(ChannelId),
+    Chunk(Box<GuildMembersChunkEvent>),
 }
 
 /// The bot: forwards every event to the test, and answers `!echo TEXT` with a reply, as bots do.
@@ -137,6 +139,10 @@ impl EventHandler for Bot {
         self.tell(Seen::ThreadCreate(Box::new(thread)));
     }
 
+    async fn guild_members_chunk(&self, _ctx: Context, chunk: GuildMembersChunkEvent) {
+        self.tell(Seen::Chunk(Box::new(chunk)));
+    }
+
     async fn channel_pins_update(&self, _ctx: Context, pin: ChannelPinsUpdateEvent) {
         self.tell(Seen::Pins(pin.channel_id));
     }
@@ -149,6 +155,7 @@ struct Running {
     backlog: VecDeque<Seen>,
     http: Arc<serenity::http::Http>,
     cache: Arc<serenity::cache::Cache>,
+    manager: Arc<ShardManager>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -284,6 +291,7 @@ async fn start_bot(base: &str, token: &str) -> Running {
         .await
         .expect("serenity builds its client");
     let (http, cache) = (Arc::clone(&client.http), Arc::clone(&client.cache));
+    let manager = Arc::clone(&client.shard_manager);
     let task = tokio::spawn(async move {
         if let Err(e) = client.start().await {
             panic!("the serenity client stopped: {e:?}");
@@ -294,6 +302,7 @@ async fn start_bot(base: &str, token: &str) -> Running {
         backlog: VecDeque::new(),
         http,
         cache,
+        manager,
         task,
     }
 }
@@ -901,4 +910,80 @@ async fn serenity_common_calls() {
         .filter_map(|e| e["body"].as_str())
         .collect();
     assert_eq!(from_bot, ["just us", "hello alice"], "{events:?}");
+}
+
+/// With a short heartbeat interval the bot heartbeats many times: chatd acknowledges each (serenity measures
+/// a latency and never reconnects, as it would on a missed ack), keeps the session, and answers a member
+/// request (op 8) sent through serenity's shard messenger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serenity_heartbeats_and_member_chunks() {
+    let server = Server::start(&[("GATEWAY_HEARTBEAT_INTERVAL", "1s")]).await;
+    let alice = server.register("alice", "pw-alice").await;
+    join(&server, &alice, "#chan").await;
+    let botc = server.register("serenbot", "pw-serenbot").await;
+    join(&server, &botc, "#chan").await;
+    let (mut bot, guild_id, _chan) = logged_in(&server.base, &botc.token).await;
+
+    // Five intervals of talk: every message arrives, with no RESUMED and no second READY on the way.
+    let said: Vec<String> = (0..10).map(|i| format!("tick-{i}")).collect();
+    for body in &said {
+        say(&server, &alice, body).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let got = bot
+        .collect("the ticks", WAIT, Duration::from_millis(300), |all| {
+            contents(all).len() >= said.len()
+        })
+        .await;
+    assert!(
+        !got.iter().any(|s| matches!(s, Seen::Resumed)),
+        "no reconnect: {:?}",
+        got.iter().map(describe).collect::<Vec<_>>()
+    );
+    assert_eq!(contents(&got), said);
+    let runners = bot.manager.runners.lock().await;
+    let runner = runners.get(&ShardId(0)).expect("shard 0 runs");
+    assert!(
+        runner.latency.is_some(),
+        "serenity measured a heartbeat round trip (an ack came back)"
+    );
+
+    // Request Guild Members through the shard messenger.
+    runner.runner_tx.chunk_guild(
+        guild_id,
+        None,
+        false,
+        ChunkGuildFilter::Query(String::new()),
+        Some("everyone".to_owned()),
+    );
+    drop(runners);
+    let chunk = bot
+        .wait_for("GUILD_MEMBERS_CHUNK", |s| match s {
+            Seen::Chunk(c) => Some(c.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(chunk.guild_id, guild_id);
+    assert_eq!(chunk.nonce.as_deref(), Some("everyone"));
+    let names: HashSet<String> = chunk
+        .members
+        .values()
+        .map(|m| m.user.name.clone())
+        .collect();
+    let cached: HashSet<String> = bot
+        .cache
+        .guild(guild_id)
+        .expect("the guild in the cache")
+        .members
+        .values()
+        .map(|m| m.user.name.clone())
+        .collect();
+    assert_eq!(
+        names, cached,
+        "every member GUILD_CREATE gave, in one chunk"
+    );
+    assert!(
+        names.contains("alice") && names.contains("serenbot"),
+        "{names:?}"
+    );
 }
