@@ -21,7 +21,10 @@ use serenity::all::{
     GetMessages, Guild, GuildChannel, GuildId, HttpBuilder, Message, MessageId, MessageType,
     MessageUpdateEvent, Reaction, ReactionType, Ready, ResumedEvent, TypingStartEvent,
 };
-use serenity::all::{ChunkGuildFilter, GuildMembersChunkEvent, ShardId, ShardManager};
+use serenity::all::{
+    ChunkGuildFilter, CreateEmbed, EditChannel, GuildMembersChunkEvent, Member, Mentionable,
+    ShardId, ShardManager,
+};
 use serenity::async_trait;
 use tokio::sync::mpsc;
 
@@ -49,6 +52,8 @@ enum Seen {
     ThreadCreate(Box<GuildChannel>),
     Pins(ChannelId),
     Chunk(Box<GuildMembersChunkEvent>),
+    ChannelUpdate(Box<GuildChannel>),
+    MemberAdd(Box<Member>),
 }
 
 /// The bot: forwards every event to the test, and answers `!echo TEXT` with a reply, as bots do.
@@ -137,6 +142,14 @@ impl EventHandler for Bot {
 
     async fn thread_create(&self, _ctx: Context, thread: GuildChannel) {
         self.tell(Seen::ThreadCreate(Box::new(thread)));
+    }
+
+    async fn channel_update(&self, _ctx: Context, _old: Option<GuildChannel>, new: GuildChannel) {
+        self.tell(Seen::ChannelUpdate(Box::new(new)));
+    }
+
+    async fn guild_member_addition(&self, _ctx: Context, member: Member) {
+        self.tell(Seen::MemberAdd(Box::new(member)));
     }
 
     async fn guild_members_chunk(&self, _ctx: Context, chunk: GuildMembersChunkEvent) {
@@ -389,6 +402,24 @@ fn addr(server: &Server) -> String {
         .strip_prefix("http://")
         .expect("the harness serves plain http")
         .to_owned()
+}
+
+/// Registers a bot account over `/api/v10/auth/register`; it talks over long-poll too with its token.
+async fn register_bot(server: &Server, name: &str) -> LongPoll {
+    let (status, v) = server
+        .post(
+            "/api/v10/auth/register",
+            None,
+            json!({ "username": name, "password": format!("pw-{name}-long"), "bot": true }),
+        )
+        .await;
+    assert!(status.is_success(), "register the bot {name}: {v}");
+    LongPoll {
+        nick: name.to_owned(),
+        token: v["token"].as_str().expect("token").to_owned(),
+        cursor: 0,
+        epoch: String::new(),
+    }
 }
 
 async fn join(server: &Server, c: &LongPoll, channel: &str) {
@@ -985,5 +1016,128 @@ async fn serenity_heartbeats_and_member_chunks() {
     assert!(
         names.contains("alice") && names.contains("serenbot"),
         "{names:?}"
+    );
+}
+
+/// Embeds, paging around a message, a topic set by the bot (CHANNEL_UPDATE in serenity's cache), and a new
+/// member (GUILD_MEMBER_ADD) whom the bot can then greet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serenity_embeds_topics_and_members() {
+    let server = Server::start(&[]).await;
+    let mut alice = server.register("alice", "pw-alice").await;
+    // A bot account: bots hear of new members (GUILD_MEMBER_ADD), people do not.
+    let botc = register_bot(&server, "serenbot").await;
+    // The bot opens #chan, so it is the channel's operator (topics need it).
+    join(&server, &botc, "#chan").await;
+    join(&server, &alice, "#chan").await;
+    let (mut bot, guild_id, chan) = logged_in(&server.base, &botc.token).await;
+
+    // An embed, as bots send them.
+    let sent = chan
+        .send_message(
+            bot.ctx(),
+            CreateMessage::new()
+                .content("a card")
+                .embed(CreateEmbed::new().title("Title").description("Body")),
+        )
+        .await
+        .expect("a message with an embed");
+    assert_eq!(sent.embeds.len(), 1, "{:?}", sent.embeds);
+    assert_eq!(sent.embeds[0].title.as_deref(), Some("Title"));
+    assert_eq!(sent.embeds[0].description.as_deref(), Some("Body"));
+    let seen = bot
+        .wait_for("the embed's MESSAGE_CREATE", |s| match s {
+            Seen::Message(m) if m.id == sent.id => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(seen.embeds.len(), 1, "{:?}", seen.embeds);
+
+    // Paging around a message.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = say(&server, &alice, &format!("around-{i}")).await;
+        ids.push(MessageId::new(id.parse().expect("a numeric id")));
+    }
+    let around = chan
+        .messages(bot.ctx(), GetMessages::new().around(ids[2]).limit(3))
+        .await
+        .expect("GET messages?around=");
+    let mut around: Vec<&str> = around.iter().map(|m| m.content.as_str()).collect();
+    around.sort();
+    assert_eq!(around, ["around-1", "around-2", "around-3"]);
+    let after = chan
+        .messages(bot.ctx(), GetMessages::new().after(ids[3]).limit(10))
+        .await
+        .expect("GET messages?after=");
+    assert_eq!(
+        after.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+        ["around-4"]
+    );
+
+    // A topic, set through serenity's builder; the cache follows CHANNEL_UPDATE.
+    let edited = chan
+        .edit(bot.ctx(), EditChannel::new().topic("serenity was here"))
+        .await
+        .expect("PATCH channels/{id}");
+    assert_eq!(edited.topic.as_deref(), Some("serenity was here"));
+    bot.wait_for("CHANNEL_UPDATE", |s| match s {
+        Seen::ChannelUpdate(c) if c.id == chan => Some(()),
+        _ => None,
+    })
+    .await;
+    let cached_topic = bot
+        .cache
+        .guild(guild_id)
+        .and_then(|g| g.channels.get(&chan).and_then(|c| c.topic.clone()));
+    assert_eq!(cached_topic.as_deref(), Some("serenity was here"));
+    // Slow mode (CHANNEL_UPDATE from a settings change): the cache keeps the bot's operator rights, so it
+    // can set the topic again.
+    chan.edit(bot.ctx(), EditChannel::new().rate_limit_per_user(2))
+        .await
+        .expect("PATCH channels/{id} rate_limit_per_user");
+    bot.wait_for("CHANNEL_UPDATE of the slow mode", |s| match s {
+        Seen::ChannelUpdate(c) if c.id == chan && c.rate_limit_per_user == Some(2) => Some(()),
+        _ => None,
+    })
+    .await;
+    chan.edit(
+        bot.ctx(),
+        EditChannel::new().topic("serenity is still here"),
+    )
+    .await
+    .expect("an operator sets the topic after a slow-mode change");
+    let events = server.drain(&mut alice).await;
+    assert!(
+        of_type(&events, "topic")
+            .iter()
+            .any(|e| e["body"] == "serenity was here"),
+        "the topic over long-poll: {events:?}"
+    );
+
+    // A new account joins the network: the bot learns of the member and greets them by mention.
+    let carol = server.register("carol", "pw-carol").await;
+    let member = bot
+        .wait_for("GUILD_MEMBER_ADD", |s| match s {
+            Seen::MemberAdd(m) if m.user.name == "carol" => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(member.guild_id, guild_id);
+    assert!(
+        bot.cache
+            .guild(guild_id)
+            .is_some_and(|g| g.members.contains_key(&member.user.id)),
+        "the cache holds the new member"
+    );
+    join(&server, &carol, "#chan").await;
+    let hello = chan
+        .say(bot.ctx(), format!("welcome {}", member.user.mention()))
+        .await
+        .expect("a greeting with a mention");
+    assert_eq!(
+        hello.mentions.iter().map(|u| u.id).collect::<Vec<_>>(),
+        [member.user.id],
+        "the mention is parsed"
     );
 }

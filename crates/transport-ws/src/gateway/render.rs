@@ -680,6 +680,15 @@ fn render_hot(ctx: &Context, dir: &Directory, event: &Event) -> Option<Vec<Dispa
                 }
             }
         }
+        // A space's text channel or category is rendered from the core: its object shows the member
+        // overwrites the channel's modes stand for, which the event does not carry (without them a
+        // library's cached permissions would lose an operator's rights at every slow-mode change).
+        EventKind::ChannelUpdated { channel }
+            if channel.space.is_some()
+                && matches!(channel.kind, ChannelKind::Text | ChannelKind::Category) =>
+        {
+            return None;
+        }
         EventKind::ChannelUpdated { channel } => {
             let name = if channel.kind == ChannelKind::Thread {
                 "THREAD_UPDATE"
@@ -952,7 +961,10 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
         EventKind::TopicChanged { channel, .. }
         | EventKind::ModeChanged { channel, .. }
         | EventKind::OverwriteSet { channel, .. }
-        | EventKind::OverwriteDeleted { channel, .. } => {
+        | EventKind::OverwriteDeleted { channel, .. }
+        | EventKind::ChannelUpdated {
+            channel: chat_core::ChannelInfo { id: channel, .. },
+        } => {
             let id = *channel;
             let d = ctx
                 .engine
