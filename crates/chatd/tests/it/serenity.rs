@@ -16,14 +16,12 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 use serenity::all::{
-    CacheHttp, ChannelId, ChannelPinsUpdateEvent, ChannelType, ClientBuilder, Context,
-    CreateAttachment, CreateMessage, CreateThread, EditMessage, EventHandler, GatewayIntents,
-    GetMessages, Guild, GuildChannel, GuildId, HttpBuilder, Message, MessageId, MessageType,
-    MessageUpdateEvent, Reaction, ReactionType, Ready, ResumedEvent, TypingStartEvent,
-};
-use serenity::all::{
-    ChunkGuildFilter, CreateEmbed, EditChannel, GuildMembersChunkEvent, Member, Mentionable,
-    ShardId, ShardManager,
+    CacheHttp, ChannelId, ChannelPinsUpdateEvent, ChannelType, ChunkGuildFilter, ClientBuilder,
+    Context, CreateAttachment, CreateEmbed, CreateMessage, CreateThread, EditChannel, EditMessage,
+    EventHandler, GatewayIntents, GetMessages, Guild, GuildChannel, GuildId,
+    GuildMembersChunkEvent, HttpBuilder, Member, Mentionable, Message, MessageId, MessageType,
+    MessageUpdateEvent, OnlineStatus, Presence, Reaction, ReactionType, Ready, ResumedEvent,
+    ShardId, ShardManager, TypingStartEvent,
 };
 use serenity::async_trait;
 use tokio::sync::mpsc;
@@ -54,6 +52,7 @@ enum Seen {
     Chunk(Box<GuildMembersChunkEvent>),
     ChannelUpdate(Box<GuildChannel>),
     MemberAdd(Box<Member>),
+    Presence(Box<Presence>),
 }
 
 /// The bot: forwards every event to the test, and answers `!echo TEXT` with a reply, as bots do.
@@ -146,6 +145,10 @@ impl EventHandler for Bot {
 
     async fn channel_update(&self, _ctx: Context, _old: Option<GuildChannel>, new: GuildChannel) {
         self.tell(Seen::ChannelUpdate(Box::new(new)));
+    }
+
+    async fn presence_update(&self, _ctx: Context, presence: Presence) {
+        self.tell(Seen::Presence(Box::new(presence)));
     }
 
     async fn guild_member_addition(&self, _ctx: Context, member: Member) {
@@ -288,6 +291,7 @@ fn intents() -> GatewayIntents {
         | GatewayIntents::GUILD_MESSAGE_TYPING
         | GatewayIntents::DIRECT_MESSAGES
         | GatewayIntents::MESSAGE_CONTENT
+        | GatewayIntents::GUILD_PRESENCES
 }
 
 /// Builds the client as a bot author would (only the API base is ours) and starts its one shard.
@@ -1139,5 +1143,53 @@ async fn serenity_embeds_topics_and_members() {
         hello.mentions.iter().map(|u| u.id).collect::<Vec<_>>(),
         [member.user.id],
         "the mention is parsed"
+    );
+}
+
+/// Two serenity bots in one channel: the second's status, set through its shard messenger (op 3), reaches the
+/// first as PRESENCE_UPDATE and in its cache; the first saw the second online in GUILD_CREATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serenity_presences() {
+    let server = Server::start(&[]).await;
+    let one = register_bot(&server, "serenone").await;
+    join(&server, &one, "#chan").await;
+    let two = register_bot(&server, "serentwo").await;
+    join(&server, &two, "#chan").await;
+    let (second, _, _) = logged_in(&server.base, &two.token).await;
+    let second_id = second.cache.current_user().id;
+    let (mut first, guild_id, _) = logged_in(&server.base, &one.token).await;
+    let online = first
+        .cache
+        .guild(guild_id)
+        .and_then(|g| g.presences.get(&second_id).map(|p| p.status));
+    assert_eq!(
+        online,
+        Some(OnlineStatus::Online),
+        "GUILD_CREATE's presences"
+    );
+
+    let runners = second.manager.runners.lock().await;
+    let runner = runners.get(&ShardId(0)).expect("shard 0 runs");
+    runner.runner_tx.set_status(OnlineStatus::DoNotDisturb);
+    drop(runners);
+    let update = first
+        .wait_for("PRESENCE_UPDATE", |s| match s {
+            Seen::Presence(p)
+                if p.user.id == second_id && p.status == OnlineStatus::DoNotDisturb =>
+            {
+                Some(p.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(update.guild_id, Some(guild_id));
+    let cached = first
+        .cache
+        .guild(guild_id)
+        .and_then(|g| g.presences.get(&second_id).map(|p| p.status));
+    assert_eq!(
+        cached,
+        Some(OnlineStatus::DoNotDisturb),
+        "the cache follows"
     );
 }
