@@ -732,6 +732,30 @@ async fn serenity_bot_lives_a_day() {
         ["before restart", "after restart"],
         "exactly once"
     );
+    // Away across a restart: the connection is cut and the bot's reconnect held (the front points nowhere)
+    // while chatd restarts, so what was said before and after the restart can only come from the new
+    // process's replay of the log.
+    bot.settle(Duration::from_millis(300)).await;
+    front.retarget("127.0.0.1:9".to_owned());
+    front.cut();
+    say(&server, &alice, "away before restart").await;
+    server.restart().await;
+    say(&server, &alice, "away after restart").await;
+    front.retarget(addr(&server));
+    let got = bot
+        .collect(
+            "RESUMED and the replay after a restart while away",
+            WAIT,
+            Duration::from_millis(500),
+            |all| all.iter().any(|s| matches!(s, Seen::Resumed)) && contents(all).len() >= 2,
+        )
+        .await;
+    assert_eq!(
+        contents(&got),
+        ["away before restart", "away after restart"],
+        "exactly once"
+    );
+
     // And the resumed session is live both ways.
     let asked = say(&server, &alice, "!echo still here").await;
     let got = bot
