@@ -1135,6 +1135,21 @@ async fn serenity_embeds_topics_and_members() {
     )
     .await
     .expect("an operator sets the topic after a slow-mode change");
+    // A channel the bot opens (over long-poll, as IRC users do) makes it the operator there: its cache
+    // learns so (CHANNEL_UPDATE after the join), and it sets the new channel's topic.
+    join(&server, &botc, "#botroom").await;
+    let room = bot
+        .wait_for(
+            "CHANNEL_UPDATE of the channel the bot opened",
+            |s| match s {
+                Seen::ChannelUpdate(c) if c.name == "botroom" => Some(c.id),
+                _ => None,
+            },
+        )
+        .await;
+    room.edit(bot.ctx(), EditChannel::new().topic("the bot's room"))
+        .await
+        .expect("the opener of a channel sets its topic");
     let events = server.drain(&mut alice).await;
     assert!(
         of_type(&events, "topic")
