@@ -2,13 +2,13 @@
 //! state for both the gateway and the REST API, so that the two always agree. Field lists follow
 //! `discord-compat.md`: what discord.py, twilight and serenity require.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use chat_core::{
-    Channel, ChannelKind, Core, Message, MessageId, MessageKind, OverwriteTarget, Permissions,
-    Role, Space, SpaceId, SpaceMember, User, UserId,
+    Channel, ChannelKind, Core, MemberModes, Message, MessageId, MessageKind, OverwriteTarget,
+    Permissions, Role, Space, SpaceId, SpaceMember, User, UserId,
 };
 use chat_engine::StoredMessage;
 use chat_engine::{Directory, UserCard};
@@ -130,6 +130,50 @@ fn overwrite(target: OverwriteTarget, allow: Permissions, deny: Permissions) -> 
     })
 }
 
+/// A channel's overwrites as a Discord client needs them to compute what the core allows (libraries check
+/// permissions from their cache before sending): the stored ones and, on a network channel, the member
+/// overwrites its modes stand for ([`Permissions::OPERATOR`] for `+o`, [`Permissions::VOICE`] for `+v`, and
+/// [`Permissions::JOINED`] for a member of a `+i` channel), merged into each member's own allow as the core
+/// merges them. Bans match nick masks, not users, and are not shown.
+fn overwrites(
+    ch: &Channel,
+    network: bool,
+) -> BTreeMap<OverwriteTarget, (Permissions, Permissions)> {
+    let mut list: BTreeMap<_, _> = ch
+        .overwrites()
+        .map(|o| (o.target, (o.allow, o.deny)))
+        .collect();
+    if network {
+        let invite_only = ch.is_invite_only();
+        for (user, modes) in ch.members() {
+            let mut implied = Permissions::empty();
+            if invite_only {
+                implied |= Permissions::JOINED;
+            }
+            if modes.voice {
+                implied |= Permissions::VOICE;
+            }
+            if modes.op {
+                implied |= Permissions::OPERATOR;
+            }
+            if !implied.is_empty() {
+                list.entry(OverwriteTarget::Member(user))
+                    .or_insert((Permissions::empty(), Permissions::empty()))
+                    .0 |= implied;
+            }
+        }
+    }
+    list
+}
+
+/// The member modes that [`overwrites`] shows for `ch`: every member's on a `+i` channel, else those of
+/// operators and voiced members.
+fn shown_modes(ch: &Channel) -> impl Iterator<Item = (UserId, MemberModes)> + '_ {
+    let invite_only = ch.is_invite_only();
+    ch.members()
+        .filter(move |(_, m)| invite_only || m.op || m.voice)
+}
+
 /// Discord's channel type for a kind.
 pub(crate) fn channel_type(kind: ChannelKind) -> u8 {
     match kind {
@@ -208,9 +252,13 @@ fn channel_as(core: &Core, ch: &Channel, viewer: UserId, activity: bool) -> Valu
             );
             map.insert("nsfw".into(), json!(false));
             map.insert("rate_limit_per_user".into(), json!(ch.slowmode_secs));
-            let overwrites: Vec<Value> = ch
-                .overwrites()
-                .map(|o| overwrite(o.target, o.allow, o.deny))
+            let network = ch
+                .space
+                .and_then(|s| core.space(s))
+                .is_some_and(|s| s.network);
+            let overwrites: Vec<Value> = overwrites(ch, network)
+                .into_iter()
+                .map(|(target, (allow, deny))| overwrite(target, allow, deny))
                 .collect();
             map.insert("permission_overwrites".into(), Value::Array(overwrites));
             if ch.kind == ChannelKind::Thread {
@@ -429,6 +477,8 @@ struct ChannelShape {
     topic: Option<String>,
     slowmode_secs: u32,
     overwrites: Vec<(OverwriteTarget, Permissions, Permissions)>,
+    /// The member modes the object shows as overwrites ([`shown_modes`]).
+    modes: Vec<(UserId, MemberModes)>,
 }
 
 impl ChannelShape {
@@ -445,6 +495,7 @@ impl ChannelShape {
                 .overwrites()
                 .map(|o| (o.target, o.allow, o.deny))
                 .collect(),
+            modes: shown_modes(ch).collect(),
         }
     }
 
@@ -462,6 +513,7 @@ impl ChannelShape {
                 .iter()
                 .copied()
                 .eq(ch.overwrites().map(|o| (o.target, o.allow, o.deny)))
+            && self.modes.iter().copied().eq(shown_modes(ch))
     }
 }
 
@@ -1171,6 +1223,121 @@ mod tests {
                 }
                 names
             }
+        }
+
+        /// A user's permissions in a network channel computed as a Discord library computes them from
+        /// GUILD_CREATE (the @everyone role and the member's roles, then the @everyone, role and member
+        /// overwrites; nothing without VIEW_CHANNEL).
+        fn as_a_library_computes(
+            guild: &Value,
+            user: UserId,
+            channel: chat_core::ChannelId,
+        ) -> Permissions {
+            let bits = |v: &Value| {
+                Permissions::from_bits_truncate(
+                    v.as_str()
+                        .and_then(|s| s.parse().ok())
+                        .expect("permission bits"),
+                )
+            };
+            let guild_id = guild["id"].as_str().expect("id");
+            let roles = guild["roles"].as_array().expect("roles");
+            let member = guild["members"]
+                .as_array()
+                .expect("members")
+                .iter()
+                .find(|m| m["user"]["id"] == user.to_string())
+                .expect("a member");
+            let mine: Vec<&str> = member["roles"]
+                .as_array()
+                .expect("roles")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            let mut perms = Permissions::empty();
+            for r in roles {
+                let id = r["id"].as_str().expect("role id");
+                if id == guild_id || mine.contains(&id) {
+                    perms |= bits(&r["permissions"]);
+                }
+            }
+            if perms.contains(Permissions::ADMINISTRATOR) {
+                return Permissions::all();
+            }
+            let ch = guild["channels"]
+                .as_array()
+                .expect("channels")
+                .iter()
+                .find(|c| c["id"] == channel.to_string())
+                .expect("the channel");
+            let overwrites = ch["permission_overwrites"].as_array().expect("overwrites");
+            let apply = |perms: Permissions, pick: &dyn Fn(&Value) -> bool| {
+                let (mut allow, mut deny) = (Permissions::empty(), Permissions::empty());
+                for o in overwrites.iter().filter(|o| pick(o)) {
+                    allow |= bits(&o["allow"]);
+                    deny |= bits(&o["deny"]);
+                }
+                (perms & !deny) | allow
+            };
+            perms = apply(perms, &|o| o["type"] == 0 && o["id"] == guild_id);
+            perms = apply(perms, &|o| {
+                o["type"] == 0 && o["id"].as_str().is_some_and(|id| mine.contains(&id))
+            });
+            perms = apply(perms, &|o| o["type"] == 1 && o["id"] == user.to_string());
+            if perms.contains(Permissions::VIEW_CHANNEL) {
+                perms
+            } else {
+                Permissions::empty()
+            }
+        }
+
+        /// What a network channel's modes grant (`+o`, `+v`, membership of a `+i` channel) is in its
+        /// overwrites, so that a library checking permissions from its cache (serenity does before every
+        /// send) agrees with the server, for members and others, through every change.
+        #[test]
+        fn overwrites_show_what_modes_grant() {
+            let mut w = World::new();
+            let alice = w.user("alice");
+            let bob = w.user("bob");
+            let carol = w.user("carol");
+            w.join(alice, "#a");
+            w.join(bob, "#a");
+            let a = w.channel_id("#a");
+            let mode = |modes: &str, args: &[&str]| Command::Mode {
+                channel: ChannelRef::Name("#a".into()),
+                modes: modes.into(),
+                args: args.iter().map(|s| (*s).to_owned()).collect(),
+            };
+            let agree = |w: &World, step: &str| {
+                w.check(&[alice, bob, carol]);
+                let space = w.core.spaces().find(|s| s.network).expect("the network");
+                let guild = guild_create(&w.core, space, alice, 250);
+                for user in [alice, bob, carol] {
+                    assert_eq!(
+                        as_a_library_computes(&guild, user, a),
+                        w.core.channel_permissions(user, a),
+                        "{step}: user {user}"
+                    );
+                }
+            };
+            agree(&w, "alice opened #a");
+            assert!(
+                w.core
+                    .channel_permissions(alice, a)
+                    .contains(Permissions::MANAGE_CHANNELS),
+                "the opener is an operator"
+            );
+            w.run(alice, mode("+m", &[]));
+            agree(&w, "+m");
+            w.run(alice, mode("+v", &["bob"]));
+            agree(&w, "+v bob");
+            w.run(alice, mode("+i", &[]));
+            agree(&w, "+i");
+            w.run(alice, mode("+o", &["bob"]));
+            w.run(bob, mode("-o", &["alice"]));
+            agree(&w, "bob op, alice not");
+            w.run(bob, mode("-imv", &["bob"]));
+            agree(&w, "-imv");
         }
 
         #[test]

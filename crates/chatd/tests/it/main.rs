@@ -12,6 +12,7 @@ mod hostile;
 mod limits;
 mod longpoll;
 mod rest;
+mod serenity;
 mod signup;
 mod web;
 mod web_signup;

@@ -138,8 +138,7 @@ pub(crate) struct Resume {
 pub(crate) struct PresenceUpdate {
     #[serde(default)]
     pub(crate) status: Option<String>,
-    #[serde(default)]
-    pub(crate) afk: Option<bool>,
+    // `afk` and `since` are not read: Discord routes push notifications by them and shows nothing of them.
     /// Absent or null leaves them as they are; a list replaces them.
     #[serde(default)]
     pub(crate) activities: Option<Vec<Activity>>,

@@ -464,6 +464,9 @@ fn render_hot(ctx: &Context, dir: &Directory, event: &Event) -> Option<Vec<Dispa
             }
             vec![dispatch]
         }
+        // A join that gives modes (the creator of a network channel gets `+o`) changes the channel's
+        // overwrites as libraries see them: rendered from the core, with a CHANNEL_UPDATE.
+        EventKind::Joined { modes, .. } if modes.op || modes.voice => return None,
         EventKind::Joined {
             channel,
             user,
@@ -711,6 +714,15 @@ fn render_hot(ctx: &Context, dir: &Directory, event: &Event) -> Option<Vec<Dispa
                 }
             }
         }
+        // A space's text channel or category is rendered from the core: its object shows the member
+        // overwrites the channel's modes stand for, which the event does not carry (without them a
+        // library's cached permissions would lose an operator's rights at every slow-mode change).
+        EventKind::ChannelUpdated { channel }
+            if channel.space.is_some()
+                && matches!(channel.kind, ChannelKind::Text | ChannelKind::Category) =>
+        {
+            return None;
+        }
         EventKind::ChannelUpdated { channel } => {
             let name = if channel.kind == ChannelKind::Thread {
                 "THREAD_UPDATE"
@@ -922,6 +934,26 @@ fn render_hot(ctx: &Context, dir: &Directory, event: &Event) -> Option<Vec<Dispa
     Some(list)
 }
 
+/// CHANNEL_UPDATE (THREAD_UPDATE for a thread) of a space channel as the core has it now.
+async fn channel_update(ctx: &Context, seq: u64, channel: ChannelId) -> Option<Dispatch> {
+    let (kind, d) = ctx
+        .engine
+        .query(move |core| {
+            let ch = core.channel(channel)?;
+            ch.space?;
+            Some((ch.kind, model::shared_channel(core, ch)))
+        })
+        .await
+        .ok()
+        .flatten()?;
+    let name = if kind == ChannelKind::Thread {
+        "THREAD_UPDATE"
+    } else {
+        "CHANNEL_UPDATE"
+    };
+    Some(Dispatch::new(Who::All, intents::GUILDS, seq, name, &d))
+}
+
 /// The kinds that need the core's state (or the store's copy of a message).
 async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
     let seq = event.seq;
@@ -974,32 +1006,39 @@ async fn render_cold(ctx: &Context, event: &Event) -> Vec<Dispatch> {
                 dispatch
             }]
         }
+        EventKind::Joined {
+            channel,
+            user,
+            message,
+            ..
+        } => {
+            let joined = {
+                let dir = ctx.engine.directory();
+                let space = model::channel_space(&dir, *channel);
+                let d = notice(&dir, *message, *channel, *user, MessageKind::Join, None);
+                Dispatch::new(
+                    Who::All,
+                    msg_intent(space.is_none()),
+                    seq,
+                    "MESSAGE_CREATE",
+                    &d,
+                )
+            };
+            let mut list = vec![joined];
+            list.extend(channel_update(ctx, seq, *channel).await);
+            list
+        }
         EventKind::TopicChanged { channel, .. }
         | EventKind::ModeChanged { channel, .. }
         | EventKind::OverwriteSet { channel, .. }
-        | EventKind::OverwriteDeleted { channel, .. } => {
-            let id = *channel;
-            let d = ctx
-                .engine
-                .query(move |core| {
-                    let ch = core.channel(id)?;
-                    ch.space?;
-                    Some((ch.kind, model::shared_channel(core, ch)))
-                })
+        | EventKind::OverwriteDeleted { channel, .. }
+        | EventKind::ChannelUpdated {
+            channel: chat_core::ChannelInfo { id: channel, .. },
+        } => {
+            let mut list: Vec<Dispatch> = channel_update(ctx, seq, *channel)
                 .await
-                .ok()
-                .flatten();
-            let mut list = match d {
-                Some((kind, d)) => {
-                    let name = if kind == ChannelKind::Thread {
-                        "THREAD_UPDATE"
-                    } else {
-                        "CHANNEL_UPDATE"
-                    };
-                    vec![Dispatch::new(Who::All, intents::GUILDS, seq, name, &d)]
-                }
-                None => Vec::new(),
-            };
+                .into_iter()
+                .collect();
             let dir = ctx.engine.directory();
             match &event.kind {
                 EventKind::TopicChanged {
