@@ -509,7 +509,8 @@ fn main() {
     let dir = target_dir().join("bench-data");
     std::fs::create_dir_all(&dir).expect("bench-data dir");
     let path = dir.join(format!(
-        "chat-store-scale-{messages}-g{GENERATION}-s{SCHEMA_VERSION}.db"
+        "chat-store-scale-{messages}-g{GENERATION}-s{SCHEMA_VERSION}-f{}.db",
+        chat_store::format::FORMAT_VERSION
     ));
     let done = path.with_extension("done");
     if !done.exists() || std::env::var_os("BENCH_REBUILD").is_some() {

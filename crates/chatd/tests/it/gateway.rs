@@ -1778,18 +1778,19 @@ async fn presence_activities_reach_presence_update_and_guild_create() {
 /// `afk: true` left a durable "afk" away that no later update cleared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn afk_in_a_presence_update_sets_no_away_message() {
+    const GUILD_PRESENCES: u64 = 1 << 8;
     let server = Server::start(&[]).await;
     let alice = server.register("alice", "correct horse").await;
     let bob = server.register("bob", "correct horse").await;
     join(&server, &alice, "#test").await;
     join(&server, &bob, "#test").await;
     let mut a = Gw::connect(&server).await;
-    a.identify(&alice.token, ALL).await;
+    a.identify(&alice.token, GUILDS | GUILD_PRESENCES).await;
     a.sync().await;
     let mut b = Gw::connect(&server).await;
     let bob_id = b.identify(&bob.token, ALL).await["d"]["user"]["id"].clone();
     b.sync().await;
-    b.send(json!({"op": 3, "d": {"since": 1, "activities": [], "status": "idle", "afk": true}}))
+    b.send(json!({"op": 3, "d": {"since": null, "activities": [], "status": "idle", "afk": true}}))
         .await;
     loop {
         let v = a.until("PRESENCE_UPDATE").await;
