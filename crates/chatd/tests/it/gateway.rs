@@ -16,6 +16,7 @@ const GUILD_MESSAGES: u64 = 1 << 9;
 const DIRECT_MESSAGES: u64 = 1 << 12;
 const MESSAGE_CONTENT: u64 = 1 << 15;
 const GUILD_MODERATION: u64 = 1 << 2;
+const GUILD_PRESENCES: u64 = 1 << 8;
 const ALL: u64 = GUILDS | GUILD_MESSAGES | DIRECT_MESSAGES | MESSAGE_CONTENT;
 
 /// What a read from the socket gave.
@@ -1148,7 +1149,6 @@ async fn a_guilds_life_reaches_its_members_gateways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presences_show_in_guild_create_and_follow_presence_updates() {
-    const GUILD_PRESENCES: u64 = 1 << 8;
     let server = Server::start(&[]).await;
     let alice = server.register("alice", "correct horse").await;
     let bob = server.register("bob", "correct horse").await;
@@ -1657,7 +1657,6 @@ async fn a_megabyte_frame_closes_with_4002() {
 /// update in a minute closes the connection with 4008 (the gateway has no other answer to op 3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_updates_have_their_own_limit_and_are_never_dropped_silently() {
-    const GUILD_PRESENCES: u64 = 1 << 8;
     let server = Server::start(&[("RATE_LIMIT", "1/1")]).await;
     let alice = server.register("alice", "correct horse").await;
     let bob = server.register("bob", "correct horse").await;
@@ -1701,21 +1700,27 @@ async fn presence_updates_have_their_own_limit_and_are_never_dropped_silently() 
     assert_eq!(b.close_code().await, 4008);
 }
 
+/// alice and bob on #test, each with a gateway connection: alice's told of presences, bob's with every
+/// unprivileged intent. Returns alice, her connection, bob's, and bob's user id as READY gave it.
+async fn presence_pair(server: &Server) -> (Client, Gw, Gw, Value) {
+    let alice = server.register("alice", "correct horse").await;
+    let bob = server.register("bob", "correct horse").await;
+    join(server, &alice, "#test").await;
+    join(server, &bob, "#test").await;
+    let mut a = Gw::connect(server).await;
+    a.identify(&alice.token, GUILDS | GUILD_PRESENCES).await;
+    a.sync().await;
+    let mut b = Gw::connect(server).await;
+    let bob_id = b.identify(&bob.token, ALL).await["d"]["user"]["id"].clone();
+    b.sync().await;
+    (alice, a, b, bob_id)
+}
+
 /// Activities are kept and sent: in PRESENCE_UPDATE and in GUILD_CREATE's presences, as raw frames show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_activities_reach_presence_update_and_guild_create() {
-    const GUILD_PRESENCES: u64 = 1 << 8;
     let server = Server::start(&[]).await;
-    let alice = server.register("alice", "correct horse").await;
-    let bob = server.register("bob", "correct horse").await;
-    join(&server, &alice, "#test").await;
-    join(&server, &bob, "#test").await;
-    let mut a = Gw::connect(&server).await;
-    a.identify(&alice.token, GUILDS | GUILD_PRESENCES).await;
-    a.sync().await;
-    let mut b = Gw::connect(&server).await;
-    let bob_id = b.identify(&bob.token, ALL).await["d"]["user"]["id"].clone();
-    b.sync().await;
+    let (alice, mut a, mut b, bob_id) = presence_pair(&server).await;
 
     b.send(json!({"op": 3, "d": {
         "since": null,
@@ -1778,18 +1783,8 @@ async fn presence_activities_reach_presence_update_and_guild_create() {
 /// `afk: true` left a durable "afk" away that no later update cleared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn afk_in_a_presence_update_sets_no_away_message() {
-    const GUILD_PRESENCES: u64 = 1 << 8;
     let server = Server::start(&[]).await;
-    let alice = server.register("alice", "correct horse").await;
-    let bob = server.register("bob", "correct horse").await;
-    join(&server, &alice, "#test").await;
-    join(&server, &bob, "#test").await;
-    let mut a = Gw::connect(&server).await;
-    a.identify(&alice.token, GUILDS | GUILD_PRESENCES).await;
-    a.sync().await;
-    let mut b = Gw::connect(&server).await;
-    let bob_id = b.identify(&bob.token, ALL).await["d"]["user"]["id"].clone();
-    b.sync().await;
+    let (alice, mut a, mut b, bob_id) = presence_pair(&server).await;
     b.send(json!({"op": 3, "d": {"since": null, "activities": [], "status": "idle", "afk": true}}))
         .await;
     loop {
