@@ -502,8 +502,9 @@ impl Engine {
             })?
     }
 
-    /// Runs a read of the store on the blocking pool: history, search and message lookups need no ordering
-    /// with commands. Crate-private: transports read through the methods in `read.rs`, so that a new store
+    /// Runs a call on the store on the blocking pool, outside the writer's order: history, search and
+    /// message lookups, which need no ordering with commands, and the record of spent stamps, which no
+    /// command depends on. Crate-private: transports read through the methods in `read.rs`, so that a new store
     /// (or a cluster's shared log) changes what they call in one place.
     pub(crate) async fn read_store<T: Send + 'static>(
         &self,
@@ -693,9 +694,25 @@ impl Engine {
                 });
             }
         }
+        // The table in memory answers replays since start-up without a write; the store remembers across
+        // restarts, and is the one that decides (a stamp spent before this process started is in it only).
+        let (key, expires) = (verified.key, verified.expires);
+        let recorded = self
+            .read_store(move |store| store.spend_stamp(key, expires, now))
+            .await;
+        match recorded {
+            Ok(true) => {}
+            Ok(false) => return Err(refuse(StampError::Spent)),
+            Err(e) => {
+                lock(&self.shared.spent).unspend(&key);
+                return Err(e);
+            }
+        }
         let result = self.create_user(nick, None, false, client_name).await;
         if result.is_err() {
-            lock(&self.shared.spent).unspend(&verified.key);
+            lock(&self.shared.spent).unspend(&key);
+            // Best effort: if this fails too, the stamp stays spent, and the guest mints another.
+            let _ = self.read_store(move |store| store.unspend_stamp(key)).await;
         }
         result
     }

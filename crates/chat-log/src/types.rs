@@ -299,6 +299,19 @@ pub trait Store: Send + Sync + 'static {
     /// so that checking a command's nonce never waits for the store.
     fn nonces_since(&self, since: UnixMillis) -> Result<Vec<NonceRecord>, StoreError>;
 
+    /// Records a spent proof-of-work stamp (by the SHA-256 of its text) until `expires` (unix ms), first
+    /// forgetting every stamp expired by `now`. `Ok(false)` if it was recorded already: spent before, perhaps
+    /// before a restart, so that a stamp buys one sign-up however often the server starts.
+    fn spend_stamp(
+        &self,
+        key: [u8; 32],
+        expires: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError>;
+
+    /// Forgets a spent stamp (its sign-up was refused, so it may be used again).
+    fn unspend_stamp(&self, key: [u8; 32]) -> Result<(), StoreError>;
+
     /// A page of a channel's history, oldest first.
     fn history(&self, query: &HistoryQuery) -> Result<Vec<StoredMessage>, StoreError>;
 

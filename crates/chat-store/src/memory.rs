@@ -85,6 +85,7 @@ struct Inner {
     snapshots: BTreeMap<Seq, Vec<u8>>,
     cursors: BTreeMap<ClientId, Seq>,
     nonces: BTreeMap<(UserId, String), NonceRecord>,
+    stamps: BTreeMap<[u8; 32], UnixMillis>,
     tables: Tables,
 }
 
@@ -720,6 +721,22 @@ impl Store for MemoryStore {
 
     fn nonce(&self, user: UserId, nonce: &str) -> Result<Option<NonceRecord>, StoreError> {
         Ok(self.lock().nonces.get(&(user, nonce.to_owned())).cloned())
+    }
+
+    fn spend_stamp(
+        &self,
+        key: [u8; 32],
+        expires: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        inner.stamps.retain(|_, e| *e > now);
+        Ok(inner.stamps.insert(key, expires).is_none())
+    }
+
+    fn unspend_stamp(&self, key: [u8; 32]) -> Result<(), StoreError> {
+        self.lock().stamps.remove(&key);
+        Ok(())
     }
 
     fn nonces_since(&self, since: UnixMillis) -> Result<Vec<NonceRecord>, StoreError> {

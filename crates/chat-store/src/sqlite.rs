@@ -33,10 +33,11 @@ const MIGRATIONS: &[(u32, &str)] = &[
         3,
         include_str!("../../../migrations/0003_fts_batched_prefix.sql"),
     ),
+    (4, include_str!("../../../migrations/0004_spent_stamps.sql")),
 ];
 
 /// The newest schema version this binary knows.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The kinds of message the full-text index holds: what users wrote, not system notices. The delete and
 /// edit triggers of the schema name the same kinds.
@@ -1467,6 +1468,37 @@ impl Store for SqliteStore {
                 .optional()
                 .db()
         })
+    }
+
+    fn spend_stamp(
+        &self,
+        key: [u8; 32],
+        expires: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let mut w = self.writer();
+        let tx = w
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .db()?;
+        tx.execute("DELETE FROM spent_stamps WHERE expires <= ?1", [bound(now)])
+            .db()?;
+        let added = tx
+            .execute(
+                "INSERT INTO spent_stamps (key, expires) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                params![&key[..], bound(expires)],
+            )
+            .db()?;
+        tx.commit().db()?;
+        Ok(added == 1)
+    }
+
+    fn unspend_stamp(&self, key: [u8; 32]) -> Result<(), StoreError> {
+        let w = self.writer();
+        w.conn
+            .execute("DELETE FROM spent_stamps WHERE key = ?1", [&key[..]])
+            .db()?;
+        Ok(())
     }
 
     fn nonces_since(&self, since: UnixMillis) -> Result<Vec<NonceRecord>, StoreError> {

@@ -104,6 +104,7 @@ macro_rules! suite {
                 login_throttle_is_per_account_and_address,
                 account_limit_slows_and_address_limit_refuses,
                 guest_sign_up_needs_an_unspent_stamp,
+                spent_stamp_survives_restart,
                 shutdown_refuses_new_work,
                 snapshots_are_taken_and_used,
                 one_message_wakes_every_waiting_member,

@@ -962,6 +962,50 @@ pub(crate) async fn guest_sign_up_needs_an_unspent_stamp<B: Backend>(backend: &B
     stop(engine, task).await;
 }
 
+/// A stamp spent before a restart stays spent after it: the store remembers what the table in memory
+/// forgets. A stamp refused for its nick before the restart is still good after it.
+pub(crate) async fn spent_stamp_survives_restart<B: Backend>(backend: &B) {
+    use chat_engine::StampError;
+    let mut config = config();
+    config.hashcash_bits = 8;
+    config.hashcash_resource = "chat.example".into();
+    let (engine, task) = open(backend, config.clone()).await;
+    let today = utc_date(0);
+    let stamp = mint(8, &today, "chat.example");
+    let kept = mint(8, &format!("{today}1200"), "chat.example");
+    engine
+        .guest_with_stamp("alice", "web", Some(&stamp))
+        .await
+        .unwrap();
+    let err = engine
+        .guest_with_stamp("alice", "web", Some(&kept))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Refused(chat_core::Error::NickInUse)),
+        "{err:?}"
+    );
+    stop(engine, task).await;
+
+    let (engine, task) = open(backend, config).await;
+    match engine
+        .guest_with_stamp("bob", "web", Some(&stamp))
+        .await
+        .unwrap_err()
+    {
+        EngineError::HashcashRequired {
+            reason: StampError::Spent,
+            ..
+        } => {}
+        other => panic!("a stamp spent before the restart was taken again: {other:?}"),
+    }
+    engine
+        .guest_with_stamp("bob", "web", Some(&kept))
+        .await
+        .unwrap();
+    stop(engine, task).await;
+}
+
 /// The leading zero bits of a stamp's SHA-256.
 fn mint_zeros(s: &str) -> u32 {
     use sha2::Digest;

@@ -19,6 +19,7 @@ struct Inner {
     snapshot: Option<(Seq, Vec<u8>)>,
     cursors: BTreeMap<ClientId, Seq>,
     nonces: HashMap<(UserId, String), NonceRecord>,
+    stamps: HashMap<[u8; 32], u64>,
     fail_appends: bool,
     appends: usize,
 }
@@ -171,6 +172,17 @@ impl Store for TestStore {
             .filter(|n| n.at >= since)
             .cloned()
             .collect())
+    }
+
+    fn spend_stamp(&self, key: [u8; 32], expires: u64, now: u64) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.stamps.retain(|_, e| *e > now);
+        Ok(inner.stamps.insert(key, expires).is_none())
+    }
+
+    fn unspend_stamp(&self, key: [u8; 32]) -> Result<(), StoreError> {
+        self.inner.lock().unwrap().stamps.remove(&key);
+        Ok(())
     }
 
     fn nonce(&self, user: UserId, nonce: &str) -> Result<Option<NonceRecord>, StoreError> {

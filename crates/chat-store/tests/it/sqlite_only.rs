@@ -52,7 +52,12 @@ fn reopen_keeps_identity_and_log() {
         .unwrap();
     assert_eq!(
         versions,
-        [(1, NOW as i64), (2, NOW as i64), (3, NOW as i64)]
+        [
+            (1, NOW as i64),
+            (2, NOW as i64),
+            (3, NOW as i64),
+            (4, NOW as i64)
+        ]
     );
 }
 
@@ -93,6 +98,7 @@ fn older_schema_upgrades_in_place() {
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch(
         "DROP INDEX messages_pinned;
+         DROP TABLE spent_stamps;
          CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
              WHEN new.kind IN ('message', 'action', 'notice')
          BEGIN
