@@ -650,17 +650,14 @@ async fn serenity_bot_lives_a_day() {
     let file = &with_file.attachments[0];
     assert_eq!(file.filename, "note.txt");
     assert_eq!(file.size as usize, bytes.len());
-    let fetched = if file.url.starts_with("http") {
-        file.download().await.expect("Attachment::download")
-    } else {
-        // Waits for issue 13, "attachment urls are relative": serenity's `Attachment::download` needs an
-        // absolute URL; until chatd sends one, fetch the relative one from the server.
-        let resp = reqwest::get(format!("{}{}", server.base, file.url))
-            .await
-            .expect("GET the attachment");
-        assert_eq!(resp.status(), StatusCode::OK, "{}", file.url);
-        resp.bytes().await.expect("body").to_vec()
-    };
+    // Absolute, under the address the bot reached chatd by, so that serenity can fetch it as it is.
+    assert!(
+        file.url
+            .starts_with(&format!("{}/attachments/", front.base())),
+        "{}",
+        file.url
+    );
+    let fetched = file.download().await.expect("Attachment::download");
     assert_eq!(fetched, bytes, "the same bytes back from {}", file.url);
 
     // History: newest first, the deleted message gone.
