@@ -4,7 +4,6 @@
 //! without missing or repeating an event. Long-poll users on the same server check each protocol's view.
 
 use std::error::Error as _;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -26,7 +25,7 @@ use twilight_model::http::attachment::Attachment;
 use twilight_model::id::Id;
 use twilight_model::id::marker::{ChannelMarker, GuildMarker, UserMarker};
 
-use crate::harness::{Client, Server, of_type};
+use crate::harness::{Client, Relay, Server, of_type};
 
 /// The example bot's own source, compiled into this test so that the test runs exactly what it documents.
 #[path = "../../../../examples/ping_bot.rs"]
@@ -1291,72 +1290,6 @@ async fn resume_after_dropped_connection() {
         gw.session().expect("session").sequence() > session.sequence(),
         "the sequence advanced"
     );
-}
-
-/// A TCP relay between the shard and chatd whose connections the test can cut without any WebSocket close:
-/// what a network failure looks like to both ends.
-struct Relay {
-    /// `HOST:PORT` the shard connects to.
-    addr: String,
-    /// Where new connections go (`HOST:PORT`); moved when the server restarts on another port.
-    target: Arc<Mutex<String>>,
-    /// The relayed connections, to cut.
-    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start(target: String) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind relay");
-        let addr = listener.local_addr().expect("relay addr").to_string();
-        let target = Arc::new(Mutex::new(target));
-        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let accept = tokio::spawn({
-            let conns = Arc::clone(&conns);
-            let target = Arc::clone(&target);
-            async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    let target = target.lock().expect("relay lock").clone();
-                    let task = tokio::spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    });
-                    conns.lock().expect("relay lock").push(task.abort_handle());
-                }
-            }
-        });
-        Relay {
-            addr,
-            target,
-            conns,
-            accept,
-        }
-    }
-
-    /// Sends new connections to `target` from now on.
-    fn retarget(&self, target: String) {
-        *self.target.lock().expect("relay lock") = target;
-    }
-
-    /// Cuts every relayed connection: both sockets close at once, no close frame either way.
-    fn cut(&self) -> usize {
-        let conns = std::mem::take(&mut *self.conns.lock().expect("relay lock"));
-        for c in &conns {
-            c.abort();
-        }
-        conns.len()
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
 }
 
 /// The TCP connection under the shard dies (no close frame): twilight reconnects through the same address

@@ -375,3 +375,93 @@ pub(crate) async fn try_request(
     let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     Ok((status, value))
 }
+
+/// A TCP relay between a client and chatd. The test can cut its connections without any WebSocket close
+/// (what a network failure looks like to both ends), and move new connections to another address (a server
+/// restarted on another port). A holding relay also waits, up to its hold, for the target to accept, so
+/// that a restart looks like a slow connect, as behind a reverse proxy that retries its upstream.
+pub struct Relay {
+    /// `HOST:PORT` the client connects to.
+    pub addr: String,
+    /// Where new connections go (`HOST:PORT`).
+    target: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The relayed connections, to cut.
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// A relay that tries the target once per connection: refused there, refused here.
+    pub async fn start(target: String) -> Relay {
+        Self::holding(target, Duration::ZERO).await
+    }
+
+    /// A relay that retries the target every 20 ms for up to `hold` before giving a connection up.
+    pub async fn holding(target: String, hold: Duration) -> Relay {
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay");
+        let addr = listener.local_addr().expect("relay addr").to_string();
+        let target = Arc::new(Mutex::new(target));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let accept = tokio::spawn({
+            let conns = Arc::clone(&conns);
+            let target = Arc::clone(&target);
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let target = Arc::clone(&target);
+                    let task = tokio::spawn(async move {
+                        let deadline = tokio::time::Instant::now() + hold;
+                        loop {
+                            let to = target.lock().expect("relay lock").clone();
+                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                                    .await;
+                                return;
+                            }
+                            if tokio::time::Instant::now() >= deadline {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    });
+                    conns.lock().expect("relay lock").push(task.abort_handle());
+                }
+            }
+        });
+        Relay {
+            addr,
+            target,
+            conns,
+            accept,
+        }
+    }
+
+    /// `http://HOST:PORT` of the relay.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends new connections to `target` from now on.
+    pub fn retarget(&self, target: String) {
+        *self.target.lock().expect("relay lock") = target;
+    }
+
+    /// Cuts every relayed connection: both sockets close at once, no close frame either way. Returns how
+    /// many there were (finished ones included).
+    pub fn cut(&self) -> usize {
+        let conns = std::mem::take(&mut *self.conns.lock().expect("relay lock"));
+        for c in &conns {
+            c.abort();
+        }
+        conns.len()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}

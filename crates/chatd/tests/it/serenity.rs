@@ -10,7 +10,7 @@
 //! or a socket-activated service does in production.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -26,7 +26,7 @@ use serenity::all::{
 use serenity::async_trait;
 use tokio::sync::mpsc;
 
-use crate::harness::{Client as LongPoll, Server, of_type};
+use crate::harness::{Client as LongPoll, Relay, Server, of_type};
 
 /// How long any one expected thing may take.
 const WAIT: Duration = Duration::from_secs(10);
@@ -324,80 +324,6 @@ async fn start_bot(base: &str, token: &str) -> Running {
     }
 }
 
-// --- a front with a stable address --------------------------------------------------------------------------
-
-/// A TCP front between the bot and chatd: new connections go to the current target, waiting (up to `WAIT`)
-/// for it to accept, so that a restart looks like a slow connect; live connections can be cut without any
-/// WebSocket close, which is what a network failure looks like to both ends.
-struct Front {
-    /// `HOST:PORT` the bot connects to.
-    addr: String,
-    target: Arc<Mutex<String>>,
-    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Front {
-    async fn start(target: String) -> Front {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind front");
-        let addr = listener.local_addr().expect("front addr").to_string();
-        let target = Arc::new(Mutex::new(target));
-        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let accept = tokio::spawn({
-            let conns = Arc::clone(&conns);
-            let target = Arc::clone(&target);
-            async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    let target = Arc::clone(&target);
-                    let task = tokio::spawn(async move {
-                        let deadline = Instant::now() + WAIT;
-                        while Instant::now() < deadline {
-                            let to = target.lock().expect("front lock").clone();
-                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
-                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
-                                    .await;
-                                return;
-                            }
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    });
-                    conns.lock().expect("front lock").push(task.abort_handle());
-                }
-            }
-        });
-        Front {
-            addr,
-            target,
-            conns,
-            accept,
-        }
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn retarget(&self, target: String) {
-        *self.target.lock().expect("front lock") = target;
-    }
-
-    /// Cuts every connection made so far (finished ones count for nothing).
-    fn cut(&self) {
-        for c in std::mem::take(&mut *self.conns.lock().expect("front lock")) {
-            c.abort();
-        }
-    }
-}
-
-impl Drop for Front {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
-}
-
 // --- long-poll helpers --------------------------------------------------------------------------------------
 
 fn addr(server: &Server) -> String {
@@ -457,7 +383,7 @@ async fn serenity_bot_lives_a_day() {
     let (s, state) = server.get("/api/v1/state", Some(&botc.token)).await;
     assert_eq!(s, StatusCode::OK, "{state}");
     let bot_user = state["user"]["id"].as_str().expect("user.id").to_owned();
-    let front = Front::start(addr(&server)).await;
+    let front = Relay::holding(addr(&server), WAIT).await;
     let mut bot = start_bot(&front.base(), &botc.token).await;
 
     // Logging in: READY names the bot and lists the network guild; GUILD_CREATE fills it in.
