@@ -238,7 +238,7 @@ impl Writer {
             metrics::counter!("chatd_events_total").increment(durable_events.len() as u64);
             let started = Instant::now();
             let store = Arc::clone(&self.shared.store);
-            let doomed = Doomed::of(&durable_events, &self.shared.directory());
+            let doomed = Doomed::of(&durable_events, &self.shared);
             let committed = tokio::task::spawn_blocking(move || {
                 // Which files the batch's removals orphan is read before the append, while the messages
                 // are still there; the files go only after the append has committed.
@@ -456,8 +456,22 @@ struct Doomed {
 }
 
 impl Doomed {
-    fn of(events: &[Event], directory: &crate::Directory) -> Self {
+    fn of(events: &[Event], shared: &Shared) -> Self {
         let mut doomed = Doomed::default();
+        let removes = |k: &EventKind| {
+            matches!(
+                k,
+                EventKind::MessageDeleted { .. }
+                    | EventKind::MessagesDeleted { .. }
+                    | EventKind::ChannelDeleted { .. }
+                    | EventKind::SpaceDeleted { .. }
+            )
+        };
+        // Most batches remove nothing: they copy no attachment lists and take no look at the directory.
+        if !events.iter().any(|e| removes(&e.kind)) {
+            return doomed;
+        }
+        let directory = shared.directory();
         for e in events {
             match &e.kind {
                 EventKind::MessageCreated { message } if !message.attachments.is_empty() => {
