@@ -25,6 +25,6 @@ pub mod format;
 mod types;
 
 pub use crate::types::{
-    Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, Store,
-    StoreError, StoredMessage, StreamPage,
+    Batch, Cluster, DbMeta, HistoryQuery, Lease, NodeRecord, NodeRole, NonceRecord,
+    RetentionReport, SearchHit, SearchQuery, Store, StoreError, StoredMessage, StreamPage,
 };

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use chat_core::{
     Attachment, ChannelId, ClientId, Event, MessageId, MessageKind, Seq, SpaceId, UnixMillis,
@@ -247,6 +248,15 @@ pub enum StoreError {
     /// A file operation failed (opening, backup).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A cluster node appended under a writer term that is no longer the lease's: another node has taken
+    /// over, and the database refused the append (fencing). Nothing of the batch was written.
+    #[error("this node's writer term {term} was replaced by term {current}; the append was refused")]
+    Fenced {
+        /// The term the append was made under.
+        term: u64,
+        /// The lease's term in the database.
+        current: u64,
+    },
 }
 
 /// Durable storage: the event log, snapshots, cursors, nonces, and the materialized tables behind history and
@@ -338,4 +348,99 @@ pub trait Store: Send + Sync + 'static {
 
     /// Copies the whole database to `path` while it stays in use (SQLite's online backup).
     fn backup(&self, path: &Path) -> Result<(), StoreError>;
+}
+
+/// A cluster node's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeRole {
+    /// It holds the writer lease: it orders and appends every command.
+    Writer,
+    /// It follows the log and hands its commands to the writer.
+    Follower,
+}
+
+impl NodeRole {
+    /// The role's name, as `/metrics` and `GET /api/v1/server` show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Writer => "writer",
+            NodeRole::Follower => "follower",
+        }
+    }
+}
+
+/// A node as it last reported itself in the shared store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Its `NODE_ID` (unique in the cluster).
+    pub id: u16,
+    /// The address other nodes reach its cluster link on (`host:port`).
+    pub addr: String,
+    /// Its role at its last report.
+    pub role: NodeRole,
+    /// The last seq it had applied at its last report.
+    pub applied: Seq,
+    /// How long ago (by the database's clock) it last reported, in ms.
+    pub age_ms: u64,
+}
+
+/// The writer lease as the database holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The term: incremented by every takeover. Appends are fenced by it.
+    pub term: u64,
+    /// The holder's node id.
+    pub node: u16,
+    /// The holder's cluster link address.
+    pub addr: String,
+    /// Whether the lease is still within its time (by the database's clock).
+    pub live: bool,
+}
+
+/// What a store shared by many chatd processes adds to [`Store`]: the writer lease, fenced appends, the node
+/// registry and a doorbell for new commits. Implemented by the PostgreSQL store.
+///
+/// Correctness never rests on time here: the lease's expiry only decides when another node may *try* to take
+/// over; what stops a replaced writer is [`Cluster::append_fenced`], which checks the term in the same
+/// transaction as the append. Lease times are the database's clock, never a node's.
+pub trait Cluster: Store {
+    /// Takes the writer lease for `ttl` if nobody holds a live one, or renews it if `node` holds it already.
+    /// Returns the term now held, or `None` if another node holds a live lease. A takeover always starts a
+    /// new term (so that the holder before, even this node's own older process, is fenced).
+    fn try_lead(&self, node: u16, addr: &str, ttl: Duration) -> Result<Option<u64>, StoreError>;
+
+    /// Extends the lease of `term` by `ttl`. `Ok(false)` if the lease has moved to another term.
+    fn renew_lease(&self, term: u64, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Gives the lease of `term` up at once (a clean stop), so that another node takes over without waiting.
+    fn resign(&self, term: u64) -> Result<(), StoreError>;
+
+    /// The lease as it stands (`None` if no node ever led).
+    fn lease(&self) -> Result<Option<Lease>, StoreError>;
+
+    /// [`Store::append`], refused with [`StoreError::Fenced`] unless `term` is still the lease's term, checked
+    /// in the same transaction; refused with [`StoreError::OutOfOrder`] unless the batch continues the log's
+    /// last seq as the database holds it.
+    fn append_fenced(&self, term: u64, batch: &Batch<'_>) -> Result<(), StoreError>;
+
+    /// Records this node's report (role, applied seq, address) with the database's time.
+    fn report_node(&self, id: u16, addr: &str, role: NodeRole, applied: Seq) -> Result<(), StoreError>;
+
+    /// Every node that ever reported, with the age of its last report.
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+
+    /// Waits at most `timeout` for a commit that ends after `after` (the doorbell: LISTEN/NOTIFY on
+    /// PostgreSQL). Returns the log's last seq as far as the doorbell knows; may return early or spuriously:
+    /// the log itself ([`Store::events_after`]) is the truth, and a caller reads it after every return.
+    fn wait_commit(&self, after: Seq, timeout: Duration) -> Result<Seq, StoreError>;
+
+    /// A secret every node of the cluster reads from the database (made at creation), with which nodes
+    /// authenticate each other on their links.
+    fn cluster_secret(&self) -> Result<[u8; 32], StoreError>;
+
+    /// The mark of the cluster's shared `DATA_DIR` (uploaded files): stores `proposed` if no node has marked
+    /// a directory yet, and returns the mark the database holds. A node writes the mark into its `DATA_DIR`
+    /// and refuses to start if its directory holds another mark (or none while the database has one): the
+    /// directory is then not the one every node shares.
+    fn data_dir_mark(&self, proposed: u64) -> Result<u64, StoreError>;
 }
