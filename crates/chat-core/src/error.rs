@@ -4,11 +4,15 @@ use std::fmt;
 
 use crate::perm::Permissions;
 
+/// A refusal's fixed text. Spelled as an alias so that serde does not take the field for one it may borrow
+/// from the input (it reads them with `interned` instead).
+type Text = &'static str;
+
 /// Why the core refused a command. Nothing changes when a command is refused.
 ///
 /// `name()` gives a stable snake_case identifier and `irc_numeric()` the IRC reply code, for the transports to
 /// put on the wire.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Error {
     /// The nick is held by another user (433).
@@ -18,13 +22,15 @@ pub enum Error {
     #[error("Erroneous nickname: {reason}")]
     ErroneousNick {
         /// Which rule it breaks.
-        reason: &'static str,
+        #[serde(deserialize_with = "interned")]
+        reason: Text,
     },
     /// The channel name breaks the channel-name rules (479).
     #[error("Illegal channel name: {reason}")]
     BadChannelName {
         /// Which rule it breaks.
-        reason: &'static str,
+        #[serde(deserialize_with = "interned")]
+        reason: Text,
     },
     /// No such channel, or not one the user may see (403).
     #[error("No such channel")]
@@ -113,13 +119,15 @@ pub enum Error {
     #[error("Not enough parameters: {what}")]
     NeedMoreParams {
         /// What is missing.
-        what: &'static str,
+        #[serde(deserialize_with = "interned")]
+        what: Text,
     },
     /// Something is at its limit (too many pins, channels, roles, recipients...).
     #[error("Limit reached: {what}")]
     LimitReached {
         /// Which limit.
-        what: &'static str,
+        #[serde(deserialize_with = "interned")]
+        what: Text,
     },
     /// A field of the command is invalid.
     #[error("Invalid {field}: {reason}")]
@@ -127,13 +135,15 @@ pub enum Error {
         /// Which field.
         field: Field,
         /// What is wrong with it.
-        reason: &'static str,
+        #[serde(deserialize_with = "interned")]
+        reason: Text,
     },
     /// The command does not apply to this kind of target (e.g. `+k` on a space channel, JOIN of a DM).
     #[error("Not supported here: {what}")]
     NotSupported {
         /// What was attempted.
-        what: &'static str,
+        #[serde(deserialize_with = "interned")]
+        what: Text,
     },
     /// The message already started a thread: a thread takes its starter message's id, so there can be one.
     #[error("A thread has already been created for this message")]
@@ -205,7 +215,7 @@ impl Error {
 }
 
 /// Names the field of a command that [`Error::InvalidInput`] is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Field {
     /// A message body.
@@ -300,6 +310,27 @@ impl fmt::Display for Field {
         };
         f.write_str(name)
     }
+}
+
+/// Reads a refusal's `&'static str` field back (a cluster node hands refusals to the node that asked): the
+/// texts are the core's own literals, few and fixed, so each distinct one is kept once for the life of the
+/// process. Past a bound (a peer sending texts the core never makes), the text is replaced, not kept.
+fn interned<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    use std::collections::BTreeSet;
+    use std::sync::{Mutex, PoisonError};
+    const MAX_INTERNED: usize = 1024;
+    static TEXTS: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    let mut texts = TEXTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = texts.get(text.as_str()) {
+        return Ok(known);
+    }
+    if texts.len() >= MAX_INTERNED {
+        return Ok("(a reason this build does not know)");
+    }
+    let kept: &'static str = Box::leak(text.into_boxed_str());
+    texts.insert(kept);
+    Ok(kept)
 }
 
 /// Misuse of the core's API by its caller (not a user's refusal): replaying an event that does not fit the

@@ -12,12 +12,13 @@ use chat_core::{
     ClientId, Command, Core, Created, Event, EventKind, NewClient, Origin, Seq, State, UnixMillis,
     UserId,
 };
-use chat_log::{Batch, Store, StoreError};
+use chat_log::{Batch, Cluster, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::auth::{self, Bucket};
+use crate::cluster::{self, ClusterConfig, ClusterStatus, Node};
 use crate::config::EngineConfig;
 use crate::directory::Directory;
 use crate::error::EngineError;
@@ -37,7 +38,7 @@ pub fn now_ms() -> UnixMillis {
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves its data consistent at each step,
 /// so a panic elsewhere while holding the lock leaves nothing half-done worth refusing service over.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -110,7 +111,7 @@ pub(crate) fn encode_reply(reply: &CommandReply) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-fn decode_reply(bytes: &[u8]) -> Option<CommandReply> {
+pub(crate) fn decode_reply(bytes: &[u8]) -> Option<CommandReply> {
     let stored: StoredReply = postcard::from_bytes(bytes).ok()?;
     Some(CommandReply {
         seq: stored.seq,
@@ -223,6 +224,8 @@ pub(crate) struct Shared {
     pub(crate) closed: AtomicBool,
     fatal: Mutex<Option<Arc<str>>>,
     last_prune: AtomicU64,
+    /// In a cluster: this node.
+    pub(crate) node: Option<Arc<Node>>,
 }
 
 impl Shared {
@@ -243,6 +246,39 @@ impl Shared {
             .get(key)
             .filter(|(at, _)| at.saturating_add(ttl) > now)
             .map(|(_, r)| r.clone())
+    }
+
+    /// Adds nonces read from the store (a node that takes over as writer loads those its predecessors kept).
+    pub(crate) fn load_nonces(&self, records: Vec<chat_log::NonceRecord>) {
+        let mut nonces = lock(&self.nonces);
+        for r in records {
+            if let Some(reply) = decode_reply(&r.reply) {
+                nonces.insert((r.user, r.nonce), (r.at, reply));
+            }
+        }
+    }
+
+    /// The seq of the last event published to readers.
+    pub(crate) fn last_published(&self) -> Seq {
+        lock(&self.streams).last()
+    }
+
+    /// Takes one from the user's message bucket, or says how long to wait.
+    pub(crate) fn take_rate(&self, user: UserId, now: UnixMillis) -> Result<(), EngineError> {
+        let Some(limit) = self.config.rate_limit else {
+            return Ok(());
+        };
+        let mut rates = lock(&self.rates);
+        let bucket = rates
+            .entry(user)
+            .or_insert_with(|| Bucket::full(limit, now));
+        bucket.take(limit, now).map_err(|wait| {
+            metrics::counter!("chatd_commands_total", "outcome" => "rate_limited").increment(1);
+            EngineError::RateLimited {
+                retry_after: Duration::from_millis(wait),
+                limit: limit.burst,
+            }
+        })
     }
 
     pub(crate) fn remember_nonces(
@@ -379,17 +415,84 @@ impl Engine {
     /// the writer on the current tokio runtime.
     pub async fn open<S: Store>(
         store: Arc<S>,
-        mut config: EngineConfig,
+        config: EngineConfig,
     ) -> Result<(Engine, EngineTask), EngineError> {
-        let store: Arc<dyn Store> = store;
+        Self::start(store, config, None, None).await
+    }
+
+    /// Starts an engine as a node of a cluster on a shared store: binds the node's link listener, checks
+    /// that DATA_DIR is the directory every node shares, restores the state as [`Engine::open`] does (the
+    /// node that finds the log empty takes the writer lease and logs the genesis; the others wait for it),
+    /// and spawns the node's writer task, which follows the log until it takes the writer lease.
+    pub async fn open_cluster<S: Cluster>(
+        store: Arc<S>,
+        config: EngineConfig,
+        cluster: ClusterConfig,
+    ) -> Result<(Engine, EngineTask), EngineError> {
+        let shared_store: Arc<dyn Cluster> = store;
+        let node = Node::new(Arc::clone(&shared_store), &cluster).await?;
+        let marker = Arc::clone(&shared_store);
+        let data_dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || cluster::check_data_dir(&*marker, &data_dir))
+            .await
+            .map_err(|e| EngineError::Stopped {
+                reason: format!("the start-up task failed: {e}").into(),
+            })??;
+        // The log's genesis is written once, by whichever node holds the lease when the log is empty.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let term = loop {
+            let s = Arc::clone(&shared_store);
+            let (id, addr, ttl) = (node.id, node.addr.clone(), node.ttl);
+            let found = tokio::task::spawn_blocking(move || {
+                if s.last_seq()? > 0 {
+                    return Ok::<_, StoreError>(Some(None));
+                }
+                match s.lease()? {
+                    Some(l) if l.live => Ok(None),
+                    _ => Ok(s.try_lead(id, &addr, ttl)?.map(Some)),
+                }
+            })
+            .await
+            .map_err(|e| EngineError::Stopped {
+                reason: format!("the start-up task failed: {e}").into(),
+            })??;
+            match found {
+                Some(t) => break t,
+                None if std::time::Instant::now() > deadline => {
+                    return Err(EngineError::Unavailable {
+                        reason: "the log is empty and another node holds the writer lease without                                  writing its genesis"
+                            .into(),
+                    });
+                }
+                None => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let store: Arc<dyn Store> = shared_store;
+        Self::start(store, config, Some(node), term).await
+    }
+
+    async fn start<S: Store + ?Sized>(
+        store: Arc<S>,
+        mut config: EngineConfig,
+        node: Option<Arc<Node>>,
+        term: Option<u64>,
+    ) -> Result<(Engine, EngineTask), EngineError>
+    where
+        Arc<S>: Into<Arc<dyn Store>>,
+    {
+        let store: Arc<dyn Store> = store.into();
         let meta = store.meta();
         config.core.invite_seed = meta.invite_seed;
         let now = now_ms();
         let loader = Arc::clone(&store);
         let core_config = config.core.clone();
         let nonce_ttl = ttl_ms(config.nonce_ttl);
+        let genesis = node
+            .as_ref()
+            .zip(term)
+            .map(|(n, t)| (Arc::clone(&n.store), t));
         let (core, cursors, nonces) = tokio::task::spawn_blocking(move || {
-            let (core, cursors) = load(&*loader, core_config, now)?;
+            let (core, cursors) = load(&*loader, core_config, now, genesis)?;
             // The nonces still live are loaded once, so that a command's nonce is checked in memory only: a
             // store lookup per command would cost more than the command's share of a group commit.
             let nonces = loader.nonces_since(now.saturating_sub(nonce_ttl))?;
@@ -433,6 +536,7 @@ impl Engine {
             files: Arc::new(Files::new(&config.data_dir)),
             store,
             config,
+            node: node.clone(),
         });
         let writer = Writer {
             core,
@@ -441,10 +545,45 @@ impl Engine {
             since_snapshot: 0,
             snapshot_task: None,
             now,
+            node: node.clone(),
+            term: None,
+            initial_term: term,
+            stashed: Vec::new(),
         };
+        if let Some(node) = &node {
+            cluster::spawn_acceptor(&shared, &tx);
+            cluster::spawn_doorbell(node);
+            cluster::spawn_reports(&shared);
+        }
         let task = tokio::spawn(writer.run());
         spawn_retention(&shared);
         Ok((Engine { shared, tx }, task))
+    }
+
+    /// In a cluster: this node's role and term, and every node's last report with its lag behind the log.
+    /// `None` for a single node.
+    pub async fn cluster_status(&self) -> Result<Option<ClusterStatus>, EngineError> {
+        let Some(node) = self.shared.node.clone() else {
+            return Ok(None);
+        };
+        let store = Arc::clone(&node.store);
+        let (nodes, last) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((store.nodes()?, store.last_seq()?))
+        })
+        .await
+        .map_err(|_| self.shared.gone())??;
+        Ok(Some(ClusterStatus {
+            node: node.id,
+            role: node.role(),
+            term: node.term.load(Ordering::SeqCst),
+            nodes: nodes
+                .into_iter()
+                .map(|n| {
+                    let lag = last.saturating_sub(n.applied);
+                    (n, lag)
+                })
+                .collect(),
+        }))
     }
 
     /// The log's epoch (cursors carry it).
@@ -531,6 +670,69 @@ impl Engine {
         nonce: Option<(UserId, String)>,
         upload: Option<Upload>,
     ) -> Result<CommandReply, EngineError> {
+        self.submit_as(origin, command, nonce, upload, false).await
+    }
+
+    /// Queues a command for the writer. In a cluster, the command always carries a nonce and is resent while
+    /// no node can settle it (a writer changing hands), for up to twice the lease's length; its files are
+    /// kept here and settled by the final outcome.
+    async fn submit_as(
+        &self,
+        origin: Origin,
+        command: Command,
+        nonce: Option<(UserId, String)>,
+        upload: Option<Upload>,
+        rate: bool,
+    ) -> Result<CommandReply, EngineError> {
+        let Some(node) = self.shared.node.clone() else {
+            return self.submit_once(origin, command, nonce, upload, rate).await;
+        };
+        let nonce = nonce.unwrap_or_else(|| (cluster::ANONYMOUS_NONCE_USER, node.make_nonce()));
+        let connect = match (&origin, &command) {
+            (Origin::Client(c), Command::Connect) => Some((*c, true)),
+            (Origin::Client(c), Command::Disconnect) => Some((*c, false)),
+            _ => None,
+        };
+        let give_up = tokio::time::Instant::now() + node.ttl * 2 + Duration::from_secs(2);
+        let mut wait = Duration::from_millis(20);
+        let result = loop {
+            let result = self
+                .submit_once(origin, command.clone(), Some(nonce.clone()), None, rate)
+                .await;
+            match result {
+                Err(EngineError::Unavailable { .. })
+                    if tokio::time::Instant::now() + wait < give_up =>
+                {
+                    metrics::counter!("chatd_cluster_resends_total").increment(1);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(500));
+                }
+                other => break other,
+            }
+        };
+        if let (Some((client, up)), Ok(_)) = (connect, &result) {
+            node.count_connection(client, up);
+        }
+        if let Some(u) = upload {
+            match &result {
+                Ok(_) => u.keep(),
+                // Refused for sure: no message holds the files.
+                Err(EngineError::Refused(_) | EngineError::RateLimited { .. }) => u.discard(),
+                // Perhaps committed: the files stay (the sweep removes them if no message names them).
+                Err(_) => u.keep(),
+            }
+        }
+        result
+    }
+
+    async fn submit_once(
+        &self,
+        origin: Origin,
+        command: Command,
+        nonce: Option<(UserId, String)>,
+        upload: Option<Upload>,
+        rate: bool,
+    ) -> Result<CommandReply, EngineError> {
         if let Err(e) = self.check_open() {
             if let Some(u) = upload {
                 u.discard();
@@ -544,6 +746,8 @@ impl Engine {
             nonce,
             reply,
             upload,
+            rate,
+            forwarded: false,
         };
         if let Err(refused) = self.tx.send(job).await {
             // The writer is gone and never saw the command: no message holds its files.
@@ -629,22 +833,17 @@ impl Engine {
             }
             None => None,
         };
-        if rate_limited(&command)
-            && let Some(limit) = self.shared.config.rate_limit
-        {
-            let mut rates = lock(&self.shared.rates);
-            let bucket = rates
-                .entry(session.user)
-                .or_insert_with(|| Bucket::full(limit, now));
-            if let Err(wait) = bucket.take(limit, now) {
-                metrics::counter!("chatd_commands_total", "outcome" => "rate_limited").increment(1);
-                return Err(EngineError::RateLimited {
-                    retry_after: Duration::from_millis(wait),
-                    limit: limit.burst,
-                });
-            }
+        // In a cluster the writer checks the rate, so that it holds across nodes.
+        let rate = rate_limited(&command);
+        if rate && self.shared.node.is_none() {
+            self.shared.take_rate(session.user, now)?;
         }
-        self.submit(Origin::Client(session.client), command, nonce, upload)
+        let rate = rate && self.shared.node.is_some();
+        let nonce = match (nonce, &self.shared.node) {
+            (None, Some(node)) => Some((session.user, node.make_nonce())),
+            (nonce, _) => nonce,
+        };
+        self.submit_as(Origin::Client(session.client), command, nonce, upload, rate)
             .await
     }
 
@@ -1199,6 +1398,7 @@ fn load(
     store: &dyn Store,
     config: chat_core::Config,
     now: UnixMillis,
+    genesis_term: Option<(Arc<dyn Cluster>, u64)>,
 ) -> Result<(Core, Vec<(ClientId, Seq)>), EngineError> {
     let last = store.last_seq()?;
     let mut core = match store.latest_snapshot()? {
@@ -1219,11 +1419,15 @@ fn load(
             }
             // Genesis is one input of its own: its events end together.
             let ends: Vec<Seq> = genesis.last().map(|e| e.seq).into_iter().collect();
-            store.append(&Batch {
+            let batch = Batch {
                 events: &genesis,
                 command_ends: &ends,
                 ..Batch::default()
-            })?;
+            };
+            match &genesis_term {
+                Some((cluster, term)) => cluster.append_fenced(*term, &batch)?,
+                None => store.append(&batch)?,
+            }
             core
         }
         None => Core::empty(config),

@@ -80,6 +80,14 @@ pub enum EngineError {
     /// Reading or writing the attachments' files under DATA_DIR failed.
     #[error("attachment files: {0}")]
     Files(std::io::Error),
+    /// In a cluster: no node could settle the command just now (the writer is changing, or unreachable). It may
+    /// or may not have been applied; the engine has already resent it (with the same nonce, so it is applied
+    /// at most once) as often as it waits for, so the caller may try again later.
+    #[error("the server's writer is unavailable: {reason}")]
+    Unavailable {
+        /// What happened.
+        reason: Arc<str>,
+    },
     /// Hashing or verifying a password failed inside the hashing library (not a wrong password).
     #[error("password hashing failed: {0}")]
     Hashing(String),

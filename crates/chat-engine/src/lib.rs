@@ -39,6 +39,7 @@
 #![deny(missing_docs)]
 
 mod auth;
+mod cluster;
 mod config;
 mod directory;
 mod engine;
@@ -50,6 +51,7 @@ mod read;
 mod streams;
 mod writer;
 
+pub use crate::cluster::{ClusterConfig, ClusterStatus};
 pub use crate::config::{EngineConfig, RateLimit};
 pub use crate::directory::{ChannelCard, Directory, MemberCard, SpaceCard, UserCard};
 pub use crate::engine::{CommandReply, Engine, EngineTask, Login, MAX_NONCE, Session, now_ms};
@@ -60,4 +62,7 @@ pub use crate::password::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, PasswordError,
 pub use crate::streams::{Cursor, StreamRead};
 // The storage contract's types that the read API and the errors carry, so that transports need no storage
 // crate of their own.
-pub use chat_log::{HistoryQuery, SearchHit, SearchQuery, Store, StoreError, StoredMessage};
+pub use chat_log::{
+    Cluster, HistoryQuery, NodeRecord, NodeRole, SearchHit, SearchQuery, Store, StoreError,
+    StoredMessage,
+};

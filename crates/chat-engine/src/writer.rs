@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::cluster::{Node, link};
 use crate::engine::{CommandReply, Shared, encode_reply, now_ms};
 use crate::error::EngineError;
 use crate::files::{Files, Upload};
@@ -32,12 +33,20 @@ pub(crate) enum Job {
         reply: oneshot::Sender<Result<CommandReply, EngineError>>,
         /// Files written for the command's message: kept if it commits, removed if it is refused.
         upload: Option<Upload>,
+        /// Whether the per-user message rate is checked here (in a cluster, by the writer, so that it holds
+        /// across nodes); a single node checks it before queueing.
+        rate: bool,
+        /// Handed over by another node's link: only a writer may take it.
+        forwarded: bool,
     },
     /// A read of the committed state, run after the batch it arrives in has committed.
-    Query(Box<dyn FnOnce(&Core) + Send>),
+    Query(Query),
     /// Stop: finish, flush, snapshot, then answer.
     Shutdown(oneshot::Sender<Result<(), EngineError>>),
 }
+
+/// A read of the committed state, queued like a command.
+pub(crate) type Query = Box<dyn FnOnce(&Core) + Send>;
 
 /// An event with its recipients.
 type Routed = (Event, Vec<UserId>);
@@ -48,6 +57,14 @@ type Pending = (
     Result<CommandReply, EngineError>,
 );
 
+/// How the writing loop ended.
+pub(crate) enum Step {
+    /// The engine stops.
+    Stopped,
+    /// A cluster node lost its writer term (or the outcome of a commit): it follows from here.
+    Demoted,
+}
+
 pub(crate) struct Writer {
     pub(crate) core: Core,
     pub(crate) shared: Arc<Shared>,
@@ -55,19 +72,39 @@ pub(crate) struct Writer {
     pub(crate) since_snapshot: u64,
     pub(crate) snapshot_task: Option<JoinHandle<()>>,
     pub(crate) now: UnixMillis,
+    /// In a cluster: this node.
+    pub(crate) node: Option<Arc<Node>>,
+    /// In a cluster: the term this node writes under, while it does.
+    pub(crate) term: Option<u64>,
+    /// The term the engine starts writing under, if start-up took the lease.
+    pub(crate) initial_term: Option<u64>,
+    /// Queries that arrived in a batch whose commit failed in a cluster: run once the core is rebuilt.
+    pub(crate) stashed: Vec<Query>,
 }
 
 impl Writer {
-    fn clock(&mut self) -> UnixMillis {
+    pub(crate) fn clock(&mut self) -> UnixMillis {
         // Never let time run backwards inside the engine: a stepped-back wall clock would reorder event
         // timestamps (the core's ids cope on their own, timestamps do not).
         self.now = self.now.max(now_ms());
         self.now
     }
 
-    /// The writer's loop. Returns when every handle is gone or on `Shutdown`, after flushing; returns an error
-    /// after a failed commit, having refused everything still queued.
+    /// The writer task: a single node's writing loop, or a cluster node's (see `cluster::follow`).
     pub(crate) async fn run(mut self) -> Result<(), EngineError> {
+        if let Some(node) = self.node.clone() {
+            let term = self.initial_term.take();
+            return self.run_cluster(node, term).await;
+        }
+        self.lead_loop().await.map(|_| ())
+    }
+
+    /// The writing loop. Returns when every handle is gone or on `Shutdown`, after flushing; returns an error
+    /// after a failed commit, having refused everything still queued. In a cluster it returns
+    /// [`Step::Demoted`] instead when the node loses its term or a commit's outcome.
+    pub(crate) async fn lead_loop(&mut self) -> Result<Step, EngineError> {
+        let mut lost = self.node.as_ref().map(|node| node.lost.subscribe());
+        let term = self.term.unwrap_or(0);
         let flush_every = self
             .shared
             .config
@@ -86,9 +123,10 @@ impl Writer {
             });
             let first = tokio::select! {
                 biased;
+                () = lost_term(lost.as_mut(), term) => return Ok(Step::Demoted),
                 job = self.rx.recv() => match job {
                     Some(job) => Some(job),
-                    None => return self.finish().await,
+                    None => return self.finish().await.map(|()| Step::Stopped),
                 },
                 () = sleep_opt(deadline) => None,
                 () = tokio::time::sleep_until(next_flush) => {
@@ -113,6 +151,15 @@ impl Writer {
                 }
             }
             if let Err(e) = self.batch(jobs).await {
+                if self.node.is_some() && matches!(e, EngineError::Unavailable { .. }) {
+                    if let Some(done) = stop {
+                        // A stop asked for while stepping down: the node stops rather than follows.
+                        let result = self.finish().await;
+                        let _ = done.send(result.as_ref().map(|_| ()).map_err(stopped));
+                        return result.map(|()| Step::Stopped);
+                    }
+                    return Ok(Step::Demoted);
+                }
                 if let Some(done) = stop {
                     let _ = done.send(Err(stopped(&e)));
                 }
@@ -125,14 +172,14 @@ impl Writer {
                     Err(e) => Err(stopped(e)),
                 };
                 let _ = done.send(answer);
-                return result;
+                return result.map(|()| Step::Stopped);
             }
         }
     }
 
     /// Runs due timers (always: a batch is also the moment to expire what is due), then the commands, commits
     /// everything in one append, then answers and publishes.
-    async fn batch(&mut self, jobs: Vec<Job>) -> Result<(), EngineError> {
+    pub(crate) async fn batch(&mut self, jobs: Vec<Job>) -> Result<(), EngineError> {
         let now = self.clock();
         let mut events: Vec<Event> = Vec::new();
         let mut recipients: Vec<Vec<UserId>> = Vec::new();
@@ -164,9 +211,18 @@ impl Writer {
                     nonce,
                     reply,
                     mut upload,
+                    rate,
+                    forwarded: _,
                 } => {
                     if let Some(u) = &mut upload {
                         u.take();
+                    }
+                    if rate && let Err(e) = self.take_rate(origin, now) {
+                        if let Some(u) = upload {
+                            u.discard_later();
+                        }
+                        pending.push((reply, Err(e)));
+                        continue;
                     }
                     if let Some(key) = &nonce {
                         let seen = batch_nonces
@@ -238,26 +294,52 @@ impl Writer {
             metrics::counter!("chatd_events_total").increment(durable_events.len() as u64);
             let started = Instant::now();
             let store = Arc::clone(&self.shared.store);
+            let fenced = self
+                .node
+                .as_ref()
+                .zip(self.term)
+                .map(|(node, term)| (Arc::clone(&node.store), term));
             let doomed = Doomed::of(&durable_events, &self.shared);
             let committed = tokio::task::spawn_blocking(move || {
                 // Which files the batch's removals orphan is read before the append, while the messages
                 // are still there; the files go only after the append has committed.
                 let doomed = doomed.resolve(&*store);
-                let result = store.append(&Batch {
+                let batch = Batch {
                     events: &durable_events,
                     command_ends: &command_ends,
                     cursors: &cursors,
                     nonces: &nonces,
-                });
-                result.map(|()| (durable_events, nonces, doomed))
+                };
+                let result = match &fenced {
+                    Some((cluster, term)) => cluster.append_fenced(*term, &batch),
+                    None => store.append(&batch),
+                };
+                result.map(|()| (durable_events, nonces, doomed, command_ends))
             })
             .await
             .map_err(|e| EngineError::Stopped {
                 reason: format!("the commit task failed: {e}").into(),
             })
             .and_then(|r| r.map_err(EngineError::from));
-            let (durable_events, nonces, doomed) = match committed {
+            let (durable_events, nonces, doomed, command_ends) = match committed {
                 Ok(done) => done,
+                Err(e) if self.node.is_some() => {
+                    // Refused by fencing, or an outcome this node cannot know: nothing of the batch is
+                    // acknowledged, and the node steps down; each caller's engine resends its command, with
+                    // its nonce, to whichever node writes next.
+                    tracing::warn!(error = %e, "a cluster commit failed; stepping down");
+                    for u in uploads {
+                        u.keep();
+                    }
+                    let reason: Arc<str> = e.to_string().into();
+                    for (tx, _) in pending {
+                        let _ = tx.send(Err(EngineError::Unavailable {
+                            reason: Arc::clone(&reason),
+                        }));
+                    }
+                    self.stashed.extend(queries);
+                    return Err(EngineError::Unavailable { reason });
+                }
                 Err(e) => {
                     // Nothing of this batch may be acknowledged: tell each caller why, before anyone else
                     // can observe the engine as merely closed.
@@ -277,12 +359,29 @@ impl Writer {
             doomed.remove(&self.shared.files);
             self.shared.remember_nonces(nonces, batch_nonces);
             self.since_snapshot += u64::try_from(durable_events.len()).unwrap_or(u64::MAX);
+            if let Some(node) = &self.node {
+                // Committed: followers may apply it (they check it continues their log).
+                node.broadcast(link::encode(&link::DownRef::Committed {
+                    events: &durable_events,
+                    ends: &command_ends,
+                }));
+                if !live.is_empty() {
+                    let events: Vec<&Event> = live.iter().map(|(e, _)| e).collect();
+                    node.broadcast(link::encode(&link::DownRef::Live { events: &events }));
+                }
+            }
             self.shared
                 .publish(durable_events, durable_recipients, live);
         } else {
             // Nothing to commit: an accepted command made no durable event, so no message holds these.
             for u in uploads {
                 u.discard_later();
+            }
+            if let Some(node) = &self.node
+                && !live.is_empty()
+            {
+                let events: Vec<&Event> = live.iter().map(|(e, _)| e).collect();
+                node.broadcast(link::encode(&link::DownRef::Live { events: &events }));
             }
             self.shared.publish(Vec::new(), Vec::new(), live);
         }
@@ -293,11 +392,24 @@ impl Writer {
             q(&self.core);
         }
         let every = self.shared.config.snapshot_every;
-        if every > 0 && self.since_snapshot >= every {
+        if every > 0 && self.since_snapshot >= every && (self.node.is_none() || self.term.is_some())
+        {
             self.snapshot(false).await;
         }
         self.shared.forget_old(now);
         Ok(())
+    }
+
+    /// Takes one from the acting user's message bucket, or says how long to wait.
+    fn take_rate(&self, origin: Origin, now: UnixMillis) -> Result<(), EngineError> {
+        let user = match origin {
+            Origin::Client(client) => self.core.client(client).map(|c| c.user),
+            _ => None,
+        };
+        match user {
+            Some(user) => self.shared.take_rate(user, now),
+            None => Ok(()),
+        }
     }
 
     /// Moves the core's queued events out, each with its recipients resolved right away: the core's contract
@@ -342,7 +454,7 @@ impl Writer {
         }
     }
 
-    async fn flush_cursors(&mut self) -> Result<(), EngineError> {
+    pub(crate) async fn flush_cursors(&mut self) -> Result<(), EngineError> {
         let cursors = self.shared.take_dirty_cursors(&[], &[]);
         if cursors.is_empty() {
             return Ok(());
@@ -393,7 +505,7 @@ impl Writer {
     }
 }
 
-fn refuse(job: Job, error: impl Fn() -> EngineError) {
+pub(crate) fn refuse(job: Job, error: impl Fn() -> EngineError) {
     match job {
         Job::Command { reply, upload, .. } => {
             // Never applied: no message holds its files.
@@ -528,5 +640,19 @@ impl Doomed {
                 files.remove_channel(channel);
             }
         });
+    }
+}
+
+/// Resolves when the node learns it lost `term`; never without a node.
+async fn lost_term(lost: Option<&mut tokio::sync::watch::Receiver<u64>>, term: u64) {
+    match lost {
+        Some(rx) => {
+            while *rx.borrow_and_update() != term || term == 0 {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        None => std::future::pending().await,
     }
 }

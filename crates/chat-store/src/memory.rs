@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use chat_core::{
     Attachment, ChannelId, ChannelInfo, ChannelKind, ClientId, Event, Invite, MessageId,
@@ -17,8 +18,8 @@ use crate::project::{
 };
 use crate::text;
 use chat_log::{
-    Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, Store,
-    StoreError, StoredMessage, StreamPage,
+    Batch, Cluster, DbMeta, HistoryQuery, Lease, NodeRecord, NodeRole, NonceRecord,
+    RetentionReport, SearchHit, SearchQuery, Store, StoreError, StoredMessage, StreamPage,
 };
 
 /// A stretch of seqs during which a user was a member: from `from` (inclusive) to `to` (exclusive).
@@ -87,6 +88,10 @@ struct Inner {
     nonces: BTreeMap<(UserId, String), NonceRecord>,
     stamps: BTreeMap<[u8; 32], UnixMillis>,
     tables: Tables,
+    /// The writer lease: term, holder, address, and when it lapses.
+    lease: Option<(u64, u16, String, Instant)>,
+    nodes: BTreeMap<u16, (String, NodeRole, Seq, Instant)>,
+    data_dir_mark: Option<u64>,
 }
 
 /// An in-memory store: the reference implementation of [`Store`], for tests and for embedders that need no
@@ -95,6 +100,8 @@ struct Inner {
 pub struct MemoryStore {
     meta: DbMeta,
     inner: Mutex<Inner>,
+    /// Rung at every commit, for [`Cluster::wait_commit`].
+    committed: Condvar,
 }
 
 impl Default for MemoryStore {
@@ -118,6 +125,7 @@ impl MemoryStore {
         Self {
             meta,
             inner: Mutex::new(Inner::default()),
+            committed: Condvar::new(),
         }
     }
 
@@ -566,6 +574,60 @@ impl Tables {
     }
 }
 
+impl MemoryStore {
+    /// Appends a batch under the store's one lock, first checking the writer's term when one is given (the
+    /// fencing of [`Cluster::append_fenced`]), and wakes whoever waits for a commit.
+    fn append_with(&self, term: Option<u64>, batch: &Batch<'_>) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if let Some(term) = term {
+            let current = inner.lease.as_ref().map_or(0, |l| l.0);
+            if current != term {
+                return Err(StoreError::Fenced { term, current });
+            }
+        }
+        // Check the whole batch before changing anything: applying effects cannot fail, so a batch that
+        // passes this check is applied whole, and one that fails leaves nothing behind.
+        let mut last = inner.last_seq;
+        for ev in batch.events {
+            if ev.seq != last + 1 || !ev.is_durable() {
+                return Err(StoreError::OutOfOrder { last, got: ev.seq });
+            }
+            last = ev.seq;
+        }
+        let points = project::audience_points(batch.events, batch.command_ends);
+        for (ev, at) in batch.events.iter().zip(points) {
+            for effect in project::effects(ev) {
+                inner.tables.apply(ev.seq, effect);
+            }
+            // Resolved after the event's own effects: a new thread's first event names the thread.
+            let channel = match &ev.audience {
+                chat_core::Audience::Channel(c) | chat_core::Audience::ChannelAnd(c, _) => {
+                    Some(inner.tables.membership_channel(*c))
+                }
+                _ => None,
+            };
+            inner.events.insert(
+                ev.seq,
+                Logged {
+                    event: ev.clone(),
+                    channel,
+                    at,
+                },
+            );
+            inner.last_seq = ev.seq;
+        }
+        for (client, seq) in batch.cursors {
+            inner.cursors.insert(*client, *seq);
+        }
+        for n in batch.nonces {
+            inner.nonces.insert((n.user, n.nonce.clone()), n.clone());
+        }
+        drop(inner);
+        self.committed.notify_all();
+        Ok(())
+    }
+}
+
 /// Messages of a channel in id order, as history pages them.
 fn page(all: &[&StoredMessage], q: &HistoryQuery) -> Vec<StoredMessage> {
     let limit = q.limit.clamp(1, 100);
@@ -605,45 +667,7 @@ impl Store for MemoryStore {
     }
 
     fn append(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        // Check the whole batch before changing anything: applying effects cannot fail, so a batch that
-        // passes this check is applied whole, and one that fails leaves nothing behind.
-        let mut last = inner.last_seq;
-        for ev in batch.events {
-            if ev.seq != last + 1 || !ev.is_durable() {
-                return Err(StoreError::OutOfOrder { last, got: ev.seq });
-            }
-            last = ev.seq;
-        }
-        let points = project::audience_points(batch.events, batch.command_ends);
-        for (ev, at) in batch.events.iter().zip(points) {
-            for effect in project::effects(ev) {
-                inner.tables.apply(ev.seq, effect);
-            }
-            // Resolved after the event's own effects: a new thread's first event names the thread.
-            let channel = match &ev.audience {
-                chat_core::Audience::Channel(c) | chat_core::Audience::ChannelAnd(c, _) => {
-                    Some(inner.tables.membership_channel(*c))
-                }
-                _ => None,
-            };
-            inner.events.insert(
-                ev.seq,
-                Logged {
-                    event: ev.clone(),
-                    channel,
-                    at,
-                },
-            );
-            inner.last_seq = ev.seq;
-        }
-        for (client, seq) in batch.cursors {
-            inner.cursors.insert(*client, *seq);
-        }
-        for n in batch.nonces {
-            inner.nonces.insert((n.user, n.nonce.clone()), n.clone());
-        }
-        Ok(())
+        self.append_with(None, batch)
     }
 
     fn events_after(&self, after: Seq, limit: usize) -> Result<Vec<Event>, StoreError> {
@@ -853,5 +877,120 @@ impl Store for MemoryStore {
             std::io::ErrorKind::Unsupported,
             "an in-memory store has nothing on disk to back up",
         )))
+    }
+}
+
+/// The in-memory reference of the cluster contract, for nodes that share one process (engine tests). Its
+/// clock is the process's monotonic clock.
+impl Cluster for MemoryStore {
+    fn try_lead(&self, node: u16, addr: &str, ttl: Duration) -> Result<Option<u64>, StoreError> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let term = match &inner.lease {
+            Some((term, holder, _, until)) if *until > now => {
+                if *holder != node {
+                    return Ok(None);
+                }
+                *term
+            }
+            Some((term, ..)) => term + 1,
+            None => 1,
+        };
+        inner.lease = Some((term, node, addr.to_owned(), now + ttl));
+        Ok(Some(term))
+    }
+
+    fn renew_lease(&self, term: u64, ttl: Duration) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        match &mut inner.lease {
+            Some((t, _, _, until)) if *t == term => {
+                *until = Instant::now() + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn resign(&self, term: u64) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if let Some((t, _, _, until)) = &mut inner.lease
+            && *t == term
+        {
+            *until = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn lease(&self) -> Result<Option<Lease>, StoreError> {
+        let inner = self.lock();
+        Ok(inner.lease.as_ref().map(|(term, node, addr, until)| Lease {
+            term: *term,
+            node: *node,
+            addr: addr.clone(),
+            live: *until > Instant::now(),
+        }))
+    }
+
+    fn append_fenced(&self, term: u64, batch: &Batch<'_>) -> Result<(), StoreError> {
+        self.append_with(Some(term), batch)
+    }
+
+    fn log_after(&self, after: Seq, limit: usize) -> Result<Vec<(Event, Seq)>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .events
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(_, l)| (l.event.clone(), l.at))
+            .collect())
+    }
+
+    fn report_node(
+        &self,
+        id: u16,
+        addr: &str,
+        role: NodeRole,
+        applied: Seq,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .nodes
+            .insert(id, (addr.to_owned(), role, applied, Instant::now()));
+        Ok(())
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .nodes
+            .iter()
+            .map(|(id, (addr, role, applied, at))| NodeRecord {
+                id: *id,
+                addr: addr.clone(),
+                role: *role,
+                applied: *applied,
+                age_ms: u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect())
+    }
+
+    fn wait_commit(&self, after: Seq, timeout: Duration) -> Result<Seq, StoreError> {
+        let inner = self.lock();
+        let (inner, _) = self
+            .committed
+            .wait_timeout_while(inner, timeout, |i| i.last_seq <= after)
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(inner.last_seq)
+    }
+
+    fn cluster_secret(&self) -> Result<[u8; 32], StoreError> {
+        // Derived from the identity: fixed for the store's life, as the database's secret is.
+        let mut secret = [0u8; 32];
+        secret[..8].copy_from_slice(&self.meta.epoch.to_le_bytes());
+        secret[8..16].copy_from_slice(&self.meta.invite_seed.to_le_bytes());
+        Ok(secret)
+    }
+
+    fn data_dir_mark(&self, proposed: u64) -> Result<u64, StoreError> {
+        Ok(*self.lock().data_dir_mark.get_or_insert(proposed))
     }
 }

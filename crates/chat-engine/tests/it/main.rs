@@ -1,5 +1,6 @@
 //! The engine's integration tests: one suite, run against every store implementation.
 
+mod cluster;
 mod crash;
 mod files;
 mod suite;
