@@ -44,6 +44,7 @@ impl State {
                         away: None,
                         status_override: None,
                         activities: Vec::new(),
+                        observed: None,
                         released: false,
                         channels: BTreeSet::new(),
                         spaces: BTreeSet::new(),

@@ -16,8 +16,8 @@ use crate::id::{
     ChannelId, ClientId, MessageId, RoleId, Seq, SnowflakeGen, SpaceId, UnixMillis, UserId,
 };
 use crate::model::{
-    Channel, ChannelKind, Client, Invite, MemberModes, MessageRecord, ReadState, Role, Space,
-    Status, User,
+    Activity, Channel, ChannelKind, Client, Invite, MemberModes, MessageRecord, ReadState, Role,
+    Space, Status, User,
 };
 use crate::name::casefold;
 use crate::perm::Permissions;
@@ -228,6 +228,40 @@ impl Core {
             self.state
                 .client_deadlines
                 .insert((c.last_seen.saturating_add(timeout), c.id));
+        }
+    }
+
+    /// Takes in a live-only event made by another core (a cluster's writer), on a core that follows the log
+    /// with [`Core::apply`]: presence changes become this core's answer to [`Core::presence`] and the user's
+    /// activities; typing changes nothing. Durable events are ignored (they are applied).
+    pub fn observe(&mut self, event: &Event) {
+        let (user, status, activities) = match &event.kind {
+            EventKind::PresenceChanged { user, status } => (*user, *status, Vec::new()),
+            EventKind::PresenceUpdated {
+                user,
+                status,
+                activities,
+            } => (*user, *status, activities.clone()),
+            _ => return,
+        };
+        self.observe_presence(user, status, activities);
+    }
+
+    /// Sets what a following core answers for a user's presence and activities (see [`Core::observe`]).
+    pub fn observe_presence(&mut self, user: UserId, status: Status, activities: Vec<Activity>) {
+        if let Some(u) = self.state.users.get_mut(&user) {
+            u.observed = Some(status);
+            u.activities = activities;
+        }
+    }
+
+    /// Forgets every observed presence: before a following core takes a writer's full list, and when it
+    /// becomes the writer itself (presence is then derived from its own connections again).
+    pub fn forget_observed(&mut self) {
+        for u in self.state.users.values_mut() {
+            if u.observed.take().is_some() {
+                u.activities.clear();
+            }
         }
     }
 
@@ -826,6 +860,9 @@ impl Core {
         let Some(u) = self.state.users.get(&user) else {
             return Status::Offline;
         };
+        if let Some(observed) = u.observed {
+            return observed;
+        }
         let connected = u
             .clients
             .iter()

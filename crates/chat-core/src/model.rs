@@ -40,6 +40,10 @@ pub struct User {
     /// user goes offline.
     #[serde(skip)]
     pub activities: Vec<Activity>,
+    /// A cluster follower's copy of the presence the writer last announced (see [`crate::Core::observe`]):
+    /// when set, it is the user's presence on this node. Live-only.
+    #[serde(skip)]
+    pub(crate) observed: Option<Status>,
     /// A guest whose session ended: its nick is free again and it has no clients or memberships.
     pub released: bool,
     /// Explicit channel memberships (network channels, DMs, group DMs).

@@ -308,6 +308,7 @@ mod tests {
             away: None,
             status_override: None,
             activities: Vec::new(),
+            observed: None,
             released: false,
             channels: Default::default(),
             spaces: Default::default(),

@@ -937,7 +937,38 @@ async fn server(State(inner): Api) -> Answer {
         .await?;
     let s = &inner.settings;
     let (bits, resource) = inner.engine.hashcash();
+    let nodes = match inner.engine.cluster_status().await? {
+        Some(status) => status
+            .nodes
+            .iter()
+            .map(|(n, lag)| {
+                json!({
+                    "id": n.id,
+                    "address": n.addr,
+                    "role": n.role.as_str(),
+                    "applied_seq": n.applied,
+                    "lag": lag,
+                    "last_report_ms": n.age_ms,
+                    "self": n.id == status.node,
+                })
+            })
+            .collect::<Vec<_>>(),
+        // One node: itself, which writes.
+        None => {
+            let id = inner.query(|core| core.config().node_id).await?;
+            vec![json!({
+                "id": id,
+                "address": null,
+                "role": "writer",
+                "applied_seq": inner.engine.last_seq(),
+                "lag": 0,
+                "last_report_ms": 0,
+                "self": true,
+            })]
+        }
+    };
     ok_json(json!({
+        "nodes": nodes,
         "name": s.server_name,
         "hashcash": { "bits": bits, "resource": resource },
         "version": s.version,

@@ -163,6 +163,13 @@ impl From<EngineError> for ApiError {
                 )
             },
             EngineError::ShuttingDown => Self::unavailable("The server is shutting down"),
+            EngineError::Unavailable { reason } => {
+                tracing::warn!(%reason, "no writer settled a command");
+                Self::unavailable(
+                    "The server's writer is changing; try again (a command sent with a nonce is applied \
+                     at most once)",
+                )
+            }
             other => {
                 // Storage failures and a stopped engine are the server's fault, never the client's: log the
                 // detail here and answer without it.

@@ -295,6 +295,14 @@ impl From<EngineError> for RestError {
                 code::GENERAL,
                 "503: The server is shutting down",
             ),
+            EngineError::Unavailable { reason } => {
+                tracing::warn!(%reason, "no writer settled a command");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code::GENERAL,
+                    "503: The server's writer is changing; try again",
+                )
+            }
             other => {
                 // The server's fault, never the client's: log the detail and answer without it.
                 tracing::error!(error = %other, "REST request failed inside the engine");

@@ -105,6 +105,8 @@ impl Writer {
         self.catch_up_all().await?;
         let now = self.clock();
         self.core.resume(now);
+        // Presence is this node's to derive now, from the connections every node reports to it.
+        self.core.forget_observed();
         self.term = Some(term);
         node.set_writer(term);
         spawn_renewal(node, term);
@@ -226,6 +228,12 @@ impl Writer {
                                             settle(f.upload, result.is_ok());
                                             let _ = f.reply.send(result);
                                         }
+                                    }
+                                }
+                                Down::Presences { users } => {
+                                    self.core.forget_observed();
+                                    for (user, status, activities) in users {
+                                        self.core.observe_presence(user, status, activities);
                                     }
                                 }
                                 Down::Welcome { .. } => {}
@@ -391,6 +399,7 @@ impl Writer {
         let live = events
             .into_iter()
             .map(|e| {
+                self.core.observe(&e);
                 let users: Vec<UserId> = self.core.recipients(&e).collect();
                 (e, users)
             })

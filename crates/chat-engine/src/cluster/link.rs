@@ -58,6 +58,11 @@ pub(crate) enum Down {
         id: u64,
         result: Result<WireReply, WireError>,
     },
+    /// Every user who is not offline, with their presence and activities, as the writer sees them: sent
+    /// once after the welcome, so that a follower answers presence as the writer does.
+    Presences {
+        users: Vec<(UserId, chat_core::Status, Vec<chat_core::Activity>)>,
+    },
 }
 
 /// The writer's [`Down`] frames that it encodes from borrowed data: the same variants in the same order, so

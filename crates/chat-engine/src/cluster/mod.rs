@@ -290,6 +290,13 @@ async fn serve_link(
             batch.clear();
         }
     });
+    // Presence as this writer sees it, read in the writer's order after the hub registration above: any
+    // change after it reaches the follower behind this list, never before it.
+    if let Some(users) = presences(&tx).await {
+        let _ = frames
+            .send(Arc::new(link::encode(&Down::Presences { users })))
+            .await;
+    }
     // The follower's connections count here until the link goes.
     let counts: Arc<Mutex<HashMap<ClientId, u32>>> = Arc::new(Mutex::new(HashMap::new()));
     for (client, n) in connections {
@@ -365,6 +372,26 @@ async fn serve_link(
     }
     tracing::info!(peer, "a follower's link closed");
     result
+}
+
+/// Every user who is not offline, read in the writer's order.
+async fn presences(
+    tx: &mpsc::WeakSender<Job>,
+) -> Option<Vec<(UserId, chat_core::Status, Vec<chat_core::Activity>)>> {
+    let tx = tx.upgrade()?;
+    let (reply, rx) = oneshot::channel();
+    let query: crate::writer::Query = Box::new(move |core: &chat_core::Core| {
+        let users = core
+            .users()
+            .filter_map(|u| {
+                let status = core.presence(u.id);
+                (status != chat_core::Status::Offline).then(|| (u.id, status, u.activities.clone()))
+            })
+            .collect();
+        let _ = reply.send(users);
+    });
+    tx.send(Job::Query(query)).await.ok()?;
+    rx.await.ok()
 }
 
 /// Hands a command to this node's writer loop, as a forwarded one (refused unless this node writes).
