@@ -1474,6 +1474,14 @@ fn spawn_retention(shared: &Arc<Shared>) {
             if shared.closed.load(Ordering::SeqCst) {
                 break;
             }
+            // In a cluster, the writer alone trims: one pass at a time, and one node reporting the files.
+            if shared
+                .node
+                .as_ref()
+                .is_some_and(|n| n.role() != chat_log::NodeRole::Writer)
+            {
+                continue;
+            }
             let store = Arc::clone(&shared.store);
             let max_history = shared.config.core.max_history;
             let now = now_ms();

@@ -145,6 +145,7 @@ impl Writer {
         let mut next_id = 0u64;
         let mut doorbell = node.doorbell.subscribe();
         let mut tick = tokio::time::interval(node.ttl / 4);
+        let mut last_flush = tokio::time::Instant::now();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.term = None;
         loop {
@@ -248,6 +249,11 @@ impl Writer {
                     }
                 }
                 _ = tick.tick() => {
+                    // This node's clients' cursors are this node's to save.
+                    if last_flush.elapsed() >= self.shared.config.cursor_flush_interval {
+                        last_flush = tokio::time::Instant::now();
+                        self.flush_cursors().await?;
+                    }
                     self.catch_up().await?;
                     release(&mut held, self.core.last_seq());
                     let store = Arc::clone(&node.store);

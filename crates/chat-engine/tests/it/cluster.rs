@@ -158,3 +158,102 @@ async fn a_follower_forwards_and_reads_its_own_writes_then_takes_over() {
     b.shutdown().await.unwrap();
     b_task.await.unwrap().unwrap();
 }
+
+async fn retry<T>(mut f: impl AsyncFnMut() -> Result<T, chat_engine::EngineError>) -> T {
+    for _ in 0..100 {
+        match f().await {
+            Ok(v) => return v,
+            Err(chat_engine::EngineError::Unavailable { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("no writer settled the command");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_typing_cross_nodes_and_a_follower_answers_presence() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let (a, a_task) = node(&store, dir.path(), 1).await;
+    until_writer(&a).await;
+    let (b, b_task) = node(&store, dir.path(), 2).await;
+    let alice = retry(async || b.guest("alice", "phone").await).await;
+    let bob = retry(async || a.guest("bob", "web").await).await;
+    let join = || Command::Join {
+        channel: "#c".into(),
+        key: None,
+    };
+    retry(async || b.command(&alice.session, join(), None).await).await;
+    retry(async || a.command(&bob.session, join(), None).await).await;
+    let start = a.read(&bob.session, None, 1000).await.unwrap().cursor;
+    let live = a.live_generation(bob.session.user);
+
+    // Alice connects through the follower: bob, on the writer, hears it.
+    retry(async || b.command(&alice.session, Command::Connect, None).await).await;
+    let read = a
+        .wait_from(
+            &bob.session,
+            Some(start),
+            100,
+            Duration::from_secs(5),
+            Some(live),
+        )
+        .await
+        .unwrap();
+    assert!(
+        read.events.iter().any(|e| matches!(
+            &e.kind,
+            EventKind::PresenceChanged { user, status: chat_core::Status::Online }
+                | EventKind::PresenceUpdated { user, status: chat_core::Status::Online, .. }
+                if *user == alice.session.user
+        )),
+        "bob hears alice come online: {:?}",
+        read.events
+    );
+
+    // Bob connects and types on the writer: alice, on the follower, hears both, and the follower's core
+    // answers bob's presence as the writer announced it.
+    let alice_start = b.read(&alice.session, None, 1000).await.unwrap().cursor;
+    let mut live = b.live_generation(alice.session.user);
+    retry(async || a.command(&bob.session, Command::Connect, None).await).await;
+    let typing = Command::Typing {
+        channel: chat_core::ChannelRef::Name("#c".into()),
+    };
+    retry(async || a.command(&bob.session, typing.clone(), None).await).await;
+    let mut seen_typing = false;
+    let mut cursor = alice_start;
+    for _ in 0..20 {
+        let read = b
+            .wait_from(
+                &alice.session,
+                Some(cursor),
+                100,
+                Duration::from_secs(2),
+                Some(live),
+            )
+            .await
+            .unwrap();
+        cursor = read.cursor;
+        live = read.live;
+        seen_typing |= read.events.iter().any(
+            |e| matches!(&e.kind, EventKind::Typing { user, .. } if *user == bob.session.user),
+        );
+        if seen_typing {
+            break;
+        }
+    }
+    assert!(
+        seen_typing,
+        "typing on the writer reaches a reader on the follower"
+    );
+    let bob_user = bob.session.user;
+    let on_b = b.query(move |core| core.presence(bob_user)).await.unwrap();
+    assert_eq!(on_b, chat_core::Status::Online);
+
+    a.shutdown().await.unwrap();
+    a_task.await.unwrap().unwrap();
+    b.shutdown().await.unwrap();
+    b_task.await.unwrap().unwrap();
+}
