@@ -250,7 +250,9 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     /// A cluster node appended under a writer term that is no longer the lease's: another node has taken
     /// over, and the database refused the append (fencing). Nothing of the batch was written.
-    #[error("this node's writer term {term} was replaced by term {current}; the append was refused")]
+    #[error(
+        "this node's writer term {term} was replaced by term {current}; the append was refused"
+    )]
     Fenced {
         /// The term the append was made under.
         term: u64,
@@ -424,7 +426,13 @@ pub trait Cluster: Store {
     fn append_fenced(&self, term: u64, batch: &Batch<'_>) -> Result<(), StoreError>;
 
     /// Records this node's report (role, applied seq, address) with the database's time.
-    fn report_node(&self, id: u16, addr: &str, role: NodeRole, applied: Seq) -> Result<(), StoreError>;
+    fn report_node(
+        &self,
+        id: u16,
+        addr: &str,
+        role: NodeRole,
+        applied: Seq,
+    ) -> Result<(), StoreError>;
 
     /// Every node that ever reported, with the age of its last report.
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
