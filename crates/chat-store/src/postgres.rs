@@ -739,7 +739,6 @@ async fn append_tx(
         q.query("SELECT pg_notify($1, $2)", &[&CHANNEL, &last.to_string()])
             .await?;
     }
-    drop(q);
     // Never cancelled, never timed out (see the module doc). An error here leaves the outcome unknown.
     tx.commit().await.db()?;
     Ok(last)
@@ -998,7 +997,6 @@ impl Store for PostgresStore {
                     };
                     windows += 1;
                 }
-                drop(q);
                 tx.commit().await.db()?;
                 Ok(StreamPage {
                     events,
@@ -1024,7 +1022,6 @@ impl Store for PostgresStore {
                     &[&bound(seq), &state],
                 )
                 .await?;
-                drop(q);
                 tx.commit().await.db()
             })
         })
@@ -1125,7 +1122,6 @@ impl Store for PostgresStore {
                         &[&&key[..], &bound(expires)],
                     )
                     .await?;
-                drop(q);
                 tx.commit().await.db()?;
                 Ok(added == 1)
             })
@@ -1319,7 +1315,6 @@ impl Store for PostgresStore {
                         let removed = q
                             .exec("DELETE FROM messages WHERE id = ANY($1)", &[&ids])
                             .await?;
-                        drop(q);
                         tx.commit().await.db()?;
                         Ok((removed, gone))
                     })
@@ -1429,7 +1424,7 @@ impl Cluster for PostgresStore {
             // nodes taking over an expired lease wins, and its term is the old one plus one.
             let row = block_on(q.opt(
                 "INSERT INTO lease AS l (one, term, node, addr, expires)
-                 VALUES (TRUE, 1, $1, $2, now() + $3 * interval '1 millisecond')
+                 VALUES (TRUE, 1, $1, $2, now() + $3::bigint * interval '1 millisecond')
                  ON CONFLICT (one) DO UPDATE SET
                      term = CASE WHEN l.node = EXCLUDED.node AND l.expires > now() THEN l.term
                                  ELSE l.term + 1 END,
@@ -1447,7 +1442,7 @@ impl Cluster for PostgresStore {
         self.write(|c| {
             let mut q = Q::new(&c.client, &mut c.stmts);
             let n = block_on(q.exec(
-                "UPDATE lease SET expires = now() + $2 * interval '1 millisecond' WHERE term = $1",
+                "UPDATE lease SET expires = now() + $2::bigint * interval '1 millisecond' WHERE term = $1",
                 &[&sql(term), &ttl_ms],
             ))?;
             Ok(n == 1)

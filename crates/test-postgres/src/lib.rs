@@ -36,7 +36,7 @@ const SERVER_USER: &str = "postgres";
 pub const SUPERUSER: &str = "postgres";
 
 /// How to start a server of one's own.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Whether commits wait for the disk. Off by default: the tests' databases are thrown away, and without
     /// fsync a test suite runs several times faster. A test that kills a server and checks what survived
@@ -47,16 +47,6 @@ pub struct Options {
     /// Skip `initdb`: the data dir is filled by the caller before [`Server::start`] (a standby made by
     /// `pg_basebackup`). The server is then not started by [`Server::start_new`].
     pub empty: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            fsync: false,
-            conf: Vec::new(),
-            empty: false,
-        }
-    }
 }
 
 /// How [`Server::stop`] stops a server (`pg_ctl stop -m`).

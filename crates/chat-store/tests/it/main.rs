@@ -3,6 +3,7 @@
 //! `chat_core::Core`.
 
 mod format;
+mod postgres_only;
 mod random;
 mod sqlite_only;
 
