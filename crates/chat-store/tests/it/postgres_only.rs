@@ -119,7 +119,7 @@ fn racing_fenced_appends_keep_the_log_dense_and_terms_ordered() {
                 let mut round = 0u64;
                 while s.last_seq().unwrap() < last {
                     round += 1;
-                    if term.is_none() || round % 3 == 0 {
+                    if term.is_none() || round.is_multiple_of(3) {
                         // Short leases: they expire between rounds, so nodes take over from each other.
                         if let Some(t) = s.try_lead(node, "n", Duration::from_millis(5)).unwrap() {
                             term = Some(t);
