@@ -57,6 +57,7 @@ use chat_log::{
     RetentionReport, SearchHit, SearchQuery, Store, StoreError, StoredMessage, StreamPage,
 };
 use futures_executor::block_on;
+use futures_util::FutureExt;
 use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
 
 use self::apply::Deferred;
@@ -646,20 +647,38 @@ async fn listen(config: &Config, bell: &Doorbell) {
 }
 
 /// The append transaction. Returns the batch's last seq, if it had events.
+///
+/// Round trips are what an append costs (a commit on the same machine takes well under a millisecond), so
+/// statements that do not wait for each other's results are pipelined: tokio-postgres sends requests polled
+/// together back to back on the one connection, and PostgreSQL runs them in the order sent. The opening
+/// checks go as one flight (the lock first: each statement reads a snapshot taken after the one before it
+/// finished, so the log's last seq is read under the lock), the closing writes as another, then `COMMIT`.
 async fn append_tx(
     conn: &mut PgConn,
     term: Option<u64>,
     batch: &Batch<'_>,
 ) -> Result<Option<Seq>, StoreError> {
+    use futures_util::future::{OptionFuture, try_join, try_join3};
+
     let PgConn { client, stmts } = conn;
     let tx = client.transaction().await.db()?;
     let mut q = Q::new(&tx, stmts);
-    q.query("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
+    let lock = q.stmt("SELECT pg_advisory_xact_lock($1)").await?;
+    let lease = q
+        .stmt("SELECT term FROM lease WHERE one FOR UPDATE")
         .await?;
+    let max = q.stmt("SELECT COALESCE(MAX(seq), 0) FROM events").await?;
+    let (_, current, last) = try_join3(
+        tx.query(&lock, &[&APPEND_LOCK]),
+        OptionFuture::from(term.map(|_| tx.query_opt(&lease, &[]))).map(Option::transpose),
+        OptionFuture::from(batch.events.first().map(|_| tx.query_one(&max, &[])))
+            .map(Option::transpose),
+    )
+    .await
+    .db()?;
     if let Some(term) = term {
-        let current = q
-            .opt("SELECT term FROM lease WHERE one FOR UPDATE", &[])
-            .await?
+        let current = current
+            .flatten()
             .map(|r| col::<i64>(&r, 0))
             .transpose()?
             .map_or(0, uns);
@@ -667,13 +686,8 @@ async fn append_tx(
             return Err(StoreError::Fenced { term, current });
         }
     }
-    if let Some(first) = batch.events.first() {
-        let last: i64 = col(
-            &q.one("SELECT COALESCE(MAX(seq), 0) FROM events", &[])
-                .await?,
-            0,
-        )?;
-        let last = uns(last);
+    if let (Some(first), Some(last)) = (batch.events.first(), last) {
+        let last = uns(col(&last, 0)?);
         if first.seq != last + 1 {
             return Err(StoreError::OutOfOrder {
                 last,
@@ -686,83 +700,109 @@ async fn append_tx(
     for (ev, at) in batch.events.iter().zip(points) {
         apply::append_event(&mut q, ev, at, &mut deferred).await?;
     }
+    apply::flush_messages(&mut q, &mut deferred).await?;
+
+    // The closing flight: every statement prepared first, then all sent together.
     let rows = &deferred.rows;
-    if !rows.seq.is_empty() {
-        q.exec(
+    let events = q
+        .stmt(
             "INSERT INTO events (seq, ts, kind, aud, aud_at, aud_channel, aud_space, aud_user, payload)
              SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::smallint[], $5::bigint[],
                  $6::bigint[], $7::bigint[], $8::bigint[], $9::bytea[])",
-            &[
-                &rows.seq,
-                &rows.ts,
-                &rows.kind,
-                &rows.aud,
-                &rows.aud_at,
-                &rows.aud_channel,
-                &rows.aud_space,
-                &rows.aud_user,
-                &rows.payload,
-            ],
         )
         .await?;
-    }
-    if !deferred.last_message.is_empty() {
-        let (channels, messages): (Vec<i64>, Vec<i64>) = deferred.last_message.into_iter().unzip();
-        q.exec(
+    let last_message = q
+        .stmt(
             "UPDATE channels c SET last_message = u.m
              FROM UNNEST($1::bigint[], $2::bigint[]) AS u (c, m) WHERE c.id = u.c",
-            &[&channels, &messages],
         )
         .await?;
-    }
-    save_cursors_in(&mut q, batch.cursors).await?;
-    if !batch.nonces.is_empty() {
-        // One row per key, the last one winning, as a sequence of upserts would leave it.
-        let mut by_key: BTreeMap<(i64, &str), &NonceRecord> = BTreeMap::new();
-        for n in batch.nonces {
-            by_key.insert((sql(n.user.get()), n.nonce.as_str()), n);
-        }
-        let users: Vec<i64> = by_key.keys().map(|k| k.0).collect();
-        let nonces: Vec<&str> = by_key.keys().map(|k| k.1).collect();
-        let ats: Vec<i64> = by_key.values().map(|n| bound(n.at)).collect();
-        let replies: Vec<&[u8]> = by_key.values().map(|n| n.reply.as_slice()).collect();
-        q.exec(
+    let cursors = q.stmt(SAVE_CURSORS).await?;
+    let nonces = q
+        .stmt(
             "INSERT INTO nonces (user_id, nonce, at, reply)
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bytea[])
              ON CONFLICT (user_id, nonce) DO UPDATE SET at = EXCLUDED.at, reply = EXCLUDED.reply",
-            &[&users, &nonces, &ats, &replies],
         )
         .await?;
+    let notify = q.stmt("SELECT pg_notify($1, $2)").await?;
+    let (channels, messages): (Vec<i64>, Vec<i64>) = deferred.last_message.into_iter().unzip();
+    let (clients, seqs) = cursor_rows(batch.cursors);
+    // One row per key, the last one winning, as a sequence of upserts would leave it.
+    let mut by_key: BTreeMap<(i64, &str), &NonceRecord> = BTreeMap::new();
+    for n in batch.nonces {
+        by_key.insert((sql(n.user.get()), n.nonce.as_str()), n);
     }
+    let users: Vec<i64> = by_key.keys().map(|k| k.0).collect();
+    let nonce_keys: Vec<&str> = by_key.keys().map(|k| k.1).collect();
+    let ats: Vec<i64> = by_key.values().map(|n| bound(n.at)).collect();
+    let replies: Vec<&[u8]> = by_key.values().map(|n| n.reply.as_slice()).collect();
     let last = batch.events.last().map(|e| e.seq);
-    if let Some(last) = last {
-        q.query("SELECT pg_notify($1, $2)", &[&CHANNEL, &last.to_string()])
-            .await?;
-    }
+    let last_text = last.map(|l| l.to_string());
+    let event_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+        &rows.seq,
+        &rows.ts,
+        &rows.kind,
+        &rows.aud,
+        &rows.aud_at,
+        &rows.aud_channel,
+        &rows.aud_space,
+        &rows.aud_user,
+        &rows.payload,
+    ];
+    let last_message_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+        [&channels, &messages];
+    let cursor_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&clients, &seqs];
+    let nonce_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&users, &nonce_keys, &ats, &replies];
+    let notify_params = last_text
+        .as_ref()
+        .map(|l| -> [&(dyn tokio_postgres::types::ToSql + Sync); 2] { [&CHANNEL, l] });
+    let writes = try_join3(
+        OptionFuture::from((!rows.seq.is_empty()).then(|| tx.execute(&events, &event_params)))
+            .map(Option::transpose),
+        OptionFuture::from(
+            (!channels.is_empty()).then(|| tx.execute(&last_message, &last_message_params)),
+        )
+        .map(Option::transpose),
+        OptionFuture::from((!clients.is_empty()).then(|| tx.execute(&cursors, &cursor_params)))
+            .map(Option::transpose),
+    );
+    let more = try_join(
+        OptionFuture::from((!users.is_empty()).then(|| tx.execute(&nonces, &nonce_params)))
+            .map(Option::transpose),
+        OptionFuture::from(notify_params.as_ref().map(|p| tx.query(&notify, p)))
+            .map(Option::transpose),
+    );
+    try_join(writes, more).await.db()?;
     // Never cancelled, never timed out (see the module doc). An error here leaves the outcome unknown.
     tx.commit().await.db()?;
     Ok(last)
+}
+
+/// The upsert of cursors from the arrays [`cursor_rows`] makes.
+const SAVE_CURSORS: &str =
+    "INSERT INTO cursors (client, seq) SELECT * FROM UNNEST($1::bigint[], $2::bigint[])
+     ON CONFLICT (client) DO UPDATE SET seq = EXCLUDED.seq";
+
+/// Cursors as two arrays, one row per client, the last one winning, as a sequence of upserts would leave it
+/// (one statement may not upsert a row twice).
+fn cursor_rows(cursors: &[(ClientId, Seq)]) -> (Vec<i64>, Vec<i64>) {
+    let mut by_client: BTreeMap<i64, i64> = BTreeMap::new();
+    for (c, s) in cursors {
+        by_client.insert(sql(c.get()), bound(*s));
+    }
+    by_client.into_iter().unzip()
 }
 
 async fn save_cursors_in<C: GenericClient + Sync>(
     q: &mut Q<'_, C>,
     cursors: &[(ClientId, Seq)],
 ) -> Result<(), StoreError> {
-    if cursors.is_empty() {
-        return Ok(());
+    let (clients, seqs) = cursor_rows(cursors);
+    if !clients.is_empty() {
+        q.exec(SAVE_CURSORS, &[&clients, &seqs]).await?;
     }
-    // One row per client, the last one winning, as a sequence of upserts would leave it.
-    let mut by_client: BTreeMap<i64, i64> = BTreeMap::new();
-    for (c, s) in cursors {
-        by_client.insert(sql(c.get()), bound(*s));
-    }
-    let (clients, seqs): (Vec<i64>, Vec<i64>) = by_client.into_iter().unzip();
-    q.exec(
-        "INSERT INTO cursors (client, seq) SELECT * FROM UNNEST($1::bigint[], $2::bigint[])
-         ON CONFLICT (client) DO UPDATE SET seq = EXCLUDED.seq",
-        &[&clients, &seqs],
-    )
-    .await?;
     Ok(())
 }
 

@@ -26,6 +26,75 @@ pub(super) struct Deferred {
     membership: BTreeMap<i64, i64>,
     /// The log's rows, inserted together at the end of the batch in one statement.
     pub(super) rows: EventRows,
+    /// New messages not yet inserted: a run of them goes in as one statement, before the next effect of
+    /// another kind (which may read or change them) and at the end of the batch.
+    messages: MessageRows,
+}
+
+/// The columns of new messages, as arrays for one `INSERT ... SELECT FROM UNNEST`.
+#[derive(Default)]
+struct MessageRows {
+    id: Vec<i64>,
+    seq: Vec<i64>,
+    ts: Vec<i64>,
+    channel: Vec<i64>,
+    author: Vec<i64>,
+    kind: Vec<&'static str>,
+    body: Vec<String>,
+    meta: Vec<Option<String>>,
+    reply_to: Vec<Option<i64>>,
+    thread: Vec<Option<i64>>,
+    mention_everyone: Vec<bool>,
+    embeds: Vec<Option<String>>,
+    nonce: Vec<Option<String>>,
+    mentions: Vec<Vec<u8>>,
+    attachments: Vec<Vec<u8>>,
+    words: Vec<Option<String>>,
+}
+
+/// Inserts the buffered messages, in their order (the first of two with one id wins, as row by row).
+pub(super) async fn flush_messages(
+    q: &mut TxQ<'_, '_>,
+    deferred: &mut Deferred,
+) -> Result<(), StoreError> {
+    if deferred.messages.id.is_empty() {
+        return Ok(());
+    }
+    let m = std::mem::take(&mut deferred.messages);
+    q.exec(
+        "INSERT INTO messages (id, seq, ts, channel, space, author, kind, body, meta, reply_to, thread,
+             mention_everyone, embeds, pinned, edited_at, nonce, mentions, attachments, words)
+         SELECT u.id, u.seq, u.ts, u.channel, (SELECT space FROM channels WHERE id = u.channel), u.author,
+             u.kind, u.body, u.meta, u.reply_to, u.thread, u.mention_everyone, u.embeds, FALSE, NULL,
+             u.nonce, u.mentions, u.attachments, u.words::tsvector
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[],
+             $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::boolean[], $12::text[], $13::text[],
+             $14::bytea[], $15::bytea[], $16::text[])
+             WITH ORDINALITY AS u (id, seq, ts, channel, author, kind, body, meta, reply_to, thread,
+                 mention_everyone, embeds, nonce, mentions, attachments, words, ord)
+         ORDER BY u.ord
+         ON CONFLICT (id) DO NOTHING",
+        &[
+            &m.id,
+            &m.seq,
+            &m.ts,
+            &m.channel,
+            &m.author,
+            &m.kind,
+            &m.body,
+            &m.meta,
+            &m.reply_to,
+            &m.thread,
+            &m.mention_everyone,
+            &m.embeds,
+            &m.nonce,
+            &m.mentions,
+            &m.attachments,
+            &m.words,
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The columns of `events` for a batch, as arrays for one `INSERT ... SELECT FROM UNNEST`.
@@ -131,6 +200,9 @@ async fn apply(
 ) -> Result<(), StoreError> {
     let seq = bound(ev.seq);
     let ts = bound(ev.ts);
+    if !matches!(effect, Effect::Message(_)) {
+        flush_messages(q, deferred).await?;
+    }
     match effect {
         Effect::User {
             id,
@@ -559,33 +631,26 @@ async fn apply(
         Effect::Message(m) => {
             let c = sql(m.channel.get());
             let id = sql(m.id.get());
-            let words = project::searchable(m.kind).then(|| search::tsvector(&m.body));
-            q.exec(
-                "INSERT INTO messages (id, seq, ts, channel, space, author, kind, body, meta, reply_to,
-                     thread, mention_everyone, embeds, pinned, edited_at, nonce, mentions, attachments, words)
-                 VALUES ($1, $2, $3, $4, (SELECT space FROM channels WHERE id = $4), $5, $6, $7, $8, $9,
-                     $10, $11, $12, FALSE, NULL, $13, $14, $15, $16::text::tsvector)
-                 ON CONFLICT (id) DO NOTHING",
-                &[
-                    &id,
-                    &bound(m.seq),
-                    &bound(m.ts),
-                    &c,
-                    &sql(m.author.get()),
-                    &m.kind.name(),
-                    &m.body,
-                    &m.meta,
-                    &m.reply_to.map(|r| sql(r.get())),
-                    &m.thread.map(|t| sql(t.get())),
-                    &m.mention_everyone,
-                    &m.embeds,
-                    &m.nonce,
-                    &encode(&m.mentions, "mentions", ev.seq)?,
-                    &encode(&m.attachments, "attachments", ev.seq)?,
-                    &words,
-                ],
-            )
-            .await?;
+            let rows = &mut deferred.messages;
+            rows.words
+                .push(project::searchable(m.kind).then(|| search::tsvector(&m.body)));
+            rows.mentions.push(encode(&m.mentions, "mentions", ev.seq)?);
+            rows.attachments
+                .push(encode(&m.attachments, "attachments", ev.seq)?);
+            rows.id.push(id);
+            rows.seq.push(bound(m.seq));
+            rows.ts.push(bound(m.ts));
+            rows.channel.push(c);
+            rows.author.push(sql(m.author.get()));
+            rows.kind.push(m.kind.name());
+            rows.mention_everyone.push(m.mention_everyone);
+            let m = *m;
+            rows.body.push(m.body);
+            rows.meta.push(m.meta);
+            rows.reply_to.push(m.reply_to.map(|r| sql(r.get())));
+            rows.thread.push(m.thread.map(|t| sql(t.get())));
+            rows.embeds.push(m.embeds);
+            rows.nonce.push(m.nonce);
             deferred.last_message.insert(c, id);
         }
         Effect::Edit {

@@ -46,7 +46,7 @@ impl<'a, C: GenericClient + Sync> Q<'a, C> {
         Self { c, stmts }
     }
 
-    async fn stmt(&mut self, sql: &str) -> Result<Statement, StoreError> {
+    pub(super) async fn stmt(&mut self, sql: &str) -> Result<Statement, StoreError> {
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
         }
