@@ -2,11 +2,12 @@
 //! snapshots of the core's state, clients' cursors, nonces, and the materialized tables that serve history
 //! and search). Only the binary, tests and benches depend on this crate; the engine knows the contract alone.
 //!
-//! Two implementations share one contract and one test suite: [`SqliteStore`] (rusqlite, WAL, FTS5; the one
-//! the server runs) and [`MemoryStore`] (a plain in-memory reference, for tests and for embedders that need
-//! no durability). The core never calls storage; the engine does, and it alone decides what to append.
+//! Three implementations share one contract and one test suite: [`SqliteStore`] (rusqlite, WAL, FTS5; the
+//! server's default), [`PostgresStore`] (tokio-postgres, full-text search on a GIN index; a database several
+//! chatd processes share, with the [`Cluster`] contract on top) and [`MemoryStore`] (a plain in-memory
+//! reference, for tests and for embedders that need no durability). The core never calls storage; the engine does, and it alone decides what to append.
 //!
-//! Both apply the same projection (`project.rs`: one event becomes a short list of row effects) from the
+//! All apply the same projection (`project.rs`: one event becomes a short list of row effects) from the
 //! log to their tables, so history, search and streams agree; the test suite holds them side by side and
 //! against the core's live deliveries.
 //!
@@ -31,15 +32,17 @@
 #![deny(missing_docs)]
 
 mod memory;
+mod postgres;
 mod project;
 mod sqlite;
 mod text;
 
 pub use crate::memory::MemoryStore;
+pub use crate::postgres::{POSTGRES_SCHEMA_VERSION, PostgresStore};
 pub use crate::sqlite::{Durability, SCHEMA_VERSION, SqliteStore};
 pub use chat_log::format;
 // The contract, re-exported so that code which picks a store (the binary, tests, benches) names one crate.
 pub use chat_log::{
-    Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, Store,
-    StoreError, StoredMessage, StreamPage,
+    Batch, Cluster, DbMeta, HistoryQuery, Lease, NodeRecord, NodeRole, NonceRecord,
+    RetentionReport, SearchHit, SearchQuery, Store, StoreError, StoredMessage, StreamPage,
 };

@@ -15,10 +15,26 @@ pub(crate) struct Term {
 
 /// Splits text into lowercased alphanumeric tokens, as the index's tokenizer does.
 pub(crate) fn tokens(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
-        .map(str::to_lowercase)
+    spans(text)
+        .map(|(a, b)| text[a..b].to_lowercase())
         .collect()
+}
+
+/// The byte ranges of the tokens of `text` (its alphanumeric runs), in order: what [`tokens`] lowercases,
+/// and what a snippet highlights.
+pub(crate) fn spans(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut start = None;
+    text.char_indices()
+        .map(Some)
+        .chain(std::iter::once(None))
+        .filter_map(move |item| match item {
+            Some((i, c)) if c.is_alphanumeric() => {
+                start.get_or_insert(i);
+                None
+            }
+            Some((i, _)) => start.take().map(|s| (s, i)),
+            None => start.take().map(|s| (s, text.len())),
+        })
 }
 
 /// Parses a query into terms; terms with no token in them are dropped.
@@ -176,5 +192,7 @@ mod tests {
         assert!(matches(&body, &parse("qui* fox")));
         assert!(!matches(&body, &parse("qui fox")));
         assert_eq!(highlight("a fox\u{2}", &parse("fox")), "a \u{2}fox\u{3} ");
+        assert_eq!(tokens("Ça va, ÉTÉ-2027!"), ["ça", "va", "été", "2027"]);
+        assert_eq!(spans("ab  c").collect::<Vec<_>>(), [(0, 2), (4, 5)]);
     }
 }

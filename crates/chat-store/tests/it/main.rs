@@ -1,7 +1,9 @@
-//! The store conformance suite: every test is written once over `S: Store` and run against both the
-//! in-memory reference and SQLite on a real file, with events made by a real `chat_core::Core`.
+//! The store conformance suite: every test is written once over `S: Store` and run against the in-memory
+//! reference, SQLite on a real file and PostgreSQL on a real server, with events made by a real
+//! `chat_core::Core`.
 
 mod format;
+mod postgres_only;
 mod random;
 mod sqlite_only;
 
@@ -1184,7 +1186,8 @@ fn odd_inputs_are_answered<S: Store>(s: &S) {
     assert_eq!(s.last_seq().unwrap(), last);
 }
 
-/// Instantiates each conformance test for both stores.
+/// Instantiates each conformance test for every store: memory, SQLite on a file, PostgreSQL on a fresh
+/// database of the test process's server.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -1203,6 +1206,19 @@ macro_rules! conformance {
                     let store = chat_store::SqliteStore::open(
                         dir.path().join("chat.db"),
                         chat_store::Durability::Full,
+                        super::NOW,
+                    )
+                    .unwrap();
+                    super::$name(&store);
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    let store = chat_store::PostgresStore::open(
+                        &test_postgres::server().fresh_db(),
                         super::NOW,
                     )
                     .unwrap();
