@@ -239,8 +239,14 @@ fn connect(rt: &tokio::runtime::Handle, config: &Config) -> Result<PgConn, Store
             let _ = connection.await;
         });
         // A statement timeout set as a server or role default would cancel commits (see the module doc).
+        // A session that sits inside a transaction (a process paused between an append's statements, with
+        // the lease row locked) is ended by the server after a while, so that it cannot keep another node
+        // from taking the lease over; that transaction never committed, so nothing acknowledged is lost.
         client
-            .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+            .batch_execute(
+                "SET statement_timeout = 0; SET lock_timeout = 0; \
+                 SET idle_in_transaction_session_timeout = '5s'",
+            )
             .await?;
         Ok::<Client, tokio_postgres::Error>(client)
     });
@@ -1456,6 +1462,23 @@ impl Store for PostgresStore {
 }
 
 impl Cluster for PostgresStore {
+    fn log_after(&self, after: Seq, limit: usize) -> Result<Vec<(Event, Seq)>, StoreError> {
+        self.read(|c| {
+            let mut q = Q::new(&c.client, &mut c.stmts);
+            let rows = block_on(q.query(
+                "SELECT seq, payload, aud_at FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&bound(after), &lim(limit)],
+            ))?;
+            rows.iter()
+                .map(|r| {
+                    let event = decode_event(col(r, 0)?, col(r, 1)?)?;
+                    let end: i64 = col(r, 2)?;
+                    Ok((event, u64::try_from(end).unwrap_or(0)))
+                })
+                .collect()
+        })
+    }
+
     fn try_lead(&self, node: u16, addr: &str, ttl: Duration) -> Result<Option<u64>, StoreError> {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         self.write(|c| {

@@ -99,9 +99,29 @@ pub(crate) struct ConfigArgs {
     #[arg(long, env = "LONG_POLL_TIMEOUT", default_value = "15", global = true)]
     pub(crate) long_poll_timeout: String,
 
-    /// This node's id in snowflake ids (0..=1023).
+    /// This node's id in snowflake ids (0..=1023); in a cluster, unique per node.
     #[arg(long, env = "NODE_ID", default_value = "0", global = true)]
     pub(crate) node_id: String,
+
+    /// In a cluster (a PostgreSQL DBURL): where this node listens for the other nodes' links, `HOST:PORT`
+    /// (port 0: any free port).
+    #[arg(
+        long,
+        env = "CLUSTER_LISTEN",
+        default_value = "127.0.0.1:0",
+        global = true
+    )]
+    pub(crate) cluster_listen: String,
+
+    /// In a cluster: the `HOST:PORT` other nodes reach CLUSTER_LISTEN at, when it is not that address itself
+    /// (a wildcard address, NAT).
+    #[arg(long, env = "CLUSTER_ADVERTISE", global = true)]
+    pub(crate) cluster_advertise: Option<String>,
+
+    /// In a cluster: how long the writer lease lasts unrenewed, the longest a dead writer keeps the others
+    /// from writing (renewed every quarter of it).
+    #[arg(long, env = "LEASE_TTL", default_value = "3s", global = true)]
+    pub(crate) lease_ttl: String,
 
     /// `full` (a commit is on disk before it is acknowledged) or `relaxed` (SQLite synchronous=NORMAL).
     #[arg(long, env = "DURABILITY", default_value = "full", global = true)]
@@ -185,12 +205,15 @@ pub(crate) struct ConfigArgs {
 }
 
 /// Where the data lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum DbUrl {
     /// A SQLite database file.
     Sqlite(PathBuf),
     /// The in-memory store: nothing survives the process.
     Memory,
+    /// A PostgreSQL database (`postgres://...`, multi-host for failover): every chatd on it is a node of one
+    /// cluster.
+    Postgres(Secret),
 }
 
 impl fmt::Display for DbUrl {
@@ -198,7 +221,35 @@ impl fmt::Display for DbUrl {
         match self {
             DbUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
             DbUrl::Memory => f.write_str("memory:"),
+            DbUrl::Postgres(url) => f.write_str(&redact_password(&url.0)),
         }
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DbUrl({self})")
+    }
+}
+
+/// A PostgreSQL URL with its password replaced, for logs and messages.
+pub(crate) fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, p)| (a, Some(p)));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{hosts}"),
+            None => format!("{userinfo}@{hosts}"),
+        },
+        None => authority.to_owned(),
+    };
+    match path {
+        Some(p) => format!("{scheme}://{authority}/{p}"),
+        None => format!("{scheme}://{authority}"),
     }
 }
 
@@ -246,6 +297,9 @@ pub(crate) struct Config {
     pub(crate) long_poll_timeout: Duration,
     pub(crate) gateway_heartbeat_interval: Duration,
     pub(crate) node_id: u16,
+    pub(crate) cluster_listen: SocketAddr,
+    pub(crate) cluster_advertise: Option<String>,
+    pub(crate) lease_ttl: Duration,
     pub(crate) durability: Durability,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) max_upload_size: u64,
@@ -392,12 +446,15 @@ fn parse_size(variable: &'static str, value: &str) -> Result<u64, ConfigError> {
 /// Parses `DBURL`.
 pub(crate) fn parse_db_url(value: &str) -> Result<DbUrl, ConfigError> {
     let text = value.trim();
-    let expected = "sqlite://PATH, sqlite:PATH, a file path, or memory:";
+    let expected = "sqlite://PATH, sqlite:PATH, a file path, memory:, or postgres://USER:PASSWORD@HOST:PORT/DB";
     if text.is_empty() {
         return Err(bad("DBURL", value, expected));
     }
     if text == "memory:" || text == "memory://" || text == "memory" {
         return Ok(DbUrl::Memory);
+    }
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        return Ok(DbUrl::Postgres(Secret(text.to_owned())));
     }
     let path = if let Some(rest) = text.strip_prefix("sqlite://") {
         rest
@@ -570,6 +627,20 @@ impl Config {
                 Duration::from_secs(55),
             )?,
             node_id: parse_int("NODE_ID", &args.node_id, 0, 1023)?,
+            cluster_listen: parse_listen(&args.cluster_listen).map_err(|_| {
+                bad(
+                    "CLUSTER_LISTEN",
+                    &args.cluster_listen,
+                    "HOST:PORT, like 127.0.0.1:9080",
+                )
+            })?,
+            cluster_advertise: non_empty(&args.cluster_advertise).map(str::to_owned),
+            lease_ttl: parse_duration(
+                "LEASE_TTL",
+                &args.lease_ttl,
+                Duration::from_millis(500),
+                Duration::from_secs(600),
+            )?,
             durability,
             rate_limit,
             max_upload_size: parse_size("MAX_UPLOAD_SIZE", &args.max_upload_size)?,
@@ -629,6 +700,16 @@ impl Config {
             hashcash_resource: name,
             data_dir: self.data_dir.clone(),
             ..defaults
+        }
+    }
+
+    /// This node's place in a cluster (used when DBURL is PostgreSQL).
+    pub(crate) fn cluster(&self) -> chat_engine::ClusterConfig {
+        chat_engine::ClusterConfig {
+            node_id: self.node_id,
+            listen: self.cluster_listen,
+            advertise: self.cluster_advertise.clone(),
+            lease_ttl: self.lease_ttl,
         }
     }
 

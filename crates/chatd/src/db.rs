@@ -5,10 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use chat_engine::{Engine, EngineConfig, EngineTask};
-use chat_store::{MemoryStore, SqliteStore, Store};
+use chat_engine::{ClusterConfig, Engine, EngineConfig, EngineTask};
+use chat_store::{MemoryStore, PostgresStore, SqliteStore, Store};
 
-use crate::config::{Config, DbUrl};
+use crate::config::{Config, DbUrl, redact_password};
 
 pub(crate) use chat_engine::now_ms;
 
@@ -18,6 +18,8 @@ pub(crate) use chat_engine::now_ms;
 enum Kind {
     Sqlite(Arc<SqliteStore>),
     Memory(Arc<MemoryStore>),
+    /// Every process on it is a node of one cluster.
+    Postgres(Arc<PostgresStore>, ClusterConfig),
 }
 
 /// An open database, with the lock that makes this process its only engine.
@@ -33,6 +35,7 @@ impl std::fmt::Debug for Db {
         match &self.kind {
             Kind::Sqlite(s) => write!(f, "Db::Sqlite({})", s.path().display()),
             Kind::Memory(_) => f.write_str("Db::Memory"),
+            Kind::Postgres(s, _) => write!(f, "Db::Postgres({})", redact_password(s.url())),
         }
     }
 }
@@ -112,6 +115,23 @@ impl Db {
                 };
                 Ok((db, upgraded))
             }
+            DbUrl::Postgres(url) => {
+                // No lock file: every process on the database is a node of the cluster, and the writer
+                // lease with its fenced appends keeps the log one order however many run.
+                let now = now_ms();
+                let shown = redact_password(&url.0);
+                let (store, upgraded) = match format {
+                    Format::Refuse => PostgresStore::open(&url.0, now).map(|s| (s, None)),
+                    Format::Convert => PostgresStore::upgrade(&url.0, now),
+                    Format::AsIs => PostgresStore::open_as_is(&url.0, now).map(|(s, _)| (s, None)),
+                }
+                .with_context(|| format!("opening the database {shown}"))?;
+                let db = Db {
+                    kind: Kind::Postgres(Arc::new(store), config.cluster()),
+                    _lock: None,
+                };
+                Ok((db, upgraded))
+            }
         }
     }
 
@@ -120,6 +140,7 @@ impl Db {
         match &self.kind {
             Kind::Sqlite(s) => Arc::clone(s) as Arc<dyn Store>,
             Kind::Memory(s) => Arc::clone(s) as Arc<dyn Store>,
+            Kind::Postgres(s, _) => Arc::clone(s) as Arc<dyn Store>,
         }
     }
 
@@ -128,6 +149,9 @@ impl Db {
         let started = match &self.kind {
             Kind::Sqlite(s) => Engine::open(Arc::clone(s), config).await,
             Kind::Memory(s) => Engine::open(Arc::clone(s), config).await,
+            Kind::Postgres(s, cluster) => {
+                Engine::open_cluster(Arc::clone(s), config, cluster.clone()).await
+            }
         };
         started.context("starting the engine (rebuilding the state from the database)")
     }

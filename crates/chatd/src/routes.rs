@@ -90,6 +90,19 @@ async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
     let Some(handle) = &shared.metrics else {
         return not_found().await;
     };
+    // Every node's last report, as this node reads it from the shared store: one series per node.
+    if let Ok(Some(status)) = shared.engine.cluster_status().await {
+        for (n, lag) in &status.nodes {
+            let id = n.id.to_string();
+            metrics::gauge!("chatd_cluster_node_lag_events", "node" => id.clone()).set(*lag as f64);
+            metrics::gauge!("chatd_cluster_node_applied_seq", "node" => id.clone())
+                .set(n.applied as f64);
+            metrics::gauge!("chatd_cluster_node_report_age_seconds", "node" => id.clone())
+                .set(n.age_ms as f64 / 1000.0);
+            let writer = f64::from(u8::from(n.role == chat_engine::NodeRole::Writer));
+            metrics::gauge!("chatd_cluster_node_writer", "node" => id).set(writer);
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

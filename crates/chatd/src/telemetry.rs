@@ -102,4 +102,49 @@ fn describe() {
         Unit::Count,
         "TCP connections closed at once because their IP address had MAX_CONNECTIONS_PER_IP open."
     );
+    describe_gauge!(
+        "chatd_cluster_writer",
+        "In a cluster: 1 while this node holds the writer lease, else 0."
+    );
+    describe_gauge!(
+        "chatd_cluster_term",
+        "In a cluster: the writer term this node last wrote under."
+    );
+    describe_gauge!(
+        "chatd_cluster_applied_seq",
+        "In a cluster: the last seq this node applied and published."
+    );
+    describe_gauge!(
+        "chatd_cluster_node_lag_events",
+        Unit::Count,
+        "In a cluster: each node's distance behind the log's last seq at its last report, by node."
+    );
+    describe_gauge!(
+        "chatd_cluster_node_applied_seq",
+        "In a cluster: each node's applied seq at its last report, by node."
+    );
+    describe_gauge!(
+        "chatd_cluster_node_writer",
+        "In a cluster: 1 for the node that reported itself the writer, by node."
+    );
+    describe_gauge!(
+        "chatd_cluster_node_report_age_seconds",
+        Unit::Seconds,
+        "In a cluster: how long ago each node last reported, by node."
+    );
+    describe_counter!(
+        "chatd_cluster_takeovers_total",
+        Unit::Count,
+        "In a cluster: times this node took the writer lease."
+    );
+    describe_counter!(
+        "chatd_cluster_stepdowns_total",
+        Unit::Count,
+        "In a cluster: times this node stepped down (a fenced append, a lost lease, a commit of unknown outcome)."
+    );
+    describe_counter!(
+        "chatd_cluster_resends_total",
+        Unit::Count,
+        "In a cluster: commands sent again (with their nonce) because no writer could settle them."
+    );
 }
