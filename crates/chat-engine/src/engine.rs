@@ -578,7 +578,13 @@ impl Engine {
             term: node.term.load(Ordering::SeqCst),
             nodes: nodes
                 .into_iter()
-                .map(|n| {
+                .map(|mut n| {
+                    // This node's own row as it stands now, not as of its last report.
+                    if n.id == node.id {
+                        n.role = node.role();
+                        n.applied = self.last_seq();
+                        n.age_ms = 0;
+                    }
                     let lag = last.saturating_sub(n.applied);
                     (n, lag)
                 })

@@ -76,6 +76,8 @@ pub(crate) struct Node {
     pub(crate) lost: watch::Sender<u64>,
     /// The link listener, taken by the acceptor task once the engine runs.
     pub(crate) listener: Mutex<Option<TcpListener>>,
+    /// Asks for a report at once (the role changed).
+    report_now: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Node {
@@ -131,6 +133,7 @@ impl Node {
             doorbell: watch::channel(0).0,
             lost: watch::channel(0).0,
             listener: Mutex::new(Some(listener)),
+            report_now: tokio::sync::Notify::new(),
         }))
     }
 
@@ -147,6 +150,7 @@ impl Node {
         self.role.store(1, Ordering::SeqCst);
         metrics::gauge!("chatd_cluster_term").set(term as f64);
         metrics::gauge!("chatd_cluster_writer").set(1.0);
+        self.report_now.notify_one();
     }
 
     /// Steps down: drops every follower's link (they find the next writer through the lease).
@@ -154,6 +158,7 @@ impl Node {
         self.role.store(0, Ordering::SeqCst);
         lock(&self.hub).clear();
         metrics::gauge!("chatd_cluster_writer").set(0.0);
+        self.report_now.notify_one();
     }
 
     /// Whether this node writes under `term` right now.
@@ -601,8 +606,20 @@ pub(crate) fn spawn_reports(shared: &Arc<Shared>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let Some(node) = weak.upgrade().and_then(|s| s.node.clone()) else {
+            return;
+        };
+        let node_weak = Arc::downgrade(&node);
+        drop(node);
         loop {
-            tick.tick().await;
+            let Some(node) = node_weak.upgrade() else {
+                break;
+            };
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = node.report_now.notified() => {}
+            }
+            drop(node);
             let Some(shared) = weak.upgrade() else { break };
             let Some(node) = shared.node.clone() else {
                 break;

@@ -91,6 +91,11 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// Whether the process is running (not killed or stopped by the test).
+    pub fn child_alive(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the process with SIGKILL (no chance to flush anything) and waits for it.
     pub async fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

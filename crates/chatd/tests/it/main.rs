@@ -3,6 +3,7 @@
 
 mod assets;
 mod cli;
+mod cluster;
 mod crash;
 mod discord;
 mod files;
