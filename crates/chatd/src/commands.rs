@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use chat_core::{ChannelKind, Command, Created, MessageKind};
 use chat_engine::Engine;
 use chat_store::format::FORMAT_VERSION;
-use chat_store::{HistoryQuery, SCHEMA_VERSION};
+use chat_store::{HistoryQuery, POSTGRES_SCHEMA_VERSION, SCHEMA_VERSION};
 
 use crate::cli::{AdminCmd, InviteCmd, PasswordArg};
 use crate::config::{Config, DbUrl};
@@ -26,6 +26,7 @@ pub(crate) async fn init(config: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
     let existed = matches!(&config.db, DbUrl::Sqlite(path) if path.exists());
     let db = Db::open(config, Create::Allow, Lock::Engine)?;
+    let existed = existed || db.store().last_seq()? > 0;
     let (engine, task) = db.start(config.engine()).await?;
     let last_seq = engine.last_seq();
     let epoch = engine.epoch();
@@ -36,8 +37,9 @@ pub(crate) async fn init(config: &Config) -> anyhow::Result<()> {
         "initialized"
     };
     println!(
-        "{} {what} (schema version {SCHEMA_VERSION}, epoch {epoch}, last seq {last_seq})",
-        config.db
+        "{} {what} (schema version {}, epoch {epoch}, last seq {last_seq})",
+        config.db,
+        schema_version(config)
     );
     Ok(())
 }
@@ -51,10 +53,19 @@ pub(crate) fn migrate(config: &Config) -> anyhow::Result<()> {
         None => String::new(),
     };
     println!(
-        "{}: schema version {SCHEMA_VERSION}, log format version {FORMAT_VERSION}{converted}",
-        config.db
+        "{}: schema version {}, log format version {FORMAT_VERSION}{converted}",
+        config.db,
+        schema_version(config)
     );
     Ok(())
+}
+
+/// The schema version this build writes for the configured kind of database.
+fn schema_version(config: &Config) -> u32 {
+    match config.db {
+        DbUrl::Postgres(_) => POSTGRES_SCHEMA_VERSION,
+        _ => SCHEMA_VERSION,
+    }
 }
 
 /// Resolves a password: the flag (or CHATD_PASSWORD, which clap already folded into it), else one line of
@@ -250,8 +261,16 @@ struct Census {
 /// log's end) is an error and a nonzero exit; orphan files are reported, not a failure.
 pub(crate) async fn check(config: &Config, fix: bool) -> anyhow::Result<()> {
     // Files written after this are not judged. The database lock held from here on means no server runs
-    // on it, so no upload is in flight; the cutoff is the grace for anything that still raced the lock.
-    let cutoff = std::time::SystemTime::now();
+    // on it, so no upload is in flight; the cutoff is the grace for anything that still raced the lock. A
+    // cluster's nodes keep running while `check` runs: an upload in flight on one of them is a file no
+    // message names yet, so only files older than the longest an upload takes are judged there.
+    let cluster = matches!(config.db, DbUrl::Postgres(_));
+    let grace = if cluster {
+        std::time::Duration::from_secs(3600)
+    } else {
+        std::time::Duration::ZERO
+    };
+    let cutoff = std::time::SystemTime::now() - grace;
     let db = Db::open(config, Create::Refuse, Lock::Engine)?;
     let store = db.store();
     let meta = store.meta();
@@ -265,7 +284,9 @@ pub(crate) async fn check(config: &Config, fix: bool) -> anyhow::Result<()> {
     let (census, channels) = result?;
     let swept = swept.context("comparing the attachment files with the messages")?;
     stopped?;
-    if replayed != logged {
+    // A cluster's writer may append while `check` reads: the state must reach the log's end as it was
+    // read first, and may pass it.
+    if replayed < logged || (!cluster && replayed != logged) {
         bail!("the rebuilt state ends at seq {replayed} but the log ends at seq {logged}");
     }
     // Messages are counted from the store's history, which is what clients can page through.
@@ -273,7 +294,7 @@ pub(crate) async fn check(config: &Config, fix: bool) -> anyhow::Result<()> {
         .await
         .context("the counting task failed")??;
     println!("database: {}", config.db);
-    println!("schema version: {SCHEMA_VERSION}");
+    println!("schema version: {}", schema_version(config));
     // An open store's log is in this build's format: an older or newer one was refused on opening.
     println!("log format version: {FORMAT_VERSION}");
     println!("epoch: {}", meta.epoch);

@@ -740,6 +740,26 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn postgres_urls_are_taken_and_shown_without_their_password() {
+        let url = parse_db_url(
+            "postgres://chat:s3cret@db1:5432,db2:5432/chat?target_session_attrs=read-write",
+        )
+        .unwrap();
+        assert!(matches!(url, DbUrl::Postgres(_)));
+        let shown = url.to_string();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert_eq!(
+            shown,
+            "postgres://chat:***@db1:5432,db2:5432/chat?target_session_attrs=read-write"
+        );
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(
+            redact_password("postgresql://u@h/db"),
+            "postgresql://u@h/db"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const BIN: &str = env!("CARGO_BIN_EXE_chatd");
 
 /// Every configuration variable of SPEC §7 plus the binary's own; `--help` must name each.
-const VARIABLES: [&str; 25] = [
+const VARIABLES: [&str; 28] = [
     "PORT",
     "LISTEN",
     "DBURL",
@@ -41,6 +41,9 @@ const VARIABLES: [&str; 25] = [
     "GATEWAY_HEARTBEAT_INTERVAL",
     "PRESENCE_FANOUT_MAX",
     "PUBLIC_URL",
+    "CLUSTER_LISTEN",
+    "CLUSTER_ADVERTISE",
+    "LEASE_TTL",
 ];
 
 /// A `std::process::Command` for chatd in `dir`, with only PATH and the given variables in its environment
@@ -958,4 +961,46 @@ async fn json_logs_and_memory_database() {
         !dir.path().join("chat.db").exists(),
         "memory: writes no database file"
     );
+}
+
+/// The operator's commands on a PostgreSQL database: `init`, `admin`, `check`, `migrate` and `backup`
+/// (which drives `pg_dump`) work there as they do on SQLite.
+#[test]
+fn operator_commands_work_on_postgresql() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let url = test_postgres::server().fresh_db();
+    let env = [("DBURL", url.as_str())];
+    let out = ok(path, &["init"], &env);
+    assert!(out.contains("initialized"), "{out}");
+    assert!(!out.contains("already"), "{out}");
+    let out = ok(path, &["init"], &env);
+    assert!(out.contains("already initialized"), "{out}");
+    ok(
+        path,
+        &[
+            "admin",
+            "create-user",
+            "alice",
+            "--password",
+            "correct horse battery",
+        ],
+        &env,
+    );
+    let report = ok(path, &["check"], &env);
+    assert_eq!(field(&report, "users"), "1", "{report}");
+    assert_eq!(field(&report, "schema version"), "1", "{report}");
+    let out = ok(path, &["migrate"], &env);
+    assert!(out.contains("schema version 1"), "{out}");
+    let backup = path.join("chat.dump");
+    let out = ok(path, &["backup", backup.to_str().unwrap()], &env);
+    assert!(out.contains("backed up"), "{out}");
+    let bytes = std::fs::read(&backup).expect("a dump file");
+    assert!(
+        bytes.starts_with(b"PGDMP"),
+        "a pg_dump custom-format archive"
+    );
+    // A second backup to the same path is refused, not overwritten.
+    let again = run(path, &["backup", backup.to_str().unwrap()], &env);
+    assert!(!again.status.success());
 }
