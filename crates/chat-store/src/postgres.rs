@@ -467,8 +467,19 @@ impl PostgresStore {
             .thread_name("chatd-postgres")
             .enable_all()
             .build()?;
-        let mut conn = connect(rt.handle(), &config)?;
-        let (meta, found) = block_on(migrate_and_load(&mut conn.client, now))?;
+        let opened = (|| {
+            let mut conn = connect(rt.handle(), &config)?;
+            let (meta, found) = block_on(migrate_and_load(&mut conn.client, now))?;
+            Ok::<_, StoreError>((conn, meta, found))
+        })();
+        let (conn, meta, found) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                // Dropped without blocking, as `Drop` does: opening may fail inside an async task.
+                rt.shutdown_background();
+                return Err(e);
+            }
+        };
         Ok((
             Self {
                 meta,

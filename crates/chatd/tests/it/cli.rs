@@ -226,7 +226,7 @@ fn bad_values_fail_naming_their_variable() {
     let cases: &[(&str, &str)] = &[
         ("PORT", "99999"),
         ("LISTEN", "not an address"),
-        ("DBURL", "postgres://localhost/chat"),
+        ("DBURL", "mysql://localhost/chat"),
         ("DEBUG", "maybe"),
         ("MAX_HISTORY", "-1"),
         ("PRESENCE_FANOUT_MAX", "many"),
@@ -1003,4 +1003,26 @@ fn operator_commands_work_on_postgresql() {
     // A second backup to the same path is refused, not overwritten.
     let again = run(path, &["backup", backup.to_str().unwrap()], &env);
     assert!(!again.status.success());
+}
+
+/// A PostgreSQL database that cannot be reached is a clear error and a nonzero exit, not a panic.
+#[test]
+fn an_unreachable_postgresql_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://chatd:secret-pw@127.0.0.1:{port}/chat");
+    let out = run(dir.path(), &["check"], &[("DBURL", url.as_str())]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("opening the database"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !err.contains("secret-pw"),
+        "the password stays out of the error: {err}"
+    );
 }
