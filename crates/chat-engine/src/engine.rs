@@ -241,11 +241,21 @@ impl Shared {
         key: &(UserId, String),
         now: UnixMillis,
     ) -> Option<CommandReply> {
-        let ttl = ttl_ms(self.config.nonce_ttl);
+        let ttl = self.nonce_ttl_of(&key.1);
         lock(&self.nonces)
             .get(key)
             .filter(|(at, _)| at.saturating_add(ttl) > now)
             .map(|(_, r)| r.clone())
+    }
+
+    /// How long a nonce is kept in memory: a client's for `nonce_ttl`; one a cluster node made for a command
+    /// without one only as long as that command may be resent (see [`cluster::INTERNAL_NONCE_TTL_MS`]).
+    fn nonce_ttl_of(&self, nonce: &str) -> u64 {
+        if cluster::is_internal_nonce(nonce) {
+            cluster::INTERNAL_NONCE_TTL_MS
+        } else {
+            ttl_ms(self.config.nonce_ttl)
+        }
     }
 
     /// Adds nonces read from the store (a node that takes over as writer loads those its predecessors kept).
@@ -360,8 +370,8 @@ impl Shared {
             return;
         }
         self.last_prune.store(now, Ordering::Relaxed);
-        let ttl = ttl_ms(self.config.nonce_ttl);
-        lock(&self.nonces).retain(|_, (at, _)| at.saturating_add(ttl) > now);
+        lock(&self.nonces)
+            .retain(|(_, nonce), (at, _)| at.saturating_add(self.nonce_ttl_of(nonce)) > now);
         if let Some(limit) = self.config.rate_limit {
             lock(&self.rates).retain(|_, b| !b.is_full(limit, now));
         }
@@ -699,7 +709,10 @@ impl Engine {
             (Origin::Client(c), Command::Disconnect) => Some((*c, false)),
             _ => None,
         };
-        let give_up = tokio::time::Instant::now() + node.ttl * 2 + Duration::from_secs(2);
+        // Well within the time a node's own nonces are remembered, so a resend is always recognised.
+        let window = (node.ttl * 2 + Duration::from_secs(2))
+            .min(Duration::from_millis(cluster::INTERNAL_NONCE_TTL_MS / 2));
+        let give_up = tokio::time::Instant::now() + window;
         let mut wait = Duration::from_millis(20);
         let result = loop {
             let result = self
@@ -826,6 +839,12 @@ impl Engine {
                 return Err(EngineError::InvalidInput {
                     field: "nonce",
                     reason: "must be 1 to 64 bytes",
+                });
+            }
+            Some(n) if cluster::is_internal_nonce(&n) => {
+                return Err(EngineError::InvalidInput {
+                    field: "nonce",
+                    reason: "must not start with a control character",
                 });
             }
             Some(n) => {

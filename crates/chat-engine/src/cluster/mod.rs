@@ -173,10 +173,11 @@ impl Node {
         lock(&self.hub).retain(|tx| tx.try_send(Arc::clone(&frame)).is_ok());
     }
 
-    /// A nonce for a command that came without one: unique to this process.
+    /// A nonce for a command that came without one: unique to this process, and marked (a leading U+0001,
+    /// which clients' nonces may not have) so that it is kept only as long as a resend may come.
     pub(crate) fn make_nonce(&self) -> String {
         let n = self.next_nonce.fetch_add(1, Ordering::Relaxed);
-        format!("~{}.{:x}.{n}", self.id, self.nonce_salt)
+        format!("{INTERNAL_NONCE_MARK}{}.{:x}.{n}", self.id, self.nonce_salt)
     }
 
     /// Counts a connection of this node's client that the writer acknowledged.
@@ -209,6 +210,19 @@ pub struct ClusterStatus {
     pub term: u64,
     /// Every node's last report, with its lag behind the log's end in events.
     pub nodes: Vec<(NodeRecord, u64)>,
+}
+
+/// The first character of every nonce a node makes.
+const INTERNAL_NONCE_MARK: char = '\u{1}';
+
+/// How long a node's own nonces are remembered in memory: far longer than a command is resent for (twice the
+/// lease and a little), far shorter than clients' 10 minutes, so that a busy cluster does not keep one entry
+/// per command for 10 minutes.
+pub(crate) const INTERNAL_NONCE_TTL_MS: u64 = 120_000;
+
+/// Whether a nonce was made by a node (see [`Node::make_nonce`]).
+pub(crate) fn is_internal_nonce(nonce: &str) -> bool {
+    nonce.starts_with(INTERNAL_NONCE_MARK)
 }
 
 /// The placeholder user of nonces a node makes for commands without a user (sign-ups, the operator's).

@@ -132,6 +132,18 @@ async fn a_follower_forwards_and_reads_its_own_writes_then_takes_over() {
         .await
         .unwrap();
     assert_eq!(first, again);
+    // The nonces nodes make for commands without one cannot be sent by a client.
+    let err = b
+        .command(&alice.session, say("x"), Some("\u{1}1.2.3".into()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            chat_engine::EngineError::InvalidInput { field: "nonce", .. }
+        ),
+        "{err:?}"
+    );
 
     // The writer stops: the follower takes over, with the log caught up, and keeps the order.
     a.shutdown().await.unwrap();
