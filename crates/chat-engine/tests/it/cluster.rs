@@ -269,3 +269,58 @@ async fn presence_and_typing_cross_nodes_and_a_follower_answers_presence() {
     b.shutdown().await.unwrap();
     b_task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_rate_holds_across_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let limited = || EngineConfig {
+        rate_limit: Some(chat_engine::RateLimit {
+            burst: 4,
+            per_second: 0.01,
+        }),
+        data_dir: dir.path().to_path_buf(),
+        ..EngineConfig::default()
+    };
+    let cluster = |id| ClusterConfig {
+        node_id: id,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: None,
+        lease_ttl: Duration::from_millis(800),
+    };
+    let (a, a_task) = Engine::open_cluster(Arc::clone(&store), limited(), cluster(1))
+        .await
+        .unwrap();
+    until_writer(&a).await;
+    let (b, b_task) = Engine::open_cluster(Arc::clone(&store), limited(), cluster(2))
+        .await
+        .unwrap();
+    let alice = retry(async || b.guest("alice", "phone").await).await;
+    let join = Command::Join {
+        channel: "#c".into(),
+        key: None,
+    };
+    retry(async || b.command(&alice.session, join.clone(), None).await).await;
+    // The join took one token of four; three more messages pass, alternating nodes, and the next is refused
+    // whichever node it goes through: one bucket, kept by the writer.
+    for i in 0..3 {
+        let on = if i % 2 == 0 { &a } else { &b };
+        on.command(&alice.session, say(&format!("m{i}")), None)
+            .await
+            .unwrap_or_else(|e| panic!("message {i}: {e}"));
+    }
+    for on in [&a, &b] {
+        let err = on
+            .command(&alice.session, say("one too many"), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, chat_engine::EngineError::RateLimited { .. }),
+            "{err:?}"
+        );
+    }
+    a.shutdown().await.unwrap();
+    a_task.await.unwrap().unwrap();
+    b.shutdown().await.unwrap();
+    b_task.await.unwrap().unwrap();
+}
