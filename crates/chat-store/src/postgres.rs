@@ -700,15 +700,21 @@ async fn append_tx(
     for (ev, at) in batch.events.iter().zip(points) {
         apply::append_event(&mut q, ev, at, &mut deferred).await?;
     }
-    apply::flush_messages(&mut q, &mut deferred).await?;
 
     // The closing flight: every statement prepared first, then all sent together.
     let rows = &deferred.rows;
     let events = q
         .stmt(
             "INSERT INTO events (seq, ts, kind, aud, aud_at, aud_channel, aud_space, aud_user, payload)
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::smallint[], $5::bigint[],
-                 $6::bigint[], $7::bigint[], $8::bigint[], $9::bytea[])",
+             SELECT u.seq, u.ts, u.kind, u.aud, u.aud_at,
+                 CASE WHEN u.resolve THEN COALESCE(
+                     (SELECT t.parent FROM channels t WHERE t.id = u.aud_channel AND t.kind = 'thread'),
+                     u.aud_channel)
+                 ELSE u.aud_channel END,
+                 u.aud_space, u.aud_user, u.payload
+             FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::smallint[], $5::bigint[],
+                 $6::bigint[], $7::bigint[], $8::bigint[], $9::bytea[], $10::boolean[])
+                 AS u (seq, ts, kind, aud, aud_at, aud_channel, aud_space, aud_user, payload, resolve)",
         )
         .await?;
     let last_message = q
@@ -739,7 +745,9 @@ async fn append_tx(
     let replies: Vec<&[u8]> = by_key.values().map(|n| n.reply.as_slice()).collect();
     let last = batch.events.last().map(|e| e.seq);
     let last_text = last.map(|l| l.to_string());
-    let event_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+    let insert_messages = q.stmt(apply::INSERT_MESSAGES).await?;
+    let message_params = deferred.messages.params();
+    let event_params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
         &rows.seq,
         &rows.ts,
         &rows.kind,
@@ -749,6 +757,7 @@ async fn append_tx(
         &rows.aud_space,
         &rows.aud_user,
         &rows.payload,
+        &rows.resolve,
     ];
     let last_message_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
         [&channels, &messages];
@@ -768,7 +777,11 @@ async fn append_tx(
         OptionFuture::from((!clients.is_empty()).then(|| tx.execute(&cursors, &cursor_params)))
             .map(Option::transpose),
     );
-    let more = try_join(
+    let more = try_join3(
+        OptionFuture::from(
+            (!deferred.messages.is_empty()).then(|| tx.execute(&insert_messages, &message_params)),
+        )
+        .map(Option::transpose),
         OptionFuture::from((!users.is_empty()).then(|| tx.execute(&nonces, &nonce_params)))
             .map(Option::transpose),
         OptionFuture::from(notify_params.as_ref().map(|p| tx.query(&notify, p)))
