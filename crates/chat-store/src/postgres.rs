@@ -1440,7 +1440,8 @@ impl Store for PostgresStore {
     /// client programs on the machine (`pg_dump` on PATH, or in `/usr/lib/postgresql/*/bin`, the highest
     /// version first: `pg_dump` refuses a server newer than itself); without them it fails with an error
     /// saying so, and the operator runs `pg_dump` (or a base backup) directly. The dump is one consistent
-    /// snapshot, taken while the store stays in use.
+    /// snapshot, taken while the store stays in use. The URL is passed on `pg_dump`'s command line: a password
+    /// in it is visible to the machine's other users while the dump runs (prefer a `.pgpass` file).
     fn backup(&self, path: &Path) -> Result<(), StoreError> {
         let pg_dump = find_pg_dump().ok_or_else(|| {
             io("backup of a PostgreSQL database needs pg_dump (PostgreSQL's client programs), which was \

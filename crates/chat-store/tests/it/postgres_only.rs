@@ -609,3 +609,19 @@ fn usable_and_droppable_inside_an_async_runtime() {
     });
     assert!(seq > 0);
 }
+
+#[test]
+fn search_can_use_the_gin_index() {
+    let server = test_postgres::server();
+    let url = server.fresh_db();
+    drop(open(&url));
+    // With sequential and plain index scans off, the planner must find the partial GIN index usable for the
+    // search's condition (`@@` is strict, so it implies the index's `words IS NOT NULL`).
+    let plan = server.psql(
+        db_name(&url),
+        "SET enable_seqscan = off; SET enable_indexscan = off;
+         EXPLAIN SELECT id FROM messages m WHERE m.words @@ '''fox'':*'::text::tsquery
+             ORDER BY m.id DESC LIMIT 25",
+    );
+    assert!(plan.contains("messages_words"), "{plan}");
+}
