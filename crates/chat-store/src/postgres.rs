@@ -492,9 +492,18 @@ impl PostgresStore {
         &self,
         f: impl FnOnce(&mut PgConn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        // A panic while holding the writer can only come from a bug here; the connection's open transaction,
-        // if any, is rolled back when its handle drops, so the connection is still good to use.
-        let mut slot = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // A panic while holding the writer can only come from a bug here, but it may have left the connection
+        // inside a transaction an append opened by hand: such a connection is dropped (the server then rolls
+        // the transaction back) and a new one made.
+        let mut slot = match self.writer.lock() {
+            Ok(slot) => slot,
+            Err(poisoned) => {
+                let mut slot = poisoned.into_inner();
+                *slot = None;
+                self.writer.clear_poison();
+                slot
+            }
+        };
         if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
             *slot = None;
             *slot = Some(connect(self.handle(), &self.config)?);
@@ -648,30 +657,50 @@ async fn listen(config: &Config, bell: &Doorbell) {
 
 /// The append transaction. Returns the batch's last seq, if it had events.
 ///
-/// Round trips are what an append costs (a commit on the same machine takes well under a millisecond), so
-/// statements that do not wait for each other's results are pipelined: tokio-postgres sends requests polled
-/// together back to back on the one connection, and PostgreSQL runs them in the order sent. The opening
-/// checks go as one flight (the lock first: each statement reads a snapshot taken after the one before it
-/// finished, so the log's last seq is read under the lock), the closing writes as another, then `COMMIT`.
+/// Round trips are what an append costs (the statements themselves take well under a millisecond), so
+/// everything that need not wait for an answer is pipelined: tokio-postgres sends requests polled together
+/// back to back on the one connection, and PostgreSQL runs them in the order sent. An append of messages is
+/// two round trips: `BEGIN` with the checks (the lock first: each statement reads a snapshot taken after the
+/// one before it finished, so the log's last seq is read under the lock), then the writes with `COMMIT`.
+/// Sending `COMMIT` behind the writes is safe because PostgreSQL never commits a transaction in which a
+/// statement failed (its `COMMIT` rolls back), and the append reports success only if every write and the
+/// commit succeeded. The transaction is opened by hand rather than with tokio-postgres's `Transaction`,
+/// whose `BEGIN` would be a round trip of its own; [`PostgresStore::write`] drops a connection a panic left
+/// inside it.
 async fn append_tx(
     conn: &mut PgConn,
     term: Option<u64>,
     batch: &Batch<'_>,
 ) -> Result<Option<Seq>, StoreError> {
-    use futures_util::future::{OptionFuture, try_join, try_join3};
-
     let PgConn { client, stmts } = conn;
-    let tx = client.transaction().await.db()?;
-    let mut q = Q::new(&tx, stmts);
+    let mut q = Q::new(&*client, stmts);
+    let out = append_in(&mut q, term, batch).await;
+    if out.is_err() {
+        // Ends the transaction if it is still open (a refused batch, a failed statement); after a failed
+        // COMMIT, or on a broken connection, there is nothing to end and this fails too, harmlessly.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    out
+}
+
+async fn append_in(
+    q: &mut Q<'_, Client>,
+    term: Option<u64>,
+    batch: &Batch<'_>,
+) -> Result<Option<Seq>, StoreError> {
+    use futures_util::future::{OptionFuture, join3, try_join3, try_join4};
+
     let lock = q.stmt("SELECT pg_advisory_xact_lock($1)").await?;
     let lease = q
         .stmt("SELECT term FROM lease WHERE one FOR UPDATE")
         .await?;
     let max = q.stmt("SELECT COALESCE(MAX(seq), 0) FROM events").await?;
-    let (_, current, last) = try_join3(
-        tx.query(&lock, &[&APPEND_LOCK]),
-        OptionFuture::from(term.map(|_| tx.query_opt(&lease, &[]))).map(Option::transpose),
-        OptionFuture::from(batch.events.first().map(|_| tx.query_one(&max, &[])))
+    let c = q.c;
+    let (_, _, current, last) = try_join4(
+        c.batch_execute("BEGIN"),
+        c.query(&lock, &[&APPEND_LOCK]),
+        OptionFuture::from(term.map(|_| c.query_opt(&lease, &[]))).map(Option::transpose),
+        OptionFuture::from(batch.events.first().map(|_| c.query_one(&max, &[])))
             .map(Option::transpose),
     )
     .await
@@ -698,7 +727,7 @@ async fn append_tx(
     let points = crate::project::audience_points(batch.events, batch.command_ends);
     let mut deferred = Deferred::default();
     for (ev, at) in batch.events.iter().zip(points) {
-        apply::append_event(&mut q, ev, at, &mut deferred).await?;
+        apply::append_event(q, ev, at, &mut deferred).await?;
     }
 
     // The closing flight: every statement prepared first, then all sent together.
@@ -768,28 +797,33 @@ async fn append_tx(
         .as_ref()
         .map(|l| -> [&(dyn tokio_postgres::types::ToSql + Sync); 2] { [&CHANNEL, l] });
     let writes = try_join3(
-        OptionFuture::from((!rows.seq.is_empty()).then(|| tx.execute(&events, &event_params)))
+        OptionFuture::from((!rows.seq.is_empty()).then(|| c.execute(&events, &event_params)))
             .map(Option::transpose),
         OptionFuture::from(
-            (!channels.is_empty()).then(|| tx.execute(&last_message, &last_message_params)),
+            (!channels.is_empty()).then(|| c.execute(&last_message, &last_message_params)),
         )
         .map(Option::transpose),
-        OptionFuture::from((!clients.is_empty()).then(|| tx.execute(&cursors, &cursor_params)))
+        OptionFuture::from((!clients.is_empty()).then(|| c.execute(&cursors, &cursor_params)))
             .map(Option::transpose),
     );
     let more = try_join3(
         OptionFuture::from(
-            (!deferred.messages.is_empty()).then(|| tx.execute(&insert_messages, &message_params)),
+            (!deferred.messages.is_empty()).then(|| c.execute(&insert_messages, &message_params)),
         )
         .map(Option::transpose),
-        OptionFuture::from((!users.is_empty()).then(|| tx.execute(&nonces, &nonce_params)))
+        OptionFuture::from((!users.is_empty()).then(|| c.execute(&nonces, &nonce_params)))
             .map(Option::transpose),
-        OptionFuture::from(notify_params.as_ref().map(|p| tx.query(&notify, p)))
+        OptionFuture::from(notify_params.as_ref().map(|p| c.query(&notify, p)))
             .map(Option::transpose),
     );
-    try_join(writes, more).await.db()?;
-    // Never cancelled, never timed out (see the module doc). An error here leaves the outcome unknown.
-    tx.commit().await.db()?;
+    // Never cancelled, never timed out (see the module doc). Every answer is awaited, the commit's too, so
+    // that the connection is left with no request in flight whatever failed.
+    let (writes, more, commit) = join3(writes, more, c.batch_execute("COMMIT")).await;
+    writes.db()?;
+    more.db()?;
+    // Only now is a failure the commit's own: its outcome is unknown (the connection broke, or the server
+    // went away while it waited for a synchronous standby).
+    commit.db()?;
     Ok(last)
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use chat_core::{Event, OverwriteTarget};
 use chat_log::StoreError;
-use tokio_postgres::Transaction;
+use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
 use super::db::{Q, col};
@@ -15,7 +15,8 @@ use super::search;
 use super::{bound, encode, sql};
 use crate::project::{self, AUD_CHANNEL, AUD_CHANNEL_AND, Effect};
 
-pub(super) type TxQ<'a, 'b> = Q<'a, Transaction<'b>>;
+/// Statements of an append, run on the writer's client inside the transaction the append opened itself.
+pub(super) type TxQ<'a> = Q<'a, Client>;
 
 /// What an append gathers while it applies events, to write once per batch.
 #[derive(Default)]
@@ -93,7 +94,7 @@ impl MessageRows {
 }
 
 /// Inserts the buffered messages now: before an effect that may read or change them.
-async fn flush_messages(q: &mut TxQ<'_, '_>, deferred: &mut Deferred) -> Result<(), StoreError> {
+async fn flush_messages(q: &mut TxQ<'_>, deferred: &mut Deferred) -> Result<(), StoreError> {
     if deferred.messages.is_empty() {
         return Ok(());
     }
@@ -126,12 +127,7 @@ fn target_cols(t: OverwriteTarget) -> (i16, i64) {
     }
 }
 
-async fn space_join(
-    q: &mut TxQ<'_, '_>,
-    seq: i64,
-    space: i64,
-    user: i64,
-) -> Result<(), StoreError> {
+async fn space_join(q: &mut TxQ<'_>, seq: i64, space: i64, user: i64) -> Result<(), StoreError> {
     q.exec(
         "INSERT INTO space_members (space, user_id, from_seq)
          SELECT $1::bigint, $2::bigint, $3::bigint WHERE NOT EXISTS (
@@ -144,7 +140,7 @@ async fn space_join(
 }
 
 /// Removes channels with their threads (at any depth): memberships end, their messages leave history.
-async fn channels_gone(q: &mut TxQ<'_, '_>, seq: i64, roots: &[i64]) -> Result<(), StoreError> {
+async fn channels_gone(q: &mut TxQ<'_>, seq: i64, roots: &[i64]) -> Result<(), StoreError> {
     let rows = q
         .query(
             "WITH RECURSIVE gone (id) AS (
@@ -180,7 +176,7 @@ async fn channels_gone(q: &mut TxQ<'_, '_>, seq: i64, roots: &[i64]) -> Result<(
 
 /// Ends `user`'s open channel memberships in the channels `channels` (a subquery) selects.
 async fn leave_channels(
-    q: &mut TxQ<'_, '_>,
+    q: &mut TxQ<'_>,
     seq: i64,
     user: i64,
     channels: &str,
@@ -201,7 +197,7 @@ const NETWORK: &str =
 
 /// Applies one projected effect inside the append transaction.
 async fn apply(
-    q: &mut TxQ<'_, '_>,
+    q: &mut TxQ<'_>,
     ev: &Event,
     effect: Effect<'_>,
     deferred: &mut Deferred,
@@ -778,7 +774,7 @@ async fn apply(
 /// Resolves the audience channels of the rows gathered so far to the channels whose members receive them (a
 /// thread's parent), as the channels table stands now: before an effect that may change it. Rows gathered
 /// after the last change are resolved by the statement that inserts them, which sees the same table.
-async fn resolve_audiences(q: &mut TxQ<'_, '_>, deferred: &mut Deferred) -> Result<(), StoreError> {
+async fn resolve_audiences(q: &mut TxQ<'_>, deferred: &mut Deferred) -> Result<(), StoreError> {
     let rows = &mut deferred.rows;
     let pending: Vec<i64> = rows
         .aud_channel
@@ -811,7 +807,7 @@ async fn resolve_audiences(q: &mut TxQ<'_, '_>, deferred: &mut Deferred) -> Resu
 
 /// Applies one event's effects and gathers its log row.
 pub(super) async fn append_event(
-    q: &mut TxQ<'_, '_>,
+    q: &mut TxQ<'_>,
     ev: &Event,
     at: u64,
     deferred: &mut Deferred,

@@ -625,3 +625,78 @@ fn search_can_use_the_gin_index() {
     );
     assert!(plan.contains("messages_words"), "{plan}");
 }
+
+#[test]
+fn a_batch_failing_inside_postgres_is_rolled_back_and_the_connection_stays_usable() {
+    let server = test_postgres::server();
+    let url = server.fresh_db();
+    let s = open(&url);
+    // The core is deterministic: the same set-up makes the same events, so each case starts from a world the
+    // store agrees with.
+    let setup = || {
+        let mut w = World::new();
+        let (_, a) = w.guest("alice");
+        let ch = w.join(a, "#rust");
+        (w, a, ch)
+    };
+    setup().0.flush(&s);
+    let client = chat_core::ClientId::from_raw(7).unwrap();
+    // Constraints planted behind the store's back make a statement fail inside the transaction: among the
+    // closing writes sent together with COMMIT (a message body), or among the effects before them (a
+    // channel's name).
+    server.psql(
+        db_name(&url),
+        "ALTER TABLE messages ADD CHECK (body <> 'boom');
+         ALTER TABLE channels ADD CHECK (name <> '#boom')",
+    );
+    for case in 0..2 {
+        let (mut w, a, ch) = setup();
+        let _ = w.take_commands();
+        let last = s.last_seq().unwrap();
+        assert_eq!(w.core.last_seq(), last);
+        w.say(a, "#rust", "fine");
+        if case == 0 {
+            w.say(a, "#rust", "boom");
+        } else {
+            w.join(a, "#boom");
+        }
+        let (events, ends) = w.take_commands();
+        let r = s.append(&Batch {
+            events: &events,
+            command_ends: &ends,
+            cursors: &[(client, last + 1)],
+            ..Batch::default()
+        });
+        assert!(
+            matches!(r, Err(StoreError::Database(_))),
+            "case {case}: {r:?}"
+        );
+        assert_eq!(
+            s.last_seq().unwrap(),
+            last,
+            "nothing of the batch is in the log"
+        );
+        assert!(s.cursors().unwrap().is_empty(), "nor its cursors");
+        let history = s
+            .history(&chat_store::HistoryQuery {
+                channel: ch,
+                before: None,
+                after: None,
+                around: None,
+                limit: 100,
+            })
+            .unwrap();
+        assert!(
+            history.iter().all(|m| m.body != "fine"),
+            "nor its messages: {history:?}"
+        );
+        // The same connection goes on: an empty batch commits, with its cursor.
+        s.append(&Batch {
+            cursors: &[(client, last)],
+            ..Batch::default()
+        })
+        .unwrap();
+        assert_eq!(s.cursors().unwrap(), [(client, last)]);
+        server.psql(db_name(&url), "DELETE FROM cursors");
+    }
+}
