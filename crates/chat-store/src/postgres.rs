@@ -17,6 +17,10 @@
 //!   methods drive the *client* futures, which talk to their connection over channels and need no tokio
 //!   context, with `futures_executor::block_on`. That works from any thread, async or not. Connecting does
 //!   need the runtime (it opens sockets): it is spawned on it and its handle awaited the same way.
+//! - **Evidence.** `tests/it/postgres_only.rs` opens a store through `postgres://u@127.0.0.1:1,127.0.0.1:P/db?
+//!   target_session_attrs=read-write` (the first host refuses) and keeps using it across a server restart
+//!   (`a_restarted_server_is_reconnected_and_multi_host_urls_fail_over`), and opens, uses and drops a store
+//!   on a worker of another tokio runtime (`usable_and_droppable_inside_an_async_runtime`).
 //! - **Connections.** One writer connection behind a mutex (every write goes through it, as in the SQLite
 //!   store, so this process's writes never deadlock each other) and a pool of readers. A connection that
 //!   reports itself closed (its server died, or was demoted in a failover) is dropped and replaced on next use;
