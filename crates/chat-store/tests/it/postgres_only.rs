@@ -178,13 +178,17 @@ fn a_lease_taken_over_after_expiry_fences_the_old_holder() {
     let batches = command_batches(2);
     assert_eq!(a.lease().unwrap(), None);
     let t1 = a
-        .try_lead(1, "a:1", Duration::from_millis(100))
+        .try_lead(1, "a:1", Duration::from_secs(2))
         .unwrap()
         .unwrap();
     a.append_fenced(t1, &batch(&batches[0])).unwrap();
     assert_eq!(b.try_lead(2, "b:1", Duration::from_secs(60)).unwrap(), None);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(!b.lease().unwrap().unwrap().live);
+    // The lease runs out by the database's clock.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.lease().unwrap().unwrap().live {
+        assert!(Instant::now() < deadline, "the lease never expired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // A still believes it leads (a pause, a lost connection): B takes over.
     let t2 = b
         .try_lead(2, "b:1", Duration::from_secs(60))
@@ -259,11 +263,9 @@ fn wait_commit_wakes_on_another_stores_commit() {
     writer.append(&batch(&batches[1])).unwrap();
     let committed = writer.last_seq().unwrap();
     let (seq, waited) = waiter.join().unwrap();
+    // The commit's seq, not the one waited after: it did not return before the commit.
     assert_eq!(seq, committed);
-    assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_secs(10),
-        "{waited:?}"
-    );
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
     // Already past: no wait at all.
     let t = Instant::now();
     assert_eq!(
