@@ -17,6 +17,10 @@
 //!   methods drive the *client* futures, which talk to their connection over channels and need no tokio
 //!   context, with `futures_executor::block_on`. That works from any thread, async or not. Connecting does
 //!   need the runtime (it opens sockets): it is spawned on it and its handle awaited the same way.
+//! - **Evidence.** `tests/it/postgres_only.rs` opens a store through `postgres://u@127.0.0.1:1,127.0.0.1:P/db?
+//!   target_session_attrs=read-write` (the first host refuses) and keeps using it across a server restart
+//!   (`a_restarted_server_is_reconnected_and_multi_host_urls_fail_over`), and opens, uses and drops a store
+//!   on a worker of another tokio runtime (`usable_and_droppable_inside_an_async_runtime`).
 //! - **Connections.** One writer connection behind a mutex (every write goes through it, as in the SQLite
 //!   store, so this process's writes never deadlock each other) and a pool of readers. A connection that
 //!   reports itself closed (its server died, or was demoted in a failover) is dropped and replaced on next use;
@@ -509,9 +513,18 @@ impl PostgresStore {
         &self,
         f: impl FnOnce(&mut PgConn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        // A panic while holding the writer can only come from a bug here; the connection's open transaction,
-        // if any, is rolled back when its handle drops, so the connection is still good to use.
-        let mut slot = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // A panic while holding the writer can only come from a bug here, but it may have left the connection
+        // inside a transaction an append opened by hand: such a connection is dropped (the server then rolls
+        // the transaction back) and a new one made.
+        let mut slot = match self.writer.lock() {
+            Ok(slot) => slot,
+            Err(poisoned) => {
+                let mut slot = poisoned.into_inner();
+                *slot = None;
+                self.writer.clear_poison();
+                slot
+            }
+        };
         if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
             *slot = None;
             *slot = Some(connect(self.handle(), &self.config)?);
@@ -665,30 +678,50 @@ async fn listen(config: &Config, bell: &Doorbell) {
 
 /// The append transaction. Returns the batch's last seq, if it had events.
 ///
-/// Round trips are what an append costs (a commit on the same machine takes well under a millisecond), so
-/// statements that do not wait for each other's results are pipelined: tokio-postgres sends requests polled
-/// together back to back on the one connection, and PostgreSQL runs them in the order sent. The opening
-/// checks go as one flight (the lock first: each statement reads a snapshot taken after the one before it
-/// finished, so the log's last seq is read under the lock), the closing writes as another, then `COMMIT`.
+/// Round trips are what an append costs (the statements themselves take well under a millisecond), so
+/// everything that need not wait for an answer is pipelined: tokio-postgres sends requests polled together
+/// back to back on the one connection, and PostgreSQL runs them in the order sent. An append of messages is
+/// two round trips: `BEGIN` with the checks (the lock first: each statement reads a snapshot taken after the
+/// one before it finished, so the log's last seq is read under the lock), then the writes with `COMMIT`.
+/// Sending `COMMIT` behind the writes is safe because PostgreSQL never commits a transaction in which a
+/// statement failed (its `COMMIT` rolls back), and the append reports success only if every write and the
+/// commit succeeded. The transaction is opened by hand rather than with tokio-postgres's `Transaction`,
+/// whose `BEGIN` would be a round trip of its own; [`PostgresStore::write`] drops a connection a panic left
+/// inside it.
 async fn append_tx(
     conn: &mut PgConn,
     term: Option<u64>,
     batch: &Batch<'_>,
 ) -> Result<Option<Seq>, StoreError> {
-    use futures_util::future::{OptionFuture, try_join, try_join3};
-
     let PgConn { client, stmts } = conn;
-    let tx = client.transaction().await.db()?;
-    let mut q = Q::new(&tx, stmts);
+    let mut q = Q::new(&*client, stmts);
+    let out = append_in(&mut q, term, batch).await;
+    if out.is_err() {
+        // Ends the transaction if it is still open (a refused batch, a failed statement); after a failed
+        // COMMIT, or on a broken connection, there is nothing to end and this fails too, harmlessly.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    out
+}
+
+async fn append_in(
+    q: &mut Q<'_, Client>,
+    term: Option<u64>,
+    batch: &Batch<'_>,
+) -> Result<Option<Seq>, StoreError> {
+    use futures_util::future::{OptionFuture, join3, try_join3, try_join4};
+
     let lock = q.stmt("SELECT pg_advisory_xact_lock($1)").await?;
     let lease = q
         .stmt("SELECT term FROM lease WHERE one FOR UPDATE")
         .await?;
     let max = q.stmt("SELECT COALESCE(MAX(seq), 0) FROM events").await?;
-    let (_, current, last) = try_join3(
-        tx.query(&lock, &[&APPEND_LOCK]),
-        OptionFuture::from(term.map(|_| tx.query_opt(&lease, &[]))).map(Option::transpose),
-        OptionFuture::from(batch.events.first().map(|_| tx.query_one(&max, &[])))
+    let c = q.c;
+    let (_, _, current, last) = try_join4(
+        c.batch_execute("BEGIN"),
+        c.query(&lock, &[&APPEND_LOCK]),
+        OptionFuture::from(term.map(|_| c.query_opt(&lease, &[]))).map(Option::transpose),
+        OptionFuture::from(batch.events.first().map(|_| c.query_one(&max, &[])))
             .map(Option::transpose),
     )
     .await
@@ -715,17 +748,23 @@ async fn append_tx(
     let points = crate::project::audience_points(batch.events, batch.command_ends);
     let mut deferred = Deferred::default();
     for (ev, at) in batch.events.iter().zip(points) {
-        apply::append_event(&mut q, ev, at, &mut deferred).await?;
+        apply::append_event(q, ev, at, &mut deferred).await?;
     }
-    apply::flush_messages(&mut q, &mut deferred).await?;
 
     // The closing flight: every statement prepared first, then all sent together.
     let rows = &deferred.rows;
     let events = q
         .stmt(
             "INSERT INTO events (seq, ts, kind, aud, aud_at, aud_channel, aud_space, aud_user, payload)
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::smallint[], $5::bigint[],
-                 $6::bigint[], $7::bigint[], $8::bigint[], $9::bytea[])",
+             SELECT u.seq, u.ts, u.kind, u.aud, u.aud_at,
+                 CASE WHEN u.resolve THEN COALESCE(
+                     (SELECT t.parent FROM channels t WHERE t.id = u.aud_channel AND t.kind = 'thread'),
+                     u.aud_channel)
+                 ELSE u.aud_channel END,
+                 u.aud_space, u.aud_user, u.payload
+             FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::smallint[], $5::bigint[],
+                 $6::bigint[], $7::bigint[], $8::bigint[], $9::bytea[], $10::boolean[])
+                 AS u (seq, ts, kind, aud, aud_at, aud_channel, aud_space, aud_user, payload, resolve)",
         )
         .await?;
     let last_message = q
@@ -756,7 +795,9 @@ async fn append_tx(
     let replies: Vec<&[u8]> = by_key.values().map(|n| n.reply.as_slice()).collect();
     let last = batch.events.last().map(|e| e.seq);
     let last_text = last.map(|l| l.to_string());
-    let event_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+    let insert_messages = q.stmt(apply::INSERT_MESSAGES).await?;
+    let message_params = deferred.messages.params();
+    let event_params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
         &rows.seq,
         &rows.ts,
         &rows.kind,
@@ -766,6 +807,7 @@ async fn append_tx(
         &rows.aud_space,
         &rows.aud_user,
         &rows.payload,
+        &rows.resolve,
     ];
     let last_message_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
         [&channels, &messages];
@@ -776,24 +818,33 @@ async fn append_tx(
         .as_ref()
         .map(|l| -> [&(dyn tokio_postgres::types::ToSql + Sync); 2] { [&CHANNEL, l] });
     let writes = try_join3(
-        OptionFuture::from((!rows.seq.is_empty()).then(|| tx.execute(&events, &event_params)))
+        OptionFuture::from((!rows.seq.is_empty()).then(|| c.execute(&events, &event_params)))
             .map(Option::transpose),
         OptionFuture::from(
-            (!channels.is_empty()).then(|| tx.execute(&last_message, &last_message_params)),
+            (!channels.is_empty()).then(|| c.execute(&last_message, &last_message_params)),
         )
         .map(Option::transpose),
-        OptionFuture::from((!clients.is_empty()).then(|| tx.execute(&cursors, &cursor_params)))
+        OptionFuture::from((!clients.is_empty()).then(|| c.execute(&cursors, &cursor_params)))
             .map(Option::transpose),
     );
-    let more = try_join(
-        OptionFuture::from((!users.is_empty()).then(|| tx.execute(&nonces, &nonce_params)))
+    let more = try_join3(
+        OptionFuture::from(
+            (!deferred.messages.is_empty()).then(|| c.execute(&insert_messages, &message_params)),
+        )
+        .map(Option::transpose),
+        OptionFuture::from((!users.is_empty()).then(|| c.execute(&nonces, &nonce_params)))
             .map(Option::transpose),
-        OptionFuture::from(notify_params.as_ref().map(|p| tx.query(&notify, p)))
+        OptionFuture::from(notify_params.as_ref().map(|p| c.query(&notify, p)))
             .map(Option::transpose),
     );
-    try_join(writes, more).await.db()?;
-    // Never cancelled, never timed out (see the module doc). An error here leaves the outcome unknown.
-    tx.commit().await.db()?;
+    // Never cancelled, never timed out (see the module doc). Every answer is awaited, the commit's too, so
+    // that the connection is left with no request in flight whatever failed.
+    let (writes, more, commit) = join3(writes, more, c.batch_execute("COMMIT")).await;
+    writes.db()?;
+    more.db()?;
+    // Only now is a failure the commit's own: its outcome is unknown (the connection broke, or the server
+    // went away while it waited for a synchronous standby).
+    commit.db()?;
     Ok(last)
 }
 
@@ -1444,7 +1495,8 @@ impl Store for PostgresStore {
     /// client programs on the machine (`pg_dump` on PATH, or in `/usr/lib/postgresql/*/bin`, the highest
     /// version first: `pg_dump` refuses a server newer than itself); without them it fails with an error
     /// saying so, and the operator runs `pg_dump` (or a base backup) directly. The dump is one consistent
-    /// snapshot, taken while the store stays in use.
+    /// snapshot, taken while the store stays in use. The URL is passed on `pg_dump`'s command line: a password
+    /// in it is visible to the machine's other users while the dump runs (prefer a `.pgpass` file).
     fn backup(&self, path: &Path) -> Result<(), StoreError> {
         let pg_dump = find_pg_dump().ok_or_else(|| {
             io("backup of a PostgreSQL database needs pg_dump (PostgreSQL's client programs), which was \

@@ -312,6 +312,77 @@ impl Server {
         run(pg_ctl, "pg_ctl stop");
     }
 
+    /// Starts a streaming standby of `primary` (a base backup with `pg_basebackup -R`, then its own port and
+    /// socket, with `options.conf` appended), and waits until it accepts connections. With
+    /// `synchronous = true` the primary is reconfigured to wait for it (`synchronous_standby_names`, reloaded)
+    /// and the call returns once the primary reports the standby as synchronous.
+    pub fn standby_of(primary: &Server, options: Options, synchronous: bool) -> Server {
+        let standby = Server::start_new(Options {
+            empty: true,
+            ..options.clone()
+        });
+        let name = format!("standby{}", standby.port);
+        let mut backup = standby.command("pg_basebackup");
+        backup
+            .arg("-D")
+            .arg(standby.data_dir())
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                SUPERUSER,
+            ])
+            .args(["-R", "-X", "stream", "--no-sync"]);
+        run(backup, "pg_basebackup");
+        standby.configure(&options);
+        // The standby names itself to the primary, which `synchronous_standby_names` refers to. The line goes
+        // last into postgresql.auto.conf, where `-R` put its own, which it overrides.
+        let auto = standby.data_dir().join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+        text.push_str(&format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user={SUPERUSER} application_name={name}'\n",
+            primary.port
+        ));
+        std::fs::write(&auto, text).expect("write postgresql.auto.conf");
+        standby.start();
+        if synchronous {
+            primary.psql(
+                "postgres",
+                &format!("ALTER SYSTEM SET synchronous_standby_names = '{name}'"),
+            );
+            primary.psql("postgres", "SELECT pg_reload_conf()");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let state = primary.psql(
+                    "postgres",
+                    &format!("SELECT sync_state FROM pg_stat_replication WHERE application_name = '{name}'"),
+                );
+                if state.trim() == "sync" {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the standby did not become synchronous in 30 s (state {state:?})\n--- primary log:\n{}",
+                    primary.log()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        standby
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote`, waiting until it is done).
+    pub fn promote(&self) {
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-w", "-t", "60", "promote"]);
+        run(pg_ctl, "pg_ctl promote");
+    }
+
     /// Kills the postmaster with SIGKILL, as a crash of the machine's server would (its backends notice and
     /// exit; recovery runs at the next start). Returns once the postmaster is gone.
     pub fn kill9(&self) {
@@ -425,5 +496,52 @@ impl Drop for Server {
                 .status();
         }
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_server_makes_separate_databases() {
+        let s = server();
+        let (a, b) = (s.fresh_db(), s.fresh_db());
+        assert_ne!(a, b);
+        let db = a.rsplit('/').next().unwrap();
+        s.psql(db, "CREATE TABLE t (x INT); INSERT INTO t VALUES (1)");
+        assert_eq!(s.psql(db, "SELECT count(*) FROM t"), "1\n");
+        let other = b.rsplit('/').next().unwrap();
+        assert_eq!(
+            s.psql(
+                other,
+                "SELECT count(*) FROM pg_tables WHERE tablename = 't'"
+            ),
+            "0\n"
+        );
+        assert!(std::ptr::eq(s, server()), "one server per process");
+    }
+
+    #[test]
+    fn a_synchronous_standby_keeps_commits_through_kill9_and_promotion() {
+        let primary = Server::start_new(Options::default());
+        let standby = Server::standby_of(&primary, Options::default(), true);
+        primary.psql(
+            "postgres",
+            "CREATE TABLE t (x INT); INSERT INTO t VALUES (1), (2)",
+        );
+        // Committed on the primary means flushed on the synchronous standby: nothing waits here.
+        primary.kill9();
+        standby.promote();
+        assert_eq!(standby.psql("postgres", "SELECT sum(x) FROM t"), "3\n");
+        standby.psql("postgres", "INSERT INTO t VALUES (3)");
+        assert_eq!(
+            standby.psql("postgres", "SELECT pg_is_in_recovery()"),
+            "f\n"
+        );
+        drop(primary);
+        let root = standby.root().to_path_buf();
+        drop(standby);
+        assert!(!root.exists(), "a dropped server's dir is removed");
     }
 }

@@ -5,35 +5,34 @@
 
 use std::collections::BTreeMap;
 
-use chat_core::{ChannelId, Event, OverwriteTarget};
+use chat_core::{Event, OverwriteTarget};
 use chat_log::StoreError;
-use tokio_postgres::Transaction;
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
 
 use super::db::{Q, col};
 use super::search;
 use super::{bound, encode, sql};
 use crate::project::{self, AUD_CHANNEL, AUD_CHANNEL_AND, Effect};
 
-pub(super) type TxQ<'a, 'b> = Q<'a, Transaction<'b>>;
+/// Statements of an append, run on the writer's client inside the transaction the append opened itself.
+pub(super) type TxQ<'a> = Q<'a, Client>;
 
 /// What an append gathers while it applies events, to write once per batch.
 #[derive(Default)]
 pub(super) struct Deferred {
     /// Each channel's newest message in the batch: `channels.last_message` is written once per channel.
     pub(super) last_message: BTreeMap<i64, i64>,
-    /// Channels whose members receive a channel's events (a thread's parent), as found so far in this batch.
-    /// Cleared whenever a channel is created, changed or removed.
-    membership: BTreeMap<i64, i64>,
     /// The log's rows, inserted together at the end of the batch in one statement.
     pub(super) rows: EventRows,
     /// New messages not yet inserted: a run of them goes in as one statement, before the next effect of
     /// another kind (which may read or change them) and at the end of the batch.
-    messages: MessageRows,
+    pub(super) messages: MessageRows,
 }
 
 /// The columns of new messages, as arrays for one `INSERT ... SELECT FROM UNNEST`.
 #[derive(Default)]
-struct MessageRows {
+pub(super) struct MessageRows {
     id: Vec<i64>,
     seq: Vec<i64>,
     ts: Vec<i64>,
@@ -52,48 +51,55 @@ struct MessageRows {
     words: Vec<Option<String>>,
 }
 
-/// Inserts the buffered messages, in their order (the first of two with one id wins, as row by row).
-pub(super) async fn flush_messages(
-    q: &mut TxQ<'_, '_>,
-    deferred: &mut Deferred,
-) -> Result<(), StoreError> {
-    if deferred.messages.id.is_empty() {
+/// Inserts the rows of [`MessageRows::params`], in their order (the first of two with one id wins, as row
+/// by row).
+pub(super) const INSERT_MESSAGES: &str = "INSERT INTO messages (id, seq, ts, channel, space, author, kind, body,
+         meta, reply_to, thread, mention_everyone, embeds, pinned, edited_at, nonce, mentions, attachments, words)
+     SELECT u.id, u.seq, u.ts, u.channel, (SELECT space FROM channels WHERE id = u.channel), u.author,
+         u.kind, u.body, u.meta, u.reply_to, u.thread, u.mention_everyone, u.embeds, FALSE, NULL,
+         u.nonce, u.mentions, u.attachments, u.words::tsvector
+     FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[],
+         $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::boolean[], $12::text[], $13::text[],
+         $14::bytea[], $15::bytea[], $16::text[])
+         WITH ORDINALITY AS u (id, seq, ts, channel, author, kind, body, meta, reply_to, thread,
+             mention_everyone, embeds, nonce, mentions, attachments, words, ord)
+     ORDER BY u.ord
+     ON CONFLICT (id) DO NOTHING";
+
+impl MessageRows {
+    pub(super) fn is_empty(&self) -> bool {
+        self.id.is_empty()
+    }
+
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 16] {
+        [
+            &self.id,
+            &self.seq,
+            &self.ts,
+            &self.channel,
+            &self.author,
+            &self.kind,
+            &self.body,
+            &self.meta,
+            &self.reply_to,
+            &self.thread,
+            &self.mention_everyone,
+            &self.embeds,
+            &self.nonce,
+            &self.mentions,
+            &self.attachments,
+            &self.words,
+        ]
+    }
+}
+
+/// Inserts the buffered messages now: before an effect that may read or change them.
+async fn flush_messages(q: &mut TxQ<'_>, deferred: &mut Deferred) -> Result<(), StoreError> {
+    if deferred.messages.is_empty() {
         return Ok(());
     }
     let m = std::mem::take(&mut deferred.messages);
-    q.exec(
-        "INSERT INTO messages (id, seq, ts, channel, space, author, kind, body, meta, reply_to, thread,
-             mention_everyone, embeds, pinned, edited_at, nonce, mentions, attachments, words)
-         SELECT u.id, u.seq, u.ts, u.channel, (SELECT space FROM channels WHERE id = u.channel), u.author,
-             u.kind, u.body, u.meta, u.reply_to, u.thread, u.mention_everyone, u.embeds, FALSE, NULL,
-             u.nonce, u.mentions, u.attachments, u.words::tsvector
-         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[],
-             $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::boolean[], $12::text[], $13::text[],
-             $14::bytea[], $15::bytea[], $16::text[])
-             WITH ORDINALITY AS u (id, seq, ts, channel, author, kind, body, meta, reply_to, thread,
-                 mention_everyone, embeds, nonce, mentions, attachments, words, ord)
-         ORDER BY u.ord
-         ON CONFLICT (id) DO NOTHING",
-        &[
-            &m.id,
-            &m.seq,
-            &m.ts,
-            &m.channel,
-            &m.author,
-            &m.kind,
-            &m.body,
-            &m.meta,
-            &m.reply_to,
-            &m.thread,
-            &m.mention_everyone,
-            &m.embeds,
-            &m.nonce,
-            &m.mentions,
-            &m.attachments,
-            &m.words,
-        ],
-    )
-    .await?;
+    q.exec(INSERT_MESSAGES, &m.params()).await?;
     Ok(())
 }
 
@@ -106,6 +112,9 @@ pub(super) struct EventRows {
     pub(super) aud: Vec<i16>,
     pub(super) aud_at: Vec<i64>,
     pub(super) aud_channel: Vec<Option<i64>>,
+    /// Whether `aud_channel` still names the event's own channel, to be resolved to the channel whose members
+    /// receive it (a thread's parent) by the statement that inserts the rows.
+    pub(super) resolve: Vec<bool>,
     pub(super) aud_space: Vec<Option<i64>>,
     pub(super) aud_user: Vec<Option<i64>>,
     pub(super) payload: Vec<Vec<u8>>,
@@ -118,12 +127,7 @@ fn target_cols(t: OverwriteTarget) -> (i16, i64) {
     }
 }
 
-async fn space_join(
-    q: &mut TxQ<'_, '_>,
-    seq: i64,
-    space: i64,
-    user: i64,
-) -> Result<(), StoreError> {
+async fn space_join(q: &mut TxQ<'_>, seq: i64, space: i64, user: i64) -> Result<(), StoreError> {
     q.exec(
         "INSERT INTO space_members (space, user_id, from_seq)
          SELECT $1::bigint, $2::bigint, $3::bigint WHERE NOT EXISTS (
@@ -136,7 +140,7 @@ async fn space_join(
 }
 
 /// Removes channels with their threads (at any depth): memberships end, their messages leave history.
-async fn channels_gone(q: &mut TxQ<'_, '_>, seq: i64, roots: &[i64]) -> Result<(), StoreError> {
+async fn channels_gone(q: &mut TxQ<'_>, seq: i64, roots: &[i64]) -> Result<(), StoreError> {
     let rows = q
         .query(
             "WITH RECURSIVE gone (id) AS (
@@ -172,7 +176,7 @@ async fn channels_gone(q: &mut TxQ<'_, '_>, seq: i64, roots: &[i64]) -> Result<(
 
 /// Ends `user`'s open channel memberships in the channels `channels` (a subquery) selects.
 async fn leave_channels(
-    q: &mut TxQ<'_, '_>,
+    q: &mut TxQ<'_>,
     seq: i64,
     user: i64,
     channels: &str,
@@ -193,7 +197,7 @@ const NETWORK: &str =
 
 /// Applies one projected effect inside the append transaction.
 async fn apply(
-    q: &mut TxQ<'_, '_>,
+    q: &mut TxQ<'_>,
     ev: &Event,
     effect: Effect<'_>,
     deferred: &mut Deferred,
@@ -202,6 +206,12 @@ async fn apply(
     let ts = bound(ev.ts);
     if !matches!(effect, Effect::Message(_)) {
         flush_messages(q, deferred).await?;
+    }
+    if matches!(
+        effect,
+        Effect::Channel { .. } | Effect::ChannelGone(_) | Effect::SpaceGone(_)
+    ) {
+        resolve_audiences(q, deferred).await?;
     }
     match effect {
         Effect::User {
@@ -378,7 +388,6 @@ async fn apply(
                 .map(|r| col::<i64>(r, 0))
                 .collect::<Result<Vec<_>, _>>()?;
             channels_gone(q, seq, &channels).await?;
-            deferred.membership.clear();
             q.exec(
                 "UPDATE space_members SET to_seq = $1 WHERE space = $2 AND to_seq IS NULL",
                 &[&seq, &s],
@@ -478,7 +487,6 @@ async fn apply(
             .await?;
         }
         Effect::Channel { info, created } => {
-            deferred.membership.clear();
             let c = sql(info.id.get());
             let topic = info.topic.as_ref();
             let topic_text = topic.map(|t| t.text.as_str());
@@ -546,7 +554,6 @@ async fn apply(
             }
         }
         Effect::ChannelGone(channel) => {
-            deferred.membership.clear();
             channels_gone(q, seq, &[sql(channel.get())]).await?;
         }
         Effect::ChannelJoin {
@@ -764,32 +771,43 @@ async fn apply(
     Ok(())
 }
 
-/// The channel whose members receive `channel`'s events: a thread's parent, else the channel itself.
-async fn membership_channel(
-    q: &mut TxQ<'_, '_>,
-    channel: ChannelId,
-    deferred: &mut Deferred,
-) -> Result<i64, StoreError> {
-    let c = sql(channel.get());
-    if let Some(m) = deferred.membership.get(&c) {
-        return Ok(*m);
+/// Resolves the audience channels of the rows gathered so far to the channels whose members receive them (a
+/// thread's parent), as the channels table stands now: before an effect that may change it. Rows gathered
+/// after the last change are resolved by the statement that inserts them, which sees the same table.
+async fn resolve_audiences(q: &mut TxQ<'_>, deferred: &mut Deferred) -> Result<(), StoreError> {
+    let rows = &mut deferred.rows;
+    let pending: Vec<i64> = rows
+        .aud_channel
+        .iter()
+        .zip(&rows.resolve)
+        .filter_map(|(c, r)| c.filter(|_| *r))
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
     }
-    let parent: Option<Option<i64>> = q
-        .opt(
-            "SELECT parent FROM channels WHERE id = $1 AND kind = 'thread'",
-            &[&c],
+    let parents: BTreeMap<i64, Option<i64>> = q
+        .query(
+            "SELECT id, parent FROM channels WHERE id = ANY($1) AND kind = 'thread'",
+            &[&pending],
         )
         .await?
-        .map(|r| col(&r, 0))
-        .transpose()?;
-    let m = parent.flatten().unwrap_or(c);
-    deferred.membership.insert(c, m);
-    Ok(m)
+        .iter()
+        .map(|r| Ok((col(r, 0)?, col(r, 1)?)))
+        .collect::<Result<_, StoreError>>()?;
+    for (c, r) in rows.aud_channel.iter_mut().zip(rows.resolve.iter_mut()) {
+        if let (Some(channel), true) = (c.as_mut(), *r) {
+            if let Some(Some(parent)) = parents.get(channel) {
+                *channel = *parent;
+            }
+            *r = false;
+        }
+    }
+    Ok(())
 }
 
 /// Applies one event's effects and gathers its log row.
 pub(super) async fn append_event(
-    q: &mut TxQ<'_, '_>,
+    q: &mut TxQ<'_>,
     ev: &Event,
     at: u64,
     deferred: &mut Deferred,
@@ -797,13 +815,12 @@ pub(super) async fn append_event(
     for effect in project::effects(ev) {
         apply(q, ev, effect, deferred).await?;
     }
-    // Resolved after the event's own effects: a new thread's first event names the thread.
+    // Resolved after the event's own effects (a new thread's first event names the thread): later, in
+    // `resolve_audiences` or in the statement that inserts the rows, but always against the channels as they
+    // stand after this event.
     let cols = project::audience_cols(&ev.audience);
     let channel = match cols.kind {
-        AUD_CHANNEL | AUD_CHANNEL_AND => match cols.channel {
-            Some(c) => Some(membership_channel(q, c, deferred).await?),
-            None => None,
-        },
+        AUD_CHANNEL | AUD_CHANNEL_AND => cols.channel.map(|c| sql(c.get())),
         _ => None,
     };
     let rows = &mut deferred.rows;
@@ -812,6 +829,7 @@ pub(super) async fn append_event(
     rows.kind.push(project::kind_name(&ev.kind));
     rows.aud.push(i16::from(cols.kind));
     rows.aud_at.push(bound(at));
+    rows.resolve.push(channel.is_some());
     rows.aud_channel.push(channel);
     rows.aud_space.push(cols.space.map(|s| sql(s.get())));
     rows.aud_user.push(cols.user.map(|u| sql(u.get())));
