@@ -404,10 +404,16 @@ async fn metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
 }
 
 /// A command that must succeed on some node: retried (same nonce) while the cluster settles.
-async fn ok_anywhere(http: &reqwest::Client, bases: &Bases, c: &Client, body: Value) -> u64 {
+async fn ok_anywhere(
+    http: &reqwest::Client,
+    bases: &Bases,
+    first: usize,
+    c: &Client,
+    body: Value,
+) -> u64 {
     let mut body = body;
     body["nonce"] = json!(format!("setup-{}-{}", c.nick, body["command"]));
-    let mut at = 0;
+    let mut at = first;
     let (v, _) = send_until_acked(http, bases, c, &body, &mut at, Duration::from_secs(5)).await;
     v["seq"].as_u64().expect("seq")
 }
@@ -426,6 +432,7 @@ async fn guests(
         let seq = ok_anywhere(
             &servers[on].http(),
             bases,
+            on,
             &c,
             json!({"command": "JOIN", "to": LOAD}),
         )
@@ -692,9 +699,22 @@ async fn a_paused_writer_is_fenced_and_steps_down() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took_over = paused.elapsed();
+    // About a lease (1 s), even when the writer stopped inside an append, holding its locks.
+    assert!(
+        took_over < Duration::from_secs(4),
+        "the takeover from a paused writer took {took_over:?}"
+    );
     // Writes go on through the new writer while the old one sleeps, its clients' requests unanswered.
     let mut prober = servers[other].guest("prober").await;
-    prober.cursor = ok_anywhere(&http, &bases, &prober, json!({"command": "JOIN", "to": LOAD})).await;
+    prober.cursor = ok_anywhere(
+        &http,
+        &bases,
+        other,
+        &prober,
+        json!({"command": "JOIN", "to": LOAD}),
+    )
+    .await;
+    let joined = paused.elapsed();
     let mut at = other;
     let (v, _) = send_until_acked(
         &http,
@@ -712,6 +732,10 @@ async fn a_paused_writer_is_fenced_and_steps_down() {
         attempts: 1,
     };
     let writing_again = paused.elapsed();
+    println!(
+        "paused writer: the prober's sign-up and join done at {} ms",
+        joined.as_millis()
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cluster.nodes[old].signal("CONT");
     let resumed = Instant::now();
@@ -786,7 +810,7 @@ async fn kill9_of_nodes_under_load_loses_and_doubles_nothing() {
         let senders = guests(&servers, &bases, "sender", 4).await;
         let mut prober = servers[0].guest("prober").await;
         prober.cursor =
-            ok_anywhere(&http, &bases, &prober, json!({"command": "JOIN", "to": LOAD})).await;
+            ok_anywhere(&http, &bases, 0, &prober, json!({"command": "JOIN", "to": LOAD})).await;
         (readers, senders, prober)
     };
     let token = readers[0].1.token.clone();
@@ -978,7 +1002,7 @@ async fn primary_killed_and_standby_promoted_loses_nothing_acknowledged() {
     let readers = guests(&servers, &bases, "reader", 2).await;
     let senders = guests(&servers, &bases, "sender", 4).await;
     let mut prober = servers[0].guest("prober").await;
-    prober.cursor = ok_anywhere(&http, &bases, &prober, json!({"command": "JOIN", "to": LOAD})).await;
+    prober.cursor = ok_anywhere(&http, &bases, 0, &prober, json!({"command": "JOIN", "to": LOAD})).await;
     let token = readers[0].1.token.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let until = Arc::new(AtomicU64::new(0));
