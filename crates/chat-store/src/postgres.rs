@@ -1510,7 +1510,9 @@ impl Cluster for PostgresStore {
         // A writer paused inside an append holds the lease row and the append lock: the server ends its
         // session once it has sat idle as long as a lease lasts, so that a takeover waits about a lease for
         // a paused writer, not the default limit. (Ending it loses nothing acknowledged: it never committed.)
-        let stall = u64::try_from(ttl_ms).unwrap_or(u64::MAX).clamp(MIN_STALL_MS, STALL_MS);
+        let stall = u64::try_from(ttl_ms)
+            .unwrap_or(u64::MAX)
+            .clamp(MIN_STALL_MS, STALL_MS);
         let changed = self.stall_ms.swap(stall, Ordering::Relaxed) != stall;
         self.write(|c| {
             if changed {

@@ -92,8 +92,11 @@ impl Writer {
                     loop {
                         match self.resync().await {
                             Ok(()) => break,
-                            Err(e @ (EngineError::Stopped { .. } | EngineError::Replay(_)
-                            | EngineError::Snapshot { .. })) => return Err(e),
+                            Err(
+                                e @ (EngineError::Stopped { .. }
+                                | EngineError::Replay(_)
+                                | EngineError::Snapshot { .. }),
+                            ) => return Err(e),
                             Err(e) => {
                                 tracing::warn!(error = %e, "cannot rebuild the state from the log yet");
                                 tokio::time::sleep(wait).await;

@@ -687,14 +687,13 @@ pub(crate) fn check_data_dir(
                     made = true;
                     mine
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    read_mark(&path)?.ok_or_else(|| {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_mark(&path)?
+                    .ok_or_else(|| {
                         EngineError::Files(std::io::Error::other(format!(
                             "{} came and went while this node started",
                             path.display()
                         )))
-                    })?
-                }
+                    })?,
                 Err(e) => return Err(EngineError::Files(e)),
             }
         }
