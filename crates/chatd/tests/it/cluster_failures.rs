@@ -585,6 +585,24 @@ async fn racing_starts_make_one_writer_and_one_order() {
             "round {round}: genesis logged more than once"
         );
 
+        // A client that signs up through the writer and goes on at once through another node: its token
+        // and its cursor hold there, although that node may not have applied its sign-up yet.
+        for m in 0..4 {
+            let c = nodes[writer].guest(&format!("mover{m}")).await;
+            for (i, other) in nodes.iter().enumerate().filter(|(i, _)| *i != writer) {
+                let v = other.poll_raw(&c, Some(c.cursor), 0, None).await;
+                assert_ne!(
+                    v["reset"],
+                    json!(true),
+                    "round {round}: a cursor from the writer reset on node {i}: {v}"
+                );
+                assert!(
+                    v["cursor"].as_u64().expect("cursor") >= c.cursor,
+                    "round {round}: {v}"
+                );
+            }
+        }
+
         // Every node sends at once; each node's reader sees one order, the same everywhere.
         let (_tx, bases) = watch::channel(base_list.clone());
         let servers: Vec<&Server> = nodes.iter().collect();
