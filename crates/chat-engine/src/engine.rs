@@ -1182,7 +1182,9 @@ impl Engine {
         let end = want.map_or(end, |w| w.min(end));
         if end > self.last_seq() {
             node.doorbell.send_replace(end);
-            let give_up = tokio::time::Instant::now() + node.ttl.max(Duration::from_secs(1));
+            // A node starved of CPU (or just restarted) may take a while; a client waits rather than be
+            // told its token is unknown.
+            let give_up = tokio::time::Instant::now() + (node.ttl * 2).max(Duration::from_secs(3));
             while self.last_seq() < end && tokio::time::Instant::now() < give_up {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -1348,9 +1350,11 @@ impl Engine {
         };
         let (tail, live) = tail;
         let (events, seq) = match tail {
-            TailRead::Ahead => return Ok(self.reset(session)),
+            TailRead::Ahead if self.shared.node.is_none() => return Ok(self.reset(session)),
             TailRead::Hit { events, cursor } => (events, cursor),
-            TailRead::Miss => {
+            // In a cluster, a cursor ahead of this node is one another node gave (this one lags, or was
+            // just restarted): the log in the store is the truth, and the stream is read from it there.
+            TailRead::Ahead | TailRead::Miss => {
                 let store = Arc::clone(&self.shared.store);
                 let user = session.user;
                 let page =
