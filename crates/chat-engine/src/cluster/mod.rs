@@ -712,3 +712,50 @@ pub(crate) fn check_data_dir(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nodes sharing one DATA_DIR start at the same instant: every one of them finds the one mark, and the
+    /// directory keeps it (a mark written in place could be read half-written, and a node that lost the
+    /// race removed the winner's file).
+    #[test]
+    fn nodes_starting_at_once_agree_on_the_data_dir_mark() {
+        for _ in 0..20 {
+            let store = Arc::new(chat_store::MemoryStore::new());
+            let dir = tempfile::tempdir().expect("tempdir");
+            let start = Arc::new(std::sync::Barrier::new(6));
+            let threads: Vec<_> = (0..6)
+                .map(|_| {
+                    let (store, path, start) = (
+                        Arc::clone(&store),
+                        dir.path().to_owned(),
+                        Arc::clone(&start),
+                    );
+                    std::thread::spawn(move || {
+                        start.wait();
+                        check_data_dir(&*store, &path)
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join()
+                    .expect("thread")
+                    .expect("every node accepts the directory");
+            }
+            let file: u64 = std::fs::read_to_string(dir.path().join(DATA_DIR_MARK))
+                .expect("the mark stays")
+                .trim()
+                .parse()
+                .expect("a whole mark");
+            assert_eq!(store.data_dir_mark(1).expect("mark"), file);
+            // Only the mark is left behind.
+            assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
+            // Another directory is refused.
+            let other = tempfile::tempdir().expect("tempdir");
+            assert!(check_data_dir(&*store, other.path()).is_err());
+            assert!(!other.path().join(DATA_DIR_MARK).exists());
+        }
+    }
+}
