@@ -491,8 +491,9 @@ impl Engine {
             .as_ref()
             .zip(term)
             .map(|(n, t)| (Arc::clone(&n.store), t));
+        let shared_log = node.is_some();
         let (core, cursors, nonces) = tokio::task::spawn_blocking(move || {
-            let (core, cursors) = load(&*loader, core_config, now, genesis)?;
+            let (core, cursors) = load(&*loader, core_config, now, genesis, shared_log)?;
             // The nonces still live are loaded once, so that a command's nonce is checked in memory only: a
             // store lookup per command would cost more than the command's share of a group commit.
             let nonces = loader.nonces_since(now.saturating_sub(nonce_ttl))?;
@@ -1458,6 +1459,7 @@ fn load(
     config: chat_core::Config,
     now: UnixMillis,
     genesis_term: Option<(Arc<dyn Cluster>, u64)>,
+    shared_log: bool,
 ) -> Result<(Core, Vec<(ClientId, Seq)>), EngineError> {
     let last = store.last_seq()?;
     let mut core = match store.latest_snapshot()? {
@@ -1502,7 +1504,8 @@ fn load(
     }
     // A new store's genesis was appended above, so the log's end is read again rather than reused.
     let logged = store.last_seq()?;
-    if core.last_seq() != logged {
+    // In a cluster another node's writer appends meanwhile, and this node follows on from where it got.
+    if core.last_seq() != logged && !shared_log {
         tracing::warn!(
             replayed = core.last_seq(),
             logged,
