@@ -501,8 +501,9 @@ impl Engine {
             .as_ref()
             .zip(term)
             .map(|(n, t)| (Arc::clone(&n.store), t));
+        let shared_log = node.is_some();
         let (core, cursors, nonces) = tokio::task::spawn_blocking(move || {
-            let (core, cursors) = load(&*loader, core_config, now, genesis)?;
+            let (core, cursors) = load(&*loader, core_config, now, genesis, shared_log)?;
             // The nonces still live are loaded once, so that a command's nonce is checked in memory only: a
             // store lookup per command would cost more than the command's share of a group commit.
             let nonces = loader.nonces_since(now.saturating_sub(nonce_ttl))?;
@@ -1167,6 +1168,52 @@ impl Engine {
             return Err(EngineError::InvalidToken);
         }
         let hash = auth::token_hash(token);
+        if let Some(session) = self.lookup_token(&hash) {
+            return Ok(session);
+        }
+        // In a cluster, a token made through another node a moment ago may be in the log but not yet
+        // applied here: a client that signs up on one node and goes on through another must not be told
+        // its token is invalid. So an unknown token is looked up again once this node has applied the log
+        // as far as it reached when asked.
+        if self.shared.node.is_none() {
+            return Err(EngineError::InvalidToken);
+        }
+        self.catch_up_to(None).await?;
+        self.lookup_token(&hash).ok_or(EngineError::InvalidToken)
+    }
+
+    /// In a cluster: waits (a bounded time) until this node has applied the log as far as it reached when
+    /// asked, or as far as `want` if that is sooner. A node follows the log a few milliseconds behind the
+    /// writer (more just after it started); what a client saw through another node must not look unknown
+    /// here, nor a cursor from another node look like one from the future.
+    async fn catch_up_to(&self, want: Option<Seq>) -> Result<(), EngineError> {
+        let Some(node) = self.shared.node.clone() else {
+            return Ok(());
+        };
+        if want.is_some_and(|w| w <= self.last_seq()) {
+            return Ok(());
+        }
+        let store = Arc::clone(&self.shared.store);
+        let end = tokio::task::spawn_blocking(move || store.last_seq())
+            .await
+            .map_err(|_| self.shared.gone())?
+            // The store cannot tell: answer from what this node has.
+            .unwrap_or(0);
+        let end = want.map_or(end, |w| w.min(end));
+        if end > self.last_seq() {
+            node.doorbell.send_replace(end);
+            // A node starved of CPU (or just restarted) may take a while; a client waits rather than be
+            // told its token is unknown.
+            let give_up = tokio::time::Instant::now() + (node.ttl * 2).max(Duration::from_secs(3));
+            while self.last_seq() < end && tokio::time::Instant::now() < give_up {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The session of a token's hash among the committed live clients, compared in constant time.
+    fn lookup_token(&self, hash: &[u8; 32]) -> Option<Session> {
         let tokens = self
             .shared
             .tokens
@@ -1174,15 +1221,14 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner);
         tokens
             .by_hash
-            .get(&hash)
+            .get(hash)
             .filter(|s| {
                 tokens
                     .by_client
                     .get(&s.client)
-                    .is_some_and(|stored| auth::same_hash(stored, &hash))
+                    .is_some_and(|stored| auth::same_hash(stored, hash))
             })
             .copied()
-            .ok_or(EngineError::InvalidToken)
     }
 
     async fn hash(&self, password: String) -> Result<String, EngineError> {
@@ -1298,7 +1344,13 @@ impl Engine {
         let limit = limit.clamp(1, self.shared.config.max_read.max(1));
         let after = match after {
             Some(c) if c.epoch != epoch => return Ok(self.reset(session)),
-            Some(c) => c.seq,
+            Some(c) => {
+                // A cursor another node of the cluster gave, ahead of what this one applied so far.
+                if c.seq > self.last_seq() {
+                    self.catch_up_to(Some(c.seq)).await?;
+                }
+                c.seq
+            }
             None => match self.cursor(session.client) {
                 Some(seq) => seq,
                 None => self.last_seq(),
@@ -1318,9 +1370,11 @@ impl Engine {
         };
         let (tail, live) = tail;
         let (events, seq) = match tail {
-            TailRead::Ahead => return Ok(self.reset(session)),
+            TailRead::Ahead if self.shared.node.is_none() => return Ok(self.reset(session)),
             TailRead::Hit { events, cursor } => (events, cursor),
-            TailRead::Miss => {
+            // In a cluster, a cursor ahead of this node is one another node gave (this one lags, or was
+            // just restarted): the log in the store is the truth, and the stream is read from it there.
+            TailRead::Ahead | TailRead::Miss => {
                 let store = Arc::clone(&self.shared.store);
                 let user = session.user;
                 let page =
@@ -1424,6 +1478,7 @@ fn load(
     config: chat_core::Config,
     now: UnixMillis,
     genesis_term: Option<(Arc<dyn Cluster>, u64)>,
+    shared_log: bool,
 ) -> Result<(Core, Vec<(ClientId, Seq)>), EngineError> {
     let last = store.last_seq()?;
     let mut core = match store.latest_snapshot()? {
@@ -1468,7 +1523,8 @@ fn load(
     }
     // A new store's genesis was appended above, so the log's end is read again rather than reused.
     let logged = store.last_seq()?;
-    if core.last_seq() != logged {
+    // In a cluster another node's writer appends meanwhile, and this node follows on from where it got.
+    if core.last_seq() != logged && !shared_log {
         tracing::warn!(
             replayed = core.last_seq(),
             logged,

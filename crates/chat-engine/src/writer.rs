@@ -94,7 +94,15 @@ impl Writer {
     pub(crate) async fn run(mut self) -> Result<(), EngineError> {
         if let Some(node) = self.node.clone() {
             let term = self.initial_term.take();
-            return self.run_cluster(node, term).await;
+            let shared = Arc::clone(&self.shared);
+            let result = self.run_cluster(node, term).await;
+            if let Err(e) = &result {
+                // Nothing answers for this node's writer task any more: say why, in the log and to every
+                // request, rather than leave the node to answer as if it were merely shutting down.
+                tracing::error!(error = %e, "the cluster node's writer task stopped; restart the node");
+                shared.set_fatal(e.to_string().into());
+            }
+            return result;
         }
         self.lead_loop().await.map(|_| ())
     }

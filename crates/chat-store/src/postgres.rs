@@ -49,6 +49,7 @@ mod search;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,14 @@ const MIGRATE_LOCK: i64 = 0x6368_6174_645f_6d69;
 
 /// The advisory lock every append takes: appends from any number of connections are applied one at a time.
 const APPEND_LOCK: i64 = 0x6368_6174_645f_6c67;
+
+/// How long (ms) a session may sit idle inside a transaction before the server ends it, unless a cluster
+/// node's lease asks for less (see [`Cluster::try_lead`]).
+const STALL_MS: u64 = 5_000;
+
+/// The shortest such limit a lease sets: a healthy writer's append never waits on itself this long
+/// between two of its statements, even on a loaded machine.
+const MIN_STALL_MS: u64 = 1_000;
 
 /// The channel of the commit doorbell.
 const CHANNEL: &str = "chatd_log";
@@ -197,6 +206,9 @@ pub struct PostgresStore {
     doorbell: Arc<Doorbell>,
     /// Started on the first [`Cluster::wait_commit`]: a store that never waits keeps no LISTEN connection.
     listener: OnceLock<()>,
+    /// How long (ms) the server lets a session sit idle inside a transaction before ending it: [`STALL_MS`],
+    /// or a cluster node's lease once it has asked for one.
+    stall_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -234,7 +246,11 @@ fn parse_url(url: &str) -> Result<Config, StoreError> {
 }
 
 /// Connects on the store's runtime (opening a socket needs it) and waits for it from any thread.
-fn connect(rt: &tokio::runtime::Handle, config: &Config) -> Result<PgConn, StoreError> {
+fn connect(
+    rt: &tokio::runtime::Handle,
+    config: &Config,
+    stall_ms: u64,
+) -> Result<PgConn, StoreError> {
     let config = config.clone();
     let task = rt.spawn(async move {
         let (client, connection) = config.connect(NoTls).await?;
@@ -244,13 +260,14 @@ fn connect(rt: &tokio::runtime::Handle, config: &Config) -> Result<PgConn, Store
         });
         // A statement timeout set as a server or role default would cancel commits (see the module doc).
         // A session that sits inside a transaction (a process paused between an append's statements, with
-        // the lease row locked) is ended by the server after a while, so that it cannot keep another node
-        // from taking the lease over; that transaction never committed, so nothing acknowledged is lost.
+        // the lease row and the append lock held) is ended by the server after a while, so that it cannot
+        // keep another node from taking the lease over and appending; that transaction never committed, so
+        // nothing acknowledged is lost. A cluster node shortens the while to its lease (see `try_lead`).
         client
-            .batch_execute(
+            .batch_execute(&format!(
                 "SET statement_timeout = 0; SET lock_timeout = 0; \
-                 SET idle_in_transaction_session_timeout = '5s'",
-            )
+                 SET idle_in_transaction_session_timeout = {stall_ms}"
+            ))
             .await?;
         Ok::<Client, tokio_postgres::Error>(client)
     });
@@ -472,7 +489,7 @@ impl PostgresStore {
             .enable_all()
             .build()?;
         let opened = (|| {
-            let mut conn = connect(rt.handle(), &config)?;
+            let mut conn = connect(rt.handle(), &config, STALL_MS)?;
             let (meta, found) = block_on(migrate_and_load(&mut conn.client, now))?;
             Ok::<_, StoreError>((conn, meta, found))
         })();
@@ -494,6 +511,7 @@ impl PostgresStore {
                 readers: Mutex::new(Vec::new()),
                 doorbell: Arc::default(),
                 listener: OnceLock::new(),
+                stall_ms: AtomicU64::new(STALL_MS),
             },
             found,
         ))
@@ -527,7 +545,11 @@ impl PostgresStore {
         };
         if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
             *slot = None;
-            *slot = Some(connect(self.handle(), &self.config)?);
+            *slot = Some(connect(
+                self.handle(),
+                &self.config,
+                self.stall_ms.load(Ordering::Relaxed),
+            )?);
         }
         let Some(conn) = slot.as_mut() else {
             unreachable!("the writer was connected just above");
@@ -548,7 +570,11 @@ impl PostgresStore {
             let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let mut conn = match pooled {
                 Some(c) if !c.client.is_closed() => c,
-                _ => connect(self.handle(), &self.config)?,
+                _ => connect(
+                    self.handle(),
+                    &self.config,
+                    self.stall_ms.load(Ordering::Relaxed),
+                )?,
             };
             let out = f(&mut conn);
             if conn.client.is_closed() {
@@ -1544,7 +1570,20 @@ impl Cluster for PostgresStore {
 
     fn try_lead(&self, node: u16, addr: &str, ttl: Duration) -> Result<Option<u64>, StoreError> {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        // A writer paused inside an append holds the lease row and the append lock: the server ends its
+        // session once it has sat idle as long as a lease lasts, so that a takeover waits about a lease for
+        // a paused writer, not the default limit. (Ending it loses nothing acknowledged: it never committed.)
+        let stall = u64::try_from(ttl_ms)
+            .unwrap_or(u64::MAX)
+            .clamp(MIN_STALL_MS, STALL_MS);
+        let changed = self.stall_ms.swap(stall, Ordering::Relaxed) != stall;
         self.write(|c| {
+            if changed {
+                block_on(c.client.batch_execute(&format!(
+                    "SET idle_in_transaction_session_timeout = {stall}"
+                )))
+                .db()?;
+            }
             let mut q = Q::new(&c.client, &mut c.stmts);
             // One statement: PostgreSQL serializes racing upserts of the one row, so exactly one of several
             // nodes taking over an expired lease wins, and its term is the old one plus one.

@@ -66,8 +66,15 @@ impl Writer {
                     None => return Ok(()),
                 },
             };
-            self.take_over(&node, lead).await?;
-            let step = self.lead_loop().await?;
+            let step = match self.take_over(&node, lead).await {
+                Ok(()) => self.lead_loop().await?,
+                // The store failed under the takeover (its server went away): this node cannot know
+                // that its core is the log's, so it steps down as after a failed commit.
+                Err(e) => {
+                    tracing::warn!(error = %e, term = lead, "the takeover failed; stepping down");
+                    Step::Demoted
+                }
+            };
             node.set_follower();
             match step {
                 Step::Stopped => {
@@ -79,7 +86,24 @@ impl Writer {
                 Step::Demoted => {
                     tracing::warn!(term = lead, node = node.id, "stepped down as writer");
                     metrics::counter!("chatd_cluster_stepdowns_total").increment(1);
-                    self.resync().await?;
+                    // The store may be away for a while (a PostgreSQL failover): the node waits for it
+                    // rather than dying; a state that cannot be rebuilt at all still ends it.
+                    let mut wait = std::time::Duration::from_millis(100);
+                    loop {
+                        match self.resync().await {
+                            Ok(()) => break,
+                            Err(
+                                e @ (EngineError::Stopped { .. }
+                                | EngineError::Replay(_)
+                                | EngineError::Snapshot { .. }),
+                            ) => return Err(e),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot rebuild the state from the log yet");
+                                tokio::time::sleep(wait).await;
+                                wait = (wait * 2).min(std::time::Duration::from_secs(1));
+                            }
+                        }
+                    }
                     for q in std::mem::take(&mut self.stashed) {
                         q(&self.core);
                     }

@@ -665,32 +665,56 @@ pub(crate) fn check_data_dir(
 ) -> Result<(), EngineError> {
     std::fs::create_dir_all(data_dir).map_err(EngineError::Files)?;
     let path = data_dir.join(DATA_DIR_MARK);
-    let found = match std::fs::read_to_string(&path) {
-        Ok(text) => Some(text.trim().parse::<u64>().map_err(|_| {
-            EngineError::Files(std::io::Error::other(format!(
-                "{} is not a cluster mark",
-                path.display()
-            )))
-        })?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(EngineError::Files(e)),
+    let read_mark = |path: &std::path::Path| -> Result<Option<u64>, EngineError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => text.trim().parse::<u64>().map(Some).map_err(|_| {
+                EngineError::Files(std::io::Error::other(format!(
+                    "{} is not a cluster mark",
+                    path.display()
+                )))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(EngineError::Files(e)),
+        }
     };
+    let found = read_mark(&path)?;
+    // Whether this call made the file (and may remove it again if the database holds another mark).
+    let mut made = false;
     let proposed = match found {
         Some(mark) => mark,
         None => {
             let mut bytes = [0u8; 8];
             getrandom::fill(&mut bytes).map_err(|e| EngineError::Hashing(e.to_string()))?;
             // Never 0, so that a mark always reads as one.
-            u64::from_le_bytes(bytes) | 1
+            let mine = u64::from_le_bytes(bytes) | 1;
+            // Written before the database learns it, so that the database never holds a mark no directory
+            // has. Nodes sharing the directory may start at the same instant: the mark is written whole to
+            // a file of this process's own and then linked into place, which fails if another node's mark
+            // got there first. So a mark is never read half-written, and every racing node proposes the
+            // mark that won the directory.
+            let own = data_dir.join(format!("{DATA_DIR_MARK}.{mine:x}"));
+            std::fs::write(&own, mine.to_string()).map_err(EngineError::Files)?;
+            let linked = std::fs::hard_link(&own, &path);
+            let _ = std::fs::remove_file(&own);
+            match linked {
+                Ok(()) => {
+                    made = true;
+                    mine
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_mark(&path)?
+                    .ok_or_else(|| {
+                        EngineError::Files(std::io::Error::other(format!(
+                            "{} came and went while this node started",
+                            path.display()
+                        )))
+                    })?,
+                Err(e) => return Err(EngineError::Files(e)),
+            }
         }
     };
-    if found.is_none() {
-        // Written before the database learns it, so that the database never holds a mark no directory has.
-        std::fs::write(&path, proposed.to_string()).map_err(EngineError::Files)?;
-    }
     let mark = store.data_dir_mark(proposed)?;
     if mark != proposed {
-        if found.is_none() {
+        if made {
             let _ = std::fs::remove_file(&path);
         }
         return Err(EngineError::Files(std::io::Error::other(format!(
@@ -701,4 +725,51 @@ pub(crate) fn check_data_dir(
         ))));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nodes sharing one DATA_DIR start at the same instant: every one of them finds the one mark, and the
+    /// directory keeps it (a mark written in place could be read half-written, and a node that lost the
+    /// race removed the winner's file).
+    #[test]
+    fn nodes_starting_at_once_agree_on_the_data_dir_mark() {
+        for _ in 0..20 {
+            let store = Arc::new(chat_store::MemoryStore::new());
+            let dir = tempfile::tempdir().expect("tempdir");
+            let start = Arc::new(std::sync::Barrier::new(6));
+            let threads: Vec<_> = (0..6)
+                .map(|_| {
+                    let (store, path, start) = (
+                        Arc::clone(&store),
+                        dir.path().to_owned(),
+                        Arc::clone(&start),
+                    );
+                    std::thread::spawn(move || {
+                        start.wait();
+                        check_data_dir(&*store, &path)
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join()
+                    .expect("thread")
+                    .expect("every node accepts the directory");
+            }
+            let file: u64 = std::fs::read_to_string(dir.path().join(DATA_DIR_MARK))
+                .expect("the mark stays")
+                .trim()
+                .parse()
+                .expect("a whole mark");
+            assert_eq!(store.data_dir_mark(1).expect("mark"), file);
+            // Only the mark is left behind.
+            assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
+            // Another directory is refused.
+            let other = tempfile::tempdir().expect("tempdir");
+            assert!(check_data_dir(&*store, other.path()).is_err());
+            assert!(!other.path().join(DATA_DIR_MARK).exists());
+        }
+    }
 }

@@ -104,6 +104,23 @@ impl Server {
         }
     }
 
+    /// The process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, ...) to the process, as `kill -SIG` does; panics if it is
+    /// not running or the signal cannot be sent.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("a running chatd");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} {pid}: {status}");
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns the exit status code.
     pub async fn terminate(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;

@@ -4,6 +4,7 @@
 mod assets;
 mod cli;
 mod cluster;
+mod cluster_failures;
 mod crash;
 mod discord;
 mod files;
