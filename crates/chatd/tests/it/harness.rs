@@ -24,6 +24,7 @@ pub struct Server {
     env: Vec<(String, String)>,
     http: reqwest::Client,
     /// In cluster mode (the `cluster` target): the nodes behind `base`.
+    #[allow(dead_code, reason = "read by the cluster target's own tests")]
     pub nodes: Option<Box<crate::two_nodes::Nodes>>,
 }
 
@@ -125,6 +126,12 @@ impl Server {
     /// Whether the process is running (not killed or stopped by the test).
     pub fn child_alive(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The process id, while it runs (to pause it with SIGSTOP).
+    #[allow(dead_code, reason = "used by the cluster target's own tests")]
+    pub fn child_pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// Kills the process with SIGKILL (no chance to flush anything) and waits for it.
