@@ -130,6 +130,10 @@ pub(crate) fn decode_reply(bytes: &[u8]) -> Option<CommandReply> {
 /// The longest nonce accepted, in bytes (the spec's limit).
 pub const MAX_NONCE: usize = 64;
 
+/// The longest a cluster node's barrier ([`Engine::sync`]) holds a request: far above a healthy link's
+/// round trip, short enough that a paused writer only slows the followers' readers until its lease lapses.
+pub(crate) const SYNC_WAIT: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Default)]
 struct CursorTable {
     saved: HashMap<ClientId, Seq>,
@@ -360,6 +364,14 @@ impl Shared {
         }
         for (event, users) in live {
             streams.publish_live(Arc::new(event), &users);
+        }
+        if let Some(node) = &self.node {
+            let last = streams.last();
+            node.applied.send_if_modified(|seq| {
+                let newer = last > *seq;
+                *seq = (*seq).max(last);
+                newer
+            });
         }
     }
 
@@ -780,6 +792,35 @@ impl Engine {
             return Err(self.shared.gone());
         }
         rx.await.map_err(|_| self.shared.gone())?
+    }
+
+    /// In a cluster, waits until this node has applied every command acknowledged anywhere before the call,
+    /// so that a client whose command was answered by one node reads its effects on any other (a token it
+    /// was just given, a channel it just joined, a cursor past this node's end). The writer, and a single
+    /// node, return at once. A follower asks the writer over its link (one round trip) and waits for what it
+    /// has not applied yet, all within a second: without a link or an answer in time (the writer paused
+    /// or gone) it serves what it has.
+    pub async fn sync(&self) {
+        let Some(node) = &self.shared.node else {
+            return;
+        };
+        if node.role() == chat_log::NodeRole::Writer {
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        let Some(target) = node.writer_seq(SYNC_WAIT).await else {
+            return;
+        };
+        if self.shared.last_published() >= target {
+            return;
+        }
+        let mut applied = node.applied.subscribe();
+        let left = SYNC_WAIT.saturating_sub(started.elapsed());
+        let _ = tokio::time::timeout(
+            left,
+            applied.wait_for(|_| self.shared.last_published() >= target),
+        )
+        .await;
     }
 
     /// Runs `f` on the core's committed state, in the writer's order: it sees every command acknowledged
@@ -1356,6 +1397,11 @@ impl Engine {
                 None => self.last_seq(),
             },
         };
+        // In a cluster a cursor past this node's end was given by another node, which applied further: wait
+        // for this one to catch up rather than reset the reader (the log's seq is the same everywhere).
+        if self.shared.node.is_some() && after > self.shared.last_published() {
+            self.sync().await;
+        }
         let tail = {
             let mut streams = lock(&self.shared.streams);
             // How far behind the newest event this reader is: a fleet of lagging clients shows here first.

@@ -79,6 +79,7 @@ pub(crate) async fn run(
             stream,
             peer,
             app.clone(),
+            server.engine.clone(),
             server.timeouts,
             stop_rx.clone(),
         ));
@@ -113,6 +114,7 @@ async fn serve_connection(
     stream: CountedStream,
     peer: SocketAddr,
     app: Router,
+    engine: Engine,
     timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -124,7 +126,7 @@ async fn serve_connection(
         .header_read_timeout(timeouts.header);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         state.mark_served();
-        handle(app.clone(), request, peer)
+        handle(app.clone(), engine.clone(), request, peer)
     });
     let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
@@ -149,6 +151,7 @@ async fn serve_connection(
 /// One request: refused if its head is over our limits, else routed; any error answer leaves in JSON.
 async fn handle(
     app: Router,
+    engine: Engine,
     mut request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response, Infallible> {
@@ -156,6 +159,9 @@ async fn handle(
     if let Some(refusal) = errors::check_head(&request) {
         return Ok(refusal);
     }
+    // A cluster is one server: a request to this node sees every command acknowledged before it, whichever
+    // node acknowledged it (a no-op on a single node and on the writer).
+    engine.sync().await;
     // The transports read the peer's address for per-address limits.
     request.extensions_mut().insert(ConnectInfo(peer));
     let response = app.oneshot(request.map(Body::new)).await?;

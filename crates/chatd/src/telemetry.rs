@@ -107,6 +107,10 @@ fn describe() {
         "In a cluster: 1 while this node holds the writer lease, else 0."
     );
     describe_gauge!(
+        "chatd_cluster_linked",
+        "In a cluster: 1 while this follower has a link to the writer (its commands can be settled), else 0."
+    );
+    describe_gauge!(
         "chatd_cluster_term",
         "In a cluster: the writer term this node last wrote under."
     );

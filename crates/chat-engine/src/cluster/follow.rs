@@ -215,6 +215,7 @@ impl Writer {
                     match event {
                         LinkEvent::Up { generation: g, term, last, frames } if Some(g) == connecting => {
                             connecting = None;
+                            node.set_uplink(Some(frames.clone()));
                             uplink = Some(Uplink { generation: g, term, frames });
                             node.term.store(term, std::sync::atomic::Ordering::SeqCst);
                             if last > self.core.last_seq() {
@@ -229,6 +230,7 @@ impl Writer {
                             }
                             if uplink.as_ref().is_some_and(|l| l.generation == g) {
                                 uplink = None;
+                                node.set_uplink(None);
                                 fail_pending(&mut forwarded, "the link to the writer closed");
                             }
                         }
@@ -261,6 +263,7 @@ impl Writer {
                                         self.core.observe_presence(user, status, activities);
                                     }
                                 }
+                                Down::Synced { id, seq } => node.synced(id, seq),
                                 Down::Welcome { .. } => {}
                             }
                         }
@@ -295,6 +298,7 @@ impl Writer {
                             let stale = uplink.as_ref().is_some_and(|u| u.term != l.term);
                             if stale {
                                 uplink = None;
+                                node.set_uplink(None);
                                 fail_pending(&mut forwarded, "the writer changed");
                             }
                             if uplink.is_none() && connecting.is_none() {
@@ -312,6 +316,7 @@ impl Writer {
                             let taken = tokio::task::spawn_blocking(move || store.try_lead(id, &addr, ttl)).await;
                             if let Ok(Ok(Some(term))) = taken {
                                 drop(uplink.take());
+                                node.set_uplink(None);
                                 fail_pending(&mut forwarded, "this node takes over as writer");
                                 // Replies held for seqs this node has not applied yet are released by the
                                 // catch-up of the takeover; answer them after it.
@@ -453,6 +458,9 @@ impl Writer {
     }
 
     async fn finish_following(&mut self) {
+        if let Some(node) = &self.node {
+            node.set_uplink(None);
+        }
         self.shared
             .closed
             .store(true, std::sync::atomic::Ordering::SeqCst);

@@ -42,6 +42,9 @@ pub(crate) enum Up {
         /// Whether the per-user message rate applies.
         rate: bool,
     },
+    /// Asks for the seq of the last batch the writer has published: a follower waits until it has applied
+    /// that far before it serves a request (see `Engine::sync`).
+    Sync { id: u64 },
 }
 
 /// What the writer sends.
@@ -63,6 +66,9 @@ pub(crate) enum Down {
     Presences {
         users: Vec<(UserId, chat_core::Status, Vec<chat_core::Activity>)>,
     },
+    /// The answer to [`Up::Sync`]: every command the writer acknowledged before it read this is at or
+    /// before `seq`.
+    Synced { id: u64, seq: Seq },
 }
 
 /// The writer's [`Down`] frames that it encodes from borrowed data: the same variants in the same order, so

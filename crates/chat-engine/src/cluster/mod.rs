@@ -78,6 +78,14 @@ pub(crate) struct Node {
     pub(crate) listener: Mutex<Option<TcpListener>>,
     /// Asks for a report at once (the role changed).
     report_now: tokio::sync::Notify,
+    /// While following: the link to the writer, which barriers ([`Node::writer_seq`]) ask through. Its
+    /// presence shows in `/metrics` as `chatd_cluster_linked`.
+    pub(crate) uplink: Mutex<Option<mpsc::Sender<Arc<Vec<u8>>>>>,
+    /// Barriers waiting for the writer's answer, by id; dropped (answered with nothing) when the link goes.
+    syncs: Mutex<HashMap<u64, oneshot::Sender<Seq>>>,
+    next_sync: AtomicU64,
+    /// The last seq this node published to its readers: what barriers wait on.
+    pub(crate) applied: watch::Sender<Seq>,
 }
 
 impl std::fmt::Debug for Node {
@@ -134,6 +142,10 @@ impl Node {
             lost: watch::channel(0).0,
             listener: Mutex::new(Some(listener)),
             report_now: tokio::sync::Notify::new(),
+            uplink: Mutex::new(None),
+            syncs: Mutex::new(HashMap::new()),
+            next_sync: AtomicU64::new(0),
+            applied: watch::channel(0).0,
         }))
     }
 
@@ -196,6 +208,44 @@ impl Node {
 
     pub(crate) fn connections(&self) -> Vec<(ClientId, u32)> {
         lock(&self.local).iter().map(|(c, n)| (*c, *n)).collect()
+    }
+
+    /// Sets (or, with `None`, drops) the link barriers ask through. Dropping it answers every barrier
+    /// still waiting with nothing: the next writer knows nothing of them.
+    pub(crate) fn set_uplink(&self, frames: Option<mpsc::Sender<Arc<Vec<u8>>>>) {
+        let gone = frames.is_none();
+        metrics::gauge!("chatd_cluster_linked").set(if gone { 0.0 } else { 1.0 });
+        *lock(&self.uplink) = frames;
+        if gone {
+            lock(&self.syncs).clear();
+        }
+    }
+
+    /// Answers a barrier with the writer's seq.
+    pub(crate) fn synced(&self, id: u64, seq: Seq) {
+        if let Some(tx) = lock(&self.syncs).remove(&id) {
+            let _ = tx.send(seq);
+        }
+    }
+
+    /// The seq of the last batch the writer has published, asked over the link: every command acknowledged
+    /// anywhere before this call is at or before it. `None` without a link, or without an answer within
+    /// `wait` (a writer paused or gone: the caller serves what this node has).
+    pub(crate) async fn writer_seq(&self, wait: Duration) -> Option<Seq> {
+        let link = lock(&self.uplink).clone()?;
+        let id = self.next_sync.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.syncs).insert(id, tx);
+        if link
+            .try_send(Arc::new(link::encode(&Up::Sync { id })))
+            .is_err()
+        {
+            lock(&self.syncs).remove(&id);
+            return None;
+        }
+        let answer = tokio::time::timeout(wait, rx).await;
+        lock(&self.syncs).remove(&id);
+        answer.ok()?.ok()
     }
 }
 
@@ -332,15 +382,23 @@ async fn serve_link(
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        let Up::Command {
-            id,
-            origin,
-            command,
-            nonce,
-            rate,
-        } = frame
-        else {
-            break Err(std::io::Error::other("a second hello"));
+        let (id, origin, command, nonce, rate) = match frame {
+            Up::Command {
+                id,
+                origin,
+                command,
+                nonce,
+                rate,
+            } => (id, origin, command, nonce, rate),
+            Up::Sync { id } => {
+                // Published follows committed, and every acknowledgement follows publishing: the seq read
+                // now covers every command acknowledged so far, through any node.
+                let seq = shared.upgrade().map_or(0, |s| s.last_published());
+                // A full queue drops the link at the next broadcast; the barrier then ends unanswered.
+                let _ = frames.try_send(Arc::new(link::encode(&Down::Synced { id, seq })));
+                continue;
+            }
+            Up::Hello { .. } => break Err(std::io::Error::other("a second hello")),
         };
         let (tx, frames, counts) = (tx.clone(), frames.clone(), Arc::clone(&counts));
         tokio::spawn(async move {

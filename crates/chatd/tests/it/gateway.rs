@@ -513,6 +513,13 @@ async fn resume_after_a_dropped_socket_replays_exactly_the_missed_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_resumes_across_a_server_restart_and_shutdown_says_reconnect() {
+    // Not in a cluster: a whole-server restart is one process's; moving between nodes is `moves`'s.
+    if crate::two_nodes::single_node_only(
+        "a_session_resumes_across_a_server_restart_and_shutdown_says_reconnect",
+        "restarts the server's one process (SIGTERM, then a new process)",
+    ) {
+        return;
+    }
     let mut server = Server::start(&[]).await;
     let alice = server.register("alice", "correct horse").await;
     let bob = server.register("bob", "correct horse").await;
@@ -723,6 +730,13 @@ async fn a_secret_channel_leaves_and_rejoins_outsiders_channel_lists() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invite_made_before_a_restart_is_deleted_with_a_dispatch() {
+    // Not in a cluster: a whole-server restart is one process's; moving between nodes is `moves`'s.
+    if crate::two_nodes::single_node_only(
+        "an_invite_made_before_a_restart_is_deleted_with_a_dispatch",
+        "restarts the server's one process",
+    ) {
+        return;
+    }
     use reqwest::Method;
     const GUILD_INVITES: u64 = 1 << 6;
     let mut server = Server::start(&[]).await;

@@ -23,6 +23,9 @@ pub struct Server {
     pub dir: PathBuf,
     env: Vec<(String, String)>,
     http: reqwest::Client,
+    /// In cluster mode (the `cluster` target): the nodes behind `base`.
+    #[allow(dead_code, reason = "read by the cluster target's own tests")]
+    pub nodes: Option<Box<crate::two_nodes::Nodes>>,
 }
 
 impl Server {
@@ -32,8 +35,17 @@ impl Server {
         Self::start_in(dir, env).await
     }
 
-    /// Starts chatd on the database in `dir`.
+    /// Starts chatd on the database in `dir`; in cluster mode, two nodes on a fresh PostgreSQL database with
+    /// their DATA_DIR in `dir`, behind a proxy that spreads the requests over them (see `two_nodes`).
     pub async fn start_in(dir: PathBuf, env: &[(&str, &str)]) -> Server {
+        if crate::CLUSTER {
+            return crate::two_nodes::start(dir, env).await;
+        }
+        Self::start_single(dir, env).await
+    }
+
+    /// Starts one chatd process on the database in `dir`, whatever the mode.
+    pub async fn start_single(dir: PathBuf, env: &[(&str, &str)]) -> Server {
         let mut vars: Vec<(String, String)> = vec![
             ("LISTEN".into(), "127.0.0.1:0".into()),
             (
@@ -58,13 +70,33 @@ impl Server {
             dir,
             env: vars,
             http,
+            nodes: None,
         };
         server.spawn().await;
         server
     }
 
+    /// The server of cluster mode: the proxy at `base` in front of `nodes`, no process of its own.
+    pub(crate) fn front(base: String, nodes: crate::two_nodes::Nodes) -> Server {
+        let dir = nodes.servers[0].dir.clone();
+        Server {
+            child: None,
+            base,
+            dir,
+            env: Vec::new(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("client"),
+            nodes: Some(Box::new(nodes)),
+        }
+    }
+
     async fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
+        // CHATD_BIN runs another build of the binary (a target dir shared by several checkouts may hold
+        // another's by the time the tests run).
+        let bin = std::env::var("CHATD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_chatd").into());
+        let mut cmd = Command::new(bin);
         cmd.current_dir(&self.dir)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -94,6 +126,12 @@ impl Server {
     /// Whether the process is running (not killed or stopped by the test).
     pub fn child_alive(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The process id, while it runs (to pause it with SIGSTOP).
+    #[allow(dead_code, reason = "used by the cluster target's own tests")]
+    pub fn child_pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// Kills the process with SIGKILL (no chance to flush anything) and waits for it.

@@ -941,6 +941,13 @@ async fn a_parked_poll_wakes_and_an_offline_client_catches_up() {
     );
 
     // A graceful shutdown answers a parked poll at once rather than dropping it.
+    // Not in a cluster: it stops the one process the test talks to (the cluster's failure tests stop nodes).
+    if crate::two_nodes::single_node_only(
+        "a_parked_poll_wakes_and_an_offline_client_catches_up (its shutdown part)",
+        "stops the server's one process with SIGTERM",
+    ) {
+        return;
+    }
     let mut server = server;
     let path = format!("/api/v1/messages?after={}&timeout=25", carol.cursor);
     let http = reqwest::Client::new();
