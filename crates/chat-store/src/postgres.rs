@@ -193,6 +193,21 @@ pub struct PostgresStore {
     doorbell: Arc<Doorbell>,
     /// Started on the first [`Cluster::wait_commit`]: a store that never waits keeps no LISTEN connection.
     listener: OnceLock<()>,
+    /// Each channel's membership channel (a thread's parent, else itself) as the appends found them, carried
+    /// from one committed append to the next: see [`Membership`].
+    membership: Mutex<Membership>,
+}
+
+/// Which channel's members receive each channel's events, as looked up by earlier appends. A batch of
+/// messages to many channels otherwise spends one round trip per channel on `SELECT parent FROM channels`
+/// before it can commit. Every append starts from what the last committed one knew, and keeps the
+/// batch's own rule: the whole map is forgotten whenever a channel is created, changed or removed. It is
+/// also forgotten after a failed append (whatever that transaction read may not have committed) and when the
+/// writer's term changes (another writer may have changed channels meanwhile).
+#[derive(Debug, Default)]
+struct Membership {
+    term: Option<u64>,
+    known: BTreeMap<i64, i64>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -490,6 +505,7 @@ impl PostgresStore {
                 readers: Mutex::new(Vec::new()),
                 doorbell: Arc::default(),
                 listener: OnceLock::new(),
+                membership: Mutex::default(),
             },
             found,
         ))
@@ -598,7 +614,19 @@ impl PostgresStore {
                 got: ev.seq,
             });
         }
-        let last = self.write(|c| block_on(append_tx(c, term, batch)))?;
+        let known = {
+            let mut m = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+            if m.term != term {
+                m.known.clear();
+                m.term = term;
+            }
+            std::mem::take(&mut m.known)
+        };
+        let (last, known) = self.write(|c| block_on(append_tx(c, term, batch, known)))?;
+        self.membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .known = known;
         if let Some(last) = last {
             self.ring_own(last);
         }
@@ -663,7 +691,8 @@ async fn listen(config: &Config, bell: &Doorbell) {
     drop(client);
 }
 
-/// The append transaction. Returns the batch's last seq, if it had events.
+/// The append transaction, starting from the membership channels `known` so far. Returns the batch's last
+/// seq, if it had events, and the membership channels known once it has committed.
 ///
 /// Round trips are what an append costs (a commit on the same machine takes well under a millisecond), so
 /// statements that do not wait for each other's results are pipelined: tokio-postgres sends requests polled
@@ -674,7 +703,8 @@ async fn append_tx(
     conn: &mut PgConn,
     term: Option<u64>,
     batch: &Batch<'_>,
-) -> Result<Option<Seq>, StoreError> {
+    known: BTreeMap<i64, i64>,
+) -> Result<(Option<Seq>, BTreeMap<i64, i64>), StoreError> {
     use futures_util::future::{OptionFuture, try_join, try_join3};
 
     let PgConn { client, stmts } = conn;
@@ -713,11 +743,12 @@ async fn append_tx(
         }
     }
     let points = crate::project::audience_points(batch.events, batch.command_ends);
-    let mut deferred = Deferred::default();
+    let mut deferred = Deferred::knowing(known);
     for (ev, at) in batch.events.iter().zip(points) {
         apply::append_event(&mut q, ev, at, &mut deferred).await?;
     }
     apply::flush_messages(&mut q, &mut deferred).await?;
+    let membership = deferred.take_membership();
 
     // The closing flight: every statement prepared first, then all sent together.
     let rows = &deferred.rows;
@@ -794,7 +825,7 @@ async fn append_tx(
     try_join(writes, more).await.db()?;
     // Never cancelled, never timed out (see the module doc). An error here leaves the outcome unknown.
     tx.commit().await.db()?;
-    Ok(last)
+    Ok((last, membership))
 }
 
 /// The upsert of cursors from the arrays [`cursor_rows`] makes.

@@ -21,14 +21,29 @@ pub(super) type TxQ<'a, 'b> = Q<'a, Transaction<'b>>;
 pub(super) struct Deferred {
     /// Each channel's newest message in the batch: `channels.last_message` is written once per channel.
     pub(super) last_message: BTreeMap<i64, i64>,
-    /// Channels whose members receive a channel's events (a thread's parent), as found so far in this batch.
-    /// Cleared whenever a channel is created, changed or removed.
+    /// Channels whose members receive a channel's events (a thread's parent), as found so far in this batch
+    /// (and the committed ones before it). Cleared whenever a channel is created, changed or removed.
     membership: BTreeMap<i64, i64>,
     /// The log's rows, inserted together at the end of the batch in one statement.
     pub(super) rows: EventRows,
     /// New messages not yet inserted: a run of them goes in as one statement, before the next effect of
     /// another kind (which may read or change them) and at the end of the batch.
     messages: MessageRows,
+}
+
+impl Deferred {
+    /// An append's gatherings, starting from the membership channels an earlier append found.
+    pub(super) fn knowing(membership: BTreeMap<i64, i64>) -> Self {
+        Self {
+            membership,
+            ..Self::default()
+        }
+    }
+
+    /// The membership channels known at the end of the batch (once every event is applied).
+    pub(super) fn take_membership(&mut self) -> BTreeMap<i64, i64> {
+        std::mem::take(&mut self.membership)
+    }
 }
 
 /// The columns of new messages, as arrays for one `INSERT ... SELECT FROM UNNEST`.
