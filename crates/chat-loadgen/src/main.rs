@@ -217,9 +217,20 @@ fn watchdog(limit: Duration) {
 }
 
 /// The longest a whole run may take: setup grows with the connections, then the measured phase and drain.
+/// Setting up one channel of n members grows with n squared (each join goes to every member so far, on
+/// every node of a cluster): a fan-out to 57k members on a 3-node cluster takes about half an hour on two
+/// cores, hence the square term.
 fn run_limit(cli: &Cli) -> Duration {
     let conns = u64::try_from(cli.conns).unwrap_or(u64::MAX);
-    Duration::from_secs(120 + conns / 50 + cli.duration + DRAIN.as_secs() + 30)
+    let thousands = conns / 1000;
+    let joins = if cli.scenario == Scenario::Fanout {
+        thousands.saturating_mul(thousands)
+    } else {
+        0
+    };
+    Duration::from_secs(
+        (120 + conns / 50 + joins).min(6 * 3600) + cli.duration + DRAIN.as_secs() + 30,
+    )
 }
 
 /// Raises the soft open-file limit to the hard one; returns the limit in force.
