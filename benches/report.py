@@ -181,6 +181,151 @@ def sizes(prefix):
     return sorted(found)
 
 
+def nodes_of(d):
+    return len((d.get("parameters", {}).get("url") or "").split(",")) if d else 0
+
+
+def cluster(summary, section):
+    """The PostgreSQL and cluster rows (SPEC §12)."""
+    # Durable sends on PostgreSQL beside SQLite, in turn in the same run.
+    lines = []
+    runs = []
+    for n in sorted({int(m.group(1)) for m in (re.match(r"pg-durable-(\d+)-", f) for f in listdir()) if m}):
+        runs.append((n, load(f"pg-durable-{n}-sqlite"), load(f"pg-durable-{n}-pg")))
+    commit = load("pg-commit")
+    if runs or commit:
+        lines += [
+            "Each sender posts to its own channel, one request in flight; chatd on SQLite and on PostgreSQL (one",
+            "node, `DBURL=postgres://...`), a fresh database each, run in turn.",
+            "",
+            "| senders | store | acknowledged/s | p50 ms | p99 ms | p99.9 ms | server CPU (cores) | PostgreSQL / SQLite |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for n, sq, pq in runs:
+            for name, d in (("SQLite", sq), ("PostgreSQL", pq)):
+                if d:
+                    lines.append(
+                        f"| {n} | {name} | {num(d.get('acks_per_s'))} | {num(lat(d, 'p50'), 2)} | {num(lat(d, 'p99'), 2)} | "
+                        f"{num(lat(d, 'p99_9'), 2)} | {num(cpu(d), 2)} | "
+                        f"{ratio(pq and pq.get('acks_per_s'), sq and sq.get('acks_per_s')) if name == 'PostgreSQL' else ''} |"
+                    )
+        if commit:
+            c = commit["latency_ms"]
+            lines.append(
+                f"| 1 | bare PostgreSQL commit (pgbench, one row) | {num(commit['commits_per_s'])} | {num(c['p50'], 2)} | "
+                f"{num(c['p99'], 2)} | {num(c['p99_9'], 2)} | – | |"
+            )
+        many = [(sq, pq) for n, sq, pq in runs if n > 1 and sq and pq]
+        if many:
+            sq = max((x.get("acks_per_s") or 0 for x, _ in many))
+            pq = max((y.get("acks_per_s") or 0 for _, y in many))
+            summary.append(
+                ("Durable messages on PostgreSQL, one node", ">= 0.5x SQLite's", num(pq, 0, "/s"), num(sq, 0, "/s (SQLite)"), ratio(pq, sq), verdict(pq / sq >= 0.5 if sq else None))
+            )
+        one = next((pq for n, _, pq in runs if n == 1 and pq), None)
+        if one and commit:
+            p, c99 = lat(one, "p99"), commit["latency_ms"]["p99"]
+            summary.append(
+                ("Single durable message on PostgreSQL", "p99 <= bare commit p99 + 5 ms", num(p, 2, " ms"), num(c99, 2, " ms (pgbench commit)"), f"+{p - c99:.2f} ms", verdict(p <= c99 + 5))
+            )
+    section("pg-durable", "PostgreSQL: durable messages", lines or ["Not measured."])
+
+    # Fan-out over the cluster's nodes.
+    lines = []
+    found = sorted(int(m.group(1)) for m in (re.match(r"cluster-fanout-(\d+)\.json$", f) for f in listdir()) if m)
+    if found:
+        lines += [
+            "One channel; its members' gateway connections spread round-robin over the nodes, one sender on the",
+            "writer (node 1). Server CPU is node 1's.",
+            "",
+            "| members | nodes | identified | open at the end | messages | delivered / expected | deliveries/s | p50 ms | p99 ms | p99.9 ms | node 1 CPU (cores) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for n in found:
+            d = load(f"cluster-fanout-{n}")
+            lines.append(
+                f"| {n:,} | {nodes_of(d)} | {d['connections']['ready']:,} | {d['connections']['open_at_end']:,} | {d['sent']:,} | "
+                f"{d['delivered']:,} / {d['expected']:,} | {num(d['deliveries_per_s'])} | {num(lat(d, 'p50'), 1)} | "
+                f"{num(lat(d, 'p99'), 1)} | {num(lat(d, 'p99_9'), 1)} | {num(cpu(d), 2)} |"
+            )
+        d = load(f"cluster-fanout-{found[-1]}")
+        ready = d["connections"]["ready"]
+        ok = ready >= 57000 and d["delivered"] == d["expected"] and d["sent"] > 0 and d["errors"]["closed"] == 0
+        summary.append(
+            (f"Cluster fan-out, {nodes_of(d)} nodes, one channel", ">= 57k identified, every message to all", f"{ready:,} identified, {num(d['deliveries_per_s'], 0, '/s')}, p99 {num(lat(d, 'p99'), 1)} ms", "–", "–", verdict(ok))
+        )
+    section("cluster-fanout", "Cluster: fan-out to one channel over the nodes", lines or ["Not measured."])
+
+    # Rooms over the cluster's nodes against one node.
+    lines = []
+    peak, one, many, sqlite = (load(x) for x in ("cluster-rooms-max-pg", "cluster-rooms-20-pg", "cluster-rooms-20-cluster", "rooms-20-chatd"))
+    if one or many:
+        if peak:
+            lines += [
+                f"20% of the most one node on PostgreSQL delivers unpaced: {num(peak['deliveries_per_s'])} deliveries/s = "
+                f"{num(peak['deliveries_per_s'] / peak['parameters']['room_size'])} messages/s in rooms of "
+                f"{peak['parameters']['room_size']}. In the cluster each room's members are spread over the nodes"
+                " (connection i on node i mod n) and every message is sent through node 1, the writer.",
+                "",
+            ]
+        lines += [
+            "| where | connections | messages/s | delivered / expected | p50 ms | p95 ms | p99 ms | p99.9 ms | node 1 CPU (cores) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, d in (
+            (f"cluster, {nodes_of(many)} nodes, PostgreSQL", many),
+            ("one node, PostgreSQL", one),
+            ("one node, SQLite (row rooms, 20%; its own max)", sqlite),
+        ):
+            if d:
+                lines.append(
+                    f"| {name} | {d['connections']['ready']:,} | {num(d['parameters']['rate'])} | {d['delivered']:,} / {d['expected']:,} | "
+                    f"{num(lat(d, 'p50'), 2)} | {num(lat(d, 'p95'), 2)} | {num(lat(d, 'p99'), 2)} | {num(lat(d, 'p99_9'), 2)} | {num(cpu(d), 2)} |"
+                )
+        if one and many:
+            p, b = lat(many, "p99"), lat(one, "p99")
+            summary.append(
+                (f"Cluster rooms of 10, {many['connections']['ready']:,} connections, 20% load", "p99 <= 2x one node's", num(p, 2, " ms"), num(b, 2, " ms (one node, PostgreSQL)"), ratio(p, b), verdict(p <= 2 * b and many["delivered"] == many["expected"]))
+            )
+    section("cluster-rooms", "Cluster: rooms of 10 over the nodes", lines or ["Not measured."])
+
+    # Writer failover.
+    lines = []
+    fo = load("cluster-failover")
+    if fo:
+        lines += [
+            f"{fo['nodes']} nodes, {fo['senders']} senders (one request in flight each, every message with a nonce, a failed "
+            f"request sent again to the next node), LEASE_TTL {fo['lease_ttl']}; the writer killed with SIGKILL "
+            f"{len(fo['kills'])} times and started again as a follower. Times from the kill, in ms (`benches/failover.py`).",
+            "",
+            "| kill | node | a node reports itself writer | first write acknowledged | every sender acknowledged |",
+            "|---|---|---|---|---|",
+        ]
+        for i, k in enumerate(fo["kills"], 1):
+            if "timed_out_after_ms" in k:
+                lines.append(f"| {i} | {k['killed_node']} | – | – | none within {num(k['timed_out_after_ms'])} |")
+            else:
+                lines.append(
+                    f"| {i} | {k['killed_node']} | {num(k.get('takeover_ms'))} | {num(k['first_ack_ms'])} | {num(k['all_senders_ms'])} |"
+                )
+        h = fo["history"]
+        lines += [
+            "",
+            f"Acknowledged: {fo['acknowledged']:,} messages ({fo['resent']:,} requests sent again); in the channel's history "
+            f"afterwards: {h['missing']} of them missing, {h['doubled']} twice or more.",
+        ]
+        p99 = fo["all_senders_ms"]["p99"]
+        ok = p99 is not None and p99 <= 5000 and fo["timed_out"] == 0 and h["missing"] == 0 and h["doubled"] == 0
+        summary.append(
+            (f"Cluster writer killed, {len(fo['kills'])} times", "writes again within 5 s (p99)", num(p99, 0, " ms") + f" (max {num(fo['all_senders_ms']['max'], 0, ' ms')})", "–", "–", verdict(ok))
+        )
+    section("cluster-failover", "Cluster: the writer killed under load", lines or ["Not measured."])
+
+
+def listdir():
+    return os.listdir(RESULTS) if os.path.isdir(RESULTS) else []
+
+
 def main():
     notes = analysis()
     machine = load("machine") or {}
@@ -440,6 +585,8 @@ def main():
         summary.append(("Restart with 1M messages", "serving in <= 2 s", num(med, 0, " ms"), num(floor, 0, " ms (I/O floor)") if floor else "–", ratio(med, floor) if floor else "–", verdict(med <= 2000)))
     section("restart", "Restart", lines or ["Not measured."])
 
+    cluster(summary, section)
+
     head = [
         "# Benchmarks",
         "",
@@ -460,9 +607,13 @@ def main():
         "benches/run.sh                 # every row, about 45 minutes; on a quiet machine",
         "benches/run.sh fanout rooms    # some rows; the report is rebuilt from all results present",
         "QUICK=1 benches/run.sh         # small sizes, to try the script",
+        "benches/run.sh pg-durable cluster-fanout cluster-rooms cluster-failover   # PostgreSQL and cluster rows",
         "```",
         "",
-        "It needs python3 and, for the fan-out peer, nats-server (`apt-get install -y nats-server`).",
+        "It needs python3 and, for the fan-out peer, nats-server (`apt-get install -y nats-server`); the",
+        "PostgreSQL and cluster rows need Debian's PostgreSQL 15 (`apt-get install -y postgresql`), of which",
+        "they start a server of their own (`benches/pg.py`: a temp dir, a free port, fsync and",
+        "synchronous_commit on).",
         "",
         "Servers: chatd (`target/release/chatd serve`, SQLite, a fresh database per run, `RATE_LIMIT=off`),",
         "`bare-ws` (a bare tokio-tungstenite broadcast server with chatd's socket settings, `crates/chat-bench`),",

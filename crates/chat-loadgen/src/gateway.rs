@@ -318,9 +318,12 @@ pub(crate) struct Swarm {
 
 impl Swarm {
     /// Opens one connection per token, connection `i` bound to `util::source_addr(i, child, procs)`, with
-    /// kernel socket buffers of `socket_buffer` bytes (0: the kernel's default, autotuned).
+    /// kernel socket buffers of `socket_buffer` bytes (0: the kernel's default, autotuned). Connection `i`
+    /// goes to `servers[(first + i) % servers.len()]`: `first` is the run-wide index of this swarm's first
+    /// connection, so that a run's connections take the servers (a cluster's nodes) in turn.
     pub(crate) fn start(
-        server: SocketAddr,
+        servers: &[SocketAddr],
+        first: usize,
         tokens: Vec<String>,
         child: usize,
         procs: usize,
@@ -334,6 +337,10 @@ impl Swarm {
         for (i, token) in tokens.into_iter().enumerate() {
             let (totals, gate, stop) = (Arc::clone(&totals), Arc::clone(&gate), stop_rx.clone());
             let source = SocketAddr::new(util::source_addr(i, child, procs).into(), 0);
+            let Some(&server) = servers.get((first + i) % servers.len().max(1)) else {
+                // No server at all: nothing to connect to (the callers pass at least one).
+                break;
+            };
             tasks.spawn(async move {
                 let conn = connection(server, source, socket_buffer, token, i, &totals, gate, stop);
                 if let Err(e) = conn.await {

@@ -47,6 +47,8 @@ const MAX_CONNS: usize = 200_000;
 const MAX_DURATION: u64 = 600;
 /// Most child processes.
 const MAX_PROCS: usize = 64;
+/// Most `--url`s (cluster nodes) one run spreads its connections over.
+const MAX_URLS: usize = 16;
 /// Sends in flight at once.
 const SEND_PARALLELISM: usize = 256;
 /// File descriptors kept free for everything but gateway connections (setup and send pools, stdio).
@@ -88,8 +90,17 @@ struct Cli {
     /// What to run.
     #[arg(value_enum)]
     scenario: Scenario,
-    /// The server's base URL; its host must be in 127.0.0.0/8.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    /// The server's base URL; its host must be in 127.0.0.0/8. Several (`--url A --url B` or
+    /// `--url A,B`): the nodes of one cluster; gateway connections are spread over them round-robin
+    /// (connection `i` to URL `i % n`), while setup and sends go through the first.
+    #[arg(
+        long = "url",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    urls: Vec<String>,
+    /// The first `--url`: where setup and sends go.
+    #[arg(skip)]
     url: String,
     /// Connections: gateway connections, long-poll clients or senders (at most 200000) [default: 1000;
     /// durable-send 64].
@@ -140,6 +151,9 @@ struct Cli {
     child_index: Option<usize>,
     #[arg(long, hide = true)]
     child_of: Option<usize>,
+    /// The run-wide index of a child's first connection, which picks its first connection's `--url`.
+    #[arg(long, hide = true, default_value_t = 0)]
+    child_first: usize,
 }
 
 impl Cli {
@@ -160,6 +174,7 @@ impl Cli {
 
 fn main() {
     let mut cli = Cli::parse();
+    cli.url = cli.urls.first().cloned().unwrap_or_default();
     cli.conns = cli.conns_arg.unwrap_or(match cli.scenario {
         Scenario::DurableSend => 64,
         _ => 1000,
@@ -202,9 +217,20 @@ fn watchdog(limit: Duration) {
 }
 
 /// The longest a whole run may take: setup grows with the connections, then the measured phase and drain.
+/// Setting up one channel of n members grows with n squared (each join goes to every member so far, on
+/// every node of a cluster): a fan-out to 57k members on a 3-node cluster takes about half an hour on two
+/// cores, hence the square term.
 fn run_limit(cli: &Cli) -> Duration {
     let conns = u64::try_from(cli.conns).unwrap_or(u64::MAX);
-    Duration::from_secs(120 + conns / 50 + cli.duration + DRAIN.as_secs() + 30)
+    let thousands = conns / 1000;
+    let joins = if cli.scenario == Scenario::Fanout {
+        thousands.saturating_mul(thousands)
+    } else {
+        0
+    };
+    Duration::from_secs(
+        (120 + conns / 50 + joins).min(6 * 3600) + cli.duration + DRAIN.as_secs() + 30,
+    )
 }
 
 /// Raises the soft open-file limit to the hard one; returns the limit in force.
@@ -232,6 +258,12 @@ fn check_share(share: usize, limit: u64, conns: usize) -> Result<()> {
 
 fn validate(cli: &Cli) -> Result<SocketAddr> {
     let server = util::loopback_target(&cli.url)?;
+    let servers = servers(cli)?;
+    let one_server_only = matches!(cli.scenario, Scenario::Longpoll | Scenario::DurableSend)
+        || cli.server_kind == Some(longpoll::Kind::Nats);
+    if servers.len() > 1 && one_server_only {
+        bail!("several --url are for gateway connections to chatd (idle, fanout, rooms)");
+    }
     if cli.conns == 0 || cli.conns > MAX_CONNS {
         bail!("--conns must be 1..={MAX_CONNS}");
     }
@@ -254,6 +286,14 @@ fn validate(cli: &Cli) -> Result<SocketAddr> {
         bail!("--messages must be at most 10000000");
     }
     Ok(server)
+}
+
+/// Every `--url`'s address, in order.
+fn servers(cli: &Cli) -> Result<Vec<SocketAddr>> {
+    if cli.urls.is_empty() || cli.urls.len() > MAX_URLS {
+        bail!("--url: 1..={MAX_URLS} of them");
+    }
+    cli.urls.iter().map(|u| util::loopback_target(u)).collect()
 }
 
 /// A child: reads its tokens from stdin (one per line, then an empty line), holds them, prints
@@ -284,7 +324,14 @@ async fn child(cli: Cli, index: usize, of: usize) -> Result<()> {
     } else if cli.server_kind == Some(longpoll::Kind::Nats) {
         nats::start(server, tokens, index, of, cli.socket_buffer())
     } else {
-        Swarm::start(server, tokens, index, of, cli.socket_buffer())
+        Swarm::start(
+            &servers(&cli)?,
+            cli.child_first,
+            tokens,
+            index,
+            of,
+            cli.socket_buffer(),
+        )
     };
     let (ready, failed) = swarm.wait_ready(run_limit(&cli)).await;
     println!("ready {ready} {failed}");
@@ -338,7 +385,7 @@ struct ChildSwarm {
 }
 
 impl ChildSwarm {
-    async fn start(cli: &Cli, index: usize, tokens: &[String]) -> Result<Self> {
+    async fn start(cli: &Cli, index: usize, first: usize, tokens: &[String]) -> Result<Self> {
         let exe = std::env::current_exe().context("own executable")?;
         let mut command = tokio::process::Command::new(exe);
         if let Some(kind) = cli.server_kind {
@@ -346,12 +393,13 @@ impl ChildSwarm {
         }
         let mut process = command
             .arg(cli.scenario.name())
-            .args(["--url", &cli.url])
+            .args(["--url", &cli.urls.join(",")])
             .args(["--conns", &cli.conns.to_string()])
             .args(["--duration", &cli.duration.to_string()])
             .args(["--socket-buffer-kib", &cli.socket_buffer_kib.to_string()])
             .args(["--child-index", &index.to_string()])
             .args(["--child-of", &cli.procs.to_string()])
+            .args(["--child-first", &first.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -427,7 +475,7 @@ impl Swarms {
                 if cli.server_kind == Some(longpoll::Kind::Nats) {
                     nats::start(server, tokens, 0, 1, cli.socket_buffer())
                 } else {
-                    Swarm::start(server, tokens, 0, 1, cli.socket_buffer())
+                    Swarm::start(&servers(cli)?, 0, tokens, 0, 1, cli.socket_buffer())
                 },
             ));
         }
@@ -453,7 +501,7 @@ impl Swarms {
         let per = tokens.len().div_ceil(cli.procs).max(1);
         let mut children = Vec::new();
         for (i, chunk) in tokens.chunks(per).enumerate() {
-            children.push(ChildSwarm::start(cli, i, chunk).await?);
+            children.push(ChildSwarm::start(cli, i, i * per, chunk).await?);
         }
         Ok(Self::Children(children))
     }
@@ -688,6 +736,15 @@ async fn parent(cli: Cli) -> Result<()> {
     } else {
         None
     };
+    if cli.urls.len() > 1 && !nats {
+        // Connections to the other nodes identify with sessions made through the first.
+        let apis = cli
+            .urls
+            .iter()
+            .map(|u| Api::new(u))
+            .collect::<Result<Vec<_>>>()?;
+        setup::wait_applied(&apis, Duration::from_secs(60)).await?;
+    }
     let setup_s = setup_started.elapsed().as_secs_f64();
 
     let rss_before_kib = sample::settled_rss_kib(cli.server_pid).await;
@@ -818,7 +875,7 @@ async fn parent(cli: Cli) -> Result<()> {
     let report = report::Report {
         scenario: cli.scenario.name().to_owned(),
         started_at,
-        url: cli.url.clone(),
+        url: cli.urls.join(","),
         conns: n,
         rate: cli.rate(),
         messages,

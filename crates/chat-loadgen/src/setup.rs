@@ -11,6 +11,25 @@ use serde_json::{Value, json};
 /// Setup requests in flight at once.
 const SETUP_PARALLELISM: usize = 64;
 
+/// Waits (at most `limit`) until every node of `apis` has applied at least the seq the first had applied
+/// when this began: then a session made through the first is known to all of them.
+pub(crate) async fn wait_applied(apis: &[Api], limit: Duration) -> Result<()> {
+    let Some(first) = apis.first() else {
+        return Ok(());
+    };
+    let target = first.applied_seq().await?;
+    let deadline = Instant::now() + limit;
+    for api in apis {
+        while api.applied_seq().await? < target {
+            if Instant::now() > deadline {
+                bail!("{} has not applied seq {target} after {limit:?}", api.base);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
 /// An HTTP client for one server.
 #[derive(Debug, Clone)]
 pub(crate) struct Api {
@@ -54,6 +73,17 @@ impl Api {
             return Ok(Value::Null);
         }
         Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// This node's applied seq, from `GET /api/v1/server` (its own entry in `nodes`).
+    pub(crate) async fn applied_seq(&self) -> Result<u64> {
+        let url = format!("{}/api/v1/server", self.base);
+        let v: Value = self.client.get(&url).send().await?.json().await?;
+        v["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["self"] == true))
+            .and_then(|n| n["applied_seq"].as_u64())
+            .with_context(|| format!("GET {url}: no applied_seq of its own"))
     }
 
     /// A guest session; returns its token.

@@ -776,8 +776,14 @@ mod tests {
         assert_eq!(p("sqlite:x.db"), Ok(DbUrl::Sqlite("x.db".into())));
         assert_eq!(p("/tmp/a.db"), Ok(DbUrl::Sqlite("/tmp/a.db".into())));
         assert_eq!(p("memory:"), Ok(DbUrl::Memory));
-        assert!(matches!(p("postgres://localhost/db"), Ok(DbUrl::Postgres(_))));
-        assert!(matches!(p("postgresql://u@h1,h2/db"), Ok(DbUrl::Postgres(_))));
+        assert!(matches!(
+            p("postgres://localhost/db"),
+            Ok(DbUrl::Postgres(_))
+        ));
+        assert!(matches!(
+            p("postgresql://u@h1,h2/db"),
+            Ok(DbUrl::Postgres(_))
+        ));
         assert!(p("mysql://localhost/db").is_err());
         assert!(p("").is_err());
         assert!(p("sqlite://").is_err());
