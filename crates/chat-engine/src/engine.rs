@@ -1419,14 +1419,23 @@ impl Engine {
             TailRead::Ahead if self.shared.node.is_none() => return Ok(self.reset(session)),
             TailRead::Hit { events, cursor } => (events, cursor),
             // In a cluster, a cursor ahead of this node is one another node gave (this one lags, or was
-            // just restarted): the log in the store is the truth, and the stream is read from it there.
+            // just restarted): the log in the store is the truth, and the stream is read from it there. A
+            // cursor past the log's end there too was never given by any node: a reset, as on one node.
             TailRead::Ahead | TailRead::Miss => {
                 let store = Arc::clone(&self.shared.store);
                 let user = session.user;
-                let page =
-                    tokio::task::spawn_blocking(move || store.user_stream(user, after, limit))
-                        .await
-                        .map_err(|_| self.shared.gone())??;
+                let ahead = matches!(tail, TailRead::Ahead);
+                let page = tokio::task::spawn_blocking(move || {
+                    if ahead && after > store.last_seq()? {
+                        return Ok(None);
+                    }
+                    store.user_stream(user, after, limit).map(Some)
+                })
+                .await
+                .map_err(|_| self.shared.gone())??;
+                let Some(page) = page else {
+                    return Ok(self.reset(session));
+                };
                 if page.reset {
                     return Ok(self.reset(session));
                 }
