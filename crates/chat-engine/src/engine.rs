@@ -1245,10 +1245,14 @@ impl Engine {
             node.doorbell.send_replace(end);
             // A node starved of CPU (or just restarted) may take a while; a client waits rather than be
             // told its token is unknown.
-            let give_up = tokio::time::Instant::now() + (node.ttl * 2).max(Duration::from_secs(3));
-            while self.last_seq() < end && tokio::time::Instant::now() < give_up {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            // Woken by each publish (the node's `applied` watch), not by polling.
+            let wait = (node.ttl * 2).max(Duration::from_secs(3));
+            let mut applied = node.applied.subscribe();
+            let _ = tokio::time::timeout(
+                wait,
+                applied.wait_for(|_| self.shared.last_published() >= end),
+            )
+            .await;
         }
         Ok(())
     }
@@ -1397,11 +1401,6 @@ impl Engine {
                 None => self.last_seq(),
             },
         };
-        // In a cluster a cursor past this node's end was given by another node, which applied further: wait
-        // for this one to catch up rather than reset the reader (the log's seq is the same everywhere).
-        if self.shared.node.is_some() && after > self.shared.last_published() {
-            self.sync().await;
-        }
         let tail = {
             let mut streams = lock(&self.shared.streams);
             // How far behind the newest event this reader is: a fleet of lagging clients shows here first.
