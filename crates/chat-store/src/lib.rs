@@ -31,6 +31,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod codec;
 mod memory;
 mod postgres;
 mod project;

@@ -67,6 +67,7 @@ use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
 
 use self::apply::Deferred;
 use self::db::{Db, PgConn, Q, col};
+use crate::codec::{corrupt, decode_event, encode, id_of, opt_id, sql, uns};
 use crate::project::AUD_USERS;
 use crate::text;
 
@@ -115,16 +116,6 @@ const UPGRADE_CHUNK: i64 = 1_000;
 /// The `meta` key of the log's format version (see [`chat_log::format`]).
 const FORMAT_KEY: &str = "format_version";
 
-/// Stores a u64 id or bit set in a BIGINT; the cast round-trips every value exactly (see the SQLite store).
-fn sql(v: u64) -> i64 {
-    v as i64
-}
-
-/// Reads back a u64 stored by [`sql`] or [`bound`].
-fn uns(v: i64) -> u64 {
-    v as u64
-}
-
 /// A time or a seq for SQL compared by size: values beyond `i64` are capped, not wrapped into negatives.
 fn bound(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
@@ -133,34 +124,6 @@ fn bound(t: u64) -> i64 {
 /// A limit for SQL: `usize` values beyond `i64` are capped, which is the same as unlimited.
 fn lim(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn corrupt(what: &'static str, at: u64, detail: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        at,
-        detail: detail.to_string(),
-    }
-}
-
-fn id_of<T>(raw: i64, make: fn(u64) -> Option<T>, what: &'static str) -> Result<T, StoreError> {
-    make(uns(raw)).ok_or_else(|| corrupt(what, uns(raw), "a zero id"))
-}
-
-fn opt_id<T>(
-    raw: Option<i64>,
-    make: fn(u64) -> Option<T>,
-    what: &'static str,
-) -> Result<Option<T>, StoreError> {
-    raw.map(|r| id_of(r, make, what)).transpose()
-}
-
-fn encode<T: serde::Serialize>(v: &T, what: &'static str, at: u64) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(v).map_err(|e| corrupt(what, at, e))
-}
-
-fn decode_event(seq: i64, payload: &[u8]) -> Result<Event, StoreError> {
-    postcard::from_bytes(payload).map_err(|e| corrupt("event", uns(seq), e))
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {

@@ -16,6 +16,7 @@ use chat_core::{
 };
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
+use crate::codec::{corrupt, decode_event, encode, id_of, opt_id, sql, uns};
 use crate::project::{self, AUD_CHANNEL, AUD_CHANNEL_AND, AUD_USERS, Effect};
 use crate::text;
 use chat_log::format::{self, FORMAT_VERSION};
@@ -88,18 +89,6 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
 }
 
-/// Stores a u64 id or bit set in SQLite's signed INTEGER; the cast round-trips every value exactly. Only for
-/// values SQL never orders or compares by size (ids are snowflakes, far below `i64::MAX` anyway): a time, a
-/// seq or anything else a caller may pass at `u64::MAX` goes through [`bound`], which keeps the order.
-fn sql(v: u64) -> i64 {
-    v as i64
-}
-
-/// Reads back a u64 stored by [`sql`] or [`bound`].
-fn uns(v: i64) -> u64 {
-    v as u64
-}
-
 /// A time or a seq for SQL, stored or compared with `<` and `>`: values beyond `i64` (e.g. `u64::MAX` for
 /// "everything" or "never") are capped, not wrapped into negatives, so SQL orders them as the caller does.
 /// Real times and seqs are far below the cap, where this is exact.
@@ -121,34 +110,6 @@ impl<T> Db<T> for rusqlite::Result<T> {
     fn db(self) -> Result<T, StoreError> {
         self.map_err(|e| StoreError::Database(Box::new(e)))
     }
-}
-
-fn corrupt(what: &'static str, at: u64, detail: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        at,
-        detail: detail.to_string(),
-    }
-}
-
-fn id_of<T>(raw: i64, make: fn(u64) -> Option<T>, what: &'static str) -> Result<T, StoreError> {
-    make(uns(raw)).ok_or_else(|| corrupt(what, uns(raw), "a zero id"))
-}
-
-fn opt_id<T>(
-    raw: Option<i64>,
-    make: fn(u64) -> Option<T>,
-    what: &'static str,
-) -> Result<Option<T>, StoreError> {
-    raw.map(|r| id_of(r, make, what)).transpose()
-}
-
-fn encode<T: serde::Serialize>(v: &T, what: &'static str, at: u64) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(v).map_err(|e| corrupt(what, at, e))
-}
-
-fn decode_event(seq: i64, payload: &[u8]) -> Result<Event, StoreError> {
-    postcard::from_bytes(payload).map_err(|e| corrupt("event", uns(seq), e))
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
