@@ -1,10 +1,12 @@
 //! Users' streams in memory: a ring of recent committed events, each user's index into it, live-only events,
 //! and the per-user wake-up that long-polls and sockets wait on.
 
-use std::collections::{HashMap, VecDeque};
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use chat_core::{Audience, ChannelId, Event, Seq, SpaceId, UserId};
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::Notify;
@@ -54,13 +56,18 @@ impl Group {
     }
 }
 
-/// The seqs of one channel's or space's tail events, ascending, and the newest one ever published (kept when
-/// the index is trimmed empty, so that a member's run of deliveries can be continued).
+/// The seqs of one channel's or space's tail events, ascending, the newest one ever published (kept when the
+/// index is trimmed empty, so that a member's run of deliveries can be continued), and who got it.
 #[derive(Debug, Default)]
 struct GroupIndex {
     seqs: VecDeque<Seq>,
     last: Seq,
+    /// The recipients of the group's newest event, sorted: exactly the users whose run of the group is open.
+    members: Vec<UserId>,
 }
+
+/// The end of an open run: the user got every event of the group since the run's first, through its newest.
+const OPEN: Seq = Seq::MAX;
 
 /// One user's view of the tail.
 #[derive(Debug)]
@@ -71,7 +78,8 @@ pub(crate) struct UserStream {
     floor: Seq,
     /// For each channel or space whose events the user got: the runs of that group's events they got, as
     /// `(first, last)` seqs, ascending. A run is a stretch of consecutive events of the group; a user who left
-    /// and came back has one run per stay.
+    /// and came back has one run per stay. The last run is open (`last == OPEN`) while the user got the
+    /// group's newest event: it grows with the group without being touched.
     runs: HashMap<Group, Vec<(Seq, Seq)>>,
     /// Recent live-only events with the generation each was published at.
     live: VecDeque<(u64, Arc<Event>)>,
@@ -84,7 +92,7 @@ impl UserStream {
         Self {
             seqs: VecDeque::new(),
             floor: 0,
-            runs: HashMap::new(),
+            runs: HashMap::default(),
             live: VecDeque::new(),
             wake: Arc::new(Wake::default()),
         }
@@ -141,10 +149,13 @@ const LIVE_KEEP: usize = 64;
 /// The tail and its indexes. Guarded by one std mutex: every critical section is short and never awaits, so
 /// a blocking lock is cheaper than an async one (the reasoning of mini-redis's `db.rs`).
 ///
-/// An event for a channel or a space is indexed once, in that group's index; each recipient only extends
-/// their run of the group's events (O(1), no memory per event). Indexing each event's seq in every
-/// recipient's own index cost 8 bytes per delivery: a channel of 10k members held 800 MB of seqs after its
-/// members' 10k joins.
+/// An event for a channel or a space is indexed once, in that group's index; its recipients' runs of the
+/// group's events stay open and grow with the group, so only a recipient who was not one of the group's
+/// previous event (a run opens) or one who is not any more (their run closes) is touched, and only readers
+/// waiting at that moment are woken. Indexing each event's seq in every recipient's own index cost 8 bytes
+/// per delivery (a channel of 10k members held 800 MB of seqs after its members' 10k joins); extending every
+/// recipient's run cost a few cache misses per recipient, which made filling a channel of 57k members take
+/// half an hour.
 #[derive(Debug)]
 pub(crate) struct Streams {
     /// Committed durable events with contiguous seqs; `tail[0].seq == floor + 1`.
@@ -157,6 +168,9 @@ pub(crate) struct Streams {
     user_capacity: usize,
     users: HashMap<UserId, UserStream>,
     groups: HashMap<Group, GroupIndex>,
+    /// Users for whom a [`Waiter`] was made, with their wake-up: the only ones an event has to wake. Entries
+    /// whose waiters are all gone are dropped by the sweep.
+    watched: HashMap<UserId, Arc<Wake>>,
     /// Events published since the last sweep of entries that fell out of the tail.
     since_sweep: usize,
 }
@@ -182,8 +196,9 @@ impl Streams {
             last,
             capacity: capacity.max(1),
             user_capacity: user_capacity.max(1),
-            users: HashMap::new(),
-            groups: HashMap::new(),
+            users: HashMap::default(),
+            groups: HashMap::default(),
+            watched: HashMap::default(),
             since_sweep: 0,
         }
     }
@@ -193,8 +208,10 @@ impl Streams {
         self.last
     }
 
-    /// Publishes one committed durable event to its recipients: O(recipients), and no recipient gets a copy
-    /// of the event or of its seq when the event is for a channel or space.
+    /// Publishes one committed durable event to its recipients, none of whom gets a copy of the event. For a
+    /// channel or space: O(recipients) sequential work (the recipients compared with the group's previous
+    /// ones), plus O(1) per recipient whose run opens or closes and per waiting reader woken. For named users:
+    /// O(recipients).
     pub(crate) fn publish_durable(&mut self, event: Arc<Event>, recipients: &[UserId]) {
         let seq = event.seq;
         debug_assert_eq!(seq, self.last + 1, "the tail is contiguous");
@@ -207,6 +224,7 @@ impl Streams {
             }
         }
         if let Some(group) = group {
+            let recipients = sorted(recipients);
             let index = self.groups.entry(group).or_default();
             let previous = index.last;
             index.last = seq;
@@ -214,16 +232,21 @@ impl Streams {
             while index.seqs.front().is_some_and(|s| *s <= self.floor) {
                 index.seqs.pop_front();
             }
-            for user in recipients {
-                let stream = self.users.entry(*user).or_insert_with(UserStream::new);
+            let users = &mut self.users;
+            diff(&index.members, &recipients, |user, now| {
+                let stream = users.entry(user).or_insert_with(UserStream::new);
                 let runs = stream.runs.entry(group).or_default();
-                match runs.last_mut() {
-                    // They got the group's previous event: the run goes on.
-                    Some((_, last)) if *last == previous => *last = seq,
-                    _ => runs.push((seq, seq)),
+                if now {
+                    // They did not get the group's previous event: a new run.
+                    runs.push((seq, OPEN));
+                } else if let Some((_, last)) = runs.last_mut().filter(|(_, last)| *last == OPEN) {
+                    // Their run ended with the previous event.
+                    *last = previous;
                 }
-                stream.wake.bump();
-            }
+            });
+            index.members.clear();
+            index.members.extend_from_slice(&recipients);
+            self.wake(&recipients);
         } else {
             for user in recipients {
                 let stream = self.users.entry(*user).or_insert_with(UserStream::new);
@@ -245,10 +268,30 @@ impl Streams {
         }
     }
 
-    /// Drops index entries and runs that fell out of the tail, and groups left with nothing: a group or user
-    /// that went quiet is not trimmed by publishing. O(users + groups) once every `capacity` events.
+    /// Wakes the waiting readers among `recipients` (sorted), from whichever side is smaller.
+    fn wake(&self, recipients: &[UserId]) {
+        if self.watched.len() < recipients.len() {
+            for (user, wake) in &self.watched {
+                if recipients.binary_search(user).is_ok() {
+                    wake.bump();
+                }
+            }
+        } else {
+            for user in recipients {
+                if let Some(wake) = self.watched.get(user) {
+                    wake.bump();
+                }
+            }
+        }
+    }
+
+    /// Drops index entries and runs that fell out of the tail, groups left with nothing, and wake-ups nobody
+    /// waits on: a group or user that went quiet is not trimmed by publishing. O(users + groups) once every
+    /// `capacity` events.
     fn sweep(&mut self) {
         self.since_sweep = 0;
+        // Waiters are only made under the streams' lock (`subscribe`), so one seen gone here stays gone.
+        self.watched.retain(|_, wake| Arc::strong_count(wake) > 2);
         let floor = self.floor;
         self.groups.retain(|_, index| {
             while index.seqs.front().is_some_and(|s| *s <= floor) {
@@ -303,6 +346,7 @@ impl Streams {
     /// A waiter that wakes at the user's next event, and the live generation it starts from.
     pub(crate) fn subscribe(&mut self, user: UserId) -> (Waiter, u64) {
         let wake = &self.users.entry(user).or_insert_with(UserStream::new).wake;
+        self.watched.entry(user).or_insert_with(|| Arc::clone(wake));
         let waiter = Waiter {
             seen: wake.version.load(Ordering::Acquire),
             wake: Arc::clone(wake),
@@ -350,7 +394,11 @@ impl Streams {
                 continue;
             };
             let mut taken = 0;
-            for &(first, last) in runs.iter().filter(|(_, last)| *last > after) {
+            let runs = runs
+                .iter()
+                .map(|&(first, last)| (first, if last == OPEN { index.last } else { last }))
+                .filter(|(_, last)| *last > after);
+            for (first, last) in runs {
                 let from = after.max(first.saturating_sub(1));
                 for seq in index.seqs.range(first_after(&index.seqs, from)..) {
                     if *seq > last || *seq > bound || taken == take {
@@ -396,6 +444,46 @@ impl Streams {
             );
         }
         TailRead::Hit { events, cursor }
+    }
+}
+
+/// The recipients sorted and without duplicates (they almost always come so: a member list, then perhaps
+/// one more user).
+fn sorted(recipients: &[UserId]) -> Cow<'_, [UserId]> {
+    if recipients.windows(2).all(|w| w[0] < w[1]) {
+        Cow::Borrowed(recipients)
+    } else {
+        let mut owned = recipients.to_vec();
+        owned.sort_unstable();
+        owned.dedup();
+        Cow::Owned(owned)
+    }
+}
+
+/// Walks two sorted lists and calls `f(user, true)` for each user only in `now`, `f(user, false)` for each
+/// only in `before`.
+fn diff(before: &[UserId], now: &[UserId], mut f: impl FnMut(UserId, bool)) {
+    let (mut i, mut j) = (0, 0);
+    while i < before.len() || j < now.len() {
+        match (before.get(i), now.get(j)) {
+            (Some(b), Some(n)) if b == n => {
+                i += 1;
+                j += 1;
+            }
+            (Some(b), Some(n)) if b < n => {
+                f(*b, false);
+                i += 1;
+            }
+            (Some(b), None) => {
+                f(*b, false);
+                i += 1;
+            }
+            (_, Some(n)) => {
+                f(*n, true);
+                j += 1;
+            }
+            (None, None) => break,
+        }
     }
 }
 
@@ -540,6 +628,69 @@ mod tests {
         assert_eq!(events.len(), 4);
     }
 
+    /// Only readers waiting are woken by a channel's events, each by the events they are a recipient of,
+    /// whichever side (recipients or waiters) the streams walk, and across sweeps.
+    #[tokio::test]
+    async fn a_waiter_wakes_at_its_users_channel_events_only() {
+        let woken = |w: &mut Waiter| {
+            let changed = w.changed();
+            tokio::pin!(changed);
+            let waker = std::task::Waker::noop();
+            changed
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker))
+                .is_ready()
+        };
+        let mut s = Streams::new(0, 4, 100);
+        let many: Vec<u64> = (1..=50).collect();
+        let (mut w1, _) = s.subscribe(user(1));
+        let (mut w60, _) = s.subscribe(user(60));
+        assert!(!woken(&mut w1));
+        // Fifty recipients, two waiters: the waiters' side is walked.
+        publish(&mut s, Audience::Channel(channel(7)), &many);
+        assert!(woken(&mut w1));
+        assert!(!woken(&mut w60), "user 60 is not a member");
+        // One recipient: the recipients' side.
+        publish(&mut s, Audience::Channel(channel(7)), &[60]);
+        assert!(woken(&mut w60));
+        assert!(!woken(&mut w1));
+        // A waiter dropped is forgotten by a sweep; one made again is woken again.
+        drop(w60);
+        for _ in 0..8 {
+            publish(&mut s, Audience::Channel(channel(8)), &[2]);
+        }
+        assert!(!s.watched.contains_key(&user(60)));
+        assert!(s.watched.contains_key(&user(1)));
+        let (mut w60, _) = s.subscribe(user(60));
+        publish(&mut s, Audience::Channel(channel(7)), &[1, 60]);
+        assert!(woken(&mut w60));
+        assert!(woken(&mut w1));
+    }
+
+    /// A run stays open while its user gets every event of the group, and closes at the last one they got.
+    #[test]
+    fn runs_open_and_close_with_the_groups_recipients() {
+        let mut s = Streams::new(0, 100, 100);
+        let c = Audience::Channel(channel(7));
+        let first = publish(&mut s, c.clone(), &[1, 2, 3]);
+        let second = publish(&mut s, c.clone(), &[3, 1, 2]);
+        let without_two = publish(&mut s, c.clone(), &[1, 3]);
+        let back = publish(&mut s, c.clone(), &[1, 2, 3]);
+        assert_eq!(
+            s.users[&user(2)].runs[&Group::Channel(channel(7))],
+            vec![(first, second), (back, OPEN)]
+        );
+        assert_eq!(
+            s.users[&user(1)].runs[&Group::Channel(channel(7))],
+            vec![(first, OPEN)]
+        );
+        assert_eq!(seqs(&mut s, 2, 0, 100).0, vec![first, second, back]);
+        assert_eq!(
+            seqs(&mut s, 3, 0, 100).0,
+            vec![first, second, without_two, back]
+        );
+    }
+
     /// Random audiences and recipient sets: every read returns exactly the events the user was a recipient
     /// of, after the cursor, in order, as a per-user copy of every seq would.
     #[test]
@@ -552,7 +703,7 @@ mod tests {
             rng % n
         };
         let mut s = Streams::new(0, 64, 1000);
-        let mut reference: HashMap<u64, Vec<Seq>> = HashMap::new();
+        let mut reference: HashMap<u64, Vec<Seq>> = HashMap::default();
         for _ in 0..2000 {
             let audience = match next(4) {
                 0 => Audience::User(user(1 + next(6))),
