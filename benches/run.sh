@@ -216,8 +216,11 @@ loadgen() {
 loadgen_cluster() {
   local name=$1; shift
   start_cluster
-  log "$name: chat-loadgen $* --url $CLUSTER_URLS"
-  "$LOADGEN" "$@" --url "$CLUSTER_URLS" --server-pid "${CLUSTER_PIDS[0]}" --json "$OUT/$name.json" \
+  # CLUSTER_LOAD_NODES=k puts the load on the first k nodes only (the others still follow the log).
+  local urls
+  urls=$(echo "$CLUSTER_URLS" | cut -d, -f"1-${CLUSTER_LOAD_NODES:-$CLUSTER_NODES}")
+  log "$name: chat-loadgen $* --url $urls"
+  "$LOADGEN" "$@" --url "$urls" --server-pid "${CLUSTER_PIDS[0]}" --json "$OUT/$name.json" \
     || echo "run $name failed" >&2
   stop_cluster
 }

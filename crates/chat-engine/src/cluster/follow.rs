@@ -17,6 +17,12 @@ use crate::writer::{Job, Step, Writer};
 /// Log events read per catch-up call.
 const CATCH_UP: usize = 4096;
 
+/// How long a follower with a link to the writer lets a doorbell ring go unanswered before it reads the store.
+/// The store rings at commit, about when the writer's push of the same batch leaves; reading the store at
+/// every ring made each follower read every batch twice, and held its deliveries behind a database round
+/// trip the push had made needless. The ring is a fallback for a push that was lost.
+const BELL_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
 type Answer = oneshot::Sender<Result<CommandReply, EngineError>>;
 
 /// A command sent to the writer, waiting for its reply.
@@ -168,6 +174,8 @@ impl Writer {
         let mut held: Vec<Held> = Vec::new();
         let mut next_id = 0u64;
         let mut doorbell = node.doorbell.subscribe();
+        // A ring not answered yet by a push: the seq it named, and when the store is read for it.
+        let mut bell: Option<(Seq, tokio::time::Instant)> = None;
         let mut tick = tokio::time::interval(node.ttl / 4);
         let mut last_flush = tokio::time::Instant::now();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -270,9 +278,32 @@ impl Writer {
                     }
                 }
                 changed = doorbell.changed() => {
-                    if changed.is_ok() && *doorbell.borrow_and_update() > self.core.last_seq() {
+                    let rung = *doorbell.borrow_and_update();
+                    if changed.is_err() || rung <= self.core.last_seq() {
+                        continue;
+                    }
+                    if uplink.is_some() {
+                        // The writer's push is likely on its way: wait for it a little. A ring while one waits
+                        // is looked at when that one is done.
+                        if bell.is_none() {
+                            bell = Some((rung, tokio::time::Instant::now() + BELL_GRACE));
+                        }
+                    } else {
                         self.catch_up().await?;
                         release(&mut held, self.core.last_seq());
+                    }
+                }
+                () = tokio::time::sleep_until(bell.map_or_else(tokio::time::Instant::now, |(_, due)| due)),
+                    if bell.is_some() =>
+                {
+                    let rung = bell.take().map_or(0, |(seq, _)| seq);
+                    if rung > self.core.last_seq() {
+                        self.catch_up().await?;
+                        release(&mut held, self.core.last_seq());
+                    }
+                    let latest = *doorbell.borrow();
+                    if latest > self.core.last_seq() {
+                        bell = Some((latest, tokio::time::Instant::now() + BELL_GRACE));
                     }
                 }
                 _ = tick.tick() => {
