@@ -26,5 +26,6 @@ mod types;
 
 pub use crate::types::{
     Batch, Cluster, DbMeta, HistoryQuery, Lease, NodeRecord, NodeRole, NonceRecord,
-    RetentionReport, SearchHit, SearchQuery, Store, StoreError, StoredMessage, StreamPage,
+    RetentionReport, SearchHit, SearchQuery, ServerLink, Store, StoreError, StoredMessage,
+    StreamPage,
 };

@@ -261,6 +261,21 @@ pub enum StoreError {
     },
 }
 
+/// A server this one links to (SPEC §13), as the operator added it (`chatd link add`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerLink {
+    /// The peer's server name, as it signs its requests.
+    pub name: String,
+    /// The peer's base URL (`https://chat.example.org`).
+    pub url: String,
+    /// This link's own key; `None` uses `FEDERATION_KEY`. Kept as given: both ends sign with it.
+    pub key: Option<String>,
+    /// When the link was added (unix ms).
+    pub added_at: UnixMillis,
+    /// The outbox: the last local seq the peer acknowledged. A new link starts at the log's end.
+    pub cursor: Seq,
+}
+
 /// Durable storage: the event log, snapshots, cursors, nonces, and the materialized tables behind history and
 /// search.
 ///
@@ -323,6 +338,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets a spent stamp (its sign-up was refused, so it may be used again).
     fn unspend_stamp(&self, key: [u8; 32]) -> Result<(), StoreError>;
+
+    /// The servers this one links to (SPEC §13), by name.
+    fn links(&self) -> Result<Vec<ServerLink>, StoreError>;
+
+    /// Adds a link. `Ok(false)` changes nothing: a link of that name exists.
+    fn add_link(&self, link: &ServerLink) -> Result<bool, StoreError>;
+
+    /// Removes the link named `name`; `Ok(false)` if there was none.
+    fn remove_link(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Moves a link's outbox cursor: the last local seq the peer acknowledged. `Ok(false)` if the link is gone.
+    fn save_link_cursor(&self, name: &str, cursor: Seq) -> Result<bool, StoreError>;
 
     /// A page of a channel's history, oldest first.
     fn history(&self, query: &HistoryQuery) -> Result<Vec<StoredMessage>, StoreError>;

@@ -45,5 +45,6 @@ pub use chat_log::format;
 // The contract, re-exported so that code which picks a store (the binary, tests, benches) names one crate.
 pub use chat_log::{
     Batch, Cluster, DbMeta, HistoryQuery, Lease, NodeRecord, NodeRole, NonceRecord,
-    RetentionReport, SearchHit, SearchQuery, Store, StoreError, StoredMessage, StreamPage,
+    RetentionReport, SearchHit, SearchQuery, ServerLink, Store, StoreError, StoredMessage,
+    StreamPage,
 };

@@ -19,7 +19,8 @@ use crate::project::{
 use crate::text;
 use chat_log::{
     Batch, Cluster, DbMeta, HistoryQuery, Lease, NodeRecord, NodeRole, NonceRecord,
-    RetentionReport, SearchHit, SearchQuery, Store, StoreError, StoredMessage, StreamPage,
+    RetentionReport, SearchHit, SearchQuery, ServerLink, Store, StoreError, StoredMessage,
+    StreamPage,
 };
 
 /// A stretch of seqs during which a user was a member: from `from` (inclusive) to `to` (exclusive).
@@ -87,6 +88,7 @@ struct Inner {
     cursors: BTreeMap<ClientId, Seq>,
     nonces: BTreeMap<(UserId, String), NonceRecord>,
     stamps: BTreeMap<[u8; 32], UnixMillis>,
+    links: BTreeMap<String, ServerLink>,
     tables: Tables,
     /// The writer lease: term, holder, address, and when it lapses.
     lease: Option<(u64, u16, String, Instant)>,
@@ -761,6 +763,32 @@ impl Store for MemoryStore {
     fn unspend_stamp(&self, key: [u8; 32]) -> Result<(), StoreError> {
         self.lock().stamps.remove(&key);
         Ok(())
+    }
+
+    fn links(&self) -> Result<Vec<ServerLink>, StoreError> {
+        Ok(self.lock().links.values().cloned().collect())
+    }
+
+    fn add_link(&self, link: &ServerLink) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner.links.contains_key(&link.name) {
+            return Ok(false);
+        }
+        inner.links.insert(link.name.clone(), link.clone());
+        Ok(true)
+    }
+
+    fn remove_link(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().links.remove(name).is_some())
+    }
+
+    fn save_link_cursor(&self, name: &str, cursor: Seq) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .links
+            .get_mut(name)
+            .map(|l| l.cursor = cursor)
+            .is_some())
     }
 
     fn nonces_since(&self, since: UnixMillis) -> Result<Vec<NonceRecord>, StoreError> {

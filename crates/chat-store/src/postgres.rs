@@ -59,7 +59,8 @@ use chat_core::{
 use chat_log::format::{self, FORMAT_VERSION};
 use chat_log::{
     Batch, Cluster, DbMeta, HistoryQuery, Lease, NodeRecord, NodeRole, NonceRecord,
-    RetentionReport, SearchHit, SearchQuery, Store, StoreError, StoredMessage, StreamPage,
+    RetentionReport, SearchHit, SearchQuery, ServerLink, Store, StoreError, StoredMessage,
+    StreamPage,
 };
 use futures_executor::block_on;
 use futures_util::FutureExt;
@@ -73,13 +74,19 @@ use crate::text;
 
 /// The PostgreSQL schema migrations, in order, embedded at build time. A version is never edited once
 /// released: a change is a new file.
-const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    include_str!("../../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        include_str!("../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/postgres/0002_server_links.sql"),
+    ),
+];
 
 /// The newest PostgreSQL schema version this binary knows.
-pub const POSTGRES_SCHEMA_VERSION: u32 = 1;
+pub const POSTGRES_SCHEMA_VERSION: u32 = 2;
 
 /// The advisory lock under which schema migrations run: several processes opening a fresh database at once
 /// apply each migration once.
@@ -1230,6 +1237,64 @@ impl Store for PostgresStore {
             let mut q = Q::new(&c.client, &mut c.stmts);
             block_on(q.exec("DELETE FROM spent_stamps WHERE key = $1", &[&&key[..]]))?;
             Ok(())
+        })
+    }
+
+    fn links(&self) -> Result<Vec<ServerLink>, StoreError> {
+        self.write(|c| {
+            let mut q = Q::new(&c.client, &mut c.stmts);
+            let rows = block_on(q.query(
+                "SELECT name, url, key, added_at, cursor FROM server_links ORDER BY name",
+                &[],
+            ))?;
+            rows.iter()
+                .map(|r| {
+                    Ok(ServerLink {
+                        name: r.try_get(0).db()?,
+                        url: r.try_get(1).db()?,
+                        key: r.try_get(2).db()?,
+                        added_at: uns(r.try_get(3).db()?),
+                        cursor: uns(r.try_get(4).db()?),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn add_link(&self, link: &ServerLink) -> Result<bool, StoreError> {
+        self.write(|c| {
+            let mut q = Q::new(&c.client, &mut c.stmts);
+            let added = block_on(q.exec(
+                "INSERT INTO server_links (name, url, key, added_at, cursor) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (name) DO NOTHING",
+                &[
+                    &link.name,
+                    &link.url,
+                    &link.key,
+                    &bound(link.added_at),
+                    &bound(link.cursor),
+                ],
+            ))?;
+            Ok(added == 1)
+        })
+    }
+
+    fn remove_link(&self, name: &str) -> Result<bool, StoreError> {
+        self.write(|c| {
+            let mut q = Q::new(&c.client, &mut c.stmts);
+            let removed = block_on(q.exec("DELETE FROM server_links WHERE name = $1", &[&name]))?;
+            Ok(removed == 1)
+        })
+    }
+
+    fn save_link_cursor(&self, name: &str, cursor: Seq) -> Result<bool, StoreError> {
+        self.write(|c| {
+            let mut q = Q::new(&c.client, &mut c.stmts);
+            let changed = block_on(q.exec(
+                "UPDATE server_links SET cursor = $2 WHERE name = $1",
+                &[&name, &bound(cursor)],
+            ))?;
+            Ok(changed == 1)
         })
     }
 

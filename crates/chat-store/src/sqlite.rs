@@ -21,8 +21,8 @@ use crate::project::{self, AUD_CHANNEL, AUD_CHANNEL_AND, AUD_USERS, Effect};
 use crate::text;
 use chat_log::format::{self, FORMAT_VERSION};
 use chat_log::{
-    Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, Store,
-    StoreError, StoredMessage, StreamPage,
+    Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, ServerLink,
+    Store, StoreError, StoredMessage, StreamPage,
 };
 
 /// The schema migrations, in order, embedded at build time. A version is never edited once released: a
@@ -35,10 +35,11 @@ const MIGRATIONS: &[(u32, &str)] = &[
         include_str!("../../../migrations/0003_fts_batched_prefix.sql"),
     ),
     (4, include_str!("../../../migrations/0004_spent_stamps.sql")),
+    (5, include_str!("../../../migrations/0005_server_links.sql")),
 ];
 
 /// The newest schema version this binary knows.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// The kinds of message the full-text index holds: what users wrote, not system notices. The delete and
 /// edit triggers of the schema name the same kinds.
@@ -1460,6 +1461,79 @@ impl Store for SqliteStore {
             .execute("DELETE FROM spent_stamps WHERE key = ?1", [&key[..]])
             .db()?;
         Ok(())
+    }
+
+    fn links(&self) -> Result<Vec<ServerLink>, StoreError> {
+        let w = self.writer();
+        let mut stmt = w
+            .conn
+            .prepare_cached(
+                "SELECT name, url, key, added_at, cursor FROM server_links ORDER BY name",
+            )
+            .db()?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .db()?;
+        let mut links = Vec::new();
+        for row in rows {
+            let (name, url, key, added_at, cursor) = row.db()?;
+            links.push(ServerLink {
+                name,
+                url,
+                key,
+                added_at: uns(added_at),
+                cursor: uns(cursor),
+            });
+        }
+        Ok(links)
+    }
+
+    fn add_link(&self, link: &ServerLink) -> Result<bool, StoreError> {
+        let w = self.writer();
+        let added = w
+            .conn
+            .execute(
+                "INSERT INTO server_links (name, url, key, added_at, cursor) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (name) DO NOTHING",
+                params![
+                    link.name,
+                    link.url,
+                    link.key,
+                    bound(link.added_at),
+                    bound(link.cursor)
+                ],
+            )
+            .db()?;
+        Ok(added == 1)
+    }
+
+    fn remove_link(&self, name: &str) -> Result<bool, StoreError> {
+        let w = self.writer();
+        let removed = w
+            .conn
+            .execute("DELETE FROM server_links WHERE name = ?1", [name])
+            .db()?;
+        Ok(removed == 1)
+    }
+
+    fn save_link_cursor(&self, name: &str, cursor: Seq) -> Result<bool, StoreError> {
+        let w = self.writer();
+        let changed = w
+            .conn
+            .execute(
+                "UPDATE server_links SET cursor = ?2 WHERE name = ?1",
+                params![name, bound(cursor)],
+            )
+            .db()?;
+        Ok(changed == 1)
     }
 
     fn nonces_since(&self, since: UnixMillis) -> Result<Vec<NonceRecord>, StoreError> {

@@ -39,6 +39,11 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         action: InviteCmd,
     },
+    /// Manage links to other chatd servers (federation, SPEC §13).
+    Link {
+        #[command(subcommand)]
+        action: LinkCmd,
+    },
     /// Fill the database with generated users, spaces, channels and messages (for demos and benchmarks).
     Seed(SeedArgs),
     /// Copy the SQLite database to PATH while it may be in use (SQLite online backup).
@@ -102,6 +107,27 @@ pub(crate) enum InviteCmd {
         /// Seconds until it expires (0 = never).
         #[arg(long, default_value_t = 0)]
         max_age: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum LinkCmd {
+    /// Add a link to a server: its relays start at the end of this server's log.
+    Add {
+        /// The server's name, as it signs its requests (lower case, e.g. `chat.example.org`).
+        name: String,
+        /// Its base URL (`https://chat.example.org`).
+        url: String,
+        /// This link's own key [default: CHATD_LINK_KEY, else FEDERATION_KEY when the server runs].
+        #[arg(long, env = "CHATD_LINK_KEY", hide_env_values = true)]
+        key: Option<String>,
+    },
+    /// List the links: name, URL, whether it has its own key, and its outbox cursor.
+    List,
+    /// Remove a link: nothing more is relayed to or accepted from that server.
+    Remove {
+        /// The server's name.
+        name: String,
     },
 }
 

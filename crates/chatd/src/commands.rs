@@ -11,9 +11,9 @@ use anyhow::{Context as _, bail};
 use chat_core::{ChannelKind, Command, Created, MessageKind};
 use chat_engine::Engine;
 use chat_store::format::FORMAT_VERSION;
-use chat_store::{HistoryQuery, POSTGRES_SCHEMA_VERSION, SCHEMA_VERSION};
+use chat_store::{HistoryQuery, POSTGRES_SCHEMA_VERSION, SCHEMA_VERSION, ServerLink};
 
-use crate::cli::{AdminCmd, InviteCmd, PasswordArg};
+use crate::cli::{AdminCmd, InviteCmd, LinkCmd, PasswordArg};
 use crate::config::{Config, DbUrl};
 use crate::db::{self, Create, Db, Lock};
 
@@ -220,6 +220,67 @@ async fn create_invite(
         Some(Created::Invite(code)) => Ok(code),
         other => bail!("the engine did not report the invite's code: {other:?}"),
     }
+}
+
+/// `link add|list|remove`: the servers this one links to. Works while a server runs on the database.
+pub(crate) fn link(config: &Config, action: LinkCmd) -> anyhow::Result<()> {
+    let db = Db::open(config, Create::Allow, Lock::None)?;
+    let store = db.store();
+    match action {
+        LinkCmd::Add { name, url, key } => {
+            let name = chat_federation::peer::server_name(&name)?;
+            let url = chat_federation::peer::server_url(&url)?;
+            if key.as_deref() == Some("") {
+                bail!("an empty key signs nothing: give a key, or none to use FEDERATION_KEY");
+            }
+            let own_key = key.is_some();
+            let link = ServerLink {
+                name: name.clone(),
+                url: url.clone(),
+                key,
+                added_at: db::now_ms(),
+                cursor: store.last_seq()?,
+            };
+            if !store.add_link(&link)? {
+                bail!("a link to {name} exists already; `chatd link remove {name}` first");
+            }
+            println!(
+                "linked to {name} at {url} ({})",
+                if own_key {
+                    "its own key"
+                } else {
+                    "FEDERATION_KEY"
+                }
+            );
+            if !own_key && config.federation_key.is_none() {
+                eprintln!(
+                    "warning: FEDERATION_KEY is not set here; the server needs it to sign for {name}"
+                );
+            }
+        }
+        LinkCmd::List => {
+            for l in store.links()? {
+                println!(
+                    "{}\t{}\t{}\tcursor {}",
+                    l.name,
+                    l.url,
+                    if l.key.is_some() {
+                        "own key"
+                    } else {
+                        "FEDERATION_KEY"
+                    },
+                    l.cursor
+                );
+            }
+        }
+        LinkCmd::Remove { name } => {
+            if !store.remove_link(&name)? {
+                bail!("there is no link to {name}");
+            }
+            println!("removed the link to {name}");
+        }
+    }
+    Ok(())
 }
 
 /// `backup PATH`: SQLite's online backup of the live database, safe while a server writes to it.

@@ -82,6 +82,7 @@ async fn dispatch(command: Cmd, config: &Config) -> anyhow::Result<()> {
         Cmd::Migrate => commands::migrate(config),
         Cmd::Admin { action } => commands::admin(config, action).await,
         Cmd::Invite { action } => commands::invite(config, action).await,
+        Cmd::Link { action } => commands::link(config, action),
         Cmd::Seed(args) => seed::run(config, args).await,
         Cmd::Backup { path } => commands::backup(config, &path),
         Cmd::Check { fix } => commands::check(config, fix).await,

@@ -9,8 +9,8 @@ use chat_core::{
     Attachment, Audience, ChannelId, ClientId, Event, MessageId, Seq, UnixMillis, UserId,
 };
 use chat_store::{
-    Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, Store,
-    StoreError, StoredMessage, StreamPage,
+    Batch, DbMeta, HistoryQuery, NonceRecord, RetentionReport, SearchHit, SearchQuery, ServerLink,
+    Store, StoreError, StoredMessage, StreamPage,
 };
 
 #[derive(Debug, Default)]
@@ -20,6 +20,7 @@ struct Inner {
     cursors: BTreeMap<ClientId, Seq>,
     nonces: HashMap<(UserId, String), NonceRecord>,
     stamps: HashMap<[u8; 32], u64>,
+    links: BTreeMap<String, ServerLink>,
     fail_appends: bool,
     appends: usize,
 }
@@ -183,6 +184,32 @@ impl Store for TestStore {
     fn unspend_stamp(&self, key: [u8; 32]) -> Result<(), StoreError> {
         self.inner.lock().unwrap().stamps.remove(&key);
         Ok(())
+    }
+
+    fn links(&self) -> Result<Vec<ServerLink>, StoreError> {
+        Ok(self.inner.lock().unwrap().links.values().cloned().collect())
+    }
+
+    fn add_link(&self, link: &ServerLink) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.links.contains_key(&link.name) {
+            return Ok(false);
+        }
+        inner.links.insert(link.name.clone(), link.clone());
+        Ok(true)
+    }
+
+    fn remove_link(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.inner.lock().unwrap().links.remove(name).is_some())
+    }
+
+    fn save_link_cursor(&self, name: &str, cursor: Seq) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        Ok(inner
+            .links
+            .get_mut(name)
+            .map(|l| l.cursor = cursor)
+            .is_some())
     }
 
     fn nonce(&self, user: UserId, nonce: &str) -> Result<Option<NonceRecord>, StoreError> {

@@ -1186,6 +1186,46 @@ fn odd_inputs_are_answered<S: Store>(s: &S) {
     assert_eq!(s.last_seq().unwrap(), last);
 }
 
+/// Server links: added once by name, listed in name order with their keys and cursors, cursors moved,
+/// removed; a second add of a name and a change to a link that is gone change nothing.
+fn server_links<S: Store>(s: &S) {
+    assert_eq!(s.links().unwrap(), vec![]);
+    let b = chat_store::ServerLink {
+        name: "b.example".into(),
+        url: "http://127.0.0.1:9002".into(),
+        key: Some("a key for b, with 'quotes' and ünïcode".into()),
+        added_at: NOW,
+        cursor: 17,
+    };
+    let a = chat_store::ServerLink {
+        name: "a.example".into(),
+        url: "https://a.example".into(),
+        key: None,
+        added_at: NOW + 1,
+        cursor: 0,
+    };
+    assert!(s.add_link(&b).unwrap());
+    assert!(s.add_link(&a).unwrap());
+    let other_url = chat_store::ServerLink {
+        url: "http://elsewhere".into(),
+        ..b.clone()
+    };
+    assert!(!s.add_link(&other_url).unwrap(), "a name is added once");
+    assert_eq!(s.links().unwrap(), vec![a.clone(), b.clone()]);
+    assert!(s.save_link_cursor("b.example", u64::MAX >> 1).unwrap());
+    assert!(!s.save_link_cursor("c.example", 5).unwrap());
+    assert_eq!(s.links().unwrap()[1].cursor, u64::MAX >> 1);
+    assert!(s.remove_link("a.example").unwrap());
+    assert!(!s.remove_link("a.example").unwrap());
+    assert_eq!(
+        s.links().unwrap(),
+        vec![chat_store::ServerLink {
+            cursor: u64::MAX >> 1,
+            ..b
+        }]
+    );
+}
+
 /// Instantiates each conformance test for every store: memory, SQLite on a file, PostgreSQL on a fresh
 /// database of the test process's server.
 macro_rules! conformance {
@@ -1244,4 +1284,5 @@ conformance!(
     attachments_are_listed_and_trimmed_ones_reported,
     replay_rebuilds_the_core,
     odd_inputs_are_answered,
+    server_links,
 );

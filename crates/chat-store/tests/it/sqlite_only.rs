@@ -56,7 +56,8 @@ fn reopen_keeps_identity_and_log() {
             (1, NOW as i64),
             (2, NOW as i64),
             (3, NOW as i64),
-            (4, NOW as i64)
+            (4, NOW as i64),
+            (5, NOW as i64)
         ]
     );
 }
@@ -99,6 +100,7 @@ fn older_schema_upgrades_in_place() {
     c.execute_batch(
         "DROP INDEX messages_pinned;
          DROP TABLE spent_stamps;
+         DROP TABLE server_links;
          CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
              WHEN new.kind IN ('message', 'action', 'notice')
          BEGIN
@@ -120,6 +122,7 @@ fn older_schema_upgrades_in_place() {
         )
         .unwrap();
     assert!(has_index);
+    assert_eq!(s.links().unwrap(), vec![], "the links table is back, empty");
     let h = s
         .history(&HistoryQuery {
             channel: ch,

@@ -196,7 +196,7 @@ fn help_documents_every_variable_and_subcommand() {
         );
     }
     for sub in [
-        "serve", "init", "migrate", "admin", "invite", "seed", "backup", "check",
+        "serve", "init", "migrate", "admin", "invite", "link", "seed", "backup", "check",
     ] {
         assert!(
             help.lines().any(|l| l.trim_start().starts_with(sub)),
@@ -989,9 +989,17 @@ fn operator_commands_work_on_postgresql() {
     );
     let report = ok(path, &["check"], &env);
     assert_eq!(field(&report, "users"), "1", "{report}");
-    assert_eq!(field(&report, "schema version"), "1", "{report}");
+    let version = chat_store::POSTGRES_SCHEMA_VERSION.to_string();
+    assert_eq!(field(&report, "schema version"), version, "{report}");
     let out = ok(path, &["migrate"], &env);
-    assert!(out.contains("schema version 1"), "{out}");
+    assert!(out.contains(&format!("schema version {version}")), "{out}");
+    // Links are kept in PostgreSQL too.
+    ok(
+        path,
+        &["link", "add", "b.example", "http://127.0.0.1:9"],
+        &env,
+    );
+    assert!(ok(path, &["link", "list"], &env).starts_with("b.example\t"));
     let backup = path.join("chat.dump");
     let out = ok(path, &["backup", backup.to_str().unwrap()], &env);
     assert!(out.contains("backed up"), "{out}");
@@ -1003,6 +1011,90 @@ fn operator_commands_work_on_postgresql() {
     // A second backup to the same path is refused, not overwritten.
     let again = run(path, &["backup", backup.to_str().unwrap()], &env);
     assert!(!again.status.success());
+}
+
+/// `link add|list|remove`: links are added once with a checked name and URL, listed with their cursor at
+/// the log's end when added and without their keys, and removed; bad input changes nothing.
+#[test]
+fn link_add_list_and_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    ok(path, &["init"], &[]);
+    let out = ok(
+        path,
+        &["link", "add", "b.example", "http://127.0.0.1:9002/"],
+        &[("CHATD_LINK_KEY", "s3cret-for-b")],
+    );
+    assert!(
+        out.contains("linked to b.example at http://127.0.0.1:9002 (its own key)"),
+        "{out}"
+    );
+    let out = run(
+        path,
+        &["link", "add", "a.example", "https://a.example"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("FEDERATION_KEY is not set"),
+        "a link without a key warns when FEDERATION_KEY is unset: {}",
+        stderr(&out)
+    );
+    let list = ok(path, &["link", "list"], &[]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(
+        lines[0].starts_with("a.example\thttps://a.example\tFEDERATION_KEY\tcursor "),
+        "{list}"
+    );
+    assert!(
+        lines[1].starts_with("b.example\thttp://127.0.0.1:9002\town key\tcursor "),
+        "{list}"
+    );
+    // A new link starts at the log's end: init's genesis events are not relayed.
+    let cursor: u64 = lines[1].rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(cursor > 0, "{list}");
+    assert!(!list.contains("s3cret"), "keys are never printed");
+    for (args, why) in [
+        (
+            vec!["link", "add", "b.example", "http://elsewhere"],
+            "exists already",
+        ),
+        (
+            vec!["link", "add", "B.example", "http://x"],
+            "is not a server name",
+        ),
+        (
+            vec!["link", "add", "nick@c", "http://x"],
+            "is not a server name",
+        ),
+        (
+            vec!["link", "add", "c.example", "ftp://x"],
+            "is not a server URL",
+        ),
+        (
+            vec!["link", "add", "c.example", "http://u@x"],
+            "is not a server URL",
+        ),
+        (
+            vec!["link", "remove", "c.example"],
+            "there is no link to c.example",
+        ),
+    ] {
+        let out = run(path, &args, &[]);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(
+        ok(path, &["link", "list"], &[]),
+        list,
+        "refused commands changed nothing"
+    );
+    let out = ok(path, &["link", "remove", "b.example"], &[]);
+    assert!(out.contains("removed the link to b.example"), "{out}");
+    let list = ok(path, &["link", "list"], &[]);
+    assert_eq!(list.lines().count(), 1, "{list}");
+    assert!(list.starts_with("a.example\t"), "{list}");
 }
 
 /// A PostgreSQL database that cannot be reached is a clear error and a nonzero exit, not a panic.

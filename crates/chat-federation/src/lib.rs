@@ -1,0 +1,11 @@
+//! Server links (SPEC §13): independent chatd servers relay events to each other over HTTP.
+//!
+//! This crate adapts the engine to server-to-server HTTP, as the transports adapt it to clients. So far it
+//! holds what identifies a peer ([`peer`]: its name and URL, checked) and the request signatures every link
+//! request carries ([`sign`]): HMAC-SHA256 with the link's key over the method, path, timestamp, both
+//! servers' names and the body's digest, checked with a bounded clock skew and a replay guard
+//! ([`sign::Verifier`]).
+#![deny(missing_docs)]
+
+pub mod peer;
+pub mod sign;
