@@ -4,8 +4,13 @@
 //! holds what identifies a peer ([`peer`]: its name and URL, checked) and the request signatures every link
 //! request carries ([`sign`]): HMAC-SHA256 with the link's key over the method, path, timestamp, both
 //! servers' names and the body's digest, checked with a bounded clock skew and a replay guard
-//! ([`sign::Verifier`]).
+//! ([`sign::Verifier`]). [`Federation::router`] answers the handshake (`POST /api/v1/federation/link`) and
+//! the status (`GET /api/v1/federation/status`) for the links of the store (`chatd link add`). Relaying
+//! events is not built yet.
 #![deny(missing_docs)]
 
 pub mod peer;
+mod routes;
 pub mod sign;
+
+pub use crate::routes::{Federation, Hello, Settings};

@@ -143,9 +143,14 @@ pub(crate) struct ConfigArgs {
     #[arg(long, env = "METRICS_PASSWORD", hide_env_values = true, global = true)]
     pub(crate) metrics_password: Option<String>,
 
-    /// Reserved for federation, which is not implemented: accepted and ignored, with a warning.
+    /// The key that signs requests to and from linked servers whose link has no key of its own.
     #[arg(long, env = "FEDERATION_KEY", hide_env_values = true, global = true)]
     pub(crate) federation_key: Option<String>,
+
+    /// This server's name among linked servers (lower case, e.g. `chat.example.org`); unset, the federation
+    /// routes are off.
+    #[arg(long, env = "FEDERATION_NAME", global = true)]
+    pub(crate) federation_name: Option<String>,
 
     /// The server's public base URL (`https://chat.example.org`), for the absolute URLs of attachments
     /// [default: none, taken from each request's Host].
@@ -305,6 +310,7 @@ pub(crate) struct Config {
     pub(crate) max_upload_size: u64,
     pub(crate) metrics_auth: Option<MetricsAuth>,
     pub(crate) federation_key: Option<Secret>,
+    pub(crate) federation_name: Option<String>,
     pub(crate) cors_origins: Vec<String>,
     pub(crate) public_url: Option<String>,
     pub(crate) log_format: LogFormat,
@@ -646,6 +652,17 @@ impl Config {
             max_upload_size: parse_size("MAX_UPLOAD_SIZE", &args.max_upload_size)?,
             metrics_auth,
             federation_key: non_empty(&args.federation_key).map(|k| Secret(k.to_owned())),
+            federation_name: non_empty(&args.federation_name)
+                .map(|n| {
+                    chat_federation::peer::server_name(n).map_err(|_| {
+                        bad(
+                            "FEDERATION_NAME",
+                            n,
+                            "a server name: 1 to 63 lower-case letters, digits, '-' and '.'",
+                        )
+                    })
+                })
+                .transpose()?,
             cors_origins,
             public_url: non_empty(&args.public_url)
                 .map(parse_public_url)
@@ -724,6 +741,18 @@ impl Config {
             max_body: MAX_BODY,
             cors_origins: self.cors_origins.clone(),
         }
+    }
+
+    /// The federation's settings, when FEDERATION_NAME is set.
+    pub(crate) fn federation(&self) -> Option<chat_federation::Settings> {
+        Some(chat_federation::Settings {
+            name: self.federation_name.clone()?,
+            default_key: self.federation_key.as_ref().map(|k| k.0.clone()),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            // Relayed batches are larger than a client's requests.
+            max_body: 16 * MAX_BODY,
+            skew: Duration::from_secs(300),
+        })
     }
 
     /// The gateway's and Discord REST API's settings.

@@ -109,9 +109,9 @@ fn sweep_files(engine: &chat_engine::Engine, cutoff: std::time::SystemTime) {
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
-    if config.federation_key.is_some() {
+    if config.federation_key.is_some() && config.federation_name.is_none() {
         tracing::warn!(
-            "FEDERATION_KEY is set, but federation is not implemented; the key is ignored"
+            "FEDERATION_KEY is set, but FEDERATION_NAME is not: the federation routes are off"
         );
     }
     std::fs::create_dir_all(&config.data_dir)
@@ -138,6 +138,9 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     sweep_files(&engine, start_time);
     let longpoll = transport_longpoll::LongPoll::new(engine.clone(), config.longpoll());
     let ws = transport_ws::WsApi::new(engine.clone(), config.ws());
+    let federation = config
+        .federation()
+        .map(|settings| chat_federation::Federation::new(settings, db.store()));
     let routes = routes::Shared {
         engine: engine.clone(),
         metrics: Some(metrics),
@@ -164,6 +167,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         engine_task,
         longpoll,
         ws,
+        federation,
         routes,
         max_connections_per_ip: config.max_connections_per_ip,
         timeouts: conn::Timeouts {

@@ -40,6 +40,8 @@ pub(crate) struct Server {
     pub(crate) engine_task: EngineTask,
     pub(crate) longpoll: LongPoll,
     pub(crate) ws: WsApi,
+    /// The server-link routes, when FEDERATION_NAME is set.
+    pub(crate) federation: Option<std::sync::Arc<chat_federation::Federation>>,
     pub(crate) routes: routes::Shared,
     pub(crate) max_connections_per_ip: usize,
     pub(crate) timeouts: Timeouts,
@@ -47,12 +49,15 @@ pub(crate) struct Server {
 
 impl Server {
     fn router(&self) -> Router {
-        Router::new()
+        let mut router = Router::new()
             .merge(self.longpoll.router())
             .merge(self.ws.router())
             .merge(routes::router(self.routes.clone()))
-            .merge(crate::web::router())
-            .fallback(routes::not_found)
+            .merge(crate::web::router());
+        if let Some(federation) = &self.federation {
+            router = router.merge(federation.router());
+        }
+        router.fallback(routes::not_found)
     }
 }
 

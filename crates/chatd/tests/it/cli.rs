@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const BIN: &str = env!("CARGO_BIN_EXE_chatd");
 
 /// Every configuration variable of SPEC §7 plus the binary's own; `--help` must name each.
-const VARIABLES: [&str; 28] = [
+const VARIABLES: [&str; 29] = [
     "PORT",
     "LISTEN",
     "DBURL",
@@ -44,6 +44,7 @@ const VARIABLES: [&str; 28] = [
     "CLUSTER_LISTEN",
     "CLUSTER_ADVERTISE",
     "LEASE_TTL",
+    "FEDERATION_NAME",
 ];
 
 /// A `std::process::Command` for chatd in `dir`, with only PATH and the given variables in its environment

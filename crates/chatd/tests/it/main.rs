@@ -11,6 +11,7 @@ mod cluster;
 mod cluster_failures;
 mod crash;
 mod discord;
+mod federation;
 mod files;
 mod gateway;
 mod harness;

@@ -1,0 +1,222 @@
+//! Server links on a real chatd: signed handshakes from configured peers are answered; unsigned, forged,
+//! replayed, stale, unlinked and oversize requests are refused and change nothing; the status shows each
+//! link's contact and refusals.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chat_federation::sign::{SERVER_HEADER, SIGNATURE_HEADER, Signed, TIMESTAMP_HEADER, sign};
+use serde_json::{Value, json};
+
+use crate::harness::Server;
+
+const LINK: &str = "/api/v1/federation/link";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A request to `a.example` from `from`, signed with `key` at `timestamp`.
+struct Outgoing {
+    from: &'static str,
+    timestamp: u64,
+    body: Vec<u8>,
+    signature: String,
+}
+
+fn signed(from: &'static str, key: &str, body: &Value, timestamp: u64) -> Outgoing {
+    let body = serde_json::to_vec(body).unwrap();
+    let signature = sign(
+        key.as_bytes(),
+        &Signed {
+            method: "POST",
+            path: LINK,
+            from,
+            to: "a.example",
+            timestamp,
+            body: &body,
+        },
+    );
+    Outgoing {
+        from,
+        timestamp,
+        body,
+        signature,
+    }
+}
+
+fn hello(name: &str) -> Value {
+    json!({ "name": name, "version": "test", "capabilities": [] })
+}
+
+async fn send(server: &Server, r: &Outgoing) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}{LINK}", server.base))
+        .header(SERVER_HEADER, r.from)
+        .header(TIMESTAMP_HEADER, r.timestamp.to_string())
+        .header(SIGNATURE_HEADER, &r.signature)
+        .header("content-type", "application/json")
+        .body(r.body.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn status(server: &Server) -> Value {
+    reqwest::get(format!("{}/api/v1/federation/status", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn link_add(server: &Server, name: &str, key: Option<&str>) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"));
+    cmd.env_clear()
+        .env(
+            "DBURL",
+            format!("sqlite://{}", server.dir.join("chat.db").display()),
+        )
+        .env("DATA_DIR", server.dir.join("data"))
+        .args(["link", "add", name, "http://127.0.0.1:9"]);
+    if let Some(k) = key {
+        cmd.env("CHATD_LINK_KEY", k);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn only_signed_fresh_requests_of_linked_servers_are_answered() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let server = Server::start_single(
+        dir,
+        &[
+            ("FEDERATION_NAME", "a.example"),
+            ("FEDERATION_KEY", "the shared key"),
+        ],
+    )
+    .await;
+    let now = now_ms();
+
+    // Not linked yet: refused, whatever the signature.
+    let (code, body) = send(
+        &server,
+        &signed("b.example", "k-b", &hello("b.example"), now),
+    )
+    .await;
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("not linked"),
+        "{body}"
+    );
+
+    // Linked while the server runs, with a key of its own.
+    link_add(&server, "b.example", Some("k-b"));
+    let good = signed("b.example", "k-b", &hello("b.example"), now);
+    let (code, body) = send(&server, &good).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["name"], "a.example");
+    let s = status(&server).await;
+    assert_eq!(s["name"], "a.example");
+    assert_eq!(s["peers"][0]["name"], "b.example");
+    assert_eq!(s["peers"][0]["state"], "linked");
+    assert_eq!(s["peers"][0]["version"], "test");
+    assert_eq!(s["peers"][0]["key"], "own");
+    let contact = s["peers"][0]["last_contact_ms"].as_u64().unwrap();
+
+    // The same request again: a replay.
+    let (code, body) = send(&server, &good).await;
+    assert_eq!(code, 401);
+    assert!(
+        body["message"].as_str().unwrap().contains("replay"),
+        "{body}"
+    );
+    // Signed with the shared key, not the link's own: forged.
+    let (code, body) = send(
+        &server,
+        &signed("b.example", "the shared key", &hello("b.example"), now + 1),
+    )
+    .await;
+    assert_eq!(code, 401);
+    assert!(
+        body["message"].as_str().unwrap().contains("does not match"),
+        "{body}"
+    );
+    // Ten minutes old.
+    let (code, body) = send(
+        &server,
+        &signed("b.example", "k-b", &hello("b.example"), now - 600_000),
+    )
+    .await;
+    assert_eq!(code, 401);
+    assert!(
+        body["message"].as_str().unwrap().contains("clock"),
+        "{body}"
+    );
+    // Unsigned.
+    let resp = reqwest::Client::new()
+        .post(format!("{}{LINK}", server.base))
+        .json(&hello("b.example"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    // Signed, but the handshake names another server.
+    let (code, _) = send(
+        &server,
+        &signed("b.example", "k-b", &hello("c.example"), now + 2),
+    )
+    .await;
+    assert_eq!(code, 400);
+    // Over the body cap (1 MiB).
+    let big = json!({ "name": "b.example", "version": "x".repeat(2 << 20) });
+    let (code, _) = send(&server, &signed("b.example", "k-b", &big, now + 3)).await;
+    assert_eq!(code, 413);
+
+    // None of that counted as contact; the refusals are shown.
+    let s = status(&server).await;
+    assert_eq!(s["peers"][0]["last_contact_ms"].as_u64(), Some(contact));
+    assert_eq!(s["peers"][0]["version"], "test");
+    assert!(
+        s["peers"][0]["last_refusal"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("clock"),
+        "{s}"
+    );
+
+    // A link without its own key uses FEDERATION_KEY.
+    link_add(&server, "c.example", None);
+    let (code, body) = send(
+        &server,
+        &signed("c.example", "the shared key", &hello("c.example"), now + 4),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = send(
+        &server,
+        &signed("c.example", "k-b", &hello("c.example"), now + 5),
+    )
+    .await;
+    assert_eq!(code, 401);
+}
+
+/// Without FEDERATION_NAME the routes do not exist.
+#[tokio::test]
+async fn without_a_federation_name_the_routes_are_off() {
+    let server = Server::start(&[]).await;
+    let resp = reqwest::get(format!("{}/api/v1/federation/status", server.base))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+}
