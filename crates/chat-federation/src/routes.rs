@@ -33,6 +33,9 @@ pub struct Settings {
     pub max_body: usize,
     /// How far a request's timestamp may be from this server's clock.
     pub skew: Duration,
+    /// How often a peer that answers is greeted again (`FEDERATION_HANDSHAKE_EVERY`), and the longest wait
+    /// between tries after failures.
+    pub handshake_every: Duration,
 }
 
 /// What a server tells a peer in the handshake, both ways.
@@ -56,7 +59,33 @@ struct Contact {
     version: Option<String>,
     /// The last refusal of one of its requests, and when.
     last_refusal: Option<(u64, String)>,
+    /// When this server's last handshake to the peer was answered (unix ms).
+    last_outbound: Option<u64>,
+    /// The last failure of a handshake to the peer, and when.
+    last_error: Option<(u64, String)>,
+    /// How many handshakes to it failed in a row (the backoff's exponent).
+    failures: u32,
+    /// When the next handshake to it is due (unix ms).
+    due: u64,
 }
+
+impl Contact {
+    /// `up` (its last handshake was answered), `down` (it failed since), or `never contacted`.
+    fn state(&self) -> &'static str {
+        match (self.last_outbound, &self.last_error) {
+            (Some(ok), Some((failed, _))) if *failed > ok => "down",
+            (Some(_), _) => "up",
+            (None, Some(_)) => "down",
+            (None, None) if self.last_inbound.is_some() => "contacted",
+            (None, None) => "never contacted",
+        }
+    }
+}
+
+/// The first wait after a failed handshake; doubled per failure up to [`Settings::handshake_every`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// How long a handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Server links over HTTP: the routes, and what they remember.
 pub struct Federation {
@@ -64,6 +93,7 @@ pub struct Federation {
     store: Arc<dyn Store>,
     verifier: Mutex<Verifier>,
     contacts: Mutex<HashMap<String, Contact>>,
+    client: reqwest::Client,
 }
 
 impl std::fmt::Debug for Federation {
@@ -81,6 +111,10 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -110,7 +144,131 @@ impl Federation {
             store,
             verifier: Mutex::new(Verifier::new(skew, REPLAY_CAP)),
             contacts: Mutex::new(HashMap::new()),
+            client: reqwest::Client::builder()
+                .timeout(HANDSHAKE_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
         })
+    }
+
+    /// Greets every link: at once for a link not greeted yet (one added while the server runs is seen within
+    /// a second), every [`Settings::handshake_every`] while it answers, and with a doubling wait after failures. Runs
+    /// until the returned task is aborted.
+    pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let f = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval(f.settings.handshake_every.min(Duration::from_secs(1)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let links = match f.store.links() {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the server links");
+                        continue;
+                    }
+                };
+                let now = now_ms();
+                {
+                    // Forget links removed since.
+                    let mut contacts = lock(&f.contacts);
+                    contacts.retain(|name, _| links.iter().any(|l| &l.name == name));
+                }
+                let due: Vec<_> = links
+                    .into_iter()
+                    .filter(|l| lock(&f.contacts).get(&l.name).is_none_or(|c| c.due <= now))
+                    .collect();
+                // One at a time: a handshake is small, and a slow peer only delays the others by its timeout.
+                for link in due {
+                    let result = f.handshake(&link).await;
+                    let now = now_ms();
+                    let mut contacts = lock(&f.contacts);
+                    let c = contacts.entry(link.name.clone()).or_default();
+                    match result {
+                        Ok(hello) => {
+                            c.last_outbound = Some(now);
+                            c.version = Some(hello.version);
+                            c.failures = 0;
+                            c.due = now + millis(f.settings.handshake_every);
+                        }
+                        Err(why) => {
+                            if c.last_error.is_none() || c.state() == "up" {
+                                tracing::info!(peer = %link.name, reason = %why, "a linked server does not answer");
+                            }
+                            c.last_error = Some((now, why));
+                            c.failures = c.failures.saturating_add(1);
+                            let wait = RETRY_FIRST
+                                .saturating_mul(1 << c.failures.min(16).saturating_sub(1))
+                                .min(f.settings.handshake_every);
+                            c.due = now + millis(wait);
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Sends this server's signed hello to a link; its answer, or why there is none.
+    async fn handshake(&self, link: &chat_log::ServerLink) -> Result<Hello, String> {
+        let Some(key) = link
+            .key
+            .clone()
+            .or_else(|| self.settings.default_key.clone())
+        else {
+            return Err("no key for this link (its own, or FEDERATION_KEY)".into());
+        };
+        let url = format!("{}/api/v1/federation/link", link.url);
+        let path = reqwest::Url::parse(&url)
+            .map_err(|e| format!("bad URL {url}: {e}"))?
+            .path()
+            .to_owned();
+        let body = serde_json::to_vec(&self.hello()).map_err(|e| e.to_string())?;
+        let timestamp = now_ms();
+        let signature = crate::sign::sign(
+            key.as_bytes(),
+            &Signed {
+                method: "POST",
+                path: &path,
+                from: &self.settings.name,
+                to: &link.name,
+                timestamp,
+                body: &body,
+            },
+        );
+        let response = self
+            .client
+            .post(&url)
+            .header(SERVER_HEADER, &self.settings.name)
+            .header(TIMESTAMP_HEADER, timestamp.to_string())
+            .header(SIGNATURE_HEADER, signature)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| format!("{url}: reading the answer: {e}"))?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            return Err(format!("{url} answered {status}: {message}"));
+        }
+        let hello: Hello = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{url}: the answer is not a hello: {e}"))?;
+        if hello.name != link.name {
+            return Err(format!(
+                "{url} calls itself {}, not {}",
+                hello.name, link.name
+            ));
+        }
+        Ok(hello)
     }
 
     /// The routes under `/api/v1/federation`.
@@ -262,9 +420,11 @@ async fn status(State(f): State<Arc<Federation>>, _headers: HeaderMap) -> Respon
                 "name": l.name,
                 "url": l.url,
                 "key": if l.key.is_some() { "own" } else { "FEDERATION_KEY" },
-                "state": if c.last_inbound.is_some() { "linked" } else { "never contacted" },
+                "state": c.state(),
                 "version": c.version,
-                "last_contact_ms": c.last_inbound,
+                "last_inbound_ms": c.last_inbound,
+                "last_outbound_ms": c.last_outbound,
+                "last_error": c.last_error.map(|(at, why)| json!({ "at_ms": at, "reason": why })),
                 "lag_events": last.saturating_sub(l.cursor),
                 "last_refusal": c.last_refusal.map(|(at, why)| json!({ "at_ms": at, "reason": why })),
             })

@@ -152,6 +152,16 @@ pub(crate) struct ConfigArgs {
     #[arg(long, env = "FEDERATION_NAME", global = true)]
     pub(crate) federation_name: Option<String>,
 
+    /// How often each linked server is greeted (the signed handshake), which is how soon one that went down
+    /// or came back is noticed (e.g. `30s`).
+    #[arg(
+        long,
+        env = "FEDERATION_HANDSHAKE_EVERY",
+        default_value = "30s",
+        global = true
+    )]
+    pub(crate) federation_handshake_every: String,
+
     /// The server's public base URL (`https://chat.example.org`), for the absolute URLs of attachments
     /// [default: none, taken from each request's Host].
     #[arg(long, env = "PUBLIC_URL", global = true)]
@@ -311,6 +321,7 @@ pub(crate) struct Config {
     pub(crate) metrics_auth: Option<MetricsAuth>,
     pub(crate) federation_key: Option<Secret>,
     pub(crate) federation_name: Option<String>,
+    pub(crate) federation_handshake_every: Duration,
     pub(crate) cors_origins: Vec<String>,
     pub(crate) public_url: Option<String>,
     pub(crate) log_format: LogFormat,
@@ -663,6 +674,12 @@ impl Config {
                     })
                 })
                 .transpose()?,
+            federation_handshake_every: parse_duration(
+                "FEDERATION_HANDSHAKE_EVERY",
+                &args.federation_handshake_every,
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            )?,
             cors_origins,
             public_url: non_empty(&args.public_url)
                 .map(parse_public_url)
@@ -752,6 +769,7 @@ impl Config {
             // Relayed batches are larger than a client's requests.
             max_body: 16 * MAX_BODY,
             skew: Duration::from_secs(300),
+            handshake_every: self.federation_handshake_every,
         })
     }
 

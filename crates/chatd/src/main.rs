@@ -138,9 +138,12 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     sweep_files(&engine, start_time);
     let longpoll = transport_longpoll::LongPoll::new(engine.clone(), config.longpoll());
     let ws = transport_ws::WsApi::new(engine.clone(), config.ws());
-    let federation = config
-        .federation()
-        .map(|settings| chat_federation::Federation::new(settings, db.store()));
+    let federation = config.federation().map(|settings| {
+        let federation = chat_federation::Federation::new(settings, db.store());
+        // Greets the links until the process ends.
+        drop(federation.spawn());
+        federation
+    });
     let routes = routes::Shared {
         engine: engine.clone(),
         metrics: Some(metrics),

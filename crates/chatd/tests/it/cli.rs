@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const BIN: &str = env!("CARGO_BIN_EXE_chatd");
 
 /// Every configuration variable of SPEC §7 plus the binary's own; `--help` must name each.
-const VARIABLES: [&str; 29] = [
+const VARIABLES: [&str; 30] = [
     "PORT",
     "LISTEN",
     "DBURL",
@@ -45,6 +45,7 @@ const VARIABLES: [&str; 29] = [
     "CLUSTER_ADVERTISE",
     "LEASE_TTL",
     "FEDERATION_NAME",
+    "FEDERATION_HANDSHAKE_EVERY",
 ];
 
 /// A `std::process::Command` for chatd in `dir`, with only PATH and the given variables in its environment

@@ -76,6 +76,11 @@ async fn status(server: &Server) -> Value {
 }
 
 fn link_add(server: &Server, name: &str, key: Option<&str>) {
+    link_add_at(server, name, "http://127.0.0.1:9", key);
+}
+
+/// `chatd link add NAME URL` on `server`'s database, while it runs.
+fn link_add_at(server: &Server, name: &str, url: &str, key: Option<&str>) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"));
     cmd.env_clear()
         .env(
@@ -83,7 +88,7 @@ fn link_add(server: &Server, name: &str, key: Option<&str>) {
             format!("sqlite://{}", server.dir.join("chat.db").display()),
         )
         .env("DATA_DIR", server.dir.join("data"))
-        .args(["link", "add", name, "http://127.0.0.1:9"]);
+        .args(["link", "add", name, url]);
     if let Some(k) = key {
         cmd.env("CHATD_LINK_KEY", k);
     }
@@ -129,10 +134,9 @@ async fn only_signed_fresh_requests_of_linked_servers_are_answered() {
     let s = status(&server).await;
     assert_eq!(s["name"], "a.example");
     assert_eq!(s["peers"][0]["name"], "b.example");
-    assert_eq!(s["peers"][0]["state"], "linked");
     assert_eq!(s["peers"][0]["version"], "test");
     assert_eq!(s["peers"][0]["key"], "own");
-    let contact = s["peers"][0]["last_contact_ms"].as_u64().unwrap();
+    let contact = s["peers"][0]["last_inbound_ms"].as_u64().unwrap();
 
     // The same request again: a replay.
     let (code, body) = send(&server, &good).await;
@@ -185,8 +189,7 @@ async fn only_signed_fresh_requests_of_linked_servers_are_answered() {
 
     // None of that counted as contact; the refusals are shown.
     let s = status(&server).await;
-    assert_eq!(s["peers"][0]["last_contact_ms"].as_u64(), Some(contact));
-    assert_eq!(s["peers"][0]["version"], "test");
+    assert_eq!(s["peers"][0]["last_inbound_ms"].as_u64(), Some(contact));
     assert!(
         s["peers"][0]["last_refusal"]["reason"]
             .as_str()
@@ -219,4 +222,92 @@ async fn without_a_federation_name_the_routes_are_off() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 404);
+}
+
+/// The state of `server`'s link to `peer` (`up`, `down`, ...), with the whole entry.
+async fn peer_state(server: &Server, peer: &str) -> (String, Value) {
+    let s = status(server).await;
+    let entry = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == peer)
+        .cloned()
+        .unwrap_or(Value::Null);
+    (entry["state"].as_str().unwrap_or("").to_owned(), entry)
+}
+
+/// Waits (at most 15 s) until `server` says its link to `peer` is in `state`.
+async fn wait_state(server: &Server, peer: &str, state: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (now, entry) = peer_state(server, peer).await;
+        if now == state {
+            return entry;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{peer} is not {state} on {} within 15 s: {entry}",
+            server.base
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Two real servers linked both ways greet each other; one killed with SIGKILL is seen down by the other,
+/// with the reason, and up again once it is back; a link whose keys differ on the two sides stays down and
+/// says why.
+#[tokio::test]
+async fn linked_servers_greet_each_other_and_see_one_go_down_and_return() {
+    let env = [
+        ("FEDERATION_KEY", "the shared key"),
+        ("FEDERATION_HANDSHAKE_EVERY", "300ms"),
+    ];
+    let with_name = |name: &'static str| {
+        let mut e = env.to_vec();
+        e.push(("FEDERATION_NAME", name));
+        e
+    };
+    let a =
+        Server::start_single(tempfile::tempdir().unwrap().keep(), &with_name("a.example")).await;
+    let mut b =
+        Server::start_single(tempfile::tempdir().unwrap().keep(), &with_name("b.example")).await;
+    link_add_at(&a, "b.example", &b.base, None);
+    link_add_at(&b, "a.example", &a.base, None);
+    let entry = wait_state(&a, "b.example", "up").await;
+    assert_eq!(entry["version"], env!("CARGO_PKG_VERSION"));
+    wait_state(&b, "a.example", "up").await;
+    // b's handshakes reached a: a saw it inbound too.
+    let (_, entry) = peer_state(&a, "b.example").await;
+    assert!(entry["last_inbound_ms"].as_u64().is_some(), "{entry}");
+
+    // b dies: a sees it down, and why.
+    let port = b.base.rsplit(':').next().unwrap().to_owned();
+    b.kill9().await;
+    let entry = wait_state(&a, "b.example", "down").await;
+    let reason = entry["last_error"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&b.base),
+        "the error names the peer: {entry}"
+    );
+
+    // b again, on its port and database: up again.
+    let mut again = with_name("b.example");
+    let listen = format!("127.0.0.1:{port}");
+    again.push(("LISTEN", &listen));
+    let _b = Server::start_single(b.dir.clone(), &again).await;
+    wait_state(&a, "b.example", "up").await;
+
+    // Keys that differ: a signs for c with a key of the link's own, c checks with the shared one; c refuses
+    // a's handshakes, and a says so.
+    let c =
+        Server::start_single(tempfile::tempdir().unwrap().keep(), &with_name("c.example")).await;
+    link_add_at(&c, "a.example", &a.base, None);
+    link_add_at(&a, "c.example", &c.base, Some("a key only a has"));
+    let entry = wait_state(&a, "c.example", "down").await;
+    let reason = entry["last_error"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("401") && reason.contains("does not match"),
+        "{entry}"
+    );
 }
