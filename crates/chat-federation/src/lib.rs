@@ -13,4 +13,4 @@ pub mod peer;
 mod routes;
 pub mod sign;
 
-pub use crate::routes::{Federation, Hello, Settings};
+pub use crate::routes::{Federation, Hello, PeerStatus, Settings};

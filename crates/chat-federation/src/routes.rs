@@ -87,6 +87,31 @@ const RETRY_FIRST: Duration = Duration::from_millis(500);
 /// How long a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// One link as the status tells it.
+#[derive(Clone, Debug)]
+pub struct PeerStatus {
+    /// The peer's name.
+    pub name: String,
+    /// Its base URL.
+    pub url: String,
+    /// Whether the link has a key of its own (else `FEDERATION_KEY`).
+    pub own_key: bool,
+    /// `up`, `down`, `contacted` (only inbound so far) or `never contacted`.
+    pub state: &'static str,
+    /// The version it said it runs.
+    pub version: Option<String>,
+    /// When its last accepted request came (unix ms).
+    pub last_inbound: Option<u64>,
+    /// When this server's last handshake to it was answered (unix ms).
+    pub last_outbound: Option<u64>,
+    /// The last failed handshake to it: when, and why.
+    pub last_error: Option<(u64, String)>,
+    /// The last refused request from it: when, and why.
+    pub last_refusal: Option<(u64, String)>,
+    /// Local events after the link's outbox cursor.
+    pub lag_events: u64,
+}
+
 /// Server links over HTTP: the routes, and what they remember.
 pub struct Federation {
     settings: Settings,
@@ -360,6 +385,31 @@ impl Federation {
         refuse(StatusCode::UNAUTHORIZED, "unauthorized", why)
     }
 
+    /// Every link and what this server knows of it, by name.
+    pub fn peers(&self) -> Result<Vec<PeerStatus>, chat_log::StoreError> {
+        let links = self.store.links()?;
+        let last = self.store.last_seq()?;
+        let contacts = lock(&self.contacts).clone();
+        Ok(links
+            .into_iter()
+            .map(|l| {
+                let c = contacts.get(&l.name).cloned().unwrap_or_default();
+                PeerStatus {
+                    state: c.state(),
+                    lag_events: last.saturating_sub(l.cursor),
+                    own_key: l.key.is_some(),
+                    name: l.name,
+                    url: l.url,
+                    version: c.version,
+                    last_inbound: c.last_inbound,
+                    last_outbound: c.last_outbound,
+                    last_error: c.last_error,
+                    last_refusal: c.last_refusal,
+                }
+            })
+            .collect())
+    }
+
     fn hello(&self) -> Hello {
         Hello {
             name: self.settings.name.clone(),
@@ -401,32 +451,27 @@ async fn link(State(f): State<Arc<Federation>>, request: Request<Body>) -> Respo
 }
 
 async fn status(State(f): State<Arc<Federation>>, _headers: HeaderMap) -> Response {
-    let (links, last) = match (f.store.links(), f.store.last_seq()) {
-        (Ok(l), Ok(s)) => (l, s),
-        _ => {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the server cannot read its links",
-            );
-        }
+    let Ok(peers) = f.peers() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server cannot read its links",
+        );
     };
-    let contacts = lock(&f.contacts).clone();
-    let peers: Vec<_> = links
-        .iter()
-        .map(|l| {
-            let c = contacts.get(&l.name).cloned().unwrap_or_default();
+    let peers: Vec<_> = peers
+        .into_iter()
+        .map(|p| {
             json!({
-                "name": l.name,
-                "url": l.url,
-                "key": if l.key.is_some() { "own" } else { "FEDERATION_KEY" },
-                "state": c.state(),
-                "version": c.version,
-                "last_inbound_ms": c.last_inbound,
-                "last_outbound_ms": c.last_outbound,
-                "last_error": c.last_error.map(|(at, why)| json!({ "at_ms": at, "reason": why })),
-                "lag_events": last.saturating_sub(l.cursor),
-                "last_refusal": c.last_refusal.map(|(at, why)| json!({ "at_ms": at, "reason": why })),
+                "name": p.name,
+                "url": p.url,
+                "key": if p.own_key { "own" } else { "FEDERATION_KEY" },
+                "state": p.state,
+                "version": p.version,
+                "last_inbound_ms": p.last_inbound,
+                "last_outbound_ms": p.last_outbound,
+                "last_error": p.last_error.map(|(at, why)| json!({ "at_ms": at, "reason": why })),
+                "lag_events": p.lag_events,
+                "last_refusal": p.last_refusal.map(|(at, why)| json!({ "at_ms": at, "reason": why })),
             })
         })
         .collect();

@@ -149,6 +149,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         metrics: Some(metrics),
         metrics_auth: config.metrics_auth.clone().map(Arc::new),
         started,
+        federation: federation.clone(),
     };
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(

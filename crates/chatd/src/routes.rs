@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Option<PrometheusHandle>,
     pub(crate) metrics_auth: Option<Arc<MetricsAuth>>,
     pub(crate) started: Instant,
+    /// The server links, for their series in `/metrics`.
+    pub(crate) federation: Option<Arc<chat_federation::Federation>>,
 }
 
 /// The routes, with the JSON 404 as fallback. Merge transports' routers into it.
@@ -101,6 +103,21 @@ async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
                 .set(n.age_ms as f64 / 1000.0);
             let writer = f64::from(u8::from(n.role == chat_engine::NodeRole::Writer));
             metrics::gauge!("chatd_cluster_node_writer", "node" => id).set(writer);
+        }
+    }
+    // Each server link as the federation knows it: one series per peer.
+    if let Some(peers) = shared.federation.as_ref().and_then(|f| f.peers().ok()) {
+        let now = chat_engine::now_ms();
+        for p in peers {
+            let up = f64::from(u8::from(p.state == "up"));
+            metrics::gauge!("chatd_federation_peer_up", "peer" => p.name.clone()).set(up);
+            metrics::gauge!("chatd_federation_peer_lag_events", "peer" => p.name.clone())
+                .set(p.lag_events as f64);
+            let contact = p.last_inbound.max(p.last_outbound);
+            if let Some(at) = contact {
+                metrics::gauge!("chatd_federation_peer_contact_age_seconds", "peer" => p.name)
+                    .set(now.saturating_sub(at) as f64 / 1000.0);
+            }
         }
     }
     (

@@ -119,6 +119,20 @@ fn describe() {
         "In a cluster: the last seq this node applied and published."
     );
     describe_gauge!(
+        "chatd_federation_peer_up",
+        "1 while the linked server answers this server's handshakes, else 0, by peer."
+    );
+    describe_gauge!(
+        "chatd_federation_peer_lag_events",
+        Unit::Count,
+        "Local events not yet acknowledged by the linked server (after its outbox cursor), by peer."
+    );
+    describe_gauge!(
+        "chatd_federation_peer_contact_age_seconds",
+        Unit::Seconds,
+        "Time since the last request from or handshake answered by the linked server, by peer."
+    );
+    describe_gauge!(
         "chatd_cluster_node_lag_events",
         Unit::Count,
         "In a cluster: each node's distance behind the log's last seq at its last report, by node."

@@ -280,6 +280,7 @@ async fn linked_servers_greet_each_other_and_see_one_go_down_and_return() {
     // b's handshakes reached a: a saw it inbound too.
     let (_, entry) = peer_state(&a, "b.example").await;
     assert!(entry["last_inbound_ms"].as_u64().is_some(), "{entry}");
+    assert_eq!(peer_up_metric(&a, "b.example").await, Some(1.0));
 
     // b dies: a sees it down, and why.
     let port = b.base.rsplit(':').next().unwrap().to_owned();
@@ -290,6 +291,7 @@ async fn linked_servers_greet_each_other_and_see_one_go_down_and_return() {
         reason.contains(&b.base),
         "the error names the peer: {entry}"
     );
+    assert_eq!(peer_up_metric(&a, "b.example").await, Some(0.0));
 
     // b again, on its port and database: up again.
     let mut again = with_name("b.example");
@@ -310,4 +312,18 @@ async fn linked_servers_greet_each_other_and_see_one_go_down_and_return() {
         reason.contains("401") && reason.contains("does not match"),
         "{entry}"
     );
+}
+
+/// `chatd_federation_peer_up{peer="PEER"}` in `server`'s `/metrics`.
+async fn peer_up_metric(server: &Server, peer: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("chatd_federation_peer_up{{peer=\"{peer}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
 }
