@@ -18,6 +18,7 @@ use chat_log::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::limit::{Bucket, RateLimit};
 use crate::sign::{SERVER_HEADER, SIGNATURE_HEADER, Signed, TIMESTAMP_HEADER, Verifier};
 
 /// The federation's settings (the binary fills them from its configuration).
@@ -36,6 +37,8 @@ pub struct Settings {
     /// How often a peer that answers is greeted again (`FEDERATION_HANDSHAKE_EVERY`), and the longest wait
     /// between tries after failures.
     pub handshake_every: Duration,
+    /// Requests each linked server may send (`FEDERATION_RATE_LIMIT`); over it, 429.
+    pub rate_limit: RateLimit,
 }
 
 /// What a server tells a peer in the handshake, both ways.
@@ -118,6 +121,7 @@ pub struct Federation {
     store: Arc<dyn Store>,
     verifier: Mutex<Verifier>,
     contacts: Mutex<HashMap<String, Contact>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
     client: reqwest::Client,
 }
 
@@ -169,6 +173,7 @@ impl Federation {
             store,
             verifier: Mutex::new(Verifier::new(skew, REPLAY_CAP)),
             contacts: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
             client: reqwest::Client::builder()
                 .timeout(HANDSHAKE_TIMEOUT)
                 .redirect(reqwest::redirect::Policy::none())
@@ -371,6 +376,29 @@ impl Federation {
         let checked = lock(&self.verifier).verify(key.as_bytes(), &signed, &signature, now_ms());
         if let Err(e) = checked {
             return Err(self.refused(&from, &e.to_string()));
+        }
+        let limit = self.settings.rate_limit;
+        let now = now_ms();
+        let taken = lock(&self.buckets)
+            .entry(from.clone())
+            .or_insert_with(|| Bucket::full(limit, now))
+            .take(limit, now);
+        if let Err(wait_ms) = taken {
+            let secs = wait_ms.div_ceil(1000).max(1);
+            let mut response = refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                &format!(
+                    "over {} requests at once or {}/s from {from}; retry after {secs} s",
+                    limit.burst, limit.per_second
+                ),
+            );
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
+            }
+            return Err(response);
         }
         Ok(Verified { from, body })
     }

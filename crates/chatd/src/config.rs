@@ -162,6 +162,15 @@ pub(crate) struct ConfigArgs {
     )]
     pub(crate) federation_handshake_every: String,
 
+    /// Requests each linked server may send: `BURST/PER_SECOND`; over it they are answered 429.
+    #[arg(
+        long,
+        env = "FEDERATION_RATE_LIMIT",
+        default_value = "200/100",
+        global = true
+    )]
+    pub(crate) federation_rate_limit: String,
+
     /// The server's public base URL (`https://chat.example.org`), for the absolute URLs of attachments
     /// [default: none, taken from each request's Host].
     #[arg(long, env = "PUBLIC_URL", global = true)]
@@ -322,6 +331,7 @@ pub(crate) struct Config {
     pub(crate) federation_key: Option<Secret>,
     pub(crate) federation_name: Option<String>,
     pub(crate) federation_handshake_every: Duration,
+    pub(crate) federation_rate_limit: chat_federation::RateLimit,
     pub(crate) cors_origins: Vec<String>,
     pub(crate) public_url: Option<String>,
     pub(crate) log_format: LogFormat,
@@ -532,6 +542,19 @@ impl Config {
                 "BURST/PER_SECOND with both above 0 (like 20/5), or off",
             )
         })?;
+        let federation_rate_limit = match RateLimit::parse(&args.federation_rate_limit) {
+            Some(Some(l)) => chat_federation::RateLimit {
+                burst: l.burst,
+                per_second: l.per_second,
+            },
+            _ => {
+                return Err(bad(
+                    "FEDERATION_RATE_LIMIT",
+                    &args.federation_rate_limit,
+                    "BURST/PER_SECOND with both above 0 (like 200/100)",
+                ));
+            }
+        };
         let metrics_auth = match (
             non_empty(&args.metrics_username),
             non_empty(&args.metrics_password),
@@ -680,6 +703,7 @@ impl Config {
                 Duration::from_millis(100),
                 Duration::from_secs(3600),
             )?,
+            federation_rate_limit,
             cors_origins,
             public_url: non_empty(&args.public_url)
                 .map(parse_public_url)
@@ -770,6 +794,7 @@ impl Config {
             max_body: 16 * MAX_BODY,
             skew: Duration::from_secs(300),
             handshake_every: self.federation_handshake_every,
+            rate_limit: self.federation_rate_limit,
         })
     }
 

@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const BIN: &str = env!("CARGO_BIN_EXE_chatd");
 
 /// Every configuration variable of SPEC §7 plus the binary's own; `--help` must name each.
-const VARIABLES: [&str; 30] = [
+const VARIABLES: [&str; 31] = [
     "PORT",
     "LISTEN",
     "DBURL",
@@ -46,6 +46,7 @@ const VARIABLES: [&str; 30] = [
     "LEASE_TTL",
     "FEDERATION_NAME",
     "FEDERATION_HANDSHAKE_EVERY",
+    "FEDERATION_RATE_LIMIT",
 ];
 
 /// A `std::process::Command` for chatd in `dir`, with only PATH and the given variables in its environment
@@ -249,6 +250,11 @@ fn bad_values_fail_naming_their_variable() {
         ("METRICS_USERNAME", "prom"),
         ("PUBLIC_URL", "chat.example.org"),
         ("PUBLIC_URL", "https://chat.example.org/?x"),
+        ("FEDERATION_NAME", "Chat.Example"),
+        ("FEDERATION_NAME", "nick@server"),
+        ("FEDERATION_HANDSHAKE_EVERY", "never"),
+        ("FEDERATION_RATE_LIMIT", "off"),
+        ("FEDERATION_RATE_LIMIT", "0/5"),
     ];
     for (var, value) in cases {
         let out = run(dir.path(), &["check"], &[(var, value)]);

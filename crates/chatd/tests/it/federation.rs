@@ -327,3 +327,58 @@ async fn peer_up_metric(server: &Server, peer: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// A linked server over FEDERATION_RATE_LIMIT is answered 429 with Retry-After, and served again once its
+/// budget refills; another peer's budget is its own.
+#[tokio::test]
+async fn a_peer_over_its_rate_limit_waits() {
+    let server = Server::start_single(
+        tempfile::tempdir().unwrap().keep(),
+        &[
+            ("FEDERATION_NAME", "a.example"),
+            ("FEDERATION_KEY", "the shared key"),
+            ("FEDERATION_RATE_LIMIT", "5/2"),
+        ],
+    )
+    .await;
+    link_add(&server, "b.example", None);
+    link_add(&server, "c.example", None);
+    let now = now_ms();
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        let r = signed("b.example", "the shared key", &hello("b.example"), now + i);
+        codes.push(send(&server, &r).await.0);
+    }
+    assert_eq!(&codes[..5], &[200; 5], "{codes:?}");
+    assert!(codes[5..].iter().all(|c| *c == 429), "{codes:?}");
+    // The answer says when to come back.
+    let r = signed(
+        "b.example",
+        "the shared key",
+        &hello("b.example"),
+        now + 100,
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{}{LINK}", server.base))
+        .header(SERVER_HEADER, r.from)
+        .header(TIMESTAMP_HEADER, r.timestamp.to_string())
+        .header(SIGNATURE_HEADER, &r.signature)
+        .body(r.body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    // c is not held back by b.
+    let r = signed("c.example", "the shared key", &hello("c.example"), now);
+    assert_eq!(send(&server, &r).await.0, 200);
+    // Half a second gives b one request back (2/s).
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let r = signed(
+        "b.example",
+        "the shared key",
+        &hello("b.example"),
+        now + 200,
+    );
+    assert_eq!(send(&server, &r).await.0, 200);
+}
