@@ -183,8 +183,8 @@ impl Federation {
     }
 
     /// Greets every link: at once for a link not greeted yet (one added while the server runs is seen within
-    /// a second), every [`Settings::handshake_every`] while it answers, and with a doubling wait after failures. Runs
-    /// until the returned task is aborted.
+    /// a second), every [`Settings::handshake_every`] while it answers, and with a doubling wait after
+    /// failures. Runs until the returned task is aborted.
     pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let f = Arc::clone(self);
         tokio::spawn(async move {
@@ -193,7 +193,7 @@ impl Federation {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let links = match f.store.links() {
+                let links = match f.links().await {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the server links");
@@ -203,8 +203,9 @@ impl Federation {
                 let now = now_ms();
                 {
                     // Forget links removed since.
-                    let mut contacts = lock(&f.contacts);
-                    contacts.retain(|name, _| links.iter().any(|l| &l.name == name));
+                    let linked = |name: &String| links.iter().any(|l| &l.name == name);
+                    lock(&f.contacts).retain(|name, _| linked(name));
+                    lock(&f.buckets).retain(|name, _| linked(name));
                 }
                 let due: Vec<_> = links
                     .into_iter()
@@ -335,7 +336,7 @@ impl Federation {
                 "chatd-timestamp is not a number of milliseconds",
             ));
         };
-        let links = self.store.links().map_err(|e| {
+        let links = self.links().await.map_err(|e| {
             tracing::warn!(error = %e, "cannot read the server links");
             refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -413,10 +414,21 @@ impl Federation {
         refuse(StatusCode::UNAUTHORIZED, "unauthorized", why)
     }
 
+    /// The store's links, read on the blocking pool (a PostgreSQL store waits for a round trip).
+    async fn links(&self) -> Result<Vec<chat_log::ServerLink>, chat_log::StoreError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.links())
+            .await
+            .unwrap_or_else(|e| Err(chat_log::StoreError::Io(std::io::Error::other(e))))
+    }
+
     /// Every link and what this server knows of it, by name.
-    pub fn peers(&self) -> Result<Vec<PeerStatus>, chat_log::StoreError> {
-        let links = self.store.links()?;
-        let last = self.store.last_seq()?;
+    pub async fn peers(&self) -> Result<Vec<PeerStatus>, chat_log::StoreError> {
+        let store = Arc::clone(&self.store);
+        let (links, last) =
+            tokio::task::spawn_blocking(move || Ok((store.links()?, store.last_seq()?)))
+                .await
+                .unwrap_or_else(|e| Err(chat_log::StoreError::Io(std::io::Error::other(e))))?;
         let contacts = lock(&self.contacts).clone();
         Ok(links
             .into_iter()
@@ -479,7 +491,7 @@ async fn link(State(f): State<Arc<Federation>>, request: Request<Body>) -> Respo
 }
 
 async fn status(State(f): State<Arc<Federation>>, _headers: HeaderMap) -> Response {
-    let Ok(peers) = f.peers() else {
+    let Ok(peers) = f.peers().await else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

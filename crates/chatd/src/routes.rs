@@ -106,7 +106,11 @@ async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
         }
     }
     // Each server link as the federation knows it: one series per peer.
-    if let Some(peers) = shared.federation.as_ref().and_then(|f| f.peers().ok()) {
+    let peers = match &shared.federation {
+        Some(f) => f.peers().await.ok(),
+        None => None,
+    };
+    if let Some(peers) = peers {
         let now = chat_engine::now_ms();
         for p in peers {
             let up = f64::from(u8::from(p.state == "up"));
