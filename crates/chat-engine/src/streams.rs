@@ -232,20 +232,25 @@ impl Streams {
             while index.seqs.front().is_some_and(|s| *s <= self.floor) {
                 index.seqs.pop_front();
             }
-            let users = &mut self.users;
-            diff(&index.members, &recipients, |user, now| {
-                let stream = users.entry(user).or_insert_with(UserStream::new);
-                let runs = stream.runs.entry(group).or_default();
-                if now {
-                    // They did not get the group's previous event: a new run.
-                    runs.push((seq, OPEN));
-                } else if let Some((_, last)) = runs.last_mut().filter(|(_, last)| *last == OPEN) {
-                    // Their run ended with the previous event.
-                    *last = previous;
-                }
-            });
-            index.members.clear();
-            index.members.extend_from_slice(&recipients);
+            // A channel's messages go to the same members as the one before: nothing opens or closes.
+            if index.members.as_slice() != &*recipients {
+                let users = &mut self.users;
+                diff(&index.members, &recipients, |user, now| {
+                    let stream = users.entry(user).or_insert_with(UserStream::new);
+                    let runs = stream.runs.entry(group).or_default();
+                    if now {
+                        // They did not get the group's previous event: a new run.
+                        runs.push((seq, OPEN));
+                    } else if let Some((_, last)) =
+                        runs.last_mut().filter(|(_, last)| *last == OPEN)
+                    {
+                        // Their run ended with the previous event.
+                        *last = previous;
+                    }
+                });
+                index.members.clear();
+                index.members.extend_from_slice(&recipients);
+            }
             self.wake(&recipients);
         } else {
             for user in recipients {
