@@ -79,16 +79,17 @@ pub(crate) fn verify_password(password: &str, phc: &str) -> Result<bool, EngineE
     }
 }
 
-/// A token bucket measured in unix milliseconds.
+/// A token bucket measured in unix milliseconds: the engine's login and message limits, and the federation's
+/// per-peer request limit.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Bucket {
+pub struct Bucket {
     tokens: f64,
     at: u64,
 }
 
 impl Bucket {
     /// A full bucket.
-    pub(crate) fn full(limit: crate::RateLimit, now: u64) -> Self {
+    pub fn full(limit: crate::RateLimit, now: u64) -> Self {
         Self {
             tokens: f64::from(limit.burst),
             at: now,
@@ -116,8 +117,8 @@ impl Bucket {
         }
     }
 
-    /// Takes a token if there is one; otherwise says how long to wait.
-    pub(crate) fn take(&mut self, limit: crate::RateLimit, now: u64) -> Result<(), u64> {
+    /// Takes a token if there is one; otherwise says how long to wait (ms, at least 1).
+    pub fn take(&mut self, limit: crate::RateLimit, now: u64) -> Result<(), u64> {
         match self.wait_ms(limit, now) {
             0 => {
                 self.tokens -= 1.0;
@@ -143,6 +144,28 @@ impl Bucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_refill_rate() {
+        let limit = crate::RateLimit {
+            burst: 3,
+            per_second: 2.0,
+        };
+        let mut b = Bucket::full(limit, 1_000);
+        for _ in 0..3 {
+            assert_eq!(b.take(limit, 1_000), Ok(()));
+        }
+        assert_eq!(b.take(limit, 1_000), Err(500));
+        assert_eq!(b.take(limit, 1_250), Err(250));
+        assert_eq!(b.take(limit, 1_500), Ok(()));
+        // A long pause refills to the burst, no more.
+        for _ in 0..3 {
+            assert_eq!(b.take(limit, 60_000), Ok(()));
+        }
+        assert!(b.take(limit, 60_000).is_err());
+        // A clock that steps back takes nothing and gives nothing.
+        assert!(b.take(limit, 59_000).is_err());
+    }
 
     #[test]
     fn tokens_are_hex_and_hash_stably() {

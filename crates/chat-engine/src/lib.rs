@@ -51,6 +51,7 @@ mod read;
 mod streams;
 mod writer;
 
+pub use crate::auth::Bucket;
 pub use crate::cluster::{ClusterConfig, ClusterStatus};
 pub use crate::config::{EngineConfig, RateLimit};
 pub use crate::directory::{ChannelCard, Directory, MemberCard, SpaceCard, UserCard};

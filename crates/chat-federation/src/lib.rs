@@ -9,10 +9,8 @@
 //! events is not built yet.
 #![deny(missing_docs)]
 
-mod limit;
 pub mod peer;
 mod routes;
 pub mod sign;
 
-pub use crate::limit::RateLimit;
 pub use crate::routes::{Federation, Hello, PeerStatus, Settings};

@@ -14,11 +14,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use chat_engine::{Bucket, RateLimit};
 use chat_log::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::limit::{Bucket, RateLimit};
 use crate::sign::{SERVER_HEADER, SIGNATURE_HEADER, Signed, TIMESTAMP_HEADER, Verifier};
 
 /// The federation's settings (the binary fills them from its configuration).

@@ -331,7 +331,7 @@ pub(crate) struct Config {
     pub(crate) federation_key: Option<Secret>,
     pub(crate) federation_name: Option<String>,
     pub(crate) federation_handshake_every: Duration,
-    pub(crate) federation_rate_limit: chat_federation::RateLimit,
+    pub(crate) federation_rate_limit: RateLimit,
     pub(crate) cors_origins: Vec<String>,
     pub(crate) public_url: Option<String>,
     pub(crate) log_format: LogFormat,
@@ -372,21 +372,14 @@ fn bad(variable: &'static str, value: &str, expected: impl Into<String>) -> Conf
 /// `PUBLIC_URL`: an `http` or `https` URL with a host and nothing after the path, kept without its trailing
 /// `/` so that paths append to it.
 fn parse_public_url(value: &str) -> Result<String, ConfigError> {
-    let expected =
-        "an http:// or https:// URL such as https://chat.example.org (no query, no fragment)";
-    let rest = value
-        .strip_prefix("https://")
-        .or_else(|| value.strip_prefix("http://"))
-        .ok_or_else(|| bad("PUBLIC_URL", value, expected))?;
-    let host = rest.split('/').next().unwrap_or("");
-    let clean = value.bytes().all(|b| b.is_ascii_graphic())
-        && !value.contains(['?', '#', '"', '\\', '<', '>'])
-        && !host.is_empty()
-        && !host.contains('@');
-    if !clean {
-        return Err(bad("PUBLIC_URL", value, expected));
-    }
-    Ok(value.trim_end_matches('/').to_owned())
+    // A linked server's URL obeys the same rule.
+    chat_federation::peer::server_url(value).map_err(|_| {
+        bad(
+            "PUBLIC_URL",
+            value,
+            "an http:// or https:// URL such as https://chat.example.org (no query, no fragment)",
+        )
+    })
 }
 
 /// An unset optional variable and an empty one mean the same: `FOO=` in a `.env` file clears it.
@@ -543,10 +536,7 @@ impl Config {
             )
         })?;
         let federation_rate_limit = match RateLimit::parse(&args.federation_rate_limit) {
-            Some(Some(l)) => chat_federation::RateLimit {
-                burst: l.burst,
-                per_second: l.per_second,
-            },
+            Some(Some(limit)) => limit,
             _ => {
                 return Err(bad(
                     "FEDERATION_RATE_LIMIT",
