@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::core::{Config, State};
 use crate::error::ReplayError;
 use crate::event::{Event, EventKind, ModeChange};
+use crate::federation::RemoteAction;
 use crate::id::{ChannelId, MessageId, UserId};
 use crate::model::{
     Channel, ChannelKind, Client, MemberModes, MessageRecord, Role, Space, SpaceMember, User,
@@ -49,6 +50,7 @@ impl State {
                         channels: BTreeSet::new(),
                         spaces: BTreeSet::new(),
                         clients: BTreeSet::new(),
+                        home: None,
                     },
                 );
                 self.nicks.insert(casefold(nick), *user);
@@ -174,6 +176,9 @@ impl State {
                     let u = self.users.get_mut(user).ok_or_else(|| unknown("user"))?;
                     u.released = true;
                     u.away = None;
+                    if let Some(home) = &u.home {
+                        self.remote_users.remove(home);
+                    }
                     let key = casefold(&u.nick);
                     if self.nicks.get(&key) == Some(user) {
                         self.nicks.remove(&key);
@@ -707,6 +712,64 @@ impl State {
             }
             // The secret flag changed with the ModeChanged before; this only tells non-members.
             EventKind::ChannelListed { .. } => {}
+            EventKind::RemoteUserCreated { user, nick, home } => {
+                self.observe(user.0);
+                self.users.insert(
+                    *user,
+                    User {
+                        id: *user,
+                        nick: nick.clone(),
+                        password_hash: None,
+                        display_name: None,
+                        bio: None,
+                        avatar_url: None,
+                        bot: false,
+                        system: false,
+                        created_at: now,
+                        away: None,
+                        status_override: None,
+                        activities: Vec::new(),
+                        observed: None,
+                        released: false,
+                        channels: BTreeSet::new(),
+                        spaces: BTreeSet::new(),
+                        clients: BTreeSet::new(),
+                        home: Some(home.clone()),
+                    },
+                );
+                self.nicks.insert(casefold(nick), *user);
+                self.remote_users.insert(home.clone(), *user);
+                if let Some(network) = self.network {
+                    self.add_space_member(network, *user, now);
+                }
+            }
+            EventKind::Relayed { op, made, .. } => {
+                if config.server_name.as_deref() != Some(op.origin.as_str()) {
+                    let seen = self.relayed.entry(op.origin.clone()).or_default();
+                    *seen = (*seen).max(op.id);
+                }
+                match &op.action {
+                    RemoteAction::Send { message, .. } => {
+                        if let Some(id) = made
+                            && self.messages.contains_key(id)
+                        {
+                            self.origins.insert(*id, message.clone());
+                            self.by_origin.insert(message.clone(), *id);
+                        }
+                    }
+                    // The older channel wins: it takes the older creation time (its modes and topic came
+                    // with the events just before).
+                    RemoteAction::Channel(theirs) => {
+                        if let Some(id) = self.channel_names.get(&casefold(&theirs.name))
+                            && let Some(ch) = self.channels.get_mut(id)
+                            && theirs.created_at < ch.created_at
+                        {
+                            ch.created_at = theirs.created_at;
+                        }
+                    }
+                    _ => {}
+                }
+            }
         }
         if ev.is_durable() {
             self.last_seq = seq;
@@ -851,7 +914,7 @@ impl State {
             }
         }
         for m in &ch.history {
-            self.messages.remove(m);
+            self.drop_message(*m);
         }
         if let Some(space) = ch.space {
             if let Some(sp) = self.spaces.get_mut(&space) {
@@ -927,15 +990,23 @@ impl State {
             },
         );
         if let Some(old) = evicted {
-            self.messages.remove(&old);
+            self.drop_message(old);
             if let Some(ch) = self.channels.get_mut(&channel) {
                 ch.pins.retain(|p| *p != old);
             }
         }
     }
 
+    /// A message leaves the core's index (deleted, evicted, or its channel removed).
+    fn drop_message(&mut self, id: MessageId) {
+        self.messages.remove(&id);
+        if let Some(r) = self.origins.remove(&id) {
+            self.by_origin.remove(&r);
+        }
+    }
+
     fn forget_message(&mut self, channel: ChannelId, message: MessageId) {
-        self.messages.remove(&message);
+        self.drop_message(message);
         if let Some(ch) = self.channels.get_mut(&channel) {
             if let Ok(i) = ch.history.binary_search(&message) {
                 ch.history.remove(i);

@@ -516,4 +516,14 @@ pub enum Command {
         /// limits).
         activities: Vec<Activity>,
     },
+    /// Federation: takes an op from a linked server (`from`), once. Origin: [`Origin::System`].
+    Relay {
+        /// The op.
+        op: Box<crate::federation::RemoteOp>,
+        /// The linked server that sent it.
+        from: String,
+    },
+    /// Federation: records the state of every network channel with local members, for linked servers to
+    /// merge (on link, and when a link comes back). Origin: [`Origin::System`].
+    AnnounceChannels,
 }

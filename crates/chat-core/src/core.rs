@@ -38,6 +38,9 @@ pub struct Config {
     pub invite_seed: u64,
     /// The nick of the server's own user.
     pub system_nick: String,
+    /// This server's name among linked servers (FEDERATION_NAME); `None` = it does not federate, and
+    /// records no federation markers.
+    pub server_name: Option<String>,
     /// The network space's name.
     pub network_name: String,
     /// Presence changes are pushed to the members of a user's channels and spaces up to this size; larger
@@ -55,6 +58,7 @@ impl Default for Config {
             session_idle_timeout_ms: 24 * 60 * 60 * 1000,
             invite_seed: 0,
             system_nick: "chatd".to_owned(),
+            server_name: None,
             network_name: "chatd".to_owned(),
             presence_fanout_max: 1000,
         }
@@ -128,6 +132,19 @@ pub struct State {
     /// The bot accounts (derived from `users`, rebuilt on restore): who hears of network joins and leaves.
     #[serde(skip)]
     pub(crate) bots: BTreeSet<UserId>,
+    /// Remote users by their home (derived from `users`, rebuilt on restore).
+    #[serde(skip)]
+    pub(crate) remote_users: HashMap<crate::federation::Home, UserId>,
+    /// Messages of linked servers by their network name (derived from `origins`, rebuilt on restore).
+    #[serde(skip)]
+    pub(crate) by_origin: HashMap<crate::federation::GlobalRef, MessageId>,
+    /// Federation: the highest op taken from each origin server (ops at or below it are seen).
+    #[serde(default)]
+    pub(crate) relayed: BTreeMap<String, u64>,
+    /// Federation: the network name of each message here that was written on a linked server (while the
+    /// message is kept).
+    #[serde(default)]
+    pub(crate) origins: HashMap<MessageId, crate::federation::GlobalRef>,
 }
 
 impl State {
@@ -207,6 +224,17 @@ impl Core {
             .values()
             .filter(|u| u.bot)
             .map(|u| u.id)
+            .collect();
+        state.remote_users = state
+            .users
+            .values()
+            .filter(|u| !u.released)
+            .filter_map(|u| Some((u.home.clone()?, u.id)))
+            .collect();
+        state.by_origin = state
+            .origins
+            .iter()
+            .map(|(id, r)| (r.clone(), *id))
             .collect();
         Self {
             config,
@@ -429,6 +457,12 @@ impl Core {
             audience,
             kind,
         };
+        // Computed before the event applies: a deleted message's network name is gone after.
+        let shared = if self.config.server_name.is_some() {
+            self.local_op(&event.kind)
+        } else {
+            None
+        };
         if event.is_durable() {
             event.seq += 1;
             if let Err(e) = self.state.apply(&event, &self.config) {
@@ -437,6 +471,9 @@ impl Core {
             }
         }
         self.out.push_back(event);
+        if let Some((user, action)) = shared {
+            self.record_local_op(user, action);
+        }
     }
 
     fn resolve_origin(&mut self, origin: Origin, command: &Command) -> Result<Actor, Error> {
@@ -651,6 +688,24 @@ impl Core {
             } => self.create_invite(actor, channel, max_uses, max_age_secs),
             C::RevokeInvite { code } => self.revoke_invite(actor, code),
             C::UseInvite { code } => self.use_invite(actor, code),
+            C::Relay { op, from } => {
+                Self::require_system(actor)?;
+                self.relay(*op, from)
+            }
+            C::AnnounceChannels => {
+                Self::require_system(actor)?;
+                self.announce_channels()
+            }
+        }
+    }
+
+    fn require_system(actor: Actor) -> Result<(), Error> {
+        if actor.system {
+            Ok(())
+        } else {
+            Err(Error::NotSupported {
+                what: "only the server itself relays between linked servers",
+            })
         }
     }
 

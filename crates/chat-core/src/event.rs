@@ -678,6 +678,26 @@ pub enum EventKind {
         /// What they are doing (empty when offline).
         activities: Vec<Activity>,
     },
+    /// A user of a linked server became known here (as `nick@server`).
+    RemoteUserCreated {
+        /// The user's id here.
+        user: UserId,
+        /// `nick@server`.
+        nick: String,
+        /// Its home server and its id there.
+        home: crate::federation::Home,
+    },
+    /// Federation's marker (audience: nobody): an op linked servers share, made here (`from` is this
+    /// server's name) or taken from the peer `from`. The outbox sends markers to peers; the highest `op.id`
+    /// per origin is what was seen.
+    Relayed {
+        /// The op.
+        op: Box<crate::federation::RemoteOp>,
+        /// The server it came from (this server's own name for an op made here).
+        from: String,
+        /// The message it made here, for an op that sent one.
+        made: Option<MessageId>,
+    },
 }
 
 impl EventKind {

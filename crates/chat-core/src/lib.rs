@@ -48,6 +48,7 @@ mod command;
 mod core;
 mod error;
 mod event;
+mod federation;
 mod handle;
 mod id;
 mod model;
@@ -62,6 +63,10 @@ pub use crate::core::{Config, Core, Created, Reply, State};
 pub use crate::error::{Error, Field, ReplayError};
 pub use crate::event::{
     Audience, ChannelInfo, ClientEnd, Event, EventKind, LeaveReason, ModeChange, SpaceInfo,
+};
+pub use crate::federation::{
+    ChannelState, GlobalRef, GlobalUser, Home, ModeArg, RemoteAction, RemoteOp, RemoteTarget,
+    SERVER_NAME_MAX, check_server_name,
 };
 pub use crate::id::{
     ChannelId, ClientId, DISCORD_EPOCH, InviteId, MAX_NODE_ID, MessageId, RoleId, Seq, Snowflake,

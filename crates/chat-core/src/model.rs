@@ -52,12 +52,21 @@ pub struct User {
     pub(crate) spaces: BTreeSet<SpaceId>,
     /// The user's clients.
     pub(crate) clients: BTreeSet<ClientId>,
+    /// A remote user's home (a linked server and the user's id there); `None` for this server's users.
+    /// A remote user's nick is `nick@server`; it has no clients and no password, and it never expires.
+    #[serde(default)]
+    pub home: Option<crate::federation::Home>,
 }
 
 impl User {
     /// A guest has no password; its nick is released when its session ends.
     pub fn is_guest(&self) -> bool {
-        self.password_hash.is_none() && !self.bot && !self.system
+        self.password_hash.is_none() && !self.bot && !self.system && self.home.is_none()
+    }
+
+    /// A user of a linked server.
+    pub fn is_remote(&self) -> bool {
+        self.home.is_some()
     }
 
     /// Channels the user joined explicitly: network channels, DMs and group DMs.
@@ -402,6 +411,23 @@ impl Channel {
                 .1
                 .contains(Permissions::VIEW_CHANNEL)
         })
+    }
+
+    /// The flag modes set, as letters in the order `imnst` (no `+`, no key or limit).
+    pub fn flag_letters(&self) -> String {
+        let mut letters = String::new();
+        for (on, letter) in [
+            (self.is_invite_only(), 'i'),
+            (self.is_moderated(), 'm'),
+            (self.flags.no_external, 'n'),
+            (self.flags.secret, 's'),
+            (self.flags.topic_lock, 't'),
+        ] {
+            if on {
+                letters.push(letter);
+            }
+        }
+        letters
     }
 
     /// The channel's modes as an IRC mode string, e.g. `+int` or `+kl secret 10` (key shown when `show_key`).

@@ -313,6 +313,7 @@ mod tests {
             channels: Default::default(),
             spaces: Default::default(),
             clients: Default::default(),
+            home: None,
         }
     }
 

@@ -38,7 +38,9 @@ use crate::StoreError;
 /// - 3: a channel's `Ban` gains `bound`, the users it holds whatever their nick (a ban of an older snapshot
 ///   binds no one); `EventKind::PresenceUpdated` is appended (live only, never stored, but an older build must
 ///   not meet it either).
-pub const FORMAT_VERSION: u32 = 3;
+/// - 4: federation. `User` gains `home` (a remote user's server), the snapshot's `State` gains `relayed`
+///   and `origins`; `EventKind::RemoteUserCreated` and `EventKind::Relayed` are appended.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The oldest format version this build can migrate from. Below it the database is refused.
 pub const OLDEST_FORMAT: u32 = 1;
@@ -57,11 +59,23 @@ pub struct Shape {
 /// Every struct that gained trailing fields since [`OLDEST_FORMAT`]. When a snapshot type gains a field (at
 /// the end, with `#[serde(default)]`), add `Shape { name: "Ban", until: 2, fields: 3 }` for a `Ban` that had
 /// three fields up to version 2, and bump [`FORMAT_VERSION`] to 3.
-pub const SHAPES: &[Shape] = &[Shape {
-    name: "Ban",
-    until: 2,
-    fields: 3,
-}];
+pub const SHAPES: &[Shape] = &[
+    Shape {
+        name: "Ban",
+        until: 2,
+        fields: 3,
+    },
+    Shape {
+        name: "User",
+        until: 3,
+        fields: 14,
+    },
+    Shape {
+        name: "State",
+        until: 3,
+        fields: 18,
+    },
+];
 
 /// Whether this build can open a database of format `found` as it is (`Ok(false)`), after a migration
 /// (`Ok(true)`), or not at all (a typed error whose message names both versions and what to do).

@@ -419,8 +419,8 @@ impl Core {
             });
         }
         validate_nick(&nick)?;
-        let old = self.state.users[&actor.user].nick.clone();
-        if old == nick {
+        let old = &self.state.users[&actor.user].nick;
+        if *old == nick {
             return Ok(None);
         }
         if let Some(holder) = self.state.nicks.get(&casefold(&nick))
@@ -428,7 +428,18 @@ impl Core {
         {
             return Err(Error::NickInUse);
         }
-        let channels: Vec<ChannelId> = self.state.users[&actor.user]
+        self.rename(actor.user, nick);
+        Ok(None)
+    }
+
+    /// Gives a user a new nick, free and valid (the callers checked): one system message in each of its
+    /// channels, the event to everyone who shares one.
+    pub(crate) fn rename(&mut self, user: UserId, nick: String) {
+        let old = self.state.users[&user].nick.clone();
+        if old == nick {
+            return;
+        }
+        let channels: Vec<ChannelId> = self.state.users[&user]
             .channels
             .iter()
             .copied()
@@ -443,17 +454,16 @@ impl Core {
             .into_iter()
             .map(|c| (c, MessageId(self.next_id())))
             .collect();
-        let audience = Audience::Users(self.peers(actor.user));
+        let audience = Audience::Users(self.peers(user));
         self.emit(
             audience,
             EventKind::NickChanged {
-                user: actor.user,
+                user,
                 old,
                 new: nick,
                 notices,
             },
         );
-        Ok(None)
     }
 
     pub(crate) fn update_profile(

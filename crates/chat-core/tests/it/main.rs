@@ -1,5 +1,6 @@
 //! chat-core's integration tests: one binary, one module per kind of test.
 
+mod federation;
 mod harness;
 mod hostile;
 mod props;
