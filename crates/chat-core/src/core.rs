@@ -88,6 +88,16 @@ pub enum Created {
     Role(RoleId),
     /// An invite, by code.
     Invite(String),
+    /// A linked server's op ([`Command::Relay`]): `false` when it was seen before (nothing changed); the
+    /// message it made; why this server refused it, if it did (it is still recorded as seen and passed on).
+    Relayed {
+        /// Whether the op was new here.
+        new: bool,
+        /// The message it made.
+        made: Option<MessageId>,
+        /// Why it changed nothing here.
+        refused: Option<Error>,
+    },
 }
 
 /// The result of an accepted command.

@@ -377,7 +377,11 @@ impl Core {
             .get(&op.origin)
             .is_some_and(|hw| *hw >= op.id)
         {
-            return Ok(None);
+            return Ok(Some(Created::Relayed {
+                new: false,
+                made: None,
+                refused: None,
+            }));
         }
         let user = self.resolve_global(&op.user)?;
         let actor = Actor {
@@ -385,15 +389,12 @@ impl Core {
             client: None,
             system: false,
         };
-        let before = self.out.len();
-        let made = match self.apply_remote(actor, &op) {
-            Ok(made) => made,
+        let (made, refused) = match self.apply_remote(actor, &op) {
+            Ok(made) => (made, None),
             // Refused here (a ban, a mode, a message no longer known): nothing of it changed, since handlers
             // check before they emit; the marker below still records that it was seen.
-            Err(_) => {
-                debug_assert_eq!(self.out.len(), before);
-                None
-            }
+            // (Users the op names may have become known here first; that is all it leaves.)
+            Err(e) => (None, Some(e)),
         };
         self.emit(
             Audience::Nobody,
@@ -403,7 +404,11 @@ impl Core {
                 made,
             },
         );
-        Ok(made.map(Created::Message))
+        Ok(Some(Created::Relayed {
+            new: true,
+            made,
+            refused,
+        }))
     }
 
     fn apply_remote(&mut self, actor: Actor, op: &RemoteOp) -> Result<Option<MessageId>, Error> {

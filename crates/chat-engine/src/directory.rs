@@ -198,6 +198,7 @@ impl Directory {
         matches!(
             event.kind,
             EventKind::UserCreated { .. }
+                | EventKind::RemoteUserCreated { .. }
                 | EventKind::NickChanged { .. }
                 | EventKind::ProfileUpdated { .. }
                 | EventKind::ChannelCreated { .. }
@@ -236,6 +237,21 @@ impl Directory {
                     },
                 );
                 // Every user is a member of the network (as the core's state has it).
+                if let Some(network) = self.network {
+                    self.join(network, *user, event.ts);
+                }
+            }
+            EventKind::RemoteUserCreated { user, nick, .. } => {
+                self.users.insert(
+                    *user,
+                    UserCard {
+                        nick: nick.as_str().into(),
+                        display_name: None,
+                        avatar_url: None,
+                        bot: false,
+                        system: false,
+                    },
+                );
                 if let Some(network) = self.network {
                     self.join(network, *user, event.ts);
                 }

@@ -230,6 +230,8 @@ pub(crate) struct Shared {
     last_prune: AtomicU64,
     /// In a cluster: this node.
     pub(crate) node: Option<Arc<Node>>,
+    /// The seq of the last published event, for whoever follows the whole log ([`Engine::committed`]).
+    committed: tokio::sync::watch::Sender<Seq>,
 }
 
 impl Shared {
@@ -365,8 +367,13 @@ impl Shared {
         for (event, users) in live {
             streams.publish_live(Arc::new(event), &users);
         }
+        let last = streams.last();
+        self.committed.send_if_modified(|seq| {
+            let newer = last > *seq;
+            *seq = (*seq).max(last);
+            newer
+        });
         if let Some(node) = &self.node {
-            let last = streams.last();
             node.applied.send_if_modified(|seq| {
                 let newer = last > *seq;
                 *seq = (*seq).max(last);
@@ -556,6 +563,7 @@ impl Engine {
             closed: AtomicBool::new(false),
             fatal: Mutex::new(None),
             last_prune: AtomicU64::new(now),
+            committed: tokio::sync::watch::channel(last).0,
             files: Arc::new(Files::new(&config.data_dir)),
             store,
             config,
@@ -917,6 +925,63 @@ impl Engine {
     /// Runs a command as the server's operator (the CLI, housekeeping): no rate limit, no nonce.
     pub async fn system(&self, command: Command) -> Result<CommandReply, EngineError> {
         self.submit(Origin::System, command, None, None).await
+    }
+
+    /// Runs commands as the server's operator, in order, each with its own result. On a single node they
+    /// are queued together, so that the writer commits them in a few groups rather than one commit each (a
+    /// linked server's batch is applied this way); in a cluster they go one after the other.
+    pub async fn system_batch(
+        &self,
+        commands: Vec<Command>,
+    ) -> Vec<Result<CommandReply, EngineError>> {
+        let mut results = Vec::with_capacity(commands.len());
+        if self.shared.node.is_some() {
+            for command in commands {
+                results.push(self.system(command).await);
+            }
+            return results;
+        }
+        let mut waits = Vec::with_capacity(commands.len());
+        for command in commands {
+            if let Err(e) = self.check_open() {
+                waits.push(Err(e));
+                continue;
+            }
+            let (reply, rx) = oneshot::channel();
+            let job = Job::Command {
+                origin: Origin::System,
+                command: Box::new(command),
+                nonce: None,
+                reply,
+                upload: None,
+                rate: false,
+                forwarded: false,
+            };
+            match self.tx.send(job).await {
+                Ok(()) => waits.push(Ok(rx)),
+                Err(_) => waits.push(Err(self.shared.gone())),
+            }
+        }
+        for wait in waits {
+            results.push(match wait {
+                Ok(rx) => rx.await.unwrap_or_else(|_| Err(self.shared.gone())),
+                Err(e) => Err(e),
+            });
+        }
+        results
+    }
+
+    /// Follows the log's growth: the seq of the last committed event, changed at every commit.
+    pub fn committed(&self) -> tokio::sync::watch::Receiver<Seq> {
+        self.shared.committed.subscribe()
+    }
+
+    /// Whether this node writes the log: always on a single node; in a cluster, while it holds the lease.
+    pub fn is_writer(&self) -> bool {
+        self.shared
+            .node
+            .as_ref()
+            .is_none_or(|n| n.role() == chat_log::NodeRole::Writer)
     }
 
     /// Starts a guest session: a user without a password, released when its last client ends. With

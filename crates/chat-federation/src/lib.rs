@@ -5,12 +5,14 @@
 //! request carries ([`sign`]): HMAC-SHA256 with the link's key over the method, path, timestamp, both
 //! servers' names and the body's digest, checked with a bounded clock skew and a replay guard
 //! ([`sign::Verifier`]). [`Federation::router`] answers the handshake (`POST /api/v1/federation/link`) and
-//! the status (`GET /api/v1/federation/status`) for the links of the store (`chatd link add`). Relaying
-//! events is not built yet.
+//! the status (`GET /api/v1/federation/status`) for the links of the store (`chatd link add`), and relays
+//! ops between linked servers ([`outbox`]: each link's durable outbox, and the relay route
+//! `POST /api/v1/federation/relay`).
 #![deny(missing_docs)]
 
+pub mod outbox;
 pub mod peer;
 mod routes;
 pub mod sign;
 
-pub use crate::routes::{Federation, Hello, PeerStatus, Settings};
+pub use crate::routes::{Batch, Federation, Hello, PeerStatus, Settings, Taken};

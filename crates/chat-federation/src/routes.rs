@@ -51,21 +51,52 @@ pub struct Hello {
     /// What it can do beyond the base protocol.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// The servers it is linked to.
+    #[serde(default)]
+    pub links: Vec<String>,
+    /// The servers reachable through it (its links and what they told it is behind them), not counting the
+    /// server it talks to: ops of those servers' users may come through it.
+    #[serde(default)]
+    pub behind: Vec<String>,
+}
+
+/// A batch of ops, `POST /api/v1/federation/relay`: in the sender's log order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The ops.
+    pub ops: Vec<chat_core::RemoteOp>,
+}
+
+/// The answer to a batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Taken {
+    /// Ops new here.
+    pub new: usize,
+    /// Ops seen before (through another path, or a resent batch): nothing changed.
+    pub seen: usize,
+    /// Ops this server speaks for itself about, left to come from their origin (linked here directly).
+    pub skipped: usize,
+    /// New ops this server refused to apply (recorded as seen, and passed on): the op's id and why.
+    pub refused: Vec<(String, u64, String)>,
 }
 
 /// What this server knows of a peer's contact.
 #[derive(Clone, Debug, Default)]
-struct Contact {
+pub(crate) struct Contact {
     /// When the peer's last accepted request came (unix ms).
     last_inbound: Option<u64>,
     /// The version it said it runs.
     version: Option<String>,
     /// The last refusal of one of its requests, and when.
     last_refusal: Option<(u64, String)>,
-    /// When this server's last handshake to the peer was answered (unix ms).
-    last_outbound: Option<u64>,
-    /// The last failure of a handshake to the peer, and when.
-    last_error: Option<(u64, String)>,
+    /// When this server's last handshake or batch to the peer was answered (unix ms).
+    pub(crate) last_outbound: Option<u64>,
+    /// The last failure of a handshake or a batch to the peer, and when.
+    pub(crate) last_error: Option<(u64, String)>,
+    /// Ops sent to it and acknowledged.
+    pub(crate) ops_out: u64,
+    /// Ops taken from it (new or seen).
+    pub(crate) ops_in: u64,
     /// How many handshakes to it failed in a row (the backoff's exponent).
     failures: u32,
     /// When the next handshake to it is due (unix ms).
@@ -86,9 +117,9 @@ impl Contact {
 }
 
 /// The first wait after a failed handshake; doubled per failure up to [`Settings::handshake_every`].
-const RETRY_FIRST: Duration = Duration::from_millis(500);
-/// How long a handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// How long a handshake or a batch may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One link as the status tells it.
 #[derive(Clone, Debug)]
@@ -113,15 +144,28 @@ pub struct PeerStatus {
     pub last_refusal: Option<(u64, String)>,
     /// Local events after the link's outbox cursor.
     pub lag_events: u64,
+    /// The link's outbox cursor: the last local seq the peer has taken.
+    pub cursor: u64,
+    /// Ops sent to it and acknowledged since this server started.
+    pub ops_out: u64,
+    /// Ops taken from it since this server started.
+    pub ops_in: u64,
 }
 
 /// Server links over HTTP: the routes, and what they remember.
 pub struct Federation {
-    settings: Settings,
-    store: Arc<dyn Store>,
+    pub(crate) settings: Settings,
+    pub(crate) engine: chat_engine::Engine,
+    pub(crate) store: Arc<dyn Store>,
+    /// What each peer said in its last hello: its links, and the servers behind it.
+    pub(crate) told: Mutex<HashMap<String, Hello>>,
+    /// Each link's outbox task, by name.
+    outboxes: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     verifier: Mutex<Verifier>,
-    contacts: Mutex<HashMap<String, Contact>>,
+    pub(crate) contacts: Mutex<HashMap<String, Contact>>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// The link names as last read from the store.
+    linked: Mutex<Vec<String>>,
     client: reqwest::Client,
 }
 
@@ -136,21 +180,21 @@ impl std::fmt::Debug for Federation {
 /// Requests remembered per peer by the replay guard: far above what a link sends in a skew window.
 const REPLAY_CAP: usize = 1 << 20;
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn refuse(status: StatusCode, error: &str, message: &str) -> Response {
+pub(crate) fn refuse(status: StatusCode, error: &str, message: &str) -> Response {
     (
         status,
         axum::Json(json!({ "error": error, "message": message })),
@@ -159,18 +203,26 @@ fn refuse(status: StatusCode, error: &str, message: &str) -> Response {
 }
 
 /// A request that passed the signature check: who sent it, and its body.
-struct Verified {
-    from: String,
-    body: bytes::Bytes,
+pub(crate) struct Verified {
+    pub(crate) from: String,
+    pub(crate) body: bytes::Bytes,
 }
 
 impl Federation {
-    /// Federation over `store`'s links.
-    pub fn new(settings: Settings, store: Arc<dyn Store>) -> Arc<Self> {
+    /// Federation of `engine`'s server over `store`'s links (the engine's store).
+    pub fn new(
+        settings: Settings,
+        engine: chat_engine::Engine,
+        store: Arc<dyn Store>,
+    ) -> Arc<Self> {
         let skew = u64::try_from(settings.skew.as_millis()).unwrap_or(u64::MAX);
         Arc::new(Self {
             settings,
+            engine,
             store,
+            told: Mutex::new(HashMap::new()),
+            outboxes: Mutex::new(HashMap::new()),
+            linked: Mutex::new(Vec::new()),
             verifier: Mutex::new(Verifier::new(skew, REPLAY_CAP)),
             contacts: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
@@ -202,10 +254,27 @@ impl Federation {
                 };
                 let now = now_ms();
                 {
-                    // Forget links removed since.
+                    // Forget links removed since; start the outbox of links added.
                     let linked = |name: &String| links.iter().any(|l| &l.name == name);
                     lock(&f.contacts).retain(|name, _| linked(name));
                     lock(&f.buckets).retain(|name, _| linked(name));
+                    lock(&f.told).retain(|name, _| linked(name));
+                    let mut outboxes = lock(&f.outboxes);
+                    outboxes.retain(|name, task| {
+                        let keep = linked(name) && !task.is_finished();
+                        if !keep {
+                            task.abort();
+                        }
+                        keep
+                    });
+                    for l in &links {
+                        if !outboxes.contains_key(&l.name) {
+                            let task =
+                                tokio::spawn(crate::outbox::run(Arc::clone(&f), l.name.clone()));
+                            outboxes.insert(l.name.clone(), task);
+                        }
+                    }
+                    *lock(&f.linked) = links.iter().map(|l| l.name.clone()).collect();
                 }
                 let due: Vec<_> = links
                     .into_iter()
@@ -214,26 +283,12 @@ impl Federation {
                 // One at a time: a handshake is small, and a slow peer only delays the others by its timeout.
                 for link in due {
                     let result = f.handshake(&link).await;
-                    let now = now_ms();
-                    let mut contacts = lock(&f.contacts);
-                    let c = contacts.entry(link.name.clone()).or_default();
-                    match result {
-                        Ok(hello) => {
-                            c.last_outbound = Some(now);
-                            c.version = Some(hello.version);
-                            c.failures = 0;
-                            c.due = now + millis(f.settings.handshake_every);
-                        }
-                        Err(why) => {
-                            if c.last_error.is_none() || c.state() == "up" {
-                                tracing::info!(peer = %link.name, reason = %why, "a linked server does not answer");
-                            }
-                            c.last_error = Some((now, why));
-                            c.failures = c.failures.saturating_add(1);
-                            let wait = RETRY_FIRST
-                                .saturating_mul(1 << c.failures.min(16).saturating_sub(1))
-                                .min(f.settings.handshake_every);
-                            c.due = now + millis(wait);
+                    if let Some(hello) = f.handshake_done(&link.name, result) {
+                        let back = f.learn(hello.1);
+                        if hello.0 || back {
+                            // A link (re)established, or the servers behind it changed: tell the peers the
+                            // state of our channels.
+                            f.announce().await;
                         }
                     }
                 }
@@ -241,8 +296,58 @@ impl Federation {
         })
     }
 
+    /// Notes a handshake's outcome; on success, whether the link was down or never up before, and the
+    /// peer's hello.
+    fn handshake_done(&self, name: &str, result: Result<Hello, String>) -> Option<(bool, Hello)> {
+        let now = now_ms();
+        let mut contacts = lock(&self.contacts);
+        let c = contacts.entry(name.to_owned()).or_default();
+        match result {
+            Ok(hello) => {
+                let back = c.last_outbound.is_none() || c.failures > 0;
+                c.last_outbound = Some(now);
+                c.version = Some(hello.version.clone());
+                c.failures = 0;
+                c.due = now + millis(self.settings.handshake_every);
+                Some((back, hello))
+            }
+            Err(why) => {
+                if c.last_error.is_none() || c.state() == "up" {
+                    tracing::info!(peer = %name, reason = %why, "a linked server does not answer");
+                }
+                c.last_error = Some((now, why));
+                c.failures = c.failures.saturating_add(1);
+                let wait = RETRY_FIRST
+                    .saturating_mul(1 << c.failures.min(16).saturating_sub(1))
+                    .min(self.settings.handshake_every);
+                c.due = now + millis(wait);
+                None
+            }
+        }
+    }
+
     /// Sends this server's signed hello to a link; its answer, or why there is none.
     async fn handshake(&self, link: &chat_log::ServerLink) -> Result<Hello, String> {
+        let body = serde_json::to_vec(&self.hello(&link.name)).map_err(|e| e.to_string())?;
+        let bytes = self.post(link, "/api/v1/federation/link", body).await?;
+        let hello: Hello = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{}: the answer is not a hello: {e}", link.url))?;
+        if hello.name != link.name {
+            return Err(format!(
+                "{} calls itself {}, not {}",
+                link.url, hello.name, link.name
+            ));
+        }
+        Ok(hello)
+    }
+
+    /// POSTs a signed body to a link's `path`; the answer's body, or why there is none.
+    pub(crate) async fn post(
+        &self,
+        link: &chat_log::ServerLink,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<bytes::Bytes, String> {
         let Some(key) = link
             .key
             .clone()
@@ -250,18 +355,17 @@ impl Federation {
         else {
             return Err("no key for this link (its own, or FEDERATION_KEY)".into());
         };
-        let url = format!("{}/api/v1/federation/link", link.url);
-        let path = reqwest::Url::parse(&url)
+        let url = format!("{}{path}", link.url);
+        let signed_path = reqwest::Url::parse(&url)
             .map_err(|e| format!("bad URL {url}: {e}"))?
             .path()
             .to_owned();
-        let body = serde_json::to_vec(&self.hello()).map_err(|e| e.to_string())?;
         let timestamp = now_ms();
         let signature = crate::sign::sign(
             key.as_bytes(),
             &Signed {
                 method: "POST",
-                path: &path,
+                path: &signed_path,
                 from: &self.settings.name,
                 to: &link.name,
                 timestamp,
@@ -291,28 +395,50 @@ impl Federation {
                 .unwrap_or_default();
             return Err(format!("{url} answered {status}: {message}"));
         }
-        let hello: Hello = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{url}: the answer is not a hello: {e}"))?;
-        if hello.name != link.name {
-            return Err(format!(
-                "{url} calls itself {}, not {}",
-                hello.name, link.name
-            ));
+        Ok(bytes)
+    }
+
+    /// Takes in what a peer said of itself; whether it is news (its links or what is behind it changed),
+    /// in which case every peer is greeted again soon, so that what is behind this server reaches them.
+    fn learn(&self, hello: Hello) -> bool {
+        let mut told = lock(&self.told);
+        let changed = told
+            .get(&hello.name)
+            .is_none_or(|h| h.links != hello.links || h.behind != hello.behind);
+        told.insert(hello.name.clone(), hello);
+        drop(told);
+        if changed {
+            let soon = now_ms() + 200;
+            for c in lock(&self.contacts).values_mut() {
+                c.due = c.due.min(soon);
+            }
         }
-        Ok(hello)
+        changed
+    }
+
+    /// Records the state of the shared channels, for every peer's outbox to carry.
+    async fn announce(&self) {
+        if let Err(e) = self
+            .engine
+            .system(chat_core::Command::AnnounceChannels)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot announce the channels to linked servers");
+        }
     }
 
     /// The routes under `/api/v1/federation`.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/api/v1/federation/link", post(link))
+            .route("/api/v1/federation/relay", post(crate::outbox::relay))
             .route("/api/v1/federation/status", get(status))
             .with_state(Arc::clone(self))
     }
 
     /// Checks a peer's request: signed by a configured link with its key, fresh, not seen before, with a
     /// body under the cap. The refusal is the response to send.
-    async fn verify(&self, request: Request) -> Result<Verified, Response> {
+    pub(crate) async fn verify(&self, request: Request) -> Result<Verified, Response> {
         let (parts, body) = request.into_parts();
         let header = |name: &str| {
             parts
@@ -437,6 +563,9 @@ impl Federation {
                 PeerStatus {
                     state: c.state(),
                     lag_events: last.saturating_sub(l.cursor),
+                    cursor: l.cursor,
+                    ops_out: c.ops_out,
+                    ops_in: c.ops_in,
                     own_key: l.key.is_some(),
                     name: l.name,
                     url: l.url,
@@ -450,12 +579,38 @@ impl Federation {
             .collect())
     }
 
-    fn hello(&self) -> Hello {
+    /// This server's hello to `to`: its links, and the servers behind it as `to` sees it.
+    fn hello(&self, to: &str) -> Hello {
+        let links = lock(&self.linked).clone();
+        let mut behind: Vec<String> = links.clone();
+        for (peer, h) in lock(&self.told).iter() {
+            if peer != to {
+                behind.extend(h.behind.iter().cloned());
+            }
+        }
+        behind.retain(|s| s != to && *s != self.settings.name);
+        behind.sort();
+        behind.dedup();
         Hello {
             name: self.settings.name.clone(),
             version: self.settings.version.clone(),
-            capabilities: Vec::new(),
+            capabilities: vec!["relay".to_owned()],
+            links,
+            behind,
         }
+    }
+
+    /// Notes a peer's accepted request (for the status).
+    pub(crate) fn contacted(&self, from: &str, ops: usize) {
+        let mut contacts = lock(&self.contacts);
+        let c = contacts.entry(from.to_owned()).or_default();
+        c.last_inbound = Some(now_ms());
+        c.ops_in += ops as u64;
+    }
+
+    /// The links' names, as last read.
+    pub(crate) fn linked(&self) -> Vec<String> {
+        lock(&self.linked).clone()
     }
 }
 
@@ -483,11 +638,12 @@ async fn link(State(f): State<Arc<Federation>>, request: Request<Body>) -> Respo
     }
     {
         let mut contacts = lock(&f.contacts);
-        let c = contacts.entry(v.from).or_default();
+        let c = contacts.entry(v.from.clone()).or_default();
         c.last_inbound = Some(now_ms());
-        c.version = Some(hello.version);
+        c.version = Some(hello.version.clone());
     }
-    axum::Json(f.hello()).into_response()
+    f.learn(hello);
+    axum::Json(f.hello(&v.from)).into_response()
 }
 
 async fn status(State(f): State<Arc<Federation>>, _headers: HeaderMap) -> Response {
@@ -511,6 +667,9 @@ async fn status(State(f): State<Arc<Federation>>, _headers: HeaderMap) -> Respon
                 "last_outbound_ms": p.last_outbound,
                 "last_error": p.last_error.map(|(at, why)| json!({ "at_ms": at, "reason": why })),
                 "lag_events": p.lag_events,
+                "cursor": p.cursor,
+                "ops_out": p.ops_out,
+                "ops_in": p.ops_in,
                 "last_refusal": p.last_refusal.map(|(at, why)| json!({ "at_ms": at, "reason": why })),
             })
         })

@@ -268,6 +268,8 @@ pub(crate) fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::InviteUsed { .. } => "invite_used",
         EventKind::InviteDeleted { .. } => "invite_deleted",
         // The enum is non-exhaustive: a kind added later is still logged, under a neutral name.
+        EventKind::RemoteUserCreated { .. } => "remote_user_created",
+        EventKind::Relayed { .. } => "relayed",
         _ => "other",
     }
 }
@@ -329,6 +331,16 @@ pub(crate) fn effects(ev: &Event) -> Vec<Effect<'_>> {
                 password_hash: password_hash.as_deref(),
                 bot: *bot,
                 system: *system,
+            },
+            Effect::NetworkJoin(*user),
+        ],
+        EventKind::RemoteUserCreated { user, nick, .. } => vec![
+            Effect::User {
+                id: *user,
+                nick,
+                password_hash: None,
+                bot: false,
+                system: false,
             },
             Effect::NetworkJoin(*user),
         ],

@@ -739,6 +739,7 @@ impl Config {
                 session_idle_timeout_ms: u64::try_from(self.session_idle_timeout.as_millis())
                     .unwrap_or(u64::MAX),
                 network_name: name.clone(),
+                server_name: self.federation_name.clone(),
                 ..defaults.core.clone()
             },
             queue_max_age: self.queue_max_age,

@@ -139,7 +139,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let longpoll = transport_longpoll::LongPoll::new(engine.clone(), config.longpoll());
     let ws = transport_ws::WsApi::new(engine.clone(), config.ws());
     let federation = config.federation().map(|settings| {
-        let federation = chat_federation::Federation::new(settings, db.store());
+        let federation = chat_federation::Federation::new(settings, engine.clone(), db.store());
         // Greets the links until the process ends.
         drop(federation.spawn());
         federation

@@ -382,3 +382,135 @@ async fn a_peer_over_its_rate_limit_waits() {
     );
     assert_eq!(send(&server, &r).await.0, 200);
 }
+
+// --- relaying ----------------------------------------------------------------------------------------------
+
+/// A linked server's environment: its name, the shared key, quick handshakes.
+fn linked_env(name: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("FEDERATION_NAME", name),
+        ("FEDERATION_KEY", "the shared key"),
+        ("FEDERATION_HANDSHAKE_EVERY", "300ms"),
+    ]
+}
+
+async fn linked_server(name: &'static str) -> Server {
+    Server::start_single(tempfile::tempdir().unwrap().keep(), &linked_env(name)).await
+}
+
+/// Links `a` and `b` both ways and waits until each sees the other up.
+async fn link_both(a: &Server, a_name: &str, b: &Server, b_name: &str) {
+    link_add_at(a, b_name, &b.base, None);
+    link_add_at(b, a_name, &a.base, None);
+    wait_state(a, b_name, "up").await;
+    wait_state(b, a_name, "up").await;
+}
+
+/// Polls `c` until `done` holds for everything it has read so far (at most 20 s); returns it all.
+async fn poll_until(
+    server: &Server,
+    c: &mut crate::harness::Client,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let mut all = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done(&all) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never saw what was expected; it saw {all:#?}",
+            c.nick
+        );
+        all.extend(server.poll(c, 1).await);
+    }
+    all
+}
+
+/// `(from, body)` of the messages among `events` sent to `to`.
+fn said(events: &[Value], to: &str) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "message" && e["to"] == to)
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap_or("").to_owned(),
+                e["body"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn users_of_two_linked_servers_share_a_channel() {
+    let a = linked_server("a.example").await;
+    let b = linked_server("b.example").await;
+    link_both(&a, "a.example", &b, "b.example").await;
+    let mut alice = a.guest("alice").await;
+    let mut bob = b.guest("bob").await;
+    a.ok(&alice, json!({ "command": "JOIN", "to": "#rust" }))
+        .await;
+    // bob joins once alice's join reached b, so that both are on one channel from the start.
+    wait_for(|| async {
+        let (_, v) = b
+            .get("/api/v1/channels/%23rust/members", Some(&bob.token))
+            .await;
+        v.to_string().contains("alice@a.example")
+    })
+    .await;
+    b.ok(&bob, json!({ "command": "JOIN", "to": "#rust" }))
+        .await;
+    let seen = poll_until(&a, &mut alice, |e| {
+        e.iter()
+            .any(|e| e["type"] == "join" && e["from"] == "bob@b.example")
+    })
+    .await;
+    assert_eq!(of_type_from(&seen, "join", "bob@b.example"), 1);
+    a.ok(
+        &alice,
+        json!({ "command": "PRIVMSG", "to": "#rust", "body": "hello from a" }),
+    )
+    .await;
+    b.ok(
+        &bob,
+        json!({ "command": "PRIVMSG", "to": "#rust", "body": "hello from b" }),
+    )
+    .await;
+    let on_b = poll_until(&b, &mut bob, |e| said(e, "#rust").len() >= 2).await;
+    let on_a = poll_until(&a, &mut alice, |e| said(e, "#rust").len() >= 2).await;
+    let mut got_b = said(&on_b, "#rust");
+    let mut got_a = said(&on_a, "#rust");
+    got_a.sort();
+    got_b.sort();
+    assert_eq!(
+        got_a,
+        [
+            ("alice".to_owned(), "hello from a".to_owned()),
+            ("bob@b.example".to_owned(), "hello from b".to_owned())
+        ]
+    );
+    assert_eq!(
+        got_b,
+        [
+            ("alice@a.example".to_owned(), "hello from a".to_owned()),
+            ("bob".to_owned(), "hello from b".to_owned())
+        ]
+    );
+}
+
+fn of_type_from(events: &[Value], kind: &str, from: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e["type"] == kind && e["from"] == from)
+        .count()
+}
+
+async fn wait_for<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
