@@ -439,16 +439,28 @@ fn said(events: &[Value], to: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test]
-async fn users_of_two_linked_servers_share_a_channel() {
+/// Events of one type from one sender among `events`.
+fn from_of<'a>(events: &'a [Value], kind: &str, from: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["type"] == kind && e["from"] == from)
+        .collect()
+}
+
+/// Two linked servers share `#rust`: joins, messages, a reaction, an edit, a deletion, a topic and modes
+/// made on either side reach the other once, as long-poll events there and as gateway dispatches to a
+/// Discord client, with the remote users as `nick@server`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_of_two_linked_servers_share_a_channel_on_every_door() {
     let a = linked_server("a.example").await;
     let b = linked_server("b.example").await;
     link_both(&a, "a.example", &b, "b.example").await;
     let mut alice = a.guest("alice").await;
     let mut bob = b.guest("bob").await;
+    let carol = b.guest("carol").await;
     a.ok(&alice, json!({ "command": "JOIN", "to": "#rust" }))
         .await;
-    // bob joins once alice's join reached b, so that both are on one channel from the start.
+    // bob and carol join once alice's join reached b, so that #rust is one channel from the start.
     wait_for(|| async {
         let (_, v) = b
             .get("/api/v1/channels/%23rust/members", Some(&bob.token))
@@ -458,49 +470,132 @@ async fn users_of_two_linked_servers_share_a_channel() {
     .await;
     b.ok(&bob, json!({ "command": "JOIN", "to": "#rust" }))
         .await;
-    let seen = poll_until(&a, &mut alice, |e| {
-        e.iter()
-            .any(|e| e["type"] == "join" && e["from"] == "bob@b.example")
+    b.ok(&carol, json!({ "command": "JOIN", "to": "#rust" }))
+        .await;
+    let mut gw = crate::gateway::Gw::connect(&b).await;
+    gw.identify(&carol.token, crate::gateway::ALL).await;
+
+    let mut on_a = poll_until(&a, &mut alice, |e| {
+        !from_of(e, "join", "carol@b.example").is_empty()
     })
     .await;
-    assert_eq!(of_type_from(&seen, "join", "bob@b.example"), 1);
     a.ok(
         &alice,
-        json!({ "command": "PRIVMSG", "to": "#rust", "body": "hello from a" }),
+        json!({ "command": "PRIVMSG", "to": "#rust", "body": "one" }),
     )
     .await;
     b.ok(
         &bob,
-        json!({ "command": "PRIVMSG", "to": "#rust", "body": "hello from b" }),
+        json!({ "command": "PRIVMSG", "to": "#rust", "body": "two" }),
     )
     .await;
-    let on_b = poll_until(&b, &mut bob, |e| said(e, "#rust").len() >= 2).await;
-    let on_a = poll_until(&a, &mut alice, |e| said(e, "#rust").len() >= 2).await;
-    let mut got_b = said(&on_b, "#rust");
-    let mut got_a = said(&on_a, "#rust");
-    got_a.sort();
-    got_b.sort();
-    assert_eq!(
-        got_a,
-        [
-            ("alice".to_owned(), "hello from a".to_owned()),
-            ("bob@b.example".to_owned(), "hello from b".to_owned())
-        ]
+    let mut on_b = poll_until(&b, &mut bob, |e| said(e, "#rust").len() >= 2).await;
+    let one_on_b = from_of(&on_b, "message", "alice@a.example")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let two_on_b = from_of(&on_b, "message", "bob")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    on_a.extend(poll_until(&a, &mut alice, |e| said(e, "#rust").len() >= 2).await);
+    let one_on_a = from_of(&on_a, "message", "alice")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.ok(
+        &bob,
+        json!({ "command": "REACT", "ref": one_on_b, "body": "👍" }),
+    )
+    .await;
+    b.ok(&bob, json!({ "command": "DELETE", "ref": two_on_b }))
+        .await;
+    a.ok(
+        &alice,
+        json!({ "command": "EDIT", "ref": one_on_a, "body": "one, edited" }),
+    )
+    .await;
+    a.ok(
+        &alice,
+        json!({ "command": "TOPIC", "to": "#rust", "body": "linked" }),
+    )
+    .await;
+    a.ok(
+        &alice,
+        json!({ "command": "MODE", "to": "#rust", "body": "+mv", "args": ["bob@b.example"] }),
+    )
+    .await;
+    on_a.extend(
+        poll_until(&a, &mut alice, |e| {
+            !from_of(e, "react", "bob@b.example").is_empty()
+                && !from_of(e, "delete", "bob@b.example").is_empty()
+        })
+        .await,
     );
-    assert_eq!(
-        got_b,
-        [
-            ("alice@a.example".to_owned(), "hello from a".to_owned()),
-            ("bob".to_owned(), "hello from b".to_owned())
-        ]
+    on_b.extend(
+        poll_until(&b, &mut bob, |e| {
+            !from_of(e, "edit", "alice@a.example").is_empty()
+                && !from_of(e, "topic", "alice@a.example").is_empty()
+                && !from_of(e, "mode", "alice@a.example").is_empty()
+        })
+        .await,
     );
-}
+    // Anything doubled would have come by now.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    on_a.extend(a.drain(&mut alice).await);
+    on_b.extend(b.drain(&mut bob).await);
+    for (events, remote, kinds) in [
+        (
+            &on_a,
+            "bob@b.example",
+            &["join", "message", "react", "delete"][..],
+        ),
+        (
+            &on_b,
+            "alice@a.example",
+            &["message", "edit", "topic", "mode"][..],
+        ),
+    ] {
+        for kind in kinds {
+            assert_eq!(
+                from_of(events, kind, remote).len(),
+                1,
+                "one {kind} from {remote}: {events:#?}"
+            );
+        }
+    }
+    let edit = &from_of(&on_b, "edit", "alice@a.example")[0];
+    assert_eq!(edit["ref"], json!(one_on_b), "the edit names b's copy");
+    assert_eq!(edit["body"], "one, edited");
+    assert_eq!(
+        from_of(&on_a, "react", "bob@b.example")[0]["ref"],
+        json!(one_on_a)
+    );
+    // Both ends hold the same channel.
+    for (server, c, bob_nick) in [(&a, &alice, "bob@b.example"), (&b, &bob, "bob")] {
+        let (_, ch) = server.get("/api/v1/channels/%23rust", Some(&c.token)).await;
+        assert_eq!(ch["topic"], "linked", "{ch}");
+        let (_, members) = server
+            .get("/api/v1/channels/%23rust/members", Some(&c.token))
+            .await;
+        let text = members.to_string();
+        assert!(text.contains(bob_nick), "{members}");
+    }
 
-fn of_type_from(events: &[Value], kind: &str, from: &str) -> usize {
-    events
-        .iter()
-        .filter(|e| e["type"] == kind && e["from"] == from)
-        .count()
+    // carol's Discord client on b: alice is a user of her own, `alice@a.example`, with one id throughout.
+    let created = gw.until("MESSAGE_CREATE").await;
+    let (author, content) = (&created["d"]["author"], &created["d"]["content"]);
+    let (author, content) = if content == "one" {
+        (author.clone(), content.clone())
+    } else {
+        let next = gw.until("MESSAGE_CREATE").await;
+        (next["d"]["author"].clone(), next["d"]["content"].clone())
+    };
+    assert_eq!(content, "one");
+    assert_eq!(author["username"], "alice@a.example", "{author}");
+    let updated = gw.until("MESSAGE_UPDATE").await;
+    assert_eq!(updated["d"]["content"], "one, edited");
+    assert_eq!(updated["d"]["author"]["id"], author["id"], "{updated}");
 }
 
 async fn wait_for<F, Fut>(check: F)
@@ -513,4 +608,194 @@ where
         assert!(std::time::Instant::now() < deadline, "timed out");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Starts servers named `names`, links the `pairs` (indexes) both ways, and waits for every link to be up
+/// and for every server to know what is behind its peers.
+async fn network(names: &[&'static str], pairs: &[(usize, usize)]) -> Vec<Server> {
+    let mut servers = Vec::new();
+    for name in names {
+        servers.push(linked_server(name).await);
+    }
+    for &(x, y) in pairs {
+        link_add_at(&servers[x], names[y], &servers[y].base, None);
+        link_add_at(&servers[y], names[x], &servers[x].base, None);
+    }
+    for &(x, y) in pairs {
+        wait_state(&servers[x], names[y], "up").await;
+        wait_state(&servers[y], names[x], "up").await;
+    }
+    servers
+}
+
+/// One guest per server, all on `channel`: each joins once the previous joins reached its server.
+async fn everyone_joins(
+    servers: &[Server],
+    names: &[&str],
+    channel: &str,
+) -> Vec<crate::harness::Client> {
+    let mut clients = Vec::new();
+    for (i, server) in servers.iter().enumerate() {
+        let c = server.guest(&format!("u{i}")).await;
+        clients.push(c);
+    }
+    let path = format!("/api/v1/channels/{}/members", channel.replace('#', "%23"));
+    for (i, server) in servers.iter().enumerate() {
+        let c = &clients[i];
+        // Everyone who joined before is seen here first, so that the channel is one from the start.
+        for (j, name) in names.iter().enumerate().take(i) {
+            let nick = format!("u{j}@{name}");
+            wait_for(|| async {
+                let (_, v) = server.get(&path, Some(&c.token)).await;
+                v.to_string().contains(&nick)
+            })
+            .await;
+        }
+        server
+            .ok(c, json!({ "command": "JOIN", "to": channel }))
+            .await;
+    }
+    clients
+}
+
+/// Every user reads every other user's `count` messages to `channel` exactly once, in the order sent.
+async fn everyone_hears_everyone_once(
+    servers: &[Server],
+    names: &[&str],
+    clients: &mut [crate::harness::Client],
+    channel: &str,
+    count: usize,
+    tag: &str,
+) {
+    let n = servers.len();
+    for i in 0..n {
+        let mut events = poll_until(&servers[i], &mut clients[i], |e| {
+            said(e, channel)
+                .iter()
+                .filter(|(_, b)| b.starts_with(tag))
+                .count()
+                >= n * count
+        })
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        events.extend(servers[i].drain(&mut clients[i]).await);
+        for j in 0..n {
+            let from = if i == j {
+                format!("u{j}")
+            } else {
+                format!("u{j}@{}", names[j])
+            };
+            let got: Vec<String> = said(&events, channel)
+                .into_iter()
+                .filter(|(f, b)| *f == from && b.starts_with(tag))
+                .map(|(_, b)| b)
+                .collect();
+            let want: Vec<String> = (0..count).map(|k| format!("{tag} {j}.{k}")).collect();
+            assert_eq!(got, want, "u{i} on {} hears {from}", names[i]);
+        }
+    }
+}
+
+async fn everyone_says(
+    servers: &[Server],
+    clients: &[crate::harness::Client],
+    channel: &str,
+    count: usize,
+    tag: &str,
+) {
+    for k in 0..count {
+        for (j, server) in servers.iter().enumerate() {
+            server
+                .ok(
+                    &clients[j],
+                    json!({ "command": "PRIVMSG", "to": channel, "body": format!("{tag} {j}.{k}") }),
+                )
+                .await;
+        }
+    }
+}
+
+/// Three servers in a triangle, and three in a line: every message reaches every user once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triangle_and_a_line_deliver_every_message_once() {
+    for (names, pairs) in [
+        (
+            ["t1.example", "t2.example", "t3.example"],
+            &[(0, 1), (1, 2), (2, 0)][..],
+        ),
+        (
+            ["l1.example", "l2.example", "l3.example"],
+            &[(0, 1), (1, 2)][..],
+        ),
+    ] {
+        let servers = network(&names, pairs).await;
+        let mut clients = everyone_joins(&servers, &names, "#net").await;
+        everyone_says(&servers, &clients, "#net", 10, "m").await;
+        everyone_hears_everyone_once(&servers, &names, &mut clients, "#net", 10, "m").await;
+    }
+}
+
+/// In a triangle, one server killed with SIGKILL while the others talk, then one stopped with SIGSTOP (its
+/// links cut, its process alive): once back, each reads everything it missed, in order, nothing doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_was_down_or_cut_off_gets_everything_it_missed() {
+    let names = ["k1.example", "k2.example", "k3.example"];
+    let mut servers = network(&names, &[(0, 1), (1, 2), (2, 0)]).await;
+    let mut clients = everyone_joins(&servers, &names, "#net").await;
+    everyone_says(&servers, &clients, "#net", 3, "before").await;
+    everyone_hears_everyone_once(&servers, &names, &mut clients, "#net", 3, "before").await;
+
+    // k2 dies; k1 and k3 talk on; k2 comes back on its port and database.
+    let port = servers[1].base.rsplit(':').next().unwrap().to_owned();
+    servers[1].kill9().await;
+    for k in 0..10 {
+        for j in [0, 2] {
+            servers[j]
+                .ok(
+                    &clients[j],
+                    json!({ "command": "PRIVMSG", "to": "#net", "body": format!("down {j}.{k}") }),
+                )
+                .await;
+        }
+    }
+    let mut env = linked_env("k2.example");
+    let listen = format!("127.0.0.1:{port}");
+    env.push(("LISTEN", &listen));
+    servers[1] = Server::start_single(servers[1].dir.clone(), &env).await;
+    // k2 says its 10 too, so that every server has 10 of each origin to deliver.
+    for k in 0..10 {
+        servers[1]
+            .ok(
+                &clients[1],
+                json!({ "command": "PRIVMSG", "to": "#net", "body": format!("down 1.{k}") }),
+            )
+            .await;
+    }
+    everyone_hears_everyone_once(&servers, &names, &mut clients, "#net", 10, "down").await;
+
+    // k3 stops (SIGSTOP): its links time out while k1 and k2 talk; then it continues.
+    servers[2].signal("STOP");
+    for k in 0..10 {
+        for j in [0, 1] {
+            servers[j]
+                .ok(
+                    &clients[j],
+                    json!({ "command": "PRIVMSG", "to": "#net", "body": format!("cut {j}.{k}") }),
+                )
+                .await;
+        }
+    }
+    wait_state(&servers[0], "k3.example", "down").await;
+    servers[2].signal("CONT");
+    for k in 0..10 {
+        servers[2]
+            .ok(
+                &clients[2],
+                json!({ "command": "PRIVMSG", "to": "#net", "body": format!("cut 2.{k}") }),
+            )
+            .await;
+    }
+    everyone_hears_everyone_once(&servers, &names, &mut clients, "#net", 10, "cut").await;
+    let (_, st) = peer_state(&servers[0], "k3.example").await;
+    assert_eq!(st["lag_events"], 0, "{st}");
 }

@@ -17,24 +17,24 @@ const DIRECT_MESSAGES: u64 = 1 << 12;
 const MESSAGE_CONTENT: u64 = 1 << 15;
 const GUILD_MODERATION: u64 = 1 << 2;
 const GUILD_PRESENCES: u64 = 1 << 8;
-const ALL: u64 = GUILDS | GUILD_MESSAGES | DIRECT_MESSAGES | MESSAGE_CONTENT;
+pub(crate) const ALL: u64 = GUILDS | GUILD_MESSAGES | DIRECT_MESSAGES | MESSAGE_CONTENT;
 
 /// What a read from the socket gave.
 #[derive(Debug)]
-enum Frame {
+pub(crate) enum Frame {
     /// A text frame: its raw text and its JSON.
     Text(String, Value),
     /// A close frame's code and reason (1006 when the socket ended without one).
     Close(u16, String),
 }
 
-struct Gw {
+pub(crate) struct Gw {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
 impl Gw {
     /// Connects to `/gateway` with a query and reads Hello.
-    async fn connect_with(server: &Server, query: &str) -> (Gw, Value) {
+    pub(crate) async fn connect_with(server: &Server, query: &str) -> (Gw, Value) {
         let url = format!("{}/gateway{query}", server.base.replacen("http", "ws", 1));
         let (ws, _) = connect_async(url).await.expect("connect");
         let mut gw = Gw { ws };
@@ -42,13 +42,13 @@ impl Gw {
         (gw, hello)
     }
 
-    async fn connect(server: &Server) -> Gw {
+    pub(crate) async fn connect(server: &Server) -> Gw {
         let (gw, hello) = Self::connect_with(server, "/?v=10&encoding=json").await;
         assert_eq!(hello["op"], 10, "{hello}");
         gw
     }
 
-    async fn next(&mut self) -> Frame {
+    pub(crate) async fn next(&mut self) -> Frame {
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
                 .await
@@ -72,18 +72,18 @@ impl Gw {
         }
     }
 
-    async fn text(&mut self) -> Value {
+    pub(crate) async fn text(&mut self) -> Value {
         match self.next().await {
             Frame::Text(_, v) => v,
             Frame::Close(code, reason) => panic!("closed {code} {reason}"),
         }
     }
 
-    async fn send(&mut self, v: Value) {
+    pub(crate) async fn send(&mut self, v: Value) {
         self.send_raw(v.to_string()).await;
     }
 
-    async fn send_raw(&mut self, text: String) {
+    pub(crate) async fn send_raw(&mut self, text: String) {
         self.ws
             .send(Message::Text(text.into()))
             .await
@@ -91,7 +91,7 @@ impl Gw {
     }
 
     /// Reads until the connection closes; returns the close code (skipping frames before it).
-    async fn close_code(&mut self) -> u16 {
+    pub(crate) async fn close_code(&mut self) -> u16 {
         loop {
             if let Frame::Close(code, reason) = self.next().await {
                 if code >= 4000 {
@@ -104,7 +104,7 @@ impl Gw {
 
     /// Heartbeats and waits for the ack (skipping dispatches): everything the connection was sent before has
     /// been handled, and it is following its stream.
-    async fn sync(&mut self) {
+    pub(crate) async fn sync(&mut self) {
         self.send(json!({"op": 1, "d": null})).await;
         loop {
             if self.text().await["op"] == 11 {
@@ -114,7 +114,7 @@ impl Gw {
     }
 
     /// Reads dispatches until one named `t`; returns it.
-    async fn until(&mut self, t: &str) -> Value {
+    pub(crate) async fn until(&mut self, t: &str) -> Value {
         loop {
             let v = self.text().await;
             if v["t"] == t {
@@ -123,7 +123,7 @@ impl Gw {
         }
     }
 
-    async fn identify(&mut self, token: &str, intents: u64) -> Value {
+    pub(crate) async fn identify(&mut self, token: &str, intents: u64) -> Value {
         self.send(json!({
             "op": 2,
             "d": {
