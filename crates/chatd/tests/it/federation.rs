@@ -20,6 +20,7 @@ fn now_ms() -> u64 {
 
 /// A request to `a.example` from `from`, signed with `key` at `timestamp`.
 struct Outgoing {
+    path: &'static str,
     from: &'static str,
     timestamp: u64,
     body: Vec<u8>,
@@ -27,12 +28,23 @@ struct Outgoing {
 }
 
 fn signed(from: &'static str, key: &str, body: &Value, timestamp: u64) -> Outgoing {
+    signed_to(LINK, from, key, body, timestamp)
+}
+
+/// A request to `a.example`'s `path`, signed.
+fn signed_to(
+    path: &'static str,
+    from: &'static str,
+    key: &str,
+    body: &Value,
+    timestamp: u64,
+) -> Outgoing {
     let body = serde_json::to_vec(body).unwrap();
     let signature = sign(
         key.as_bytes(),
         &Signed {
             method: "POST",
-            path: LINK,
+            path,
             from,
             to: "a.example",
             timestamp,
@@ -40,6 +52,7 @@ fn signed(from: &'static str, key: &str, body: &Value, timestamp: u64) -> Outgoi
         },
     );
     Outgoing {
+        path,
         from,
         timestamp,
         body,
@@ -53,7 +66,7 @@ fn hello(name: &str) -> Value {
 
 async fn send(server: &Server, r: &Outgoing) -> (u16, Value) {
     let resp = reqwest::Client::new()
-        .post(format!("{}{LINK}", server.base))
+        .post(format!("{}{}", server.base, r.path))
         .header(SERVER_HEADER, r.from)
         .header(TIMESTAMP_HEADER, r.timestamp.to_string())
         .header(SIGNATURE_HEADER, &r.signature)
@@ -798,4 +811,355 @@ async fn a_peer_that_was_down_or_cut_off_gets_everything_it_missed() {
     everyone_hears_everyone_once(&servers, &names, &mut clients, "#net", 10, "cut").await;
     let (_, st) = peer_state(&servers[0], "k3.example").await;
     assert_eq!(st["lag_events"], 0, "{st}");
+}
+
+const RELAY: &str = "/api/v1/federation/relay";
+
+/// An op of `user` (`nick@server` with id `id`) from `origin`, numbered `n`.
+fn op(origin: &str, n: u64, server: &str, id: u64, nick: &str, action: Value) -> Value {
+    json!({
+        "origin": origin,
+        "id": n,
+        "at": now_ms(),
+        "user": { "server": server, "id": id, "nick": nick },
+        "action": action,
+    })
+}
+
+fn said_to(channel: &str, server: &str, id: u64, body: &str) -> Value {
+    json!({ "send": {
+        "to": { "channel": channel },
+        "message": { "server": server, "id": id },
+        "kind": "Message",
+        "body": body,
+        "meta": null,
+        "reply_to": null,
+    }})
+}
+
+/// A linked peer's batches: taken when its ops are its own users'; refused whole (and nothing changed) when
+/// forged, replayed, malformed, speaking for this server's users or for a server it did not say is behind
+/// it; an op this server cannot apply (an unknown channel) is reported and changes nothing.
+#[tokio::test]
+async fn a_peer_speaks_only_for_its_own_users() {
+    let a = Server::start_single(
+        tempfile::tempdir().unwrap().keep(),
+        &[
+            ("FEDERATION_NAME", "a.example"),
+            ("FEDERATION_KEY", "the shared key"),
+        ],
+    )
+    .await;
+    link_add(&a, "b.example", None);
+    let alice = a.guest("alice").await;
+    a.ok(&alice, json!({ "command": "JOIN", "to": "#x" })).await;
+    a.ok(
+        &alice,
+        json!({ "command": "PRIVMSG", "to": "#x", "body": "hi" }),
+    )
+    .await;
+    let alice_id = {
+        let (_, v) = a.get("/api/v1/state", Some(&alice.token)).await;
+        v["user"]["id"].as_str().unwrap().parse::<u64>().unwrap()
+    };
+    let key = "the shared key";
+    let now = now_ms();
+    let batch = |ops: Vec<Value>| json!({ "ops": ops });
+
+    // mallory of b joins #x and speaks: taken.
+    let good = signed_to(
+        RELAY,
+        "b.example",
+        key,
+        &batch(vec![
+            op(
+                "b.example",
+                10,
+                "b.example",
+                77,
+                "mallory",
+                json!({ "join": { "channel": "#x", "key": null } }),
+            ),
+            op(
+                "b.example",
+                11,
+                "b.example",
+                77,
+                "mallory",
+                said_to("#x", "b.example", 500, "hello from b"),
+            ),
+        ]),
+        now,
+    );
+    let (code, body) = send(&a, &good).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["new"], 2, "{body}");
+    // The same batch again, freshly signed: seen, nothing changes.
+    let (code, body) = send(
+        &a,
+        &signed_to(
+            RELAY,
+            "b.example",
+            key,
+            &serde_json::from_slice(&good.body).unwrap(),
+            now + 1,
+        ),
+    )
+    .await;
+    assert_eq!((code, body["seen"].clone()), (200, json!(2)), "{body}");
+    let before = snapshot(&a, &alice).await;
+
+    let refused: Vec<(Outgoing, u16, &str)> = vec![
+        // The exact request again: a replay.
+        (good, 401, "replay"),
+        // Signed with another key: forged.
+        (
+            signed_to(
+                RELAY,
+                "b.example",
+                "not the key",
+                &batch(vec![op(
+                    "b.example",
+                    20,
+                    "b.example",
+                    77,
+                    "mallory",
+                    said_to("#x", "b.example", 501, "forged"),
+                )]),
+                now + 2,
+            ),
+            401,
+            "does not match",
+        ),
+        // b speaking for alice, a user of this server.
+        (
+            signed_to(
+                RELAY,
+                "b.example",
+                key,
+                &batch(vec![op(
+                    "b.example",
+                    21,
+                    "a.example",
+                    alice_id,
+                    "alice",
+                    said_to("#x", "a.example", 502, "not alice"),
+                )]),
+                now + 3,
+            ),
+            403,
+            "user of this server",
+        ),
+        (
+            signed_to(
+                RELAY,
+                "b.example",
+                key,
+                &batch(vec![op(
+                    "a.example",
+                    22,
+                    "a.example",
+                    alice_id,
+                    "alice",
+                    said_to("#x", "a.example", 503, "not alice"),
+                )]),
+                now + 4,
+            ),
+            403,
+            "user of this server",
+        ),
+        // b speaking for a user of c, which b never said is behind it; the whole batch goes, the good op too.
+        (
+            signed_to(
+                RELAY,
+                "b.example",
+                key,
+                &batch(vec![
+                    op(
+                        "b.example",
+                        23,
+                        "b.example",
+                        77,
+                        "mallory",
+                        said_to("#x", "b.example", 504, "first"),
+                    ),
+                    op(
+                        "c.example",
+                        5,
+                        "c.example",
+                        9,
+                        "carol",
+                        said_to("#x", "c.example", 505, "not carol"),
+                    ),
+                ]),
+                now + 5,
+            ),
+            403,
+            "did not say is behind it",
+        ),
+        // An op whose user lives elsewhere than its origin.
+        (
+            signed_to(
+                RELAY,
+                "b.example",
+                key,
+                &batch(vec![op(
+                    "b.example",
+                    24,
+                    "c.example",
+                    9,
+                    "carol",
+                    said_to("#x", "b.example", 506, "not carol"),
+                )]),
+                now + 6,
+            ),
+            403,
+            "lives on its origin",
+        ),
+        // Not a batch.
+        (
+            signed_to(
+                RELAY,
+                "b.example",
+                key,
+                &json!({ "ops": [{ "origin": "b.example" }] }),
+                now + 7,
+            ),
+            400,
+            "not {ops",
+        ),
+    ];
+    for (request, want, says) in refused {
+        let (code, body) = send(&a, &request).await;
+        assert_eq!(code, want, "{body}");
+        assert!(
+            body["message"].as_str().unwrap_or("").contains(says),
+            "{says}: {body}"
+        );
+    }
+    assert_eq!(snapshot(&a, &alice).await, before, "nothing changed");
+
+    // An op for a channel this server does not have: reported, recorded as seen, nothing else.
+    let (code, body) = send(
+        &a,
+        &signed_to(
+            RELAY,
+            "b.example",
+            key,
+            &batch(vec![op(
+                "b.example",
+                30,
+                "b.example",
+                77,
+                "mallory",
+                said_to("#nowhere", "b.example", 507, "lost"),
+            )]),
+            now + 8,
+        ),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["refused"][0][1], 30, "{body}");
+    assert!(
+        body["refused"][0][2].as_str().unwrap().contains("channel"),
+        "{body}"
+    );
+    assert_eq!(snapshot(&a, &alice).await, before, "nothing changed");
+}
+
+/// What a refused batch must leave as it was: the users, #x's members and its history.
+async fn snapshot(a: &Server, alice: &crate::harness::Client) -> (Value, Value, Vec<String>) {
+    let (_, server) = a.get("/api/v1/server", None).await;
+    let (_, members) = a
+        .get("/api/v1/channels/%23x/members", Some(&alice.token))
+        .await;
+    let (_, channels) = a.get("/api/v1/channels?all=1", Some(&alice.token)).await;
+    let history: Vec<String> = a
+        .history_all(&alice.token, "#x")
+        .await
+        .iter()
+        .map(|m| format!("{} {}", m["from"], m["body"]))
+        .collect();
+    (
+        json!([server["users"], server["channels"], channels]),
+        members,
+        history,
+    )
+}
+
+/// Two servers that each made `#rust` before they were linked, with their own topic and modes, converge
+/// on link to the older channel's topic and modes, with both servers' members, the newer side's op
+/// losing `+o` (ARCHITECTURE.md, "Federation": the older channel wins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_made_apart_converge_on_link_to_the_older_ones_state() {
+    let a = linked_server("a.example").await;
+    let b = linked_server("b.example").await;
+    let alice = a.guest("alice").await;
+    let bob = b.guest("bob").await;
+    a.ok(&alice, json!({ "command": "JOIN", "to": "#rust" }))
+        .await;
+    a.ok(
+        &alice,
+        json!({ "command": "TOPIC", "to": "#rust", "body": "made on a first" }),
+    )
+    .await;
+    a.ok(
+        &alice,
+        json!({ "command": "MODE", "to": "#rust", "body": "+s" }),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    b.ok(&bob, json!({ "command": "JOIN", "to": "#rust" }))
+        .await;
+    b.ok(
+        &bob,
+        json!({ "command": "TOPIC", "to": "#rust", "body": "made on b later" }),
+    )
+    .await;
+    b.ok(
+        &bob,
+        json!({ "command": "MODE", "to": "#rust", "body": "+mk", "args": ["sesame"] }),
+    )
+    .await;
+    link_both(&a, "a.example", &b, "b.example").await;
+    async fn view(server: &Server, token: String) -> (Value, Value, Vec<(String, bool)>) {
+        let path = "/api/v1/channels/%23rust";
+        {
+            let (_, ch) = server.get(path, Some(&token)).await;
+            let (_, members) = server.get(&format!("{path}/members"), Some(&token)).await;
+            let mut members: Vec<(String, bool)> = members["members"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|m| {
+                    let nick = m["nick"].as_str().unwrap_or("");
+                    let nick = nick.split('@').next().unwrap().to_owned();
+                    (nick, m["modes"].as_str().unwrap_or("").contains('o'))
+                })
+                .collect();
+            members.sort();
+            (ch["topic"].clone(), ch["modes"].clone(), members)
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let va = view(&a, alice.token.clone()).await;
+        let vb = view(&b, bob.token.clone()).await;
+        if va == vb && va.2.len() == 2 {
+            assert_eq!(va.0, "made on a first", "{va:?}");
+            assert_eq!(va.1, "+nst", "{va:?}");
+            assert_eq!(
+                va.2,
+                [("alice".to_owned(), true), ("bob".to_owned(), false)],
+                "{va:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no convergence: a {va:?}, b {vb:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
