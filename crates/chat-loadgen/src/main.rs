@@ -102,6 +102,11 @@ struct Cli {
     /// The first `--url`: where setup and sends go.
     #[arg(skip)]
     url: String,
+    /// In `fanout`: the sender's server, when it is not the receivers' (a server linked to it by
+    /// federation): the sender's session, its join and its sends go there, and every delivery crosses the
+    /// link.
+    #[arg(long)]
+    send_url: Option<String>,
     /// Connections: gateway connections, long-poll clients or senders (at most 200000) [default: 1000;
     /// durable-send 64].
     #[arg(long = "conns")]
@@ -284,6 +289,12 @@ fn validate(cli: &Cli) -> Result<SocketAddr> {
     }
     if cli.messages.is_some_and(|m| m > 10_000_000) {
         bail!("--messages must be at most 10000000");
+    }
+    if let Some(url) = &cli.send_url {
+        util::loopback_target(url)?;
+        if cli.scenario != Scenario::Fanout || cli.server_kind == Some(longpoll::Kind::Nats) {
+            bail!("--send-url is for fanout on chatd");
+        }
     }
     Ok(server)
 }
@@ -729,9 +740,14 @@ async fn parent(cli: Cli) -> Result<()> {
         _ => api.users(nicks, |_| None).await,
     }
     .map_err(|e| anyhow::anyhow!("{e:#}\n{HINT}"))?;
+    // The sender's server: the receivers' own, or a linked one (`--send-url`).
+    let send_api = match &cli.send_url {
+        Some(url) => Api::new(url)?,
+        None => Api::new(&cli.url)?,
+    };
     let sender = if cli.scenario == Scenario::Fanout && !nats {
-        let t = api.guest(&format!("lg{run}s")).await?;
-        api.join(&t, &fan_channel).await?;
+        let t = send_api.guest(&format!("lg{run}s")).await?;
+        send_api.join(&t, &fan_channel).await?;
         Some(t)
     } else {
         None
@@ -831,7 +847,7 @@ async fn parent(cli: Cli) -> Result<()> {
                 .await?
             } else if let Some(sender) = &sender {
                 let receivers = u64::try_from(n).unwrap_or(0);
-                send_all(&api, messages, cli.rate(), deadline, window, |_| {
+                send_all(&send_api, messages, cli.rate(), deadline, window, |_| {
                     (sender.clone(), fan_channel.clone(), receivers)
                 })
                 .await
@@ -875,7 +891,10 @@ async fn parent(cli: Cli) -> Result<()> {
     let report = report::Report {
         scenario: cli.scenario.name().to_owned(),
         started_at,
-        url: cli.urls.join(","),
+        url: match &cli.send_url {
+            Some(sender) => format!("{} (sender on {sender})", cli.urls.join(",")),
+            None => cli.urls.join(","),
+        },
         conns: n,
         rate: cli.rate(),
         messages,

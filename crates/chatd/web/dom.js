@@ -82,6 +82,22 @@ export function avatar(user, size = '') {
   return h('div', { class: `avatar av-${colorIndex(user?.id ?? name)} ${size}`, 'aria-hidden': 'true' }, letter);
 }
 
+/** The linked server a remote user lives on (its username is `nick@server`), or null for a local user. */
+export function remoteServer(user) {
+  const name = user?.username || '';
+  const at = name.lastIndexOf('@');
+  return at > 0 ? name.slice(at + 1) : null;
+}
+
+/** The mark beside a remote user's name: the server it lives on. */
+export function remoteTag(user) {
+  const server = remoteServer(user);
+  if (!server) return null;
+  return h('span', {
+    class: 'tag-remote', 'data-testid': 'remote-tag', title: `A user of the linked server ${server}`, text: `🌐 ${server}`,
+  });
+}
+
 export function displayName(user) {
   if (!user) return 'unknown';
   return user.global_name || user.username || 'unknown';

@@ -93,7 +93,7 @@ fn link_add(server: &Server, name: &str, key: Option<&str>) {
 }
 
 /// `chatd link add NAME URL` on `server`'s database, while it runs.
-fn link_add_at(server: &Server, name: &str, url: &str, key: Option<&str>) {
+pub(crate) fn link_add_at(server: &Server, name: &str, url: &str, key: Option<&str>) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"));
     cmd.env_clear()
         .env(
@@ -251,7 +251,7 @@ async fn peer_state(server: &Server, peer: &str) -> (String, Value) {
 }
 
 /// Waits (at most 15 s) until `server` says its link to `peer` is in `state`.
-async fn wait_state(server: &Server, peer: &str, state: &str) -> Value {
+pub(crate) async fn wait_state(server: &Server, peer: &str, state: &str) -> Value {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let (now, entry) = peer_state(server, peer).await;

@@ -70,11 +70,25 @@ async fn web_client_end_to_end() {
     );
     ensure_node_modules(&dir).await;
 
-    let mut server = Server::start(&[]).await;
+    // The server is linked to a second one, for the federation scenario.
+    let federated = |name| {
+        [
+            ("FEDERATION_NAME", name),
+            ("FEDERATION_KEY", "the web tests' key"),
+            ("FEDERATION_HANDSHAKE_EVERY", "300ms"),
+        ]
+    };
+    let mut server = Server::start(&federated("web.example")).await;
+    let peer = Server::start(&federated("peer.example")).await;
+    crate::federation::link_add_at(&server, "peer.example", &peer.base, None);
+    crate::federation::link_add_at(&peer, "web.example", &server.base, None);
+    crate::federation::wait_state(&server, "peer.example", "up").await;
+    crate::federation::wait_state(&peer, "web.example", "up").await;
     let mut child = Command::new("node")
         .arg("run.mjs")
         .current_dir(&dir)
         .env("CHATD_URL", &server.base)
+        .env("CHATD_PEER_URL", &peer.base)
         .env("CHROMIUM", &chromium)
         .env("CHATD_RESTART", "1")
         .stdin(Stdio::piped())

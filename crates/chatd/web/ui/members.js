@@ -1,5 +1,5 @@
 // The member list (grouped online/offline, with presence dots) and the profile card with "Message".
-import { h, avatar, displayName } from '../dom.js';
+import { h, avatar, displayName, remoteTag } from '../dom.js';
 import { S, isDm, user, isThread } from '../state.js';
 import { openDm } from '../app.js';
 import { presenceDot } from './sidebar.js';
@@ -34,7 +34,7 @@ export function renderMembers(aside) {
         'data-presence': p, 'aria-label': `${displayName(u)}, ${p}`, onclick: (e) => openProfile(e.currentTarget, u),
       }, h('span', { class: 'member-av' }, avatar(u, 'sm'), presenceDot(u.id)),
       h('span', { class: 'member-name' }, prefix ? h('span', { class: 'op-prefix', title: prefix === '@' ? 'operator' : 'voice', text: prefix }) : null, displayName(u)),
-      u.bot ? h('span', { class: 'tag-bot', text: 'BOT' }) : null));
+      u.bot ? h('span', { class: 'tag-bot', text: 'BOT' }) : null, remoteTag(u)));
   };
   // Very large lists are cut: thousands of rows would make every presence change slow to draw.
   const CAP = 300;
@@ -57,6 +57,7 @@ export function openProfile(anchor, u) {
     h('div', { class: 'profile-av' }, avatar(full, 'lg'), presenceDot(full.id)),
     h('div', { class: 'profile-name', text: displayName(full) }),
     h('div', { class: 'profile-user', text: `@${full.username}` }),
+    remoteTag(full),
     h('div', { class: 'profile-status', text: p[0].toUpperCase() + p.slice(1) }),
     mine ? null : h('button', {
       type: 'button', class: 'btn btn-primary btn-block', 'data-testid': 'profile-message', text: `Message @${full.username}`,

@@ -1,6 +1,6 @@
 // The message pane: grouped messages, IRC notices, replies, reactions, attachments, delivery states, infinite
 // scroll back through history, and the "jump to new messages" bar.
-import { h, icon, iconButton, avatar, displayName, hhmm, fullDate, dayLabel, colorIndex } from '../dom.js';
+import { h, icon, iconButton, avatar, displayName, hhmm, fullDate, dayLabel, colorIndex, remoteTag } from '../dom.js';
 import { S, channelMsgs, user, isDm, channelLabel, cmpId, visibleChannel } from '../state.js';
 import { renderText, mentionsMe } from '../render.js';
 import {
@@ -284,6 +284,7 @@ function regularNode(m, grouped) {
     main.appendChild(h('div', { class: 'msg-head' },
       h('button', { type: 'button', class: `msg-author av-text-${colorIdx(a)}`, text: nameOf(a), onclick: (e) => composerApi?.openProfile?.(e.currentTarget, a) }),
       a?.bot ? h('span', { class: 'tag-bot', text: 'BOT' }) : null,
+      remoteTag(a),
       timeEl(m)));
   }
   if (editing?.id === m.id) {
