@@ -177,7 +177,9 @@ impl State {
                     u.released = true;
                     u.away = None;
                     if let Some(home) = &u.home {
-                        self.remote_users.remove(home);
+                        if let Some(ids) = self.remote_users.get_mut(&home.server) {
+                            ids.remove(&home.id);
+                        }
                     }
                     let key = casefold(&u.nick);
                     if self.nicks.get(&key) == Some(user) {
@@ -738,7 +740,10 @@ impl State {
                     },
                 );
                 self.nicks.insert(casefold(nick), *user);
-                self.remote_users.insert(home.clone(), *user);
+                self.remote_users
+                    .entry(home.server.clone())
+                    .or_default()
+                    .insert(home.id, *user);
                 if let Some(network) = self.network {
                     self.add_space_member(network, *user, now);
                 }

@@ -144,7 +144,7 @@ pub struct State {
     pub(crate) bots: BTreeSet<UserId>,
     /// Remote users by their home (derived from `users`, rebuilt on restore).
     #[serde(skip)]
-    pub(crate) remote_users: HashMap<crate::federation::Home, UserId>,
+    pub(crate) remote_users: HashMap<String, HashMap<u64, UserId>>,
     /// Messages of linked servers by their network name (derived from `origins`, rebuilt on restore).
     #[serde(skip)]
     pub(crate) by_origin: HashMap<crate::federation::GlobalRef, MessageId>,
@@ -235,12 +235,16 @@ impl Core {
             .filter(|u| u.bot)
             .map(|u| u.id)
             .collect();
-        state.remote_users = state
-            .users
-            .values()
-            .filter(|u| !u.released)
-            .filter_map(|u| Some((u.home.clone()?, u.id)))
-            .collect();
+        state.remote_users = HashMap::default();
+        for u in state.users.values().filter(|u| !u.released) {
+            if let Some(home) = &u.home {
+                state
+                    .remote_users
+                    .entry(home.server.clone())
+                    .or_default()
+                    .insert(home.id, u.id);
+            }
+        }
         state.by_origin = state
             .origins
             .iter()

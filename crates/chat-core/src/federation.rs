@@ -262,13 +262,7 @@ impl Core {
 
     /// The local id of a remote user, if known.
     pub fn remote_user(&self, server: &str, id: u64) -> Option<UserId> {
-        self.state
-            .remote_users
-            .get(&Home {
-                server: server.to_owned(),
-                id,
-            })
-            .copied()
+        self.state.remote_users.get(server)?.get(&id).copied()
     }
 
     /// The highest op taken from each origin server.
@@ -285,16 +279,24 @@ impl Core {
                 _ => Err(Error::NoSuchNick),
             };
         }
-        check_server_name(&user.server)?;
-        crate::name::validate_nick(&user.nick)?;
-        let nick = format!("{}@{}", user.nick, user.server);
         if let Some(id) = self.remote_user(&user.server, user.id) {
-            if self.state.users[&id].nick != nick {
+            // The common case, without building `nick@server`: the nick is still the one known here.
+            let known = &self.state.users[&id].nick;
+            let same = known.len() == user.nick.len() + 1 + user.server.len()
+                && known.starts_with(user.nick.as_str())
+                && known.ends_with(user.server.as_str())
+                && known.as_bytes()[user.nick.len()] == b'@';
+            if !same {
+                crate::name::validate_nick(&user.nick)?;
+                let nick = format!("{}@{}", user.nick, user.server);
                 self.free_nick(&nick, Some(id));
                 self.rename(id, nick);
             }
             return Ok(id);
         }
+        check_server_name(&user.server)?;
+        crate::name::validate_nick(&user.nick)?;
+        let nick = format!("{}@{}", user.nick, user.server);
         self.free_nick(&nick, None);
         let id = UserId(self.next_id());
         self.emit(

@@ -28,6 +28,8 @@ pub const BATCH_OPS: usize = 1000;
 const BATCH_BYTES: usize = 512 * 1024;
 /// Events read from the log at a time.
 const READ_EVENTS: usize = 2000;
+/// The longest wait between two tries of a batch that failed (a handshake that succeeds ends it sooner).
+const RETRY_MOST: Duration = Duration::from_secs(5);
 /// How often an idle outbox looks at the log even without a commit (a link added, a writer change).
 const IDLE_LOOK: Duration = Duration::from_secs(1);
 
@@ -85,8 +87,10 @@ pub(crate) async fn run(f: Arc<Federation>, name: String) {
             note_error(&f, &name, why);
         }
         let direct = f.links_of(&name);
-        let mut ops = Vec::new();
-        let mut bytes = 0;
+        // The batch's JSON, `{"ops":[...]}`, written as the ops are taken: each op is encoded once.
+        let mut body = Vec::with_capacity(64 * 1024);
+        body.extend_from_slice(b"{\"ops\":[");
+        let mut ops = 0;
         let mut last = at;
         for e in &events {
             if let EventKind::Relayed { op, from, .. } = &e.kind
@@ -94,20 +98,28 @@ pub(crate) async fn run(f: Arc<Federation>, name: String) {
                 && op.origin != name
                 && (op.origin == f.settings.name || !direct.contains(&op.origin))
             {
-                let size = serde_json::to_vec(op).map_or(0, |v| v.len());
-                if !ops.is_empty() && (ops.len() >= BATCH_OPS || bytes + size > BATCH_BYTES) {
+                if ops > 0 && (ops >= BATCH_OPS || body.len() > BATCH_BYTES) {
                     break;
                 }
-                bytes += size;
-                ops.push((**op).clone());
+                if ops > 0 {
+                    body.push(b',');
+                }
+                if let Err(e) = serde_json::to_writer(&mut body, op) {
+                    // Plain data always encodes; were it not to, the op is left out rather than the link stuck.
+                    tracing::error!(peer = %name, error = %e, "cannot encode an op");
+                }
+                ops += 1;
             }
             last = e.seq;
         }
-        if !ops.is_empty() {
-            let sent = ops.len();
-            let body = serde_json::to_vec(&Batch { ops }).unwrap_or_default();
+        body.extend_from_slice(b"]}");
+        if ops > 0 {
+            let sent = ops;
+            let started = std::time::Instant::now();
+            let bytes = body.len();
             match f.post(&link, "/api/v1/federation/relay", body).await {
                 Ok(_) => {
+                    tracing::debug!(peer = %name, ops = sent, bytes, read = events.len(), ms = started.elapsed().as_secs_f64() * 1000.0, "batch sent");
                     backoff = RETRY_FIRST;
                     let mut contacts = lock(&f.contacts);
                     let c = contacts.entry(name.clone()).or_default();
@@ -116,8 +128,12 @@ pub(crate) async fn run(f: Arc<Federation>, name: String) {
                 }
                 Err(why) => {
                     note_error(&f, &name, why);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(f.settings.handshake_every.max(RETRY_FIRST));
+                    // Until the wait is over, or a handshake finds the link back up.
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = f.back_up.notified() => {}
+                    }
+                    backoff = (backoff * 2).min(RETRY_MOST);
                     continue;
                 }
             }

@@ -166,6 +166,8 @@ pub struct Federation {
     buckets: Mutex<HashMap<String, Bucket>>,
     /// The link names as last read from the store.
     linked: Mutex<Vec<String>>,
+    /// Rung when a link comes back up: outboxes waiting after a failure try again at once.
+    pub(crate) back_up: tokio::sync::Notify,
     client: reqwest::Client,
 }
 
@@ -223,6 +225,7 @@ impl Federation {
             told: Mutex::new(HashMap::new()),
             outboxes: Mutex::new(HashMap::new()),
             linked: Mutex::new(Vec::new()),
+            back_up: tokio::sync::Notify::new(),
             verifier: Mutex::new(Verifier::new(skew, REPLAY_CAP)),
             contacts: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
@@ -284,6 +287,9 @@ impl Federation {
                 for link in due {
                     let result = f.handshake(&link).await;
                     if let Some(hello) = f.handshake_done(&link.name, result) {
+                        if hello.0 {
+                            f.back_up.notify_waiters();
+                        }
                         let back = f.learn(hello.1);
                         if hello.0 || back {
                             // A link (re)established, or the servers behind it changed: tell the peers the
