@@ -176,10 +176,10 @@ impl State {
                     let u = self.users.get_mut(user).ok_or_else(|| unknown("user"))?;
                     u.released = true;
                     u.away = None;
-                    if let Some(home) = &u.home {
-                        if let Some(ids) = self.remote_users.get_mut(&home.server) {
-                            ids.remove(&home.id);
-                        }
+                    if let Some(home) = &u.home
+                        && let Some(ids) = self.remote_users.get_mut(&home.server)
+                    {
+                        ids.remove(&home.id);
                     }
                     let key = casefold(&u.nick);
                     if self.nicks.get(&key) == Some(user) {
