@@ -971,6 +971,24 @@ impl Engine {
         results
     }
 
+    /// The whole log's durable events after `after`, at most `limit`, in order: from memory while they are
+    /// in the recent tail, else from the store (on the blocking pool). For whoever follows every event, as a
+    /// linked server's outbox does.
+    pub async fn log_after(
+        &self,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, EngineError> {
+        if let Some(events) = lock(&self.shared.streams).log_after(after, limit) {
+            return Ok(events);
+        }
+        let store = Arc::clone(&self.shared.store);
+        let events = tokio::task::spawn_blocking(move || store.events_after(after, limit))
+            .await
+            .map_err(|_| self.shared.gone())??;
+        Ok(events.into_iter().map(Arc::new).collect())
+    }
+
     /// Follows the log's growth: the seq of the last committed event, changed at every commit.
     pub fn committed(&self) -> tokio::sync::watch::Receiver<Seq> {
         self.shared.committed.subscribe()

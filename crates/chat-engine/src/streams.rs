@@ -208,6 +208,16 @@ impl Streams {
         self.last
     }
 
+    /// The whole log's events after `after` (at most `limit`), from memory; `None` when `after` is below the
+    /// tail (the store has them).
+    pub(crate) fn log_after(&self, after: Seq, limit: usize) -> Option<Vec<Arc<Event>>> {
+        if after < self.floor {
+            return None;
+        }
+        let start = usize::try_from(after - self.floor).unwrap_or(usize::MAX);
+        Some(self.tail.iter().skip(start).take(limit).cloned().collect())
+    }
+
     /// Publishes one committed durable event to its recipients, none of whom gets a copy of the event. For a
     /// channel or space: O(recipients) sequential work (the recipients compared with the group's previous
     /// ones), plus O(1) per recipient whose run opens or closes and per waiting reader woken. For named users:

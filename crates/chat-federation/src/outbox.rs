@@ -30,6 +30,8 @@ const BATCH_BYTES: usize = 512 * 1024;
 const READ_EVENTS: usize = 2000;
 /// The longest wait between two tries of a batch that failed (a handshake that succeeds ends it sooner).
 const RETRY_MOST: Duration = Duration::from_secs(5);
+/// How often a link's cursor is saved while it moves.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// How often an idle outbox looks at the log even without a commit (a link added, a writer change).
 const IDLE_LOOK: Duration = Duration::from_secs(1);
 
@@ -39,32 +41,54 @@ pub(crate) async fn run(f: Arc<Federation>, name: String) {
     let mut backoff = RETRY_FIRST;
     let mut cursor: Option<u64> = None;
     let mut gap_noted = false;
+    let mut saved_at = std::time::Instant::now();
+    let mut last_post = std::time::Instant::now();
+    // The link as last read (its URL and key may change while it runs), and the cursor last saved.
+    let mut known: Option<(chat_log::ServerLink, std::time::Instant)> = None;
+    let mut saved = 0;
     loop {
         if !f.engine.is_writer() {
             // In a cluster, the writer's outbox sends; a follower's waits its turn and reads the cursor again.
             cursor = None;
+            known = None;
             tokio::time::sleep(IDLE_LOOK).await;
             continue;
         }
-        let link = match f.link(&name).await {
-            Ok(Some(l)) => l,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(peer = %name, error = %e, "cannot read the link");
-                tokio::time::sleep(IDLE_LOOK).await;
-                continue;
+        if known
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= IDLE_LOOK)
+        {
+            match f.link(&name).await {
+                Ok(Some(l)) => known = Some((l, std::time::Instant::now())),
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(peer = %name, error = %e, "cannot read the link");
+                    tokio::time::sleep(IDLE_LOOK).await;
+                    continue;
+                }
             }
+        }
+        let Some((link, _)) = known.clone() else {
+            continue;
         };
-        let at = *cursor.get_or_insert(link.cursor);
+        let at = *cursor.get_or_insert_with(|| {
+            saved = link.cursor;
+            link.cursor
+        });
         if f.engine.last_seq() <= at {
-            let _ = tokio::time::timeout(IDLE_LOOK, committed.changed()).await;
+            if at > saved && saved_at.elapsed() >= SAVE_EVERY {
+                if !save(&f, &name, at).await {
+                    return;
+                }
+                saved = at;
+                saved_at = std::time::Instant::now();
+            }
+            let _ = tokio::time::timeout(SAVE_EVERY, committed.changed()).await;
             continue;
         }
-        let store = Arc::clone(&f.store);
-        let events = tokio::task::spawn_blocking(move || store.events_after(at, READ_EVENTS))
-            .await
-            .unwrap_or_else(|e| Err(chat_log::StoreError::Io(std::io::Error::other(e))));
-        let events = match events {
+        // Kept under the rate the peer takes: what comes meanwhile joins this batch.
+        tokio::time::sleep_until((last_post + f.gap_for(&name)).into()).await;
+        let events = match f.engine.log_after(at, READ_EVENTS).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(peer = %name, error = %e, "cannot read the log for a link");
@@ -115,6 +139,7 @@ pub(crate) async fn run(f: Arc<Federation>, name: String) {
         body.extend_from_slice(b"]}");
         if ops > 0 {
             let sent = ops;
+            last_post = std::time::Instant::now();
             let started = std::time::Instant::now();
             let bytes = body.len();
             match f.post(&link, "/api/v1/federation/relay", body).await {
@@ -139,14 +164,32 @@ pub(crate) async fn run(f: Arc<Federation>, name: String) {
             }
         }
         cursor = Some(last);
-        let store = Arc::clone(&f.store);
-        let saved = name.clone();
-        let done = tokio::task::spawn_blocking(move || store.save_link_cursor(&saved, last)).await;
-        match done {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => return,
-            Ok(Err(e)) => tracing::warn!(peer = %name, error = %e, "cannot save a link's cursor"),
-            Err(e) => tracing::warn!(peer = %name, error = %e, "cannot save a link's cursor"),
+        lock(&f.contacts).entry(name.clone()).or_default().cursor = Some(last);
+        // Saved at most every SAVE_EVERY: a write to the store per batch would contend with the engine's
+        // own commits. After a restart the peer is sent up to that much again, and takes it once.
+        if saved_at.elapsed() >= SAVE_EVERY {
+            if !save(&f, &name, last).await {
+                return;
+            }
+            saved = last;
+            saved_at = std::time::Instant::now();
+        }
+    }
+}
+
+/// Saves a link's cursor; `false` when the link is gone.
+async fn save(f: &Federation, name: &str, cursor: u64) -> bool {
+    let store = Arc::clone(&f.store);
+    let saved = name.to_owned();
+    match tokio::task::spawn_blocking(move || store.save_link_cursor(&saved, cursor)).await {
+        Ok(Ok(exists)) => exists,
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %name, error = %e, "cannot save a link's cursor");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(peer = %name, error = %e, "cannot save a link's cursor");
+            true
         }
     }
 }
@@ -176,6 +219,16 @@ impl Federation {
             .get(peer)
             .map(|h| h.links.clone())
             .unwrap_or_default()
+    }
+
+    /// The least time between two batches to a peer: a little over the inverse of the rate it said it takes.
+    fn gap_for(&self, peer: &str) -> Duration {
+        let rate = lock(&self.told)
+            .get(peer)
+            .and_then(|h| h.requests_per_second)
+            .filter(|r| *r > 0.0)
+            .unwrap_or(100.0);
+        Duration::from_secs_f64((1.05 / rate).min(1.0))
     }
 
     /// The servers a peer said are behind it.

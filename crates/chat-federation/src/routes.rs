@@ -42,7 +42,7 @@ pub struct Settings {
 }
 
 /// What a server tells a peer in the handshake, both ways.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     /// The server's name (must be the request's signer).
     pub name: String,
@@ -58,6 +58,10 @@ pub struct Hello {
     /// server it talks to: ops of those servers' users may come through it.
     #[serde(default)]
     pub behind: Vec<String>,
+    /// The requests a second it takes from each peer (its FEDERATION_RATE_LIMIT): peers pace their batches
+    /// to stay under it.
+    #[serde(default)]
+    pub requests_per_second: Option<f64>,
 }
 
 /// A batch of ops, `POST /api/v1/federation/relay`: in the sender's log order.
@@ -95,6 +99,8 @@ pub(crate) struct Contact {
     pub(crate) last_error: Option<(u64, String)>,
     /// Ops sent to it and acknowledged.
     pub(crate) ops_out: u64,
+    /// Its outbox's cursor as it stands (the store's lags by up to a second).
+    pub(crate) cursor: Option<u64>,
     /// Ops taken from it (new or seen).
     pub(crate) ops_in: u64,
     /// How many handshakes to it failed in a row (the backoff's exponent).
@@ -166,6 +172,8 @@ pub struct Federation {
     buckets: Mutex<HashMap<String, Bucket>>,
     /// The link names as last read from the store.
     linked: Mutex<Vec<String>>,
+    /// The links as the last request's check read them, and when.
+    link_cache: Mutex<Option<(Vec<chat_log::ServerLink>, std::time::Instant)>>,
     /// Rung when a link comes back up: outboxes waiting after a failure try again at once.
     pub(crate) back_up: tokio::sync::Notify,
     client: reqwest::Client,
@@ -225,6 +233,7 @@ impl Federation {
             told: Mutex::new(HashMap::new()),
             outboxes: Mutex::new(HashMap::new()),
             linked: Mutex::new(Vec::new()),
+            link_cache: Mutex::new(None),
             back_up: tokio::sync::Notify::new(),
             verifier: Mutex::new(Verifier::new(skew, REPLAY_CAP)),
             contacts: Mutex::new(HashMap::new()),
@@ -468,7 +477,7 @@ impl Federation {
                 "chatd-timestamp is not a number of milliseconds",
             ));
         };
-        let links = self.links().await.map_err(|e| {
+        let link = self.link_of(&from).await.map_err(|e| {
             tracing::warn!(error = %e, "cannot read the server links");
             refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -476,7 +485,7 @@ impl Federation {
                 "the server cannot read its links",
             )
         })?;
-        let Some(link) = links.into_iter().find(|l| l.name == from) else {
+        let Some(link) = link else {
             return Err(unauthorized(&format!(
                 "{from} is not linked to this server"
             )));
@@ -546,6 +555,27 @@ impl Federation {
         refuse(StatusCode::UNAUTHORIZED, "unauthorized", why)
     }
 
+    /// The link named `from`: from the copy read less than a second ago, else (or when it is not there, so
+    /// that a link just added is known at once) from the store.
+    async fn link_of(
+        &self,
+        from: &str,
+    ) -> Result<Option<chat_log::ServerLink>, chat_log::StoreError> {
+        {
+            let cache = lock(&self.link_cache);
+            if let Some((links, at)) = &*cache
+                && at.elapsed() < Duration::from_secs(1)
+                && let Some(l) = links.iter().find(|l| l.name == from)
+            {
+                return Ok(Some(l.clone()));
+            }
+        }
+        let links = self.links().await?;
+        let found = links.iter().find(|l| l.name == from).cloned();
+        *lock(&self.link_cache) = Some((links, std::time::Instant::now()));
+        Ok(found)
+    }
+
     /// The store's links, read on the blocking pool (a PostgreSQL store waits for a round trip).
     async fn links(&self) -> Result<Vec<chat_log::ServerLink>, chat_log::StoreError> {
         let store = Arc::clone(&self.store);
@@ -568,8 +598,8 @@ impl Federation {
                 let c = contacts.get(&l.name).cloned().unwrap_or_default();
                 PeerStatus {
                     state: c.state(),
-                    lag_events: last.saturating_sub(l.cursor),
-                    cursor: l.cursor,
+                    lag_events: last.saturating_sub(c.cursor.unwrap_or(0).max(l.cursor)),
+                    cursor: c.cursor.unwrap_or(0).max(l.cursor),
                     ops_out: c.ops_out,
                     ops_in: c.ops_in,
                     own_key: l.key.is_some(),
@@ -603,6 +633,7 @@ impl Federation {
             capabilities: vec!["relay".to_owned()],
             links,
             behind,
+            requests_per_second: Some(self.settings.rate_limit.per_second),
         }
     }
 
