@@ -333,6 +333,77 @@ def cluster(summary, section):
     section("cluster-failover", "Cluster: the writer killed under load", lines or ["Not measured."])
 
 
+def federation(summary, section):
+    """The federation rows (SPEC §13): two linked servers (benches/federation.py)."""
+    lines = []
+    t = load("federation-throughput")
+    if t:
+        n = t["parameters"]["conns"] if "parameters" in t else 2
+        per_s = t["deliveries_per_s"] / n
+        lines += [
+            "Two chatd servers on 127.0.0.1 (each its own SQLite database), linked both ways. The sender posts on",
+            "server A over HTTP; the receivers are gateway connections on server B: every message is committed on",
+            "A, relayed in a signed batch, applied on B and delivered there. Load generator, A and B share the two",
+            "cores.",
+            "",
+            "| what | messages | delivered / expected | messages/s relayed and delivered | p50 ms | p99 ms | B's CPU (cores) |",
+            "|---|---|---|---|---|---|---|",
+            f"| unpaced, {n} receivers on B | {t['sent']:,} | {t['delivered']:,} / {t['expected']:,} | {num(per_s)} | "
+            f"{num(lat(t, 'p50'), 1)} | {num(lat(t, 'p99'), 1)} | {num(cpu(t), 2)} |",
+        ]
+        ok = per_s >= 10000 and t["delivered"] == t["expected"]
+        summary.append(
+            ("Federation: relay throughput, two servers", ">= 10k messages/s delivered on the far side", num(per_s, 0, "/s"), "–", "–", verdict(ok))
+        )
+
+    def runs_of(prefix):
+        found = sorted(int(m.group(1)) for m in (re.match(prefix + r"-(\d+)\.json$", f) for f in listdir()) if m)
+        return [(k, load(f"{prefix}-{k}")) for k in found]
+
+    local, linked = runs_of("federation-latency-local"), runs_of("federation-latency-linked")
+    if local and linked:
+        rate = linked[0][1]["parameters"]["rate"]
+        lines += [
+            "",
+            f"At 20% of that rate ({num(rate)} messages/s), the same receivers on B, the sender on B itself (local) or on A"
+            " (linked), taking turns; the link's cost is the difference of the medians.",
+            "",
+            "| sender | run | delivered / expected | p50 ms | p95 ms | p99 ms | p99.9 ms |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, runs in (("on B (local)", local), ("on A (linked)", linked)):
+            for k, d in runs:
+                lines.append(
+                    f"| {name} | {k} | {d['delivered']:,} / {d['expected']:,} | {num(lat(d, 'p50'), 2)} | {num(lat(d, 'p95'), 2)} | "
+                    f"{num(lat(d, 'p99'), 2)} | {num(lat(d, 'p99_9'), 2)} |"
+                )
+        p = statistics.median(lat(d, "p99") for _, d in linked)
+        b = statistics.median(lat(d, "p99") for _, d in local)
+        lines += ["", f"Medians: p99 {p:.2f} ms linked against {b:.2f} ms local: the link adds {p - b:+.2f} ms."]
+        complete = all(d["delivered"] == d["expected"] for _, d in linked)
+        summary.append(
+            ("Federation: latency the link adds at 20% load", "p99 +10 ms at most", num(p, 2, " ms (median)"), num(b, 2, " ms (sender on B, median)"), f"{p - b:+.2f} ms", verdict(p - b <= 10 and complete))
+        )
+
+    d = load("federation-drain")
+    if d:
+        lines += [
+            "",
+            f"B stopped (SIGSTOP) for {num(d['down_s'], 1)} s while {num(d['load_msgs_per_s'])} messages/s were sent on A"
+            " (durable-send, 16 senders), then continued, the load going on: A's outbox for B, read from A's"
+            " `/api/v1/federation/status` every 100 ms.",
+            "",
+            "| events in A's outbox when B returned | caught up after | outbox events/s while draining | ops/s B took while draining | ops B took |",
+            "|---|---|---|---|---|",
+            f"| {num(d['lag_events_at_return'])} | {num(d['caught_up_s'], 2)} s | {num(d['events_per_s_draining'])} | "
+            f"{num(d['ops_per_s_draining'])} | {num(d['ops_taken_by_b'])} |",
+        ]
+        summary.append(
+            (f"Federation: a peer down {num(d['down_s'], 0)} s under load catches up", "measured", f"{num(d['caught_up_s'], 2)} s, {num(d['ops_per_s_draining'], 0, ' ops/s')}", "–", "–", "measured" if d["caught_up_s"] else "**not caught up**")
+        )
+    section("federation", "Federation: two linked servers", lines or ["Not measured."])
+
+
 def listdir():
     return os.listdir(RESULTS) if os.path.isdir(RESULTS) else []
 
@@ -597,6 +668,7 @@ def main():
     section("restart", "Restart", lines or ["Not measured."])
 
     cluster(summary, section)
+    federation(summary, section)
 
     head = [
         "# Benchmarks",
@@ -619,6 +691,7 @@ def main():
         "benches/run.sh fanout rooms    # some rows; the report is rebuilt from all results present",
         "QUICK=1 benches/run.sh         # small sizes, to try the script",
         "benches/run.sh pg-durable cluster-fanout cluster-rooms cluster-failover   # PostgreSQL and cluster rows",
+        "benches/run.sh federation     # two linked servers",
         "```",
         "",
         "It needs python3 and, for the fan-out peer, nats-server (`apt-get install -y nats-server`); the",

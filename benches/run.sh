@@ -6,6 +6,7 @@
 #   benches/run.sh fanout rooms   # some rows; the report is rebuilt from every result present
 #   QUICK=1 benches/run.sh        # small sizes and short phases, to try the script (figures are not comparable)
 #   benches/run.sh pg-durable cluster-fanout cluster-rooms cluster-failover   # PostgreSQL and cluster (§12)
+#   benches/run.sh federation     # two linked servers (§13): relay throughput, added latency, catch-up
 #
 # Rows: idle fanout rooms longpoll durable search restart, and (not in the default set, they need PostgreSQL
 # 15 at /usr/lib/postgresql/15/bin) pg-durable cluster-fanout cluster-rooms cluster-failover, which start a
@@ -349,6 +350,16 @@ row_cluster-failover() {
   log "failover: $FAILOVER_KILLS kills of the writer (benches/failover.py)"
   python3 benches/failover.py --chatd $BIN/chatd --pg-dir "$PG_DIR" --work "$WORK" --kills "$FAILOVER_KILLS" \
     --port-base $((CLUSTER_PORT_BASE + 10)) --json "$OUT/cluster-failover.json" || echo "run failover failed" >&2
+}
+
+# Two servers linked by federation, on ports 18111 and 18112 (benches/federation.py): relay throughput with
+# delivery on the far side, the latency the link adds at 20% of it, and the catch-up after 60 s down.
+row_federation() {
+  log "federation: two linked servers (benches/federation.py)"
+  local quick=()
+  [ "$QUICK" = 1 ] && quick=(--quick)
+  python3 benches/federation.py --chatd $BIN/chatd --loadgen $LOADGEN --work "$WORK" --out "$OUT" \
+    --port-base 18110 "${quick[@]}"
 }
 
 ROWS=("$@")

@@ -166,7 +166,7 @@ pub(crate) struct ConfigArgs {
     #[arg(
         long,
         env = "FEDERATION_RATE_LIMIT",
-        default_value = "1000/500",
+        default_value = "2000/1000",
         global = true
     )]
     pub(crate) federation_rate_limit: String,
