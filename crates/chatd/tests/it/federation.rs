@@ -595,6 +595,31 @@ async fn users_of_two_linked_servers_share_a_channel_on_every_door() {
         assert!(text.contains(bob_nick), "{members}");
     }
 
+    // A DM to `bob@b.example` reaches bob on b, and his answer to `alice@a.example` reaches alice, once each.
+    a.ok(
+        &alice,
+        json!({ "command": "PRIVMSG", "to": "bob@b.example", "body": "psst, bob" }),
+    )
+    .await;
+    let dm = |events: &[Value], from: &str, body: &str| {
+        events
+            .iter()
+            .filter(|e| e["type"] == "message" && e["from"] == from && e["body"] == body)
+            .count()
+    };
+    let mut seen_b = poll_until(&b, &mut bob, |e| dm(e, "alice@a.example", "psst, bob") > 0).await;
+    b.ok(
+        &bob,
+        json!({ "command": "PRIVMSG", "to": "alice@a.example", "body": "hi alice" }),
+    )
+    .await;
+    let mut seen_a = poll_until(&a, &mut alice, |e| dm(e, "bob@b.example", "hi alice") > 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    seen_b.extend(b.drain(&mut bob).await);
+    seen_a.extend(a.drain(&mut alice).await);
+    assert_eq!(dm(&seen_b, "alice@a.example", "psst, bob"), 1);
+    assert_eq!(dm(&seen_a, "bob@b.example", "hi alice"), 1);
+
     // carol's Discord client on b: alice is a user of her own, `alice@a.example`, with one id throughout.
     let created = gw.until("MESSAGE_CREATE").await;
     let (author, content) = (&created["d"]["author"], &created["d"]["content"]);
