@@ -208,7 +208,11 @@ fn a_record_that_does_not_decode_stops_the_conversion_and_changes_nothing() {
 /// its id and nick) and their last byte dropped.
 fn as_format_3(snapshot: &[u8], core: &chat_core::Core) -> Vec<u8> {
     let mut bytes = snapshot.to_vec();
-    assert_eq!(bytes[bytes.len() - 2..], [0, 0], "relayed and origins are empty");
+    assert_eq!(
+        bytes[bytes.len() - 2..],
+        [0, 0],
+        "relayed and origins are empty"
+    );
     bytes.truncate(bytes.len() - 2);
     for user in core.users() {
         assert!(user.home.is_none(), "only local users here");
