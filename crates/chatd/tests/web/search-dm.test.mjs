@@ -1,7 +1,7 @@
 // Search inside a direct message finds what was said there, as /api/v1/search does, and a result opens the
 // conversation at the message.
 
-import { apiClient, register, openAs } from './support.mjs';
+import { apiClient, register, openAs, msgByText } from './support.mjs';
 
 export default async function (t) {
   const { assert, baseUrl, waitFor } = t;
@@ -20,6 +20,11 @@ export default async function (t) {
   const page = await openAs(t, alice.token);
   await page.getByTestId('space-dms').click();
   await page.locator(`[data-testid="channel-item"][data-channel-id="${dm.id}"]`).click();
+  // The conversation is open and its history shown before searching: under load, the first READY's
+  // selection or the history's arrival could otherwise land between the click and the search.
+  await page.locator(`[data-testid="channel-item"][data-channel-id="${dm.id}"][aria-current="page"]`)
+    .waitFor({ timeout: 10_000 });
+  await msgByText(page, 'noted').waitFor({ timeout: 10_000 });
   await page.getByTestId('search-input').fill(`pelican${tag}`);
   await page.getByTestId('search-input').press('Enter');
   const hit = page.locator('[data-testid="search-result"]', { hasText: `pelican${tag}` }).first();
