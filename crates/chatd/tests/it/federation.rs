@@ -1188,3 +1188,41 @@ async fn channels_made_apart_converge_on_link_to_the_older_ones_state() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The outbox is durable on the sending side too: a server killed with SIGKILL while its peer is stopped
+/// (its ops waiting in the outbox) and started again sends them once the peer is back, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_waiting_for_a_stopped_peer_survive_the_senders_kill() {
+    let names = ["s1.example", "s2.example"];
+    let mut servers = network(&names, &[(0, 1)]).await;
+    let mut clients = everyone_joins(&servers, &names, "#net").await;
+    everyone_says(&servers, &clients, "#net", 2, "first").await;
+    everyone_hears_everyone_once(&servers, &names, &mut clients, "#net", 2, "first").await;
+
+    // s2 stops; s1's user talks on, then s1 is killed before s2 comes back.
+    servers[1].signal("STOP");
+    for k in 0..10 {
+        servers[0]
+            .ok(
+                &clients[0],
+                json!({ "command": "PRIVMSG", "to": "#net", "body": format!("held 0.{k}") }),
+            )
+            .await;
+    }
+    let port = servers[0].base.rsplit(':').next().unwrap().to_owned();
+    servers[0].kill9().await;
+    servers[1].signal("CONT");
+    let mut env = linked_env("s1.example");
+    let listen = format!("127.0.0.1:{port}");
+    env.push(("LISTEN", &listen));
+    servers[0] = Server::start_single(servers[0].dir.clone(), &env).await;
+    for k in 0..10 {
+        servers[1]
+            .ok(
+                &clients[1],
+                json!({ "command": "PRIVMSG", "to": "#net", "body": format!("held 1.{k}") }),
+            )
+            .await;
+    }
+    everyone_hears_everyone_once(&servers, &names, &mut clients, "#net", 10, "held").await;
+}
