@@ -230,8 +230,9 @@ pub(crate) struct Shared {
     last_prune: AtomicU64,
     /// In a cluster: this node.
     pub(crate) node: Option<Arc<Node>>,
-    /// The seq of the last published event, for whoever follows the whole log ([`Engine::committed`]).
-    committed: tokio::sync::watch::Sender<Seq>,
+    /// The seq of the last published event: what a cluster's barriers wait on, and whoever follows the whole
+    /// log ([`Engine::committed`]).
+    pub(crate) committed: tokio::sync::watch::Sender<Seq>,
 }
 
 impl Shared {
@@ -373,13 +374,6 @@ impl Shared {
             *seq = (*seq).max(last);
             newer
         });
-        if let Some(node) = &self.node {
-            node.applied.send_if_modified(|seq| {
-                let newer = last > *seq;
-                *seq = (*seq).max(last);
-                newer
-            });
-        }
     }
 
     /// Forgets expired nonces and refilled rate buckets, at most every few seconds.
@@ -822,7 +816,7 @@ impl Engine {
         if self.shared.last_published() >= target {
             return;
         }
-        let mut applied = node.applied.subscribe();
+        let mut applied = self.shared.committed.subscribe();
         let left = SYNC_WAIT.saturating_sub(started.elapsed());
         let _ = tokio::time::timeout(
             left,
@@ -1330,7 +1324,7 @@ impl Engine {
             // told its token is unknown.
             // Woken by each publish (the node's `applied` watch), not by polling.
             let wait = (node.ttl * 2).max(Duration::from_secs(3));
-            let mut applied = node.applied.subscribe();
+            let mut applied = self.shared.committed.subscribe();
             let _ = tokio::time::timeout(
                 wait,
                 applied.wait_for(|_| self.shared.last_published() >= end),

@@ -84,8 +84,6 @@ pub(crate) struct Node {
     /// Barriers waiting for the writer's answer, by id; dropped (answered with nothing) when the link goes.
     syncs: Mutex<HashMap<u64, oneshot::Sender<Seq>>>,
     next_sync: AtomicU64,
-    /// The last seq this node published to its readers: what barriers wait on.
-    pub(crate) applied: watch::Sender<Seq>,
 }
 
 impl std::fmt::Debug for Node {
@@ -145,7 +143,6 @@ impl Node {
             uplink: Mutex::new(None),
             syncs: Mutex::new(HashMap::new()),
             next_sync: AtomicU64::new(0),
-            applied: watch::channel(0).0,
         }))
     }
 
