@@ -30,35 +30,14 @@ impl State {
                 if *bot {
                     self.bots.insert(*user);
                 }
-                self.users.insert(
-                    *user,
-                    User {
-                        id: *user,
-                        nick: nick.clone(),
-                        password_hash: password_hash.clone(),
-                        display_name: None,
-                        bio: None,
-                        avatar_url: None,
-                        bot: *bot,
-                        system: *system,
-                        created_at: now,
-                        away: None,
-                        status_override: None,
-                        activities: Vec::new(),
-                        observed: None,
-                        released: false,
-                        channels: BTreeSet::new(),
-                        spaces: BTreeSet::new(),
-                        clients: BTreeSet::new(),
-                        home: None,
-                    },
-                );
-                self.nicks.insert(casefold(nick), *user);
+                self.insert_user(User {
+                    password_hash: password_hash.clone(),
+                    bot: *bot,
+                    system: *system,
+                    ..User::new(*user, nick.clone(), now)
+                });
                 if *system {
                     self.system_user = Some(*user);
-                }
-                if let Some(network) = self.network {
-                    self.add_space_member(network, *user, now);
                 }
             }
             EventKind::ProfileUpdated {
@@ -716,37 +695,14 @@ impl State {
             EventKind::ChannelListed { .. } => {}
             EventKind::RemoteUserCreated { user, nick, home } => {
                 self.observe(user.0);
-                self.users.insert(
-                    *user,
-                    User {
-                        id: *user,
-                        nick: nick.clone(),
-                        password_hash: None,
-                        display_name: None,
-                        bio: None,
-                        avatar_url: None,
-                        bot: false,
-                        system: false,
-                        created_at: now,
-                        away: None,
-                        status_override: None,
-                        activities: Vec::new(),
-                        observed: None,
-                        released: false,
-                        channels: BTreeSet::new(),
-                        spaces: BTreeSet::new(),
-                        clients: BTreeSet::new(),
-                        home: Some(home.clone()),
-                    },
-                );
-                self.nicks.insert(casefold(nick), *user);
+                self.insert_user(User {
+                    home: Some(home.clone()),
+                    ..User::new(*user, nick.clone(), now)
+                });
                 self.remote_users
                     .entry(home.server.clone())
                     .or_default()
                     .insert(home.id, *user);
-                if let Some(network) = self.network {
-                    self.add_space_member(network, *user, now);
-                }
             }
             EventKind::Relayed { op, made, .. } => {
                 if config.server_name.as_deref() != Some(op.origin.as_str()) {
@@ -999,6 +955,16 @@ impl State {
             if let Some(ch) = self.channels.get_mut(&channel) {
                 ch.pins.retain(|p| *p != old);
             }
+        }
+    }
+
+    /// A new user: its nick taken, a member of the network (as every user is).
+    fn insert_user(&mut self, user: User) {
+        let (id, created_at) = (user.id, user.created_at);
+        self.nicks.insert(casefold(&user.nick), id);
+        self.users.insert(id, user);
+        if let Some(network) = self.network {
+            self.add_space_member(network, id, created_at);
         }
     }
 

@@ -634,7 +634,8 @@ impl Core {
                     &m.author,
                     RemoteAction::Send {
                         to,
-                        message: self.global_ref_new(m.id)?,
+                        // Not in `origins`: a message made here is named by this server.
+                        message: self.global_ref(m.id)?,
                         kind: m.kind,
                         body: m.body.clone(),
                         meta: m.meta.clone(),
@@ -705,14 +706,6 @@ impl Core {
             }
             _ => None,
         }
-    }
-
-    /// A message's network name at the moment it is created (not yet in the state).
-    fn global_ref_new(&self, id: MessageId) -> Option<GlobalRef> {
-        Some(GlobalRef {
-            server: self.server_name()?.to_owned(),
-            id: id.0.get(),
-        })
     }
 
     fn network_channel_name(&self, channel: ChannelId) -> Option<String> {

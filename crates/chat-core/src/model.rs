@@ -59,6 +59,30 @@ pub struct User {
 }
 
 impl User {
+    /// A user as it is created: `nick`, nothing else set (a guest of this server until told otherwise).
+    pub(crate) fn new(id: UserId, nick: String, created_at: UnixMillis) -> Self {
+        Self {
+            id,
+            nick,
+            password_hash: None,
+            display_name: None,
+            bio: None,
+            avatar_url: None,
+            bot: false,
+            system: false,
+            created_at,
+            away: None,
+            status_override: None,
+            activities: Vec::new(),
+            observed: None,
+            released: false,
+            channels: BTreeSet::new(),
+            spaces: BTreeSet::new(),
+            clients: BTreeSet::new(),
+            home: None,
+        }
+    }
+
     /// A guest has no password; its nick is released when its session ends.
     pub fn is_guest(&self) -> bool {
         self.password_hash.is_none() && !self.bot && !self.system && self.home.is_none()

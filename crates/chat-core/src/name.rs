@@ -296,24 +296,12 @@ mod tests {
 
     fn user(nick: &str, id: u64, account: bool) -> User {
         User {
-            id: crate::id::UserId::from_raw(id).expect("nonzero"),
-            nick: nick.into(),
             password_hash: account.then(|| "$argon2id$x".into()),
-            display_name: None,
-            bio: None,
-            avatar_url: None,
-            bot: false,
-            system: false,
-            created_at: 0,
-            away: None,
-            status_override: None,
-            activities: Vec::new(),
-            observed: None,
-            released: false,
-            channels: Default::default(),
-            spaces: Default::default(),
-            clients: Default::default(),
-            home: None,
+            ..User::new(
+                crate::id::UserId::from_raw(id).expect("nonzero"),
+                nick.into(),
+                0,
+            )
         }
     }
 
