@@ -58,7 +58,7 @@ pub(crate) async fn run(f: Arc<Federation>, name: String) {
             .as_ref()
             .is_none_or(|(_, at)| at.elapsed() >= IDLE_LOOK)
         {
-            match f.link(&name).await {
+            match f.link_of(&name).await {
                 Ok(Some(l)) => known = Some((l, std::time::Instant::now())),
                 Ok(None) => return,
                 Err(e) => {
@@ -204,15 +204,6 @@ fn note_error(f: &Federation, name: &str, why: String) {
 }
 
 impl Federation {
-    /// One link, read from the store.
-    async fn link(&self, name: &str) -> Result<Option<chat_log::ServerLink>, chat_log::StoreError> {
-        let store = Arc::clone(&self.store);
-        let name = name.to_owned();
-        tokio::task::spawn_blocking(move || Ok(store.links()?.into_iter().find(|l| l.name == name)))
-            .await
-            .unwrap_or_else(|e| Err(chat_log::StoreError::Io(std::io::Error::other(e))))
-    }
-
     /// The servers a peer said it is linked to directly.
     fn links_of(&self, peer: &str) -> Vec<String> {
         lock(&self.told)
@@ -259,6 +250,7 @@ pub(crate) async fn relay(State(f): State<Arc<Federation>>, request: Request) ->
     let linked = f.linked();
     let behind = f.behind(&v.from);
     let mut commands = Vec::with_capacity(batch.ops.len());
+    let mut ids = Vec::with_capacity(batch.ops.len());
     let mut taken = Taken::default();
     for op in batch.ops {
         if let Err(why) = check_op(&op, me, &v.from, &behind) {
@@ -268,19 +260,13 @@ pub(crate) async fn relay(State(f): State<Arc<Federation>>, request: Request) ->
             taken.skipped += 1;
             continue;
         }
+        ids.push((op.origin.clone(), op.id));
         commands.push(Command::Relay {
             op: Box::new(op),
             from: v.from.clone(),
         });
     }
     f.contacted(&v.from, commands.len());
-    let ids: Vec<(String, u64)> = commands
-        .iter()
-        .map(|c| match c {
-            Command::Relay { op, .. } => (op.origin.clone(), op.id),
-            _ => (String::new(), 0),
-        })
-        .collect();
     for (result, (origin, id)) in f.engine.system_batch(commands).await.into_iter().zip(ids) {
         match result {
             Ok(reply) => match reply.created {

@@ -170,9 +170,8 @@ pub struct Federation {
     verifier: Mutex<Verifier>,
     pub(crate) contacts: Mutex<HashMap<String, Contact>>,
     buckets: Mutex<HashMap<String, Bucket>>,
-    /// The link names as last read from the store.
-    linked: Mutex<Vec<String>>,
-    /// The links as the last request's check read them, and when.
+    /// The links as last read from the store (by the greeting loop every second, or by a request naming a
+    /// link not in them), and when.
     link_cache: Mutex<Option<(Vec<chat_log::ServerLink>, std::time::Instant)>>,
     /// Rung when a link comes back up: outboxes waiting after a failure try again at once.
     pub(crate) back_up: tokio::sync::Notify,
@@ -232,7 +231,6 @@ impl Federation {
             store,
             told: Mutex::new(HashMap::new()),
             outboxes: Mutex::new(HashMap::new()),
-            linked: Mutex::new(Vec::new()),
             link_cache: Mutex::new(None),
             back_up: tokio::sync::Notify::new(),
             verifier: Mutex::new(Verifier::new(skew, REPLAY_CAP)),
@@ -286,7 +284,8 @@ impl Federation {
                             outboxes.insert(l.name.clone(), task);
                         }
                     }
-                    *lock(&f.linked) = links.iter().map(|l| l.name.clone()).collect();
+                    drop(outboxes);
+                    *lock(&f.link_cache) = Some((links.clone(), std::time::Instant::now()));
                 }
                 let due: Vec<_> = links
                     .into_iter()
@@ -555,9 +554,9 @@ impl Federation {
         refuse(StatusCode::UNAUTHORIZED, "unauthorized", why)
     }
 
-    /// The link named `from`: from the copy read less than a second ago, else (or when it is not there, so
+    /// The link named `from` (a peer's request, an outbox): from the copy read less than a second ago, else (or when it is not there, so
     /// that a link just added is known at once) from the store.
-    async fn link_of(
+    pub(crate) async fn link_of(
         &self,
         from: &str,
     ) -> Result<Option<chat_log::ServerLink>, chat_log::StoreError> {
@@ -617,7 +616,7 @@ impl Federation {
 
     /// This server's hello to `to`: its links, and the servers behind it as `to` sees it.
     fn hello(&self, to: &str) -> Hello {
-        let links = lock(&self.linked).clone();
+        let links = self.linked();
         let mut behind: Vec<String> = links.clone();
         for (peer, h) in lock(&self.told).iter() {
             if peer != to {
@@ -647,7 +646,10 @@ impl Federation {
 
     /// The links' names, as last read.
     pub(crate) fn linked(&self) -> Vec<String> {
-        lock(&self.linked).clone()
+        lock(&self.link_cache)
+            .as_ref()
+            .map(|(links, _)| links.iter().map(|l| l.name.clone()).collect())
+            .unwrap_or_default()
     }
 }
 
