@@ -72,3 +72,49 @@ impl Conn {
         Ok((status, bytes))
     }
 }
+
+/// Keep-alive connections to one server shared by concurrent senders: a request takes an idle connection
+/// (or opens one) and gives it back when answered, so a sender costs no URL parsing, pool bookkeeping or
+/// header maps beyond the request's own.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    server: SocketAddr,
+    idle: std::sync::Mutex<Vec<Conn>>,
+}
+
+impl Pool {
+    /// A pool for `base` (`http://127.0.0.1:PORT`).
+    pub(crate) fn new(base: &str) -> Result<Self> {
+        let authority = base
+            .trim_end_matches('/')
+            .strip_prefix("http://")
+            .with_context(|| format!("{base}: only http:// is supported"))?;
+        let server = authority
+            .parse()
+            .with_context(|| format!("{base}: the host must be an IP address and port"))?;
+        Ok(Self {
+            server,
+            idle: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Sends one request on an idle connection (a new one if none is); a connection that failed is dropped.
+    pub(crate) async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<String>,
+    ) -> Result<(StatusCode, Bytes)> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => Conn::connect(self.server, SocketAddr::from(([127, 0, 0, 1], 0))).await?,
+        };
+        let answer = conn.request(method, path, bearer, body).await?;
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+        Ok(answer)
+    }
+}

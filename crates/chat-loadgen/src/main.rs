@@ -26,6 +26,11 @@ mod sample;
 mod setup;
 mod util;
 
+/// mimalloc, as chatd uses: the senders and receivers allocate per message, and the load generator shares
+/// the machine's cores with the server it measures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -33,6 +38,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use ::http::Method;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -659,6 +665,14 @@ async fn send_all(
     target: impl Fn(u64) -> (String, String, u64),
 ) -> Arc<Sent> {
     let sent = Arc::new(Sent::default());
+    let pool = match http::Pool::new(api.base()) {
+        Ok(pool) => Arc::new(pool),
+        Err(e) => {
+            eprintln!("send: {e:#}");
+            sent.errors.fetch_add(1, Ordering::SeqCst);
+            return sent;
+        }
+    };
     let gate = Arc::new(Semaphore::new(SEND_PARALLELISM));
     let start = tokio::time::Instant::now();
     let mut issued = 0;
@@ -676,9 +690,28 @@ async fn send_all(
         };
         let (token, channel, receivers) = target(k);
         issued += receivers;
-        let (api, sent) = (api.clone(), Arc::clone(&sent));
+        let (pool, sent) = (Arc::clone(&pool), Arc::clone(&sent));
         tokio::spawn(async move {
-            match api.privmsg(&token, &channel, util::stamped_body()).await {
+            let body = serde_json::json!({ "command": "PRIVMSG", "to": channel, "body": util::stamped_body() });
+            let answer = pool
+                .request(
+                    Method::POST,
+                    "/api/v1/messages",
+                    Some(&token),
+                    Some(body.to_string()),
+                )
+                .await
+                .and_then(|(status, body)| {
+                    if status.is_success() {
+                        Ok(())
+                    } else {
+                        bail!(
+                            "POST /api/v1/messages: HTTP {status}: {}",
+                            String::from_utf8_lossy(&body)
+                        )
+                    }
+                });
+            match answer {
                 Ok(()) => {
                     sent.ok.fetch_add(1, Ordering::SeqCst);
                     sent.expected.fetch_add(receivers, Ordering::SeqCst);

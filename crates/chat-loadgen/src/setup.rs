@@ -54,6 +54,11 @@ impl Api {
         })
     }
 
+    /// The server's base URL.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
     async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Result<Value> {
         let mut req = self.client.post(format!("{}{path}", self.base)).json(&body);
         if let Some(t) = token {
@@ -102,16 +107,6 @@ impl Api {
             "/api/v1/messages",
             Some(token),
             json!({ "command": "JOIN", "to": channel }),
-        )
-        .await
-        .map(drop)
-    }
-
-    pub(crate) async fn privmsg(&self, token: &str, channel: &str, body: String) -> Result<()> {
-        self.post(
-            "/api/v1/messages",
-            Some(token),
-            json!({ "command": "PRIVMSG", "to": channel, "body": body }),
         )
         .await
         .map(drop)
