@@ -816,6 +816,16 @@ impl Core {
         self.state.clients.get(&id)
     }
 
+    /// A user's clients (devices), in id order.
+    pub fn clients_of(&self, user: UserId) -> impl Iterator<Item = &Client> {
+        self.state
+            .users
+            .get(&user)
+            .into_iter()
+            .flat_map(|u| u.clients.iter())
+            .filter_map(|id| self.state.clients.get(id))
+    }
+
     /// The client whose token hashes to `hash`. The engine compares the stored hash in constant time.
     pub fn client_by_token_hash(&self, hash: &[u8; 32]) -> Option<&Client> {
         self.state

@@ -30,6 +30,8 @@ pub struct UserCard {
     pub bot: bool,
     /// The server's own user.
     pub system: bool,
+    /// A guest (no password): gone when its session ends.
+    pub guest: bool,
 }
 
 /// What a transport needs to name a channel.
@@ -123,6 +125,7 @@ impl Directory {
                     avatar_url: u.avatar_url.as_deref().map(Into::into),
                     bot: u.bot,
                     system: u.system,
+                    guest: u.is_guest(),
                 },
             );
             if u.released {
@@ -200,6 +203,7 @@ impl Directory {
             EventKind::UserCreated { .. }
                 | EventKind::RemoteUserCreated { .. }
                 | EventKind::NickChanged { .. }
+                | EventKind::PasswordChanged { .. }
                 | EventKind::ProfileUpdated { .. }
                 | EventKind::ChannelCreated { .. }
                 | EventKind::ChannelUpdated { .. }
@@ -222,9 +226,9 @@ impl Directory {
             EventKind::UserCreated {
                 user,
                 nick,
+                password_hash,
                 bot,
                 system,
-                ..
             } => {
                 self.users.insert(
                     *user,
@@ -234,6 +238,7 @@ impl Directory {
                         avatar_url: None,
                         bot: *bot,
                         system: *system,
+                        guest: password_hash.is_none() && !*bot && !*system,
                     },
                 );
                 // Every user is a member of the network (as the core's state has it).
@@ -250,10 +255,16 @@ impl Directory {
                         avatar_url: None,
                         bot: false,
                         system: false,
+                        guest: false,
                     },
                 );
                 if let Some(network) = self.network {
                     self.join(network, *user, event.ts);
+                }
+            }
+            EventKind::PasswordChanged { user, .. } => {
+                if let Some(card) = self.users.get_mut(user) {
+                    card.guest = false;
                 }
             }
             EventKind::NickChanged { user, new, .. } => {

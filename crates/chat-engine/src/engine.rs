@@ -1137,6 +1137,72 @@ impl Engine {
         client_name: &str,
         ip: Option<IpAddr>,
     ) -> Result<Login, EngineError> {
+        let user = self.checked_login(nick, password, ip).await?;
+        self.new_client(user, client_name).await
+    }
+
+    /// Logs in as [`Engine::login`] does (with its throttling), but continues the account's client named
+    /// `client_name` when it has one: a door whose clients carry no token (an IRC client names its device in
+    /// `USER`) comes back to the same stream and cursor each time. Without such a client, one is made; its
+    /// token is in the answer then, and `None` when an existing client was continued.
+    pub async fn login_device(
+        &self,
+        nick: &str,
+        password: &str,
+        client_name: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<(Session, Cursor, Option<String>), EngineError> {
+        let user = self.checked_login(nick, password, ip).await?;
+        let name = client_name.to_owned();
+        let existing = self
+            .query(move |core| {
+                core.clients_of(user)
+                    .filter(|c| c.name == name)
+                    .map(|c| c.id)
+                    .max()
+            })
+            .await?;
+        if let Some(client) = existing {
+            let seq = self.cursor(client).unwrap_or_else(|| self.last_seq());
+            let cursor = Cursor {
+                epoch: self.shared.epoch,
+                seq,
+            };
+            return Ok((Session { client, user }, cursor, None));
+        }
+        let login = self.new_client(user, client_name).await?;
+        Ok((login.session, login.cursor, Some(login.token)))
+    }
+
+    async fn new_client(&self, user: UserId, client_name: &str) -> Result<Login, EngineError> {
+        let (token, token_hash) = auth::new_token()?;
+        let reply = self
+            .submit(
+                Origin::Anonymous,
+                Command::Login {
+                    user,
+                    client: NewClient {
+                        name: client_name.to_owned(),
+                        token_hash,
+                    },
+                },
+                None,
+                None,
+            )
+            .await?;
+        match reply.created {
+            Some(Created::Client(client)) => Ok(self.login_result(token, client, user, reply.seq)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The password check of a login, throttled (see [`Engine::login`]): the account's user.
+    async fn checked_login(
+        &self,
+        nick: &str,
+        password: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<UserId, EngineError> {
         self.check_open()?;
         let now = now_ms();
         let account = chat_core::casefold(nick);
@@ -1190,28 +1256,7 @@ impl Engine {
                 }
             }
         }
-        let Some(user) = user? else {
-            return Err(EngineError::InvalidCredentials);
-        };
-        let (token, token_hash) = auth::new_token()?;
-        let reply = self
-            .submit(
-                Origin::Anonymous,
-                Command::Login {
-                    user,
-                    client: NewClient {
-                        name: client_name.to_owned(),
-                        token_hash,
-                    },
-                },
-                None,
-                None,
-            )
-            .await?;
-        match reply.created {
-            Some(Created::Client(client)) => Ok(self.login_result(token, client, user, reply.seq)),
-            other => Err(unexpected(&other)),
-        }
+        user?.ok_or(EngineError::InvalidCredentials)
     }
 
     /// Checks a nick and password: the account's user when they match, `None` when they do not.
@@ -1443,12 +1488,71 @@ impl Engine {
         }
     }
 
+    /// Like [`Engine::wait_from`] from an explicit cursor, but leaves the client's saved cursor alone: a
+    /// door that writes what it reads to a socket saves the position the client has really been sent with
+    /// [`Engine::save_cursor`], so that a client cut off with events still queued is sent them again when it
+    /// comes back.
+    pub async fn follow(
+        &self,
+        session: &Session,
+        after: Cursor,
+        limit: usize,
+        timeout: Duration,
+        live: Option<u64>,
+    ) -> Result<StreamRead, EngineError> {
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or(now + Duration::from_secs(86_400));
+        let (mut waiter, current) = lock(&self.shared.streams).subscribe(session.user);
+        let live_since = live.map_or(current, |l| l.min(current));
+        let first = self
+            .read_at(session, Some(after), limit, live, false)
+            .await?;
+        if !first.events.is_empty() || first.reset {
+            return Ok(first);
+        }
+        loop {
+            if tokio::time::timeout_at(deadline, waiter.changed())
+                .await
+                .is_err()
+            {
+                return Ok(first);
+            }
+            let next = self
+                .read_at(session, Some(first.cursor), limit, Some(live_since), false)
+                .await?;
+            if !next.events.is_empty() || next.reset {
+                return Ok(next);
+            }
+        }
+    }
+
+    /// Saves `cursor` as the client's position in its stream (what a reader that does not save on read,
+    /// [`Engine::follow`], has delivered). A cursor of another epoch is ignored.
+    pub fn save_cursor(&self, session: &Session, cursor: Cursor) {
+        if cursor.epoch == self.shared.epoch {
+            self.shared.set_cursor(session.client, cursor.seq);
+        }
+    }
+
     async fn read_inner(
         &self,
         session: &Session,
         after: Option<Cursor>,
         limit: usize,
         live_since: Option<u64>,
+    ) -> Result<StreamRead, EngineError> {
+        self.read_at(session, after, limit, live_since, true).await
+    }
+
+    async fn read_at(
+        &self,
+        session: &Session,
+        after: Option<Cursor>,
+        limit: usize,
+        live_since: Option<u64>,
+        save: bool,
     ) -> Result<StreamRead, EngineError> {
         // A client that logged out or expired has no stream any more; refusing here also keeps its cursor
         // from being saved again after its removal dropped it.
@@ -1519,7 +1623,9 @@ impl Engine {
                 (events, page.next.max(after))
             }
         };
-        self.shared.set_cursor(session.client, seq);
+        if save {
+            self.shared.set_cursor(session.client, seq);
+        }
         Ok(StreamRead {
             events,
             cursor: Cursor { epoch, seq },

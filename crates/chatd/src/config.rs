@@ -190,6 +190,23 @@ pub(crate) struct ConfigArgs {
     )]
     pub(crate) gateway_heartbeat_interval: String,
 
+    /// Where IRC clients connect (`0.0.0.0:6667`); unset, the IRC door is off.
+    #[arg(long, env = "IRC_LISTEN", global = true)]
+    pub(crate) irc_listen: Option<String>,
+
+    /// An IRC connection silent this long is pinged, and closed if it stays silent as long again.
+    #[arg(long, env = "IRC_PING_INTERVAL", default_value = "90s", global = true)]
+    pub(crate) irc_ping_interval: String,
+
+    /// IRC flood control: `BURST/PER_SECOND` lines; a client 60 lines past it is disconnected.
+    #[arg(long, env = "IRC_FLOOD", default_value = "20/4", global = true)]
+    pub(crate) irc_flood: String,
+
+    /// The most bytes waiting to be written to one IRC connection (`1MiB`); past it, or a quarter of it for
+    /// 30 s, the connection is closed and resumes from its cursor when it comes back.
+    #[arg(long, env = "IRC_SENDQ", default_value = "1MiB", global = true)]
+    pub(crate) irc_sendq: String,
+
     /// Log format on stderr: `human` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "human", global = true)]
     pub(crate) log_format: String,
@@ -339,6 +356,10 @@ pub(crate) struct Config {
     pub(crate) hashcash_bits: u32,
     pub(crate) header_read_timeout: Duration,
     pub(crate) keepalive_idle_timeout: Duration,
+    pub(crate) irc_listen: Option<SocketAddr>,
+    pub(crate) irc_ping_interval: Duration,
+    pub(crate) irc_flood: RateLimit,
+    pub(crate) irc_sendq: u64,
 }
 
 /// A bad configuration value, naming its variable.
@@ -535,6 +556,16 @@ impl Config {
                 "BURST/PER_SECOND with both above 0 (like 20/5), or off",
             )
         })?;
+        let irc_flood = match RateLimit::parse(&args.irc_flood) {
+            Some(Some(limit)) => limit,
+            _ => {
+                return Err(bad(
+                    "IRC_FLOOD",
+                    &args.irc_flood,
+                    "BURST/PER_SECOND with both above 0 (like 20/4)",
+                ));
+            }
+        };
         let federation_rate_limit = match RateLimit::parse(&args.federation_rate_limit) {
             Some(Some(limit)) => limit,
             _ => {
@@ -719,6 +750,20 @@ impl Config {
                 Duration::from_millis(100),
                 Duration::from_secs(3600),
             )?,
+            irc_listen: non_empty(&args.irc_listen)
+                .map(|v| {
+                    parse_listen(v)
+                        .map_err(|_| bad("IRC_LISTEN", v, "HOST:PORT, like 0.0.0.0:6667"))
+                })
+                .transpose()?,
+            irc_ping_interval: parse_duration(
+                "IRC_PING_INTERVAL",
+                &args.irc_ping_interval,
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            )?,
+            irc_flood,
+            irc_sendq: parse_size("IRC_SENDQ", &args.irc_sendq)?,
         })
     }
 
@@ -772,6 +817,31 @@ impl Config {
             max_timeout: MAX_LONG_POLL,
             max_body: MAX_BODY,
             cors_origins: self.cors_origins.clone(),
+        }
+    }
+
+    /// The IRC door's settings.
+    pub(crate) fn irc(&self) -> transport_irc::Settings {
+        let network = if self.server_name.is_empty() {
+            "chatd".to_owned()
+        } else {
+            self.server_name.clone()
+        };
+        transport_irc::Settings {
+            // IRC shows the server by a host name: the federation name when there is one.
+            server_name: self
+                .federation_name
+                .clone()
+                .unwrap_or_else(|| "chatd".to_owned()),
+            network,
+            motd: self.motd.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            max_connections_per_ip: self.max_connections_per_ip,
+            ping_interval: self.irc_ping_interval,
+            flood_burst: self.irc_flood.burst,
+            flood_rate: self.irc_flood.per_second,
+            sendq: usize::try_from(self.irc_sendq).unwrap_or(usize::MAX),
+            ..transport_irc::Settings::default()
         }
     }
 

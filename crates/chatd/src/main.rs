@@ -132,6 +132,14 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {} (LISTEN)", config.listen))?;
+    let irc_listener = match config.irc_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (IRC_LISTEN)"))?,
+        ),
+        None => None,
+    };
     let start_time = std::time::SystemTime::now();
     let db = Db::open(config, Create::Allow, Lock::Engine)?;
     let (engine, engine_task) = db.start(config.engine()).await?;
@@ -160,10 +168,26 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         startup_ms = started.elapsed().as_millis() as u64,
         "listening"
     );
-    // The one line on stdout: scripts and tests read the real port from it (LISTEN may say port 0).
+    let irc = match irc_listener {
+        Some(listener) => {
+            let irc = transport_irc::Irc::new(engine.clone(), config.irc());
+            let irc_addr = listener.local_addr().context("reading the IRC address")?;
+            tracing::info!(addr = %irc_addr, "IRC listening");
+            let door = irc.clone();
+            tokio::spawn(async move { door.serve(listener).await });
+            Some((irc, irc_addr))
+        }
+        None => None,
+    };
+    // The first line on stdout: scripts and tests read the real port from it (LISTEN may say port 0); the
+    // IRC door's address follows on a line of its own when it is on.
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "chatd listening on http://{addr}").context("writing to stdout")?;
+        if let Some((_, irc_addr)) = &irc {
+            writeln!(out, "chatd IRC listening on irc://{irc_addr}")
+                .context("writing to stdout")?;
+        }
         out.flush().context("flushing stdout")?;
     }
     let server = server::Server {
@@ -172,6 +196,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         longpoll,
         ws,
         federation,
+        irc: irc.map(|(irc, _)| irc),
         routes,
         max_connections_per_ip: config.max_connections_per_ip,
         timeouts: conn::Timeouts {

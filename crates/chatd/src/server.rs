@@ -42,6 +42,8 @@ pub(crate) struct Server {
     pub(crate) ws: WsApi,
     /// The server-link routes, when FEDERATION_NAME is set.
     pub(crate) federation: Option<std::sync::Arc<chat_federation::Federation>>,
+    /// The IRC door, when IRC_LISTEN is set.
+    pub(crate) irc: Option<transport_irc::Irc>,
     pub(crate) routes: routes::Shared,
     pub(crate) max_connections_per_ip: usize,
     pub(crate) timeouts: Timeouts,
@@ -95,6 +97,10 @@ pub(crate) async fn run(
     // up to 30 s.
     server.longpoll.close();
     server.ws.close();
+    if let Some(irc) = &server.irc {
+        // Before the engine stops: each connection saves its client's cursor as its last lines are written.
+        irc.close(Duration::from_secs(5)).await;
+    }
     stop_tx.send_replace(true);
     drop(stop_rx);
     if tokio::time::timeout(DRAIN_TIMEOUT, stop_tx.closed())

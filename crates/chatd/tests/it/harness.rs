@@ -26,6 +26,9 @@ pub struct Server {
     /// In cluster mode (the `cluster` target): the nodes behind `base`.
     #[allow(dead_code, reason = "read by the cluster target's own tests")]
     pub nodes: Option<Box<crate::two_nodes::Nodes>>,
+    /// The IRC door's address, when the server was started with IRC_LISTEN.
+    #[allow(dead_code, reason = "read by the IRC tests of the `it` target only")]
+    pub irc: Option<std::net::SocketAddr>,
 }
 
 impl Server {
@@ -71,6 +74,7 @@ impl Server {
             env: vars,
             http,
             nodes: None,
+            irc: None,
         };
         server.spawn().await;
         server
@@ -89,6 +93,7 @@ impl Server {
                 .build()
                 .expect("client"),
             nodes: Some(Box::new(nodes)),
+            irc: None,
         }
     }
 
@@ -117,6 +122,21 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .trim()
             .to_owned();
+        if self
+            .env
+            .iter()
+            .any(|(k, v)| k == "IRC_LISTEN" && !v.is_empty())
+        {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("chatd did not print the IRC address within 30 s")
+                .expect("read stdout")
+                .expect("chatd exited before listening for IRC");
+            let addr = line
+                .strip_prefix("chatd IRC listening on irc://")
+                .unwrap_or_else(|| panic!("unexpected second line: {line}"));
+            self.irc = Some(addr.trim().parse().expect("an IRC address"));
+        }
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.base = base;

@@ -1,0 +1,2079 @@
+//! One IRC connection: registration (CAP, PASS, SASL PLAIN, NICK, USER), then commands turned into the
+//! core's and the user's stream turned into lines, with flood control, a bounded send queue and pings.
+//!
+//! The connection's task reads lines and the stream; a writer task of its own writes what is queued,
+//! several lines per write, and saves the client's cursor once the lines of an event are written (so a
+//! client cut off with lines still queued is played them again when it comes back).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use chat_core::{
+    ChannelKind, ChannelRef, Command, Created, Event, EventKind, MessageId, MessageKind, Outgoing,
+    Target, UserId, UserRef,
+};
+use chat_engine::{Cursor, Engine, EngineError, Session, StreamRead};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::Shared;
+use crate::flood::{Flood, Verdict};
+use crate::line::{self, Line, Message, ParseError};
+use crate::numeric::*;
+use crate::reader::{LineReader, Read};
+use crate::render::{Caps, View, core_nick, irc_nick, source_of};
+
+/// Events read from the stream at once.
+const READ_LIMIT: usize = 256;
+/// How long a stream read waits before it is made again.
+const WAIT: Duration = Duration::from_secs(30);
+/// Message ids this connection sent, kept to leave their echo out when `echo-message` is off.
+const SENT_KEPT: usize = 512;
+/// The capabilities offered, in `CAP LS` order.
+const CAPS: &[&str] = &[
+    "account-tag",
+    "away-notify",
+    "batch",
+    "echo-message",
+    "labeled-response",
+    "message-tags",
+    "multi-prefix",
+    "sasl",
+    "server-time",
+];
+/// SASL's most bytes of credentials (base64), as in other servers.
+const SASL_MAX: usize = 4096;
+
+type ReadFuture = Pin<Box<dyn Future<Output = Result<StreamRead, EngineError>> + Send>>;
+
+/// What the writer task is given.
+enum Out {
+    Text(String),
+    /// Save the client's cursor once everything before is written.
+    Mark(Session, Cursor),
+}
+
+/// Writes `ERROR` and closes: for connections refused before they are served.
+pub(crate) async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, why: &str) {
+    let line = Line::new("ERROR")
+        .trailing(format!("Closing link: {why}"))
+        .encode();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = stream.write_all(line.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Serves one connection until it ends.
+pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (read, write) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_loop(
+        write,
+        rx,
+        Arc::clone(&queued),
+        shared.engine.clone(),
+    ));
+    let mut conn = Conn::new(Arc::clone(&shared), peer, tx, queued);
+    conn.run(LineReader::new(read)).await;
+    let live = conn.live.as_ref().map(|l| l.session);
+    let guest_quit = conn.quit_guest.take();
+    // The writer ends once every queued line is written (or the socket fails), saving cursors as it goes.
+    drop(conn);
+    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    if let Some(session) = live {
+        let engine = &shared.engine;
+        if let Some(reason) = guest_quit {
+            // A guest that said QUIT ends its session: its nick is free again, its channels see it quit.
+            let _ = engine
+                .command(&session, Command::Quit { reason }, None)
+                .await;
+        } else {
+            let _ = engine.command(&session, Command::Disconnect, None).await;
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut write: W,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    queued: Arc<AtomicUsize>,
+    engine: Engine,
+) {
+    let mut buf = String::with_capacity(16 * 1024);
+    while let Some(first) = rx.recv().await {
+        let mut marks = Vec::new();
+        let mut items = vec![first];
+        // Whatever else is queued goes out in the same write.
+        while buf.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(item) => items.push(item),
+                Err(_) => break,
+            }
+        }
+        for item in items {
+            match item {
+                Out::Text(text) => buf.push_str(&text),
+                Out::Mark(session, cursor) => marks.push((session, cursor)),
+            }
+        }
+        if !buf.is_empty() {
+            let written = write.write_all(buf.as_bytes()).await;
+            queued.fetch_sub(buf.len(), Ordering::Relaxed);
+            buf.clear();
+            if written.is_err() {
+                return;
+            }
+        }
+        if let Some((session, cursor)) = marks.pop() {
+            engine.save_cursor(&session, cursor);
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+/// A registered connection's session.
+struct Live {
+    session: Session,
+    /// Where the next stream read starts.
+    cursor: Cursor,
+    generation: Option<u64>,
+    /// Events up to this seq are played back (the client comes back to what it missed).
+    playback_until: u64,
+    /// The playback batch open now: its id and target.
+    batch: Option<(String, String)>,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    tx: mpsc::UnboundedSender<Out>,
+    queued: Arc<AtomicUsize>,
+    caps: Caps,
+    negotiating: bool,
+    nick: Option<String>,
+    user: Option<(String, String)>,
+    pass: Option<String>,
+    sasl: Sasl,
+    live: Option<Live>,
+    /// Set when the connection is to end (after the line that said so).
+    closing: bool,
+    /// A guest's QUIT: the session ends with this reason.
+    quit_guest: Option<Option<String>>,
+    /// Ids of messages sent by this connection (their echo is left out without `echo-message`).
+    sent: VecDeque<MessageId>,
+    /// `labeled-response`: the label of the command being handled, and its replies so far.
+    label: Option<String>,
+    labeled: Vec<Line>,
+    /// Labels waiting for the echo of the message they sent.
+    echo_labels: Vec<(MessageId, String)>,
+    batches: u64,
+}
+
+enum Sasl {
+    None,
+    /// `AUTHENTICATE PLAIN` was said; the credentials come next (in 400-byte pieces).
+    Plain(String),
+    Done(Session, Cursor),
+}
+
+impl Conn {
+    fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        tx: mpsc::UnboundedSender<Out>,
+        queued: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
+            shared,
+            peer,
+            tx,
+            queued,
+            caps: Caps::default(),
+            negotiating: false,
+            nick: None,
+            user: None,
+            pass: None,
+            sasl: Sasl::None,
+            live: None,
+            closing: false,
+            quit_guest: None,
+            sent: VecDeque::new(),
+            label: None,
+            labeled: Vec::new(),
+            echo_labels: Vec::new(),
+            batches: 0,
+        }
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    fn server(&self) -> &str {
+        &self.shared.settings.server_name
+    }
+
+    /// The nick numerics are addressed to (`*` before there is one).
+    fn me(&self) -> String {
+        self.nick.clone().unwrap_or_else(|| "*".into())
+    }
+
+    /// Queues text for the writer.
+    fn enqueue(&self, text: String) {
+        self.queued.fetch_add(text.len(), Ordering::Relaxed);
+        let _ = self.tx.send(Out::Text(text));
+    }
+
+    /// Sends a line (into the labeled reply when a labeled command is being handled).
+    fn send(&mut self, line: Line) {
+        if self.label.is_some() {
+            self.labeled.push(line);
+        } else {
+            self.enqueue(line.encode());
+        }
+    }
+
+    /// A numeric to this client: `:server CODE nick ...`.
+    fn num(&self, code: &str) -> Line {
+        Line::new(code)
+            .source(self.server().to_owned())
+            .arg(self.me())
+    }
+
+    fn error_and_close(&mut self, why: &str) {
+        self.label = None;
+        let text = Line::new("ERROR")
+            .trailing(format!("Closing link: {why}"))
+            .encode();
+        self.enqueue(text);
+        self.closing = true;
+    }
+
+    async fn run<R: AsyncRead + Unpin>(&mut self, mut reader: LineReader<R>) {
+        let settings = self.shared.settings.clone();
+        let mut closing = self.shared.closing.subscribe();
+        let started = Instant::now();
+        let mut flood = Flood::new(
+            settings.flood_burst,
+            settings.flood_rate,
+            settings.flood_excess,
+            started,
+        );
+        let mut backlog: VecDeque<(Instant, Message)> = VecDeque::new();
+        let mut pending: Option<ReadFuture> = None;
+        let mut last_heard = started;
+        let mut pinged = false;
+        let mut slow_since: Option<Instant> = None;
+        let low_water = settings.sendq / 4;
+        while !self.closing {
+            if pending.is_none()
+                && self.queued.load(Ordering::Relaxed) < low_water
+                && let Some(live) = &self.live
+            {
+                let engine = self.engine().clone();
+                let (session, cursor, generation) = (live.session, live.cursor, live.generation);
+                pending = Some(Box::pin(async move {
+                    engine
+                        .follow(&session, cursor, READ_LIMIT, WAIT, generation)
+                        .await
+                }));
+            }
+            let ping_at = last_heard + settings.ping_interval * if pinged { 2 } else { 1 };
+            let register_by =
+                (self.live.is_none()).then(|| started + settings.registration_timeout);
+            let due = backlog.front().map(|(at, _)| *at);
+            tokio::select! {
+                biased;
+                () = async { let _ = closing.wait_for(|c| *c).await; } => {
+                    self.error_and_close("Server shutting down");
+                }
+                () = self.tx.closed() => return,
+                read = reader.next() => {
+                    last_heard = Instant::now();
+                    pinged = false;
+                    match read {
+                        Ok(Read::Line(raw)) => match line::parse(&raw) {
+                            Ok(message) => match flood.charge(Instant::now()) {
+                                Verdict::Excess => self.error_and_close("Excess Flood"),
+                                Verdict::At(at) if at <= Instant::now() && backlog.is_empty() => {
+                                    self.handle(message).await;
+                                }
+                                Verdict::At(at) => backlog.push_back((at, message)),
+                            },
+                            Err(ParseError::Empty) => {}
+                            Err(e) => self.bad_line(&e),
+                        },
+                        Ok(Read::TooLong) => {
+                            let line = self.num(ERR_INPUTTOOLONG).trailing("Input line was too long");
+                            self.send(line);
+                        }
+                        Ok(Read::Closed) | Err(_) => return,
+                    }
+                }
+                () = sleep_until(due), if due.is_some() => {
+                    if let Some((_, message)) = backlog.pop_front() {
+                        self.handle(message).await;
+                    }
+                }
+                read = next_read(&mut pending) => {
+                    pending = None;
+                    self.on_read(read).await;
+                }
+                () = tokio::time::sleep_until(ping_at) => {
+                    if pinged {
+                        let secs = (settings.ping_interval * 2).as_secs();
+                        self.error_and_close(&format!("Ping timeout: {secs} seconds"));
+                    } else {
+                        pinged = true;
+                        let line = Line::new("PING").trailing(self.server().to_owned());
+                        self.send(line);
+                    }
+                }
+                () = sleep_until(register_by), if register_by.is_some() => {
+                    self.error_and_close("Registration timed out");
+                }
+            }
+            let queued = self.queued.load(Ordering::Relaxed);
+            if queued > settings.sendq {
+                self.error_and_close("SendQ exceeded");
+            } else if queued >= low_water && self.live.is_some() {
+                let since = *slow_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > settings.slow_limit {
+                    self.error_and_close("SendQ exceeded");
+                }
+            } else {
+                slow_since = None;
+            }
+        }
+    }
+
+    fn bad_line(&mut self, error: &ParseError) {
+        let text = match error {
+            ParseError::BodyTooLong | ParseError::TagsTooLong => {
+                let line = self
+                    .num(ERR_INPUTTOOLONG)
+                    .trailing("Input line was too long");
+                self.send(line);
+                return;
+            }
+            ParseError::NotUtf8 => "Line dropped: it is not UTF-8",
+            ParseError::BadCharacter => "Line dropped: it holds a NUL or a lone CR",
+            ParseError::NoCommand => "Line dropped: it has no command",
+            ParseError::Empty => return,
+        };
+        let line = Line::new("NOTICE")
+            .source(self.server().to_owned())
+            .arg(self.me())
+            .trailing(text);
+        self.send(line);
+    }
+
+    /// Handles one line, labeling its replies where asked.
+    async fn handle(&mut self, message: Message) {
+        let label = match message.tag("label") {
+            Some(Some(l)) if self.caps.labeled_response && l.len() <= 64 => Some(l.to_owned()),
+            _ => None,
+        };
+        self.label = label;
+        self.labeled.clear();
+        self.dispatch(message).await;
+        let Some(label) = self.label.take() else {
+            return;
+        };
+        let lines = std::mem::take(&mut self.labeled);
+        match lines.len() {
+            // Nothing to answer (or the answer is the echo of a message, which carries the label then).
+            0 if self.echo_labels.iter().any(|(_, l)| *l == label) => {}
+            0 => self.send(
+                Line::new("ACK")
+                    .tag("label", Some(label))
+                    .source(self.server().to_owned()),
+            ),
+            1 => {
+                let line = lines
+                    .into_iter()
+                    .next()
+                    .map(|l| l.tag("label", Some(label)));
+                if let Some(line) = line {
+                    self.send(line);
+                }
+            }
+            _ => {
+                let id = self.batch_id();
+                self.send(
+                    Line::new("BATCH")
+                        .tag("label", Some(label))
+                        .source(self.server().to_owned())
+                        .arg(format!("+{id}"))
+                        .arg("labeled-response"),
+                );
+                for line in lines {
+                    self.send(line.tag("batch", Some(id.clone())));
+                }
+                self.send(
+                    Line::new("BATCH")
+                        .source(self.server().to_owned())
+                        .arg(format!("-{id}")),
+                );
+            }
+        }
+    }
+
+    fn batch_id(&mut self) -> String {
+        self.batches += 1;
+        format!("b{}", self.batches)
+    }
+
+    async fn dispatch(&mut self, m: Message) {
+        let command = m.command.clone();
+        match command.as_str() {
+            "CAP" => {
+                self.cap(&m);
+                // CAP END (or a REQ after registration) may be what registration waited for.
+                return self.try_register().await;
+            }
+            "PING" => {
+                let token = m.param(0).unwrap_or("").to_owned();
+                let line = Line::new("PONG")
+                    .source(self.server().to_owned())
+                    .arg(self.server().to_owned())
+                    .trailing(token);
+                return self.send(line);
+            }
+            "PONG" => return,
+            "QUIT" => {
+                if let Some(live) = &self.live
+                    && self
+                        .engine()
+                        .directory()
+                        .user(live.session.user)
+                        .is_some_and(|c| c.guest)
+                {
+                    self.quit_guest = Some(m.param(0).filter(|r| !r.is_empty()).map(str::to_owned));
+                }
+                let reason = m.param(0).unwrap_or("Client Quit").to_owned();
+                return self.error_and_close(&format!("Quit: {reason}"));
+            }
+            _ => {}
+        }
+        if self.live.is_none() {
+            match command.as_str() {
+                "PASS" => match m.param(0) {
+                    Some(p) => self.pass = Some(p.to_owned()),
+                    None => self.need_more(&command),
+                },
+                "NICK" => match m.param(0).filter(|n| !n.is_empty()) {
+                    None => {
+                        let line = self.num(ERR_NONICKNAMEGIVEN).trailing("No nickname given");
+                        self.send(line);
+                    }
+                    Some(nick) => match chat_core::validate_nick(nick) {
+                        Ok(()) => {
+                            self.nick = Some(nick.to_owned());
+                            self.try_register().await;
+                        }
+                        Err(e) => {
+                            let line = self
+                                .num(ERR_ERRONEUSNICKNAME)
+                                .arg(nick)
+                                .trailing(e.to_string());
+                            self.send(line);
+                        }
+                    },
+                },
+                "USER" => {
+                    if m.params.len() < 4 {
+                        return self.need_more(&command);
+                    }
+                    let ident: String = m.params[0]
+                        .chars()
+                        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                        .take(32)
+                        .collect();
+                    self.user = Some((
+                        if ident.is_empty() {
+                            "irc".into()
+                        } else {
+                            ident
+                        },
+                        m.params[3].clone(),
+                    ));
+                    self.try_register().await;
+                }
+                "AUTHENTICATE" => self.authenticate(&m).await,
+                _ => {
+                    let line = self
+                        .num(ERR_NOTREGISTERED)
+                        .trailing("You have not registered");
+                    self.send(line);
+                }
+            }
+            return;
+        }
+        match command.as_str() {
+            "PASS" | "USER" => {
+                let line = self
+                    .num(ERR_ALREADYREGISTERED)
+                    .trailing("You may not reregister");
+                self.send(line);
+            }
+            "AUTHENTICATE" => {
+                let line = self
+                    .num(ERR_SASLALREADY)
+                    .trailing("You have already authenticated");
+                self.send(line);
+            }
+            "NICK" => match m.param(0).filter(|n| !n.is_empty()) {
+                None => {
+                    let line = self.num(ERR_NONICKNAMEGIVEN).trailing("No nickname given");
+                    self.send(line);
+                }
+                Some(nick) => {
+                    let nick = nick.to_owned();
+                    self.run_command(Command::Nick { nick: nick.clone() }, Some(&nick))
+                        .await;
+                }
+            },
+            "JOIN" => self.join(&m).await,
+            "PART" => {
+                let Some(channels) = m.param(0) else {
+                    return self.need_more(&command);
+                };
+                let reason = m.param(1).filter(|r| !r.is_empty()).map(str::to_owned);
+                for channel in channels.split(',').filter(|c| !c.is_empty()) {
+                    let c = Command::Part {
+                        channel: ChannelRef::Name(channel.to_owned()),
+                        reason: reason.clone(),
+                    };
+                    self.run_command(c, Some(channel)).await;
+                }
+            }
+            "PRIVMSG" | "NOTICE" => self.privmsg(&m).await,
+            "TAGMSG" => self.tagmsg(&m).await,
+            "TOPIC" => self.topic(&m).await,
+            "NAMES" => match m.param(0) {
+                Some(channels) => {
+                    for channel in channels.split(',').filter(|c| !c.is_empty()) {
+                        self.names(channel).await;
+                    }
+                }
+                None => {
+                    let line = self
+                        .num(RPL_ENDOFNAMES)
+                        .arg("*")
+                        .trailing("End of /NAMES list");
+                    self.send(line);
+                }
+            },
+            "MODE" => self.mode(&m).await,
+            "KICK" => {
+                if m.params.len() < 2 {
+                    return self.need_more(&command);
+                }
+                let reason = m.param(2).filter(|r| !r.is_empty()).map(str::to_owned);
+                for nick in m.params[1].split(',').filter(|n| !n.is_empty()) {
+                    let c = Command::Kick {
+                        channel: ChannelRef::Name(m.params[0].clone()),
+                        user: UserRef::Nick(core_nick(nick)),
+                        reason: reason.clone(),
+                    };
+                    self.run_command(c, Some(&m.params[0])).await;
+                }
+            }
+            "INVITE" => {
+                if m.params.len() < 2 {
+                    return self.need_more(&command);
+                }
+                let c = Command::Invite {
+                    channel: ChannelRef::Name(m.params[1].clone()),
+                    user: UserRef::Nick(core_nick(&m.params[0])),
+                };
+                if self.run_command(c, Some(&m.params[1])).await.is_some() {
+                    let line = self
+                        .num(RPL_INVITING)
+                        .arg(m.params[0].clone())
+                        .arg(m.params[1].clone());
+                    self.send(line);
+                }
+            }
+            "AWAY" => {
+                let message = m.param(0).filter(|a| !a.is_empty()).map(str::to_owned);
+                let away = message.is_some();
+                if self
+                    .run_command(Command::Away { message }, None)
+                    .await
+                    .is_some()
+                {
+                    let line = if away {
+                        self.num(RPL_NOWAWAY)
+                            .trailing("You have been marked as being away")
+                    } else {
+                        self.num(RPL_UNAWAY)
+                            .trailing("You are no longer marked as being away")
+                    };
+                    self.send(line);
+                }
+            }
+            "WHO" => self.who(&m).await,
+            "WHOIS" => self.whois(&m).await,
+            "LIST" => self.list().await,
+            "MOTD" => self.motd(),
+            "LUSERS" => self.lusers().await,
+            "VERSION" => {
+                let version = self.shared.settings.version.clone();
+                let line = self
+                    .num(RPL_VERSION)
+                    .arg(format!("chatd-{version}"))
+                    .arg(self.server().to_owned())
+                    .trailing("");
+                self.send(line);
+                self.isupport();
+            }
+            "TIME" => {
+                let now = crate::render::iso(chat_engine::now_ms());
+                let line = self
+                    .num(RPL_TIME)
+                    .arg(self.server().to_owned())
+                    .trailing(now);
+                self.send(line);
+            }
+            "ISON" => {
+                let wanted: Vec<String> = m
+                    .params
+                    .iter()
+                    .flat_map(|p| p.split(' '))
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                let present = self
+                    .engine()
+                    .query(move |core| {
+                        wanted
+                            .into_iter()
+                            .filter(|n| {
+                                core.user_by_nick(&core_nick(n))
+                                    .is_some_and(|u| !u.released)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .await
+                    .unwrap_or_default();
+                let line = self.num(RPL_ISON).trailing(present.join(" "));
+                self.send(line);
+            }
+            "USERHOST" => {
+                let wanted: Vec<String> = m.params.iter().take(5).map(|n| core_nick(n)).collect();
+                let found = self
+                    .engine()
+                    .query(move |core| {
+                        wanted
+                            .into_iter()
+                            .filter_map(|n| {
+                                core.user_by_nick(&n)
+                                    .filter(|u| !u.released)
+                                    .map(|u| (u.id, u.away.is_some()))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .await
+                    .unwrap_or_default();
+                let text = {
+                    let dir = self.engine().directory();
+                    found
+                        .iter()
+                        .map(|(id, away)| {
+                            let source = source_of(&dir, *id);
+                            let (nick, rest) = source.split_once('!').unwrap_or((&source, ""));
+                            format!("{nick}={}{rest}", if *away { '-' } else { '+' })
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let line = self.num(RPL_USERHOST).trailing(text);
+                self.send(line);
+            }
+            _ => {
+                let line = self
+                    .num(ERR_UNKNOWNCOMMAND)
+                    .arg(command)
+                    .trailing("Unknown command");
+                self.send(line);
+            }
+        }
+    }
+
+    fn need_more(&mut self, command: &str) {
+        let line = self
+            .num(ERR_NEEDMOREPARAMS)
+            .arg(command)
+            .trailing("Not enough parameters");
+        self.send(line);
+    }
+
+    /// Runs a command as this connection's client; a refusal is answered with its numeric (about `about`,
+    /// a channel or nick, where the numeric names one).
+    async fn run_command(
+        &mut self,
+        command: Command,
+        about: Option<&str>,
+    ) -> Option<Option<Created>> {
+        let session = self.live.as_ref()?.session;
+        match self.engine().command(&session, command, None).await {
+            Ok(reply) => {
+                self.catch_up(reply.seq).await;
+                Some(reply.created)
+            }
+            Err(e) => {
+                self.refused(&e, about);
+                None
+            }
+        }
+    }
+
+    /// Writes the stream up to `seq` (what a command just did) before the next line is handled: a client
+    /// sees its JOIN before the replies to what it sent after it, as from any IRC server.
+    async fn catch_up(&mut self, seq: u64) {
+        for _ in 0..64 {
+            let Some(live) = &self.live else {
+                return;
+            };
+            if live.cursor.seq >= seq || self.closing {
+                return;
+            }
+            let (session, cursor, generation) = (live.session, live.cursor, live.generation);
+            let read = self
+                .engine()
+                .follow(
+                    &session,
+                    cursor,
+                    READ_LIMIT,
+                    Duration::from_millis(500),
+                    generation,
+                )
+                .await;
+            let empty = matches!(&read, Ok(r) if r.events.is_empty() && !r.reset);
+            self.on_read(read).await;
+            if empty {
+                return;
+            }
+        }
+    }
+
+    fn refused(&mut self, e: &EngineError, about: Option<&str>) {
+        let (code, text) = refusal(e);
+        let line = if code == "NOTICE" {
+            Line::new("NOTICE")
+                .source(self.server().to_owned())
+                .arg(self.me())
+                .trailing(text)
+        } else {
+            let mut line = self.num(&code);
+            if let Some(about) = about {
+                line = line.arg(about);
+            }
+            line.trailing(text)
+        };
+        self.send(line);
+    }
+
+    fn cap(&mut self, m: &Message) {
+        let sub = m.param(0).unwrap_or("").to_ascii_uppercase();
+        let me = self.me();
+        let server = self.server().to_owned();
+        match sub.as_str() {
+            "LS" => {
+                if self.live.is_none() {
+                    self.negotiating = true;
+                }
+                let v302 = m
+                    .param(1)
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .is_some_and(|v| v >= 302);
+                let list = CAPS
+                    .iter()
+                    .map(|c| {
+                        if *c == "sasl" && v302 {
+                            "sasl=PLAIN".to_owned()
+                        } else {
+                            (*c).to_owned()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                self.send(
+                    Line::new("CAP")
+                        .source(server)
+                        .arg(me)
+                        .arg("LS")
+                        .trailing(list),
+                );
+            }
+            "LIST" => {
+                let on = self.enabled().join(" ");
+                self.send(
+                    Line::new("CAP")
+                        .source(server)
+                        .arg(me)
+                        .arg("LIST")
+                        .trailing(on),
+                );
+            }
+            "REQ" => {
+                if self.live.is_none() {
+                    self.negotiating = true;
+                }
+                let asked = m.param(1).unwrap_or("").to_owned();
+                let names: Vec<&str> = asked.split(' ').filter(|c| !c.is_empty()).collect();
+                let known = names
+                    .iter()
+                    .all(|c| CAPS.contains(&c.trim_start_matches('-')));
+                if !known || names.is_empty() {
+                    self.send(
+                        Line::new("CAP")
+                            .source(server)
+                            .arg(me)
+                            .arg("NAK")
+                            .trailing(asked),
+                    );
+                    return;
+                }
+                for name in names {
+                    let (on, name) = match name.strip_prefix('-') {
+                        Some(n) => (false, n),
+                        None => (true, name),
+                    };
+                    self.set_cap(name, on);
+                }
+                self.send(
+                    Line::new("CAP")
+                        .source(server)
+                        .arg(me)
+                        .arg("ACK")
+                        .trailing(asked),
+                );
+            }
+            "END" => self.negotiating = false,
+            _ => {
+                let line = self.num("410").arg(sub).trailing("Invalid CAP command");
+                self.send(line);
+            }
+        }
+    }
+
+    fn enabled(&self) -> Vec<&'static str> {
+        let c = self.caps;
+        [
+            ("account-tag", c.account_tag),
+            ("away-notify", c.away_notify),
+            ("batch", c.batch),
+            ("echo-message", c.echo_message),
+            ("labeled-response", c.labeled_response),
+            ("message-tags", c.message_tags),
+            ("multi-prefix", c.multi_prefix),
+            ("sasl", c.sasl),
+            ("server-time", c.server_time),
+        ]
+        .into_iter()
+        .filter_map(|(n, on)| on.then_some(n))
+        .collect()
+    }
+
+    fn set_cap(&mut self, name: &str, on: bool) {
+        let c = &mut self.caps;
+        match name {
+            "account-tag" => c.account_tag = on,
+            "away-notify" => c.away_notify = on,
+            "batch" => c.batch = on,
+            "echo-message" => c.echo_message = on,
+            "labeled-response" => c.labeled_response = on,
+            "message-tags" => c.message_tags = on,
+            "multi-prefix" => c.multi_prefix = on,
+            "sasl" => c.sasl = on,
+            "server-time" => c.server_time = on,
+            _ => {}
+        }
+    }
+
+    async fn authenticate(&mut self, m: &Message) {
+        let Some(arg) = m.param(0) else {
+            return self.need_more("AUTHENTICATE");
+        };
+        if arg == "*" {
+            self.sasl = Sasl::None;
+            let line = self
+                .num(ERR_SASLABORTED)
+                .trailing("SASL authentication aborted");
+            return self.send(line);
+        }
+        match std::mem::replace(&mut self.sasl, Sasl::None) {
+            Sasl::Done(session, cursor) => {
+                self.sasl = Sasl::Done(session, cursor);
+                let line = self
+                    .num(ERR_SASLALREADY)
+                    .trailing("You have already authenticated");
+                self.send(line);
+            }
+            Sasl::None => {
+                if arg.eq_ignore_ascii_case("PLAIN") {
+                    self.sasl = Sasl::Plain(String::new());
+                    self.send(Line::new("AUTHENTICATE").arg("+"));
+                } else {
+                    let line = self
+                        .num(RPL_SASLMECHS)
+                        .arg("PLAIN")
+                        .trailing("are available SASL mechanisms");
+                    self.send(line);
+                    let line = self
+                        .num(ERR_SASLFAIL)
+                        .trailing("SASL authentication failed");
+                    self.send(line);
+                }
+            }
+            Sasl::Plain(mut so_far) => {
+                if arg != "+" {
+                    so_far.push_str(arg);
+                }
+                if so_far.len() > SASL_MAX {
+                    let line = self.num(ERR_SASLTOOLONG).trailing("SASL message too long");
+                    return self.send(line);
+                }
+                if arg.len() == 400 {
+                    // More pieces follow.
+                    self.sasl = Sasl::Plain(so_far);
+                    return;
+                }
+                self.sasl_plain(&so_far).await;
+            }
+        }
+    }
+
+    async fn sasl_plain(&mut self, encoded: &str) {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        let parts: Option<(String, String)> = decoded.and_then(|d| {
+            let mut it = d.split('\0');
+            let _authzid = it.next()?;
+            let authcid = it.next()?.to_owned();
+            let password = it.next()?.to_owned();
+            Some((authcid, password))
+        });
+        let Some((account, password)) = parts else {
+            let line = self
+                .num(ERR_SASLFAIL)
+                .trailing("SASL authentication failed");
+            return self.send(line);
+        };
+        let device = self.device();
+        let engine = self.engine().clone();
+        let result = if account.is_empty() {
+            // No account named: the password is a session token.
+            self.by_token(&password).await
+        } else {
+            engine
+                .login_device(&account, &password, &device, Some(self.peer.ip()))
+                .await
+                .map(|(session, cursor, _)| (session, cursor))
+        };
+        match result {
+            Ok((session, cursor)) => {
+                let nick = irc_nick(&self.engine().directory().nick(session.user));
+                let source = format!("{nick}!{}@account", session.user);
+                let line = self
+                    .num(RPL_LOGGEDIN)
+                    .arg(source)
+                    .arg(nick.clone())
+                    .trailing(format!("You are now logged in as {nick}"));
+                self.send(line);
+                let line = self
+                    .num(RPL_SASLSUCCESS)
+                    .trailing("SASL authentication successful");
+                self.send(line);
+                self.sasl = Sasl::Done(session, cursor);
+            }
+            Err(e) => {
+                let text = match e {
+                    EngineError::RateLimited { .. } => e.to_string(),
+                    _ => "SASL authentication failed".into(),
+                };
+                let line = self.num(ERR_SASLFAIL).trailing(text);
+                self.send(line);
+            }
+        }
+    }
+
+    async fn by_token(&self, token: &str) -> Result<(Session, Cursor), EngineError> {
+        let session = self.engine().authenticate(token).await?;
+        let seq = self
+            .engine()
+            .cursor(session.client)
+            .unwrap_or_else(|| self.engine().last_seq());
+        Ok((
+            session,
+            Cursor {
+                epoch: self.engine().epoch(),
+                seq,
+            },
+        ))
+    }
+
+    /// The name this connection's client (device) has: `irc:` and the USER name, so that a client that
+    /// logs in again with the same USER continues the same stream.
+    fn device(&self) -> String {
+        let ident = self.user.as_ref().map_or("irc", |(i, _)| i.as_str());
+        format!("irc:{ident}")
+    }
+
+    async fn try_register(&mut self) {
+        if self.live.is_some() || self.negotiating || self.nick.is_none() || self.user.is_none() {
+            return;
+        }
+        let nick = self.me();
+        let device = self.device();
+        let engine = self.engine().clone();
+        let pass = self.pass.take();
+        let found = match std::mem::replace(&mut self.sasl, Sasl::None) {
+            Sasl::Done(session, cursor) => Ok((session, Some(cursor))),
+            _ => match pass.as_deref() {
+                Some(p) if p.len() == 64 && p.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    self.by_token(p).await.map(|(s, c)| (s, Some(c)))
+                }
+                Some(p) if p.starts_with("hashcash:") => engine
+                    .guest_with_stamp(&nick, &device, Some(&p["hashcash:".len()..]))
+                    .await
+                    .map(|l| (l.session, None)),
+                Some(p) => engine
+                    .login_device(&nick, p, &device, Some(self.peer.ip()))
+                    .await
+                    .map(|(s, c, _)| (s, Some(c))),
+                None => engine
+                    .guest(&nick, &device)
+                    .await
+                    .map(|l| (l.session, None)),
+            },
+        };
+        let (session, resumed) = match found {
+            Ok(found) => found,
+            Err(EngineError::Refused(chat_core::Error::NickInUse)) => {
+                let line = self
+                    .num(ERR_NICKNAMEINUSE)
+                    .arg(nick)
+                    .trailing("Nickname is already in use");
+                self.send(line);
+                self.pass = pass;
+                return;
+            }
+            Err(EngineError::HashcashRequired { bits, .. }) => {
+                let (_, resource) = engine.hashcash();
+                let text = format!(
+                    "Guests need a proof of work here: PASS hashcash:<stamp>, a hashcash stamp of {bits} bits for resource {resource} (see the README's IRC section)"
+                );
+                let line = Line::new("NOTICE")
+                    .source(self.server().to_owned())
+                    .arg(nick)
+                    .trailing(text);
+                self.send(line);
+                return self.error_and_close("Proof of work required");
+            }
+            Err(EngineError::InvalidCredentials | EngineError::InvalidToken) => {
+                let line = self.num(ERR_PASSWDMISMATCH).trailing("Password incorrect");
+                self.send(line);
+                return self.error_and_close("Bad password");
+            }
+            Err(e) => {
+                self.refused(&e, Some(&nick));
+                if matches!(e, EngineError::Refused(_)) {
+                    return;
+                }
+                return self.error_and_close("Cannot register");
+            }
+        };
+        let _ = engine.command(&session, Command::Connect, None).await;
+        let nick = irc_nick(&engine.directory().nick(session.user));
+        self.nick = Some(nick);
+        let last = engine.last_seq();
+        let epoch = engine.epoch();
+        let (cursor, playback_until) = match resumed {
+            Some(c) if c.epoch == epoch && c.seq < last => (c, last),
+            _ => (Cursor { epoch, seq: last }, 0),
+        };
+        self.live = Some(Live {
+            session,
+            cursor,
+            generation: None,
+            playback_until,
+            batch: None,
+        });
+        self.welcome().await;
+        self.burst().await;
+        if playback_until > 0 {
+            let text = format!(
+                "Playing back what you missed: {} events since you were last here",
+                playback_until - cursor.seq
+            );
+            let line = Line::new("NOTICE")
+                .source(self.server().to_owned())
+                .arg(self.me())
+                .trailing(text);
+            self.send(line);
+        }
+    }
+
+    async fn welcome(&mut self) {
+        let s = self.shared.settings.clone();
+        let me = self.me();
+        let host = match &self.live {
+            Some(l) => source_of(&self.engine().directory(), l.session.user),
+            None => me.clone(),
+        };
+        let line = self
+            .num(RPL_WELCOME)
+            .trailing(format!("Welcome to the {} IRC network, {host}", s.network));
+        self.send(line);
+        let line = self.num(RPL_YOURHOST).trailing(format!(
+            "Your host is {}, running version chatd-{}",
+            s.server_name, s.version
+        ));
+        self.send(line);
+        let line = self
+            .num(RPL_CREATED)
+            .trailing(format!("This server was created {}", self.shared.started));
+        self.send(line);
+        let line = self
+            .num(RPL_MYINFO)
+            .arg(s.server_name.clone())
+            .arg(format!("chatd-{}", s.version))
+            .arg("i")
+            .arg("biklmnostv")
+            .arg("bklov");
+        self.send(line);
+        self.isupport();
+        self.lusers().await;
+        self.motd();
+    }
+
+    fn isupport(&mut self) {
+        let network = self.shared.settings.network.replace(' ', "_");
+        let tokens = [
+            "AWAYLEN=390".to_owned(),
+            "CASEMAPPING=ascii".into(),
+            "CHANLIMIT=#:".into(),
+            "CHANMODES=b,k,l,imnst".into(),
+            format!("CHANNELLEN={}", chat_core::CHANNEL_NAME_MAX + 1),
+            "CHANTYPES=#".into(),
+            "ELIST=".into(),
+            "KICKLEN=390".into(),
+            "MAXLIST=b:100".into(),
+            "MODES=12".into(),
+            format!("NETWORK={network}"),
+            format!("NICKLEN={}", chat_core::NICK_MAX),
+            "PREFIX=(ov)@+".into(),
+            "TARGMAX=PRIVMSG:4,NOTICE:4,JOIN:,PART:,KICK:4".into(),
+            "TOPICLEN=390".into(),
+            "UTF8ONLY".into(),
+        ];
+        let mut line = self.num(RPL_ISUPPORT);
+        for t in tokens {
+            line = line.arg(t);
+        }
+        let line = line.trailing("are supported by this server");
+        self.send(line);
+    }
+
+    async fn lusers(&mut self) {
+        let (users, channels) = self
+            .engine()
+            .query(|core| {
+                let users = core.users().filter(|u| !u.released && !u.system).count();
+                let channels = core
+                    .channels()
+                    .filter(|c| c.kind == ChannelKind::Text && c.name.starts_with('#'))
+                    .count();
+                (users, channels)
+            })
+            .await
+            .unwrap_or((0, 0));
+        let local = self.shared.open.load(Ordering::Relaxed);
+        let line = self.num(RPL_LUSERCLIENT).trailing(format!(
+            "There are {users} users and 0 invisible on 1 servers"
+        ));
+        self.send(line);
+        let line = self
+            .num(RPL_LUSEROP)
+            .arg("0")
+            .trailing("operator(s) online");
+        self.send(line);
+        let line = self
+            .num(RPL_LUSERCHANNELS)
+            .arg(channels.to_string())
+            .trailing("channels formed");
+        self.send(line);
+        let line = self
+            .num(RPL_LUSERME)
+            .trailing(format!("I have {local} clients and 0 servers"));
+        self.send(line);
+        let line = self
+            .num(RPL_LOCALUSERS)
+            .arg(local.to_string())
+            .arg(local.to_string())
+            .trailing(format!("Current local users {local}"));
+        self.send(line);
+        let line = self
+            .num(RPL_GLOBALUSERS)
+            .arg(users.to_string())
+            .arg(users.to_string())
+            .trailing(format!("Current global users {users}"));
+        self.send(line);
+    }
+
+    fn motd(&mut self) {
+        let motd = self.shared.settings.motd.clone();
+        if motd.trim().is_empty() {
+            let line = self.num(ERR_NOMOTD).trailing("MOTD File is missing");
+            return self.send(line);
+        }
+        let server = self.server().to_owned();
+        let line = self
+            .num(RPL_MOTDSTART)
+            .trailing(format!("- {server} Message of the day -"));
+        self.send(line);
+        for text in motd.lines() {
+            for piece in line::split_text(text, 80)
+                .into_iter()
+                .chain(text.is_empty().then(String::new))
+            {
+                let line = self.num(RPL_MOTD).trailing(format!("- {piece}"));
+                self.send(line);
+            }
+        }
+        let line = self.num(RPL_ENDOFMOTD).trailing("End of /MOTD command.");
+        self.send(line);
+    }
+
+    /// The channels the user is on, as joins with their topic and names: what a client needs to show the
+    /// session as it is (also what a client that comes back sees before the playback).
+    async fn burst(&mut self) {
+        let Some(live) = &self.live else {
+            return;
+        };
+        let user = live.session.user;
+        let channels = self
+            .engine()
+            .query(move |core| {
+                core.channels()
+                    .filter(|c| {
+                        c.kind == ChannelKind::Text
+                            && c.name.starts_with('#')
+                            && core.is_member(user, c.id)
+                    })
+                    .map(|c| c.name.clone())
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+        let source = source_of(&self.engine().directory(), user);
+        for name in channels {
+            self.send(Line::new("JOIN").source(source.clone()).arg(name.clone()));
+            self.topic_reply(&name, false).await;
+            self.names(&name).await;
+        }
+    }
+
+    async fn join(&mut self, m: &Message) {
+        let Some(channels) = m.param(0) else {
+            return self.need_more("JOIN");
+        };
+        if channels == "0" {
+            let Some(user) = self.live.as_ref().map(|l| l.session.user) else {
+                return;
+            };
+            let names = self
+                .engine()
+                .query(move |core| {
+                    core.channels()
+                        .filter(|c| {
+                            c.kind == ChannelKind::Text
+                                && c.name.starts_with('#')
+                                && core.is_member(user, c.id)
+                        })
+                        .map(|c| c.name.clone())
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+            for name in names {
+                let c = Command::Part {
+                    channel: ChannelRef::Name(name.clone()),
+                    reason: None,
+                };
+                self.run_command(c, Some(&name)).await;
+            }
+            return;
+        }
+        let keys: Vec<&str> = m
+            .param(1)
+            .map(|k| k.split(',').collect())
+            .unwrap_or_default();
+        for (i, channel) in channels.split(',').filter(|c| !c.is_empty()).enumerate() {
+            let key = keys
+                .get(i)
+                .filter(|k| !k.is_empty())
+                .map(|k| (*k).to_owned());
+            let c = Command::Join {
+                channel: channel.to_owned(),
+                key,
+            };
+            self.run_command(c, Some(channel)).await;
+        }
+    }
+
+    async fn privmsg(&mut self, m: &Message) {
+        let notice = m.command == "NOTICE";
+        let Some(targets) = m.param(0).filter(|t| !t.is_empty()) else {
+            if !notice {
+                let line = self
+                    .num(ERR_NORECIPIENT)
+                    .trailing(format!("No recipient given ({})", m.command));
+                self.send(line);
+            }
+            return;
+        };
+        let Some(text) = m.param(1).filter(|t| !t.is_empty()) else {
+            if !notice {
+                let line = self.num(ERR_NOTEXTTOSEND).trailing("No text to send");
+                self.send(line);
+            }
+            return;
+        };
+        let (kind, body) = match text.strip_prefix("\u{1}ACTION") {
+            Some(rest) => (
+                MessageKind::Action,
+                rest.trim_start_matches(' ')
+                    .trim_end_matches('\u{1}')
+                    .to_owned(),
+            ),
+            None if notice => (MessageKind::Notice, text.to_owned()),
+            None => (MessageKind::Message, text.to_owned()),
+        };
+        let reply_to = m
+            .tag("+draft/reply")
+            .flatten()
+            .and_then(|r| r.parse::<u64>().ok())
+            .and_then(MessageId::from_raw);
+        for target in targets.split(',').filter(|t| !t.is_empty()).take(4) {
+            let to = if target.starts_with('#') {
+                Target::Channel(ChannelRef::Name(target.to_owned()))
+            } else {
+                Target::User(UserRef::Nick(core_nick(target)))
+            };
+            let command = Command::Send {
+                to,
+                message: Outgoing {
+                    kind: Some(kind),
+                    body: body.clone(),
+                    reply_to,
+                    ..Outgoing::default()
+                },
+            };
+            let session = match &self.live {
+                Some(l) => l.session,
+                None => return,
+            };
+            match self.engine().command(&session, command, None).await {
+                Ok(reply) => {
+                    let seq = reply.seq;
+                    if let Some(Created::Message(id)) = reply.created {
+                        self.sent.push_back(id);
+                        if self.sent.len() > SENT_KEPT {
+                            self.sent.pop_front();
+                        }
+                        if self.caps.echo_message
+                            && let Some(label) = self.label.clone()
+                        {
+                            self.echo_labels.push((id, label));
+                        }
+                    }
+                    self.catch_up(seq).await;
+                }
+                // A NOTICE is never answered with an error (RFC 2812).
+                Err(_) if notice => {}
+                Err(e) => self.refused(&e, Some(target)),
+            }
+        }
+    }
+
+    /// TAGMSG: a reaction (`+draft/react` on `+draft/reply`) or typing (`+typing`).
+    async fn tagmsg(&mut self, m: &Message) {
+        let Some(target) = m.param(0).map(str::to_owned) else {
+            return self.need_more("TAGMSG");
+        };
+        let reply = m
+            .tag("+draft/reply")
+            .flatten()
+            .and_then(|r| r.parse::<u64>().ok())
+            .and_then(MessageId::from_raw);
+        if let (Some(Some(emoji)), Some(message)) = (m.tag("+draft/react"), reply) {
+            let c = Command::React {
+                message,
+                emoji: emoji.to_owned(),
+            };
+            self.run_command(c, Some(&target)).await;
+        } else if let (Some(Some(emoji)), Some(message)) = (m.tag("+draft/unreact"), reply) {
+            let c = Command::Unreact {
+                message,
+                emoji: emoji.to_owned(),
+                user: None,
+            };
+            self.run_command(c, Some(&target)).await;
+        } else if matches!(m.tag("+typing"), Some(Some("active"))) && target.starts_with('#') {
+            let c = Command::Typing {
+                channel: ChannelRef::Name(target.clone()),
+            };
+            // Typing is best effort: a refusal (not on the channel) is not worth a numeric.
+            if let Some(l) = &self.live {
+                let _ = self.engine().command(&l.session, c, None).await;
+            }
+        }
+    }
+
+    async fn topic(&mut self, m: &Message) {
+        let Some(channel) = m.param(0).map(str::to_owned) else {
+            return self.need_more("TOPIC");
+        };
+        match m.param(1) {
+            None => self.topic_reply(&channel, true).await,
+            Some(text) => {
+                let c = Command::Topic {
+                    channel: ChannelRef::Name(channel.clone()),
+                    topic: text.to_owned(),
+                };
+                self.run_command(c, Some(&channel)).await;
+            }
+        }
+    }
+
+    /// 332 and 333 for a channel's topic (331 when it has none and `asked`).
+    async fn topic_reply(&mut self, channel: &str, asked: bool) {
+        let name = channel.to_owned();
+        let topic = self
+            .engine()
+            .query(move |core| core.channel_by_name(&name).map(|c| c.topic.clone()))
+            .await
+            .ok()
+            .flatten();
+        match topic {
+            None if asked => {
+                let line = self
+                    .num(ERR_NOSUCHCHANNEL)
+                    .arg(channel)
+                    .trailing("No such channel");
+                self.send(line);
+            }
+            Some(Some(t)) => {
+                let line = self.num(RPL_TOPIC).arg(channel).trailing(t.text.clone());
+                self.send(line);
+                let by = irc_nick(&self.engine().directory().nick(t.by));
+                let line = self
+                    .num(RPL_TOPICWHOTIME)
+                    .arg(channel)
+                    .arg(by)
+                    .arg((t.at / 1000).to_string());
+                self.send(line);
+            }
+            Some(None) if asked => {
+                let line = self
+                    .num(RPL_NOTOPIC)
+                    .arg(channel)
+                    .trailing("No topic is set");
+                self.send(line);
+            }
+            _ => {}
+        }
+    }
+
+    /// 353 (as many as needed) and 366 for a channel.
+    async fn names(&mut self, channel: &str) {
+        let name = channel.to_owned();
+        let Some(user) = self.live.as_ref().map(|l| l.session.user) else {
+            return;
+        };
+        let found = self
+            .engine()
+            .query(move |core| {
+                let c = core.channel_by_name(&name)?;
+                let on = core.is_member(user, c.id);
+                // A secret channel's members are shown only to its own (RFC 2812).
+                if c.flags.secret && !on {
+                    return None;
+                }
+                let members: Vec<(UserId, bool, bool)> = core
+                    .members(c.id)
+                    .map(|(u, m)| (u, m.op, m.voice))
+                    .collect();
+                Some((c.name.clone(), c.flags.secret, members))
+            })
+            .await
+            .ok()
+            .flatten();
+        if let Some((name, secret, members)) = found {
+            let multi = self.caps.multi_prefix;
+            let nicks: Vec<String> = {
+                let dir = self.engine().directory();
+                members
+                    .iter()
+                    .map(|(u, op, voice)| {
+                        let mut prefix = String::new();
+                        if *op {
+                            prefix.push('@');
+                        }
+                        if *voice && (multi || !*op) {
+                            prefix.push('+');
+                        }
+                        format!("{prefix}{}", irc_nick(&dir.nick(*u)))
+                    })
+                    .collect()
+            };
+            let kind = if secret { "@" } else { "=" };
+            let mut chunk = String::new();
+            for nick in nicks {
+                if chunk.len() + nick.len() + 1 > 400 {
+                    let line = self
+                        .num(RPL_NAMREPLY)
+                        .arg(kind)
+                        .arg(name.clone())
+                        .trailing(std::mem::take(&mut chunk));
+                    self.send(line);
+                }
+                if !chunk.is_empty() {
+                    chunk.push(' ');
+                }
+                chunk.push_str(&nick);
+            }
+            if !chunk.is_empty() {
+                let line = self
+                    .num(RPL_NAMREPLY)
+                    .arg(kind)
+                    .arg(name.clone())
+                    .trailing(chunk);
+                self.send(line);
+            }
+            let line = self
+                .num(RPL_ENDOFNAMES)
+                .arg(name)
+                .trailing("End of /NAMES list");
+            self.send(line);
+        } else {
+            let line = self
+                .num(RPL_ENDOFNAMES)
+                .arg(channel)
+                .trailing("End of /NAMES list");
+            self.send(line);
+        }
+    }
+
+    async fn mode(&mut self, m: &Message) {
+        let Some(target) = m.param(0).map(str::to_owned) else {
+            return self.need_more("MODE");
+        };
+        let Some(user) = self.live.as_ref().map(|l| l.session.user) else {
+            return;
+        };
+        if !target.starts_with('#') {
+            if core_nick(&target).eq_ignore_ascii_case(&core_nick(&self.me())) {
+                if m.params.len() > 1 {
+                    let line = self.num(ERR_UMODEUNKNOWNFLAG).trailing("Unknown MODE flag");
+                    self.send(line);
+                } else {
+                    let line = self.num(RPL_UMODEIS).arg("+");
+                    self.send(line);
+                }
+            } else {
+                let line = self
+                    .num(ERR_USERSDONTMATCH)
+                    .trailing("Cant change mode for other users");
+                self.send(line);
+            }
+            return;
+        }
+        let modes = m.param(1).unwrap_or("").to_owned();
+        if modes.is_empty() || ((modes == "b" || modes == "+b") && m.params.len() == 2) {
+            let name = target.clone();
+            let found = self
+                .engine()
+                .query(move |core| {
+                    let c = core.channel_by_name(&name)?;
+                    let bans: Vec<(String, u64)> =
+                        c.bans.iter().map(|b| (b.mask.clone(), b.at)).collect();
+                    Some((
+                        c.name.clone(),
+                        core.mode_string(c.id, user),
+                        c.created_at,
+                        bans,
+                    ))
+                })
+                .await
+                .ok()
+                .flatten();
+            let Some((name, mode_string, created, bans)) = found else {
+                let line = self
+                    .num(ERR_NOSUCHCHANNEL)
+                    .arg(target)
+                    .trailing("No such channel");
+                return self.send(line);
+            };
+            if modes.is_empty() {
+                let mut line = self.num(RPL_CHANNELMODEIS).arg(name.clone());
+                for part in mode_string.split(' ').filter(|p| !p.is_empty()) {
+                    line = line.arg(part);
+                }
+                if mode_string.is_empty() {
+                    line = line.arg("+");
+                }
+                self.send(line);
+                let line = self
+                    .num(RPL_CREATIONTIME)
+                    .arg(name)
+                    .arg((created / 1000).to_string());
+                self.send(line);
+            } else {
+                for (mask, at) in bans {
+                    let line = self
+                        .num(RPL_BANLIST)
+                        .arg(name.clone())
+                        .arg(mask)
+                        .arg(self.server().to_owned())
+                        .arg((at / 1000).to_string());
+                    self.send(line);
+                }
+                let line = self
+                    .num(RPL_ENDOFBANLIST)
+                    .arg(name)
+                    .trailing("End of channel ban list");
+                self.send(line);
+            }
+            return;
+        }
+        let args: Vec<String> = m.params.iter().skip(2).map(|a| core_nick(a)).collect();
+        let c = Command::Mode {
+            channel: ChannelRef::Name(target.clone()),
+            modes,
+            args,
+        };
+        self.run_command(c, Some(&target)).await;
+    }
+
+    async fn who(&mut self, m: &Message) {
+        let mask = m.param(0).unwrap_or("*").to_owned();
+        let Some(me) = self.live.as_ref().map(|l| l.session.user) else {
+            return;
+        };
+        let wanted = mask.clone();
+        let rows = self
+            .engine()
+            .query(move |core| {
+                let mut rows = Vec::new();
+                if wanted.starts_with('#') {
+                    if let Some(c) = core.channel_by_name(&wanted)
+                        && (!c.flags.secret || core.is_member(me, c.id))
+                    {
+                        for (u, modes) in core.members(c.id) {
+                            if let Some(user) = core.user(u) {
+                                rows.push((
+                                    c.name.clone(),
+                                    u,
+                                    user.away.is_some(),
+                                    modes.op,
+                                    modes.voice,
+                                    user.display_name.clone(),
+                                ));
+                            }
+                        }
+                    }
+                } else if let Some(user) = core
+                    .user_by_nick(&core_nick(&wanted))
+                    .filter(|u| !u.released)
+                {
+                    rows.push((
+                        "*".to_owned(),
+                        user.id,
+                        user.away.is_some(),
+                        false,
+                        false,
+                        user.display_name.clone(),
+                    ));
+                }
+                rows
+            })
+            .await
+            .unwrap_or_default();
+        let server = self.server().to_owned();
+        let lines: Vec<Line> = {
+            let dir = self.engine().directory();
+            rows.into_iter()
+                .map(|(channel, u, away, op, voice, display)| {
+                    let source = source_of(&dir, u);
+                    let (nick, rest) = source.split_once('!').unwrap_or((&source, ""));
+                    let (ident, host) = rest.split_once('@').unwrap_or((rest, ""));
+                    let mut flags = String::from(if away { "G" } else { "H" });
+                    if op {
+                        flags.push('@');
+                    }
+                    if voice && (self.caps.multi_prefix || !op) {
+                        flags.push('+');
+                    }
+                    Line::new(RPL_WHOREPLY)
+                        .source(server.clone())
+                        .arg(self.me())
+                        .arg(channel)
+                        .arg(ident.to_owned())
+                        .arg(host.to_owned())
+                        .arg(server.clone())
+                        .arg(nick.to_owned())
+                        .arg(flags)
+                        .trailing(format!("0 {}", display.unwrap_or_else(|| nick.to_owned())))
+                })
+                .collect()
+        };
+        for line in lines {
+            self.send(line);
+        }
+        let line = self.num(RPL_ENDOFWHO).arg(mask).trailing("End of WHO list");
+        self.send(line);
+    }
+
+    async fn whois(&mut self, m: &Message) {
+        // `WHOIS server nick` asks a server; there is one.
+        let Some(nick) = m.params.last().cloned() else {
+            let line = self.num(ERR_NONICKNAMEGIVEN).trailing("No nickname given");
+            return self.send(line);
+        };
+        let Some(me) = self.live.as_ref().map(|l| l.session.user) else {
+            return;
+        };
+        let wanted = core_nick(&nick);
+        let found = self
+            .engine()
+            .query(move |core| {
+                let user = core.user_by_nick(&wanted).filter(|u| !u.released)?;
+                let channels: Vec<String> = core
+                    .channels()
+                    .filter(|c| {
+                        c.kind == ChannelKind::Text
+                            && c.name.starts_with('#')
+                            && core.is_member(user.id, c.id)
+                    })
+                    .filter(|c| !c.flags.secret || core.is_member(me, c.id))
+                    .map(|c| {
+                        let modes = core
+                            .members(c.id)
+                            .find(|(u, _)| *u == user.id)
+                            .map(|(_, m)| m);
+                        let prefix = match modes {
+                            Some(m) if m.op => "@",
+                            Some(m) if m.voice => "+",
+                            _ => "",
+                        };
+                        format!("{prefix}{}", c.name)
+                    })
+                    .collect();
+                let last_seen = core.clients_of(user.id).map(|c| c.last_seen).max();
+                Some((
+                    user.id,
+                    user.away.clone(),
+                    user.display_name.clone(),
+                    user.created_at,
+                    last_seen,
+                    user.is_guest(),
+                    user.system,
+                    channels,
+                ))
+            })
+            .await
+            .ok()
+            .flatten();
+        let Some((id, away, display, created, last_seen, guest, system, channels)) = found else {
+            let line = self
+                .num(ERR_NOSUCHNICK)
+                .arg(nick.clone())
+                .trailing("No such nick/channel");
+            self.send(line);
+            let line = self
+                .num(RPL_ENDOFWHOIS)
+                .arg(nick)
+                .trailing("End of /WHOIS list");
+            return self.send(line);
+        };
+        let source = source_of(&self.engine().directory(), id);
+        let (shown, rest) = source.split_once('!').unwrap_or((&source, ""));
+        let (ident, host) = rest.split_once('@').unwrap_or((rest, ""));
+        let (shown, ident, host) = (shown.to_owned(), ident.to_owned(), host.to_owned());
+        let line = self
+            .num(RPL_WHOISUSER)
+            .arg(shown.clone())
+            .arg(ident)
+            .arg(host)
+            .arg("*")
+            .trailing(display.unwrap_or_else(|| shown.clone()));
+        self.send(line);
+        if !channels.is_empty() {
+            let line = self
+                .num(RPL_WHOISCHANNELS)
+                .arg(shown.clone())
+                .trailing(channels.join(" "));
+            self.send(line);
+        }
+        let network = self.shared.settings.network.clone();
+        let line = self
+            .num(RPL_WHOISSERVER)
+            .arg(shown.clone())
+            .arg(self.server().to_owned())
+            .trailing(network);
+        self.send(line);
+        if system {
+            let line = self
+                .num(RPL_WHOISOPERATOR)
+                .arg(shown.clone())
+                .trailing("is the server's own user");
+            self.send(line);
+        }
+        if let Some(away) = away {
+            let line = self.num(RPL_AWAY).arg(shown.clone()).trailing(away);
+            self.send(line);
+        }
+        if let Some(seen) = last_seen {
+            let idle = chat_engine::now_ms().saturating_sub(seen) / 1000;
+            let line = self
+                .num(RPL_WHOISIDLE)
+                .arg(shown.clone())
+                .arg(idle.to_string())
+                .arg((created / 1000).to_string())
+                .trailing("seconds idle, signon time");
+            self.send(line);
+        }
+        if !guest && !system {
+            let line = self
+                .num(RPL_WHOISACCOUNT)
+                .arg(shown.clone())
+                .arg(shown.clone())
+                .trailing("is logged in as");
+            self.send(line);
+        }
+        let line = self
+            .num(RPL_ENDOFWHOIS)
+            .arg(shown)
+            .trailing("End of /WHOIS list");
+        self.send(line);
+    }
+
+    async fn list(&mut self) {
+        let Some(me) = self.live.as_ref().map(|l| l.session.user) else {
+            return;
+        };
+        let rows = self
+            .engine()
+            .query(move |core| {
+                core.list_channels(me)
+                    .map(|c| {
+                        (
+                            c.name.clone(),
+                            core.member_count(c.id),
+                            c.topic.as_ref().map(|t| t.text.clone()).unwrap_or_default(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+        let line = self
+            .num(RPL_LISTSTART)
+            .arg("Channel")
+            .trailing("Users  Name");
+        self.send(line);
+        for (name, count, topic) in rows {
+            let line = self
+                .num(RPL_LIST)
+                .arg(name)
+                .arg(count.to_string())
+                .trailing(topic);
+            self.send(line);
+        }
+        let line = self.num(RPL_LISTEND).trailing("End of /LIST");
+        self.send(line);
+    }
+
+    async fn on_read(&mut self, read: Result<StreamRead, EngineError>) {
+        let read = match read {
+            Ok(read) => read,
+            Err(EngineError::InvalidToken) => {
+                return self.error_and_close("Your session has ended");
+            }
+            Err(_) => return self.error_and_close("Server unavailable"),
+        };
+        let Some(live) = &self.live else {
+            return;
+        };
+        let (session, playback_until) = (live.session, live.playback_until);
+        if read.reset {
+            // Events were skipped (retention passed this client by): say so, and go on from now.
+            let line = Line::new("NOTICE")
+                .source(self.server().to_owned())
+                .arg(self.me())
+                .trailing("Some history is no longer kept and could not be played back");
+            self.send(line);
+        }
+        let done = self.live.as_ref().map_or(0, |l| l.cursor.seq);
+        for event in &read.events {
+            // A read made before a catch-up may bring events the catch-up wrote already.
+            if event.is_durable() && event.seq <= done {
+                continue;
+            }
+            let playback = event.is_durable() && event.seq <= playback_until;
+            self.event(event, session.user, playback).await;
+        }
+        if read.cursor.seq >= playback_until
+            && let Some((id, _)) = self.live.as_mut().and_then(|l| l.batch.take())
+        {
+            self.send(
+                Line::new("BATCH")
+                    .source(self.server().to_owned())
+                    .arg(format!("-{id}")),
+            );
+        }
+        if let Some(live) = &mut self.live {
+            if read.cursor.seq >= live.cursor.seq || read.reset {
+                live.cursor = read.cursor;
+            }
+            live.generation = Some(read.live);
+            if read.cursor.seq >= live.playback_until {
+                live.playback_until = 0;
+            }
+        }
+        if let Some(live) = &self.live {
+            let _ = self.tx.send(Out::Mark(session, live.cursor));
+        }
+    }
+
+    async fn event(&mut self, event: &Event, me: UserId, playback: bool) {
+        // Own messages sent from here are echoed only with echo-message.
+        let mut label = None;
+        if let EventKind::MessageCreated { message } = &event.kind
+            && message.author == me
+            && let Some(i) = self.sent.iter().position(|id| *id == message.id)
+        {
+            if !self.caps.echo_message {
+                self.sent.remove(i);
+                return;
+            }
+            if let Some(j) = self
+                .echo_labels
+                .iter()
+                .position(|(id, _)| *id == message.id)
+            {
+                label = Some(self.echo_labels.remove(j).1);
+            }
+        }
+        if let EventKind::NickChanged { user, new, .. } = &event.kind
+            && *user == me
+        {
+            self.nick = Some(irc_nick(new));
+        }
+        let lines = {
+            let dir = self.engine().directory();
+            let view = View {
+                dir: &dir,
+                server: self.server(),
+                me,
+                caps: self.caps,
+                playback,
+            };
+            view.lines(event)
+        };
+        for (i, mut line) in lines.into_iter().enumerate() {
+            if i == 0
+                && let Some(l) = label.take()
+            {
+                line = line.tag("label", Some(l));
+            }
+            if playback && self.caps.batch {
+                line = self.in_playback_batch(line);
+            }
+            self.enqueue(line.encode());
+        }
+        // My own join: the channel's topic and names follow, as after a JOIN on any server.
+        if !playback
+            && let EventKind::Joined { channel, user, .. } = &event.kind
+            && *user == me
+        {
+            let name = self
+                .engine()
+                .directory()
+                .channel(*channel)
+                .map(|c| c.name.to_string());
+            if let Some(name) = name.filter(|n| n.starts_with('#')) {
+                self.topic_reply(&name, false).await;
+                self.names(&name).await;
+            }
+        }
+    }
+
+    /// Puts a played-back line in a `chathistory` batch of its target, opening one when the target changes.
+    fn in_playback_batch(&mut self, line: Line) -> Line {
+        let target = line.first_arg().unwrap_or("*").to_owned();
+        let open = self.live.as_ref().and_then(|l| l.batch.clone());
+        let id = match open {
+            Some((id, t)) if t == target => id,
+            other => {
+                if let Some((old, _)) = other {
+                    self.enqueue(
+                        Line::new("BATCH")
+                            .source(self.server().to_owned())
+                            .arg(format!("-{old}"))
+                            .encode(),
+                    );
+                }
+                let id = self.batch_id();
+                self.enqueue(
+                    Line::new("BATCH")
+                        .source(self.server().to_owned())
+                        .arg(format!("+{id}"))
+                        .arg("chathistory")
+                        .arg(target.clone())
+                        .encode(),
+                );
+                if let Some(live) = &mut self.live {
+                    live.batch = Some((id.clone(), target));
+                }
+                id
+            }
+        };
+        line.tag("batch", Some(id))
+    }
+}
+
+async fn next_read(pending: &mut Option<ReadFuture>) -> Result<StreamRead, EngineError> {
+    match pending {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,210 @@
+//! The IRC door: RFC 1459/2812 with IRCv3 over TCP, on the engine, as a third transport beside the
+//! long-poll API and the Discord-compatible gateway.
+//!
+//! [`Irc`] is built on an [`Engine`] with [`Settings`]; [`Irc::serve`] accepts connections on a listener
+//! until [`Irc::close`]. One IRC connection is one client (device) of its user: the session is the server's,
+//! so a client that comes back with the same credentials is played what it missed since the last line this
+//! door wrote to it (the client's cursor, saved as lines reach the socket), and what it sends reaches the
+//! user's other devices on every door. See the crate's README section "IRC" for what maps to what.
+#![deny(missing_docs)]
+
+mod conn;
+mod flood;
+pub mod line;
+mod numeric;
+mod reader;
+mod render;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chat_engine::Engine;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The door's settings (the binary fills them from its configuration).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The server's name as IRC shows it: the source of numerics and server notices (no spaces).
+    pub server_name: String,
+    /// The network's name (ISUPPORT `NETWORK`).
+    pub network: String,
+    /// The message of the day, one IRC line per line of text; empty: `422 MOTD File is missing`.
+    pub motd: String,
+    /// The server's version string.
+    pub version: String,
+    /// Connections one address may hold at once; more are refused with `ERROR`.
+    pub max_connections_per_ip: usize,
+    /// A connection silent this long is sent a `PING`, and closed if it stays silent as long again.
+    pub ping_interval: Duration,
+    /// A connection must register (NICK and USER, CAP END) within this.
+    pub registration_timeout: Duration,
+    /// Flood control: lines a client may send at once...
+    pub flood_burst: u32,
+    /// ...then this many a second (the rest wait)...
+    pub flood_rate: f64,
+    /// ...and a client this many lines past its allowance is disconnected (`Excess Flood`).
+    pub flood_excess: u32,
+    /// The most bytes waiting to be written to a connection; replies past it close the connection
+    /// (`SendQ exceeded`). The stream is read only while less than a quarter of it waits.
+    pub sendq: usize,
+    /// A connection whose send queue stays over a quarter of [`Settings::sendq`] this long is closed
+    /// (`SendQ exceeded`); it resumes from the last line written when it comes back.
+    pub slow_limit: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server_name: "chatd".into(),
+            network: "chatd".into(),
+            motd: String::new(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            max_connections_per_ip: 64,
+            ping_interval: Duration::from_secs(90),
+            registration_timeout: Duration::from_secs(60),
+            flood_burst: 20,
+            flood_rate: 4.0,
+            flood_excess: 60,
+            sendq: 1 << 20,
+            slow_limit: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The IRC door.
+#[derive(Clone, Debug)]
+pub struct Irc {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) engine: Engine,
+    pub(crate) settings: Settings,
+    /// `true` once the door is closing: connections say so and end.
+    pub(crate) closing: watch::Sender<bool>,
+    /// Open connections per address.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections open now.
+    pub(crate) open: AtomicU64,
+    /// When the door started (RPL_CREATED).
+    pub(crate) started: String,
+}
+
+impl Irc {
+    /// A door on `engine`.
+    pub fn new(engine: Engine, settings: Settings) -> Self {
+        let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        Self {
+            shared: Arc::new(Shared {
+                engine,
+                settings,
+                closing: watch::channel(false).0,
+                per_ip: Mutex::new(HashMap::new()),
+                open: AtomicU64::new(0),
+                started,
+            }),
+        }
+    }
+
+    /// Accepts connections on `listener` until [`Irc::close`]; each is served by a task of its own.
+    pub async fn serve(&self, listener: TcpListener) {
+        let mut closing = self.shared.closing.subscribe();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = async { let _ = closing.wait_for(|c| *c).await; } => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.spawn(stream, peer);
+                }
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait a little rather than spin.
+                    tracing::warn!(error = %e, "IRC accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Serves one connection that was accepted elsewhere (a TLS stream, a test's pipe) from `peer`.
+    pub fn spawn<S>(&self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        let Some(slot) = Slot::take(&shared, peer.ip()) else {
+            tokio::spawn(conn::refuse(
+                stream,
+                "Too many connections from your address",
+            ));
+            return;
+        };
+        tokio::spawn(async move {
+            conn::serve(Arc::clone(&shared), stream, peer).await;
+            drop(slot);
+        });
+    }
+
+    /// Asks every connection to end (`ERROR :Server shutting down`) and stops accepting; returns once every
+    /// connection has ended and saved its client's cursor, or after `limit`.
+    pub async fn close(&self, limit: Duration) {
+        self.shared.closing.send_replace(true);
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.shared.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> u64 {
+        self.shared.open.load(Ordering::Relaxed)
+    }
+}
+
+/// One address's claim on a connection, given back when dropped.
+struct Slot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Slot {
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
+        let mut per_ip = shared.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= shared.settings.max_connections_per_ip {
+            return None;
+        }
+        *n += 1;
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        Some(Self {
+            shared: Arc::clone(shared),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = self
+            .shared
+            .per_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
