@@ -1047,26 +1047,26 @@ impl Conn {
         let engine = self.engine().clone();
         let pass = self.pass.take();
         let found = match std::mem::replace(&mut self.sasl, Sasl::None) {
-            Sasl::Done(session, cursor) => Ok((session, Some(cursor))),
+            Sasl::Done(session, cursor) => Ok((session, Some(cursor), None)),
             _ => match pass.as_deref() {
                 Some(p) if p.len() == 64 && p.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                    self.by_token(p).await.map(|(s, c)| (s, Some(c)))
+                    self.by_token(p).await.map(|(s, c)| (s, Some(c), None))
                 }
                 Some(p) if p.starts_with("hashcash:") => engine
                     .guest_with_stamp(&nick, &device, Some(&p["hashcash:".len()..]))
                     .await
-                    .map(|l| (l.session, None)),
+                    .map(|l| (l.session, None, Some(l.token))),
                 Some(p) => engine
                     .login_device(&nick, p, &device, Some(self.peer.ip()))
                     .await
-                    .map(|(s, c, _)| (s, Some(c))),
+                    .map(|(s, c, _)| (s, Some(c), None)),
                 None => engine
                     .guest(&nick, &device)
                     .await
-                    .map(|l| (l.session, None)),
+                    .map(|l| (l.session, None, Some(l.token))),
             },
         };
-        let (session, resumed) = match found {
+        let (session, resumed, guest_token) = match found {
             Ok(found) => found,
             Err(EngineError::Refused(chat_core::Error::NickInUse)) => {
                 let line = self
@@ -1119,6 +1119,18 @@ impl Conn {
             batch: None,
         });
         self.welcome().await;
+        if let Some(token) = guest_token {
+            // A guest has no password: this token is how it continues its session (and what it missed)
+            // from another connection. Only this connection is told.
+            let text = format!(
+                "To continue this guest session from another connection, send PASS {token} before NICK and USER"
+            );
+            let line = Line::new("NOTICE")
+                .source(self.server().to_owned())
+                .arg(self.me())
+                .trailing(text);
+            self.send(line);
+        }
         self.burst().await;
         if playback_until > 0 {
             let text = format!(
@@ -1130,6 +1142,8 @@ impl Conn {
                 .arg(self.me())
                 .trailing(text);
             self.send(line);
+            // Played back before anything the client sends next is answered.
+            self.catch_up(playback_until).await;
         }
     }
 

@@ -16,6 +16,7 @@ mod files;
 mod gateway;
 mod harness;
 mod hostile;
+mod irc;
 mod limits;
 mod longpoll;
 mod rest;
