@@ -471,10 +471,9 @@ impl Conn {
         }
         if self.live.is_none() {
             match command.as_str() {
-                "PASS" => match m.param(0) {
-                    Some(p) => self.pass = Some(p.to_owned()),
-                    None => self.need_more(&command),
-                },
+                // Clients such as ii send `PASS a pass phrase` without the `:`: the words are one password.
+                "PASS" if !m.params.is_empty() => self.pass = Some(m.params.join(" ")),
+                "PASS" => self.need_more(&command),
                 "NICK" => match m.param(0).filter(|n| !n.is_empty()) {
                     None => {
                         let line = self.num(ERR_NONICKNAMEGIVEN).trailing("No nickname given");

@@ -17,6 +17,7 @@ mod gateway;
 mod harness;
 mod hostile;
 mod irc;
+mod irc_clients;
 mod limits;
 mod longpoll;
 mod rest;
