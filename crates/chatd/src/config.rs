@@ -194,6 +194,14 @@ pub(crate) struct ConfigArgs {
     #[arg(long, env = "IRC_LISTEN", global = true)]
     pub(crate) irc_listen: Option<String>,
 
+    /// A PEM file with the certificate chain for IRC over TLS (with IRC_TLS_KEY; IRC_LISTEN then speaks TLS).
+    #[arg(long, env = "IRC_TLS_CERT", global = true)]
+    pub(crate) irc_tls_cert: Option<PathBuf>,
+
+    /// A PEM file with the private key of IRC_TLS_CERT.
+    #[arg(long, env = "IRC_TLS_KEY", global = true)]
+    pub(crate) irc_tls_key: Option<PathBuf>,
+
     /// An IRC connection silent this long is pinged, and closed if it stays silent as long again.
     #[arg(long, env = "IRC_PING_INTERVAL", default_value = "90s", global = true)]
     pub(crate) irc_ping_interval: String,
@@ -357,6 +365,8 @@ pub(crate) struct Config {
     pub(crate) header_read_timeout: Duration,
     pub(crate) keepalive_idle_timeout: Duration,
     pub(crate) irc_listen: Option<SocketAddr>,
+    /// IRC over TLS: the certificate chain and key files.
+    pub(crate) irc_tls: Option<(PathBuf, PathBuf)>,
     pub(crate) irc_ping_interval: Duration,
     pub(crate) irc_flood: RateLimit,
     pub(crate) irc_sendq: u64,
@@ -756,6 +766,24 @@ impl Config {
                         .map_err(|_| bad("IRC_LISTEN", v, "HOST:PORT, like 0.0.0.0:6667"))
                 })
                 .transpose()?,
+            irc_tls: match (&args.irc_tls_cert, &args.irc_tls_key) {
+                (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+                (None, None) => None,
+                (Some(cert), None) => {
+                    return Err(bad(
+                        "IRC_TLS_KEY",
+                        "",
+                        format!("set with IRC_TLS_CERT ({})", cert.display()),
+                    ));
+                }
+                (None, Some(key)) => {
+                    return Err(bad(
+                        "IRC_TLS_CERT",
+                        "",
+                        format!("set with IRC_TLS_KEY ({})", key.display()),
+                    ));
+                }
+            },
             irc_ping_interval: parse_duration(
                 "IRC_PING_INTERVAL",
                 &args.irc_ping_interval,

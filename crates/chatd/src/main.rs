@@ -170,7 +170,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     );
     let irc = match irc_listener {
         Some(listener) => {
-            let irc = transport_irc::Irc::new(engine.clone(), config.irc());
+            let mut irc = transport_irc::Irc::new(engine.clone(), config.irc());
+            if let Some((cert, key)) = &config.irc_tls {
+                irc = irc.with_tls(cert, key)?;
+            }
             let irc_addr = listener.local_addr().context("reading the IRC address")?;
             tracing::info!(addr = %irc_addr, "IRC listening");
             let door = irc.clone();

@@ -77,10 +77,36 @@ impl Default for Settings {
 }
 
 /// The IRC door.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Irc {
     shared: Arc<Shared>,
+    /// With IRC_TLS_CERT and IRC_TLS_KEY: every connection speaks TLS first.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
+
+impl std::fmt::Debug for Irc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Irc")
+            .field("shared", &self.shared)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// A certificate chain and key the door cannot use.
+#[derive(Debug)]
+pub struct TlsError(pub String);
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsError {}
 
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -109,7 +135,42 @@ impl Irc {
                 open: AtomicU64::new(0),
                 started,
             }),
+            tls: None,
         }
+    }
+
+    /// The door with TLS: `cert` is a PEM file with the certificate chain (the server's first), `key` a
+    /// PEM file with its private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn with_tls(
+        mut self,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<Self, TlsError> {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| TlsError(format!("IRC_TLS_CERT {}: {e}", cert.display())))?;
+        if chain.is_empty() {
+            return Err(TlsError(format!(
+                "IRC_TLS_CERT {}: no certificate in it",
+                cert.display()
+            )));
+        }
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| TlsError(format!("IRC_TLS_KEY {}: {e}", key.display())))?;
+        #[allow(
+            deprecated,
+            reason = "ring builds without a C toolchain's cmake and is already in the tree; it lacks only \
+                      the post-quantum key exchange"
+        )]
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+            .map_err(|e| TlsError(format!("IRC_TLS_CERT and IRC_TLS_KEY: {e}")))?;
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+        Ok(self)
     }
 
     /// Accepts connections on `listener` until [`Irc::close`]; each is served by a task of its own.
@@ -123,7 +184,23 @@ impl Irc {
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    self.spawn(stream, peer);
+                    match &self.tls {
+                        None => self.spawn(stream, peer),
+                        Some(tls) => {
+                            let (door, tls) = (self.clone(), tls.clone());
+                            // The handshake runs in a task of its own, so a slow one holds up no other.
+                            tokio::spawn(async move {
+                                match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(stream)).await
+                                {
+                                    Ok(Ok(stream)) => door.spawn(stream, peer),
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(%peer, error = %e, "IRC TLS handshake failed")
+                                    }
+                                    Err(_) => tracing::debug!(%peer, "IRC TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors, mostly: wait a little rather than spin.

@@ -916,3 +916,76 @@ async fn a_guest_quit_frees_its_nick_and_the_server_says_goodbye_on_shutdown() {
     );
     let _server = stop.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn irc_over_tls_with_the_configured_certificate() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let server = Server::start(&[
+        ("IRC_LISTEN", "127.0.0.1:0"),
+        ("IRC_TLS_CERT", cert_path.to_str().unwrap()),
+        ("IRC_TLS_KEY", key_path.to_str().unwrap()),
+    ])
+    .await;
+    let addr = server.irc.unwrap();
+
+    #[allow(deprecated, reason = "the ring provider, as the server uses")]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("a TLS handshake");
+    let (read, mut write) = tokio::io::split(tls);
+    write
+        .write_all(b"NICK tess\r\nUSER tess 0 * :Tess\r\nPING :over-tls\r\n")
+        .await
+        .unwrap();
+    let mut read = BufReader::new(read);
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), read.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed: {lines:#?}");
+        let line = line.trim_end().to_owned();
+        let done = line.ends_with("PONG chatd :over-tls");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with(":chatd 001 tess ")),
+        "{lines:#?}"
+    );
+
+    // Plain text on the TLS port gets no welcome.
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"NICK plain\r\nUSER plain 0 * :p\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read_to_end(&mut plain, &mut buf),
+    )
+    .await;
+    assert!(!String::from_utf8_lossy(&buf).contains(" 001 "), "{buf:?}");
+}
