@@ -41,6 +41,7 @@ const CAPS: &[&str] = &[
     "account-tag",
     "away-notify",
     "batch",
+    "draft/chathistory",
     "echo-message",
     "labeled-response",
     "message-tags",
@@ -48,6 +49,8 @@ const CAPS: &[&str] = &[
     "sasl",
     "server-time",
 ];
+/// The most messages one CHATHISTORY answers (the history API's page).
+const CHATHISTORY_MAX: usize = 100;
 /// SASL's most bytes of credentials (base64), as in other servers.
 const SASL_MAX: usize = 4096;
 
@@ -626,6 +629,7 @@ impl Conn {
                     self.send(line);
                 }
             }
+            "CHATHISTORY" => self.chathistory(&m).await,
             "WHO" => self.who(&m).await,
             "WHOIS" => self.whois(&m).await,
             "LIST" => self.list().await,
@@ -878,6 +882,7 @@ impl Conn {
             ("account-tag", c.account_tag),
             ("away-notify", c.away_notify),
             ("batch", c.batch),
+            ("draft/chathistory", c.chathistory),
             ("echo-message", c.echo_message),
             ("labeled-response", c.labeled_response),
             ("message-tags", c.message_tags),
@@ -896,6 +901,7 @@ impl Conn {
             "account-tag" => c.account_tag = on,
             "away-notify" => c.away_notify = on,
             "batch" => c.batch = on,
+            "draft/chathistory" => c.chathistory = on,
             "echo-message" => c.echo_message = on,
             "labeled-response" => c.labeled_response = on,
             "message-tags" => c.message_tags = on,
@@ -1184,6 +1190,7 @@ impl Conn {
         let tokens = [
             "AWAYLEN=390".to_owned(),
             "CASEMAPPING=ascii".into(),
+            format!("CHATHISTORY={CHATHISTORY_MAX}"),
             "CHANLIMIT=#:".into(),
             "CHANMODES=b,k,l,imnst".into(),
             format!("CHANNELLEN={}", chat_core::CHANNEL_NAME_MAX + 1),
@@ -1192,6 +1199,7 @@ impl Conn {
             "KICKLEN=390".into(),
             "MAXLIST=b:100".into(),
             "MODES=12".into(),
+            "MSGREFTYPES=msgid,timestamp".into(),
             format!("NETWORK={network}"),
             format!("NICKLEN={}", chat_core::NICK_MAX),
             "PREFIX=(ov)@+".into(),
@@ -1689,6 +1697,216 @@ impl Conn {
         self.run_command(c, Some(&target)).await;
     }
 
+    /// `CHATHISTORY LATEST|BEFORE|AFTER|AROUND|BETWEEN target ref [ref] limit` (IRCv3 draft/chathistory):
+    /// a page of the target's history in a `chathistory` batch. References are `msgid=`, `timestamp=` or
+    /// (LATEST) `*`. Errors are standard replies: `FAIL CHATHISTORY <code> ...`.
+    async fn chathistory(&mut self, m: &Message) {
+        let Some(me) = self.live.as_ref().map(|l| l.session.user) else {
+            return;
+        };
+        let sub = m.param(0).unwrap_or("").to_ascii_uppercase();
+        let between = sub == "BETWEEN";
+        let wanted = if between { 5 } else { 4 };
+        if !["LATEST", "BEFORE", "AFTER", "AROUND", "BETWEEN"].contains(&sub.as_str()) {
+            return self.fail("CHATHISTORY", "INVALID_PARAMS", &sub, "Unknown subcommand");
+        }
+        if m.params.len() < wanted {
+            return self.fail(
+                "CHATHISTORY",
+                "NEED_MORE_PARAMS",
+                &sub,
+                "Missing parameters",
+            );
+        }
+        let target = m.params[1].clone();
+        let limit = m.params[wanted - 1]
+            .parse::<usize>()
+            .ok()
+            .filter(|l| *l > 0)
+            .map(|l| l.min(CHATHISTORY_MAX));
+        let Some(limit) = limit else {
+            return self.fail("CHATHISTORY", "INVALID_PARAMS", &target, "Invalid limit");
+        };
+        let first = msgref(&m.params[2], sub == "LATEST");
+        let second = if between {
+            msgref(&m.params[3], false)
+        } else {
+            Some(Bound::None)
+        };
+        let (Some(first), Some(second)) = (first, second) else {
+            return self.fail(
+                "CHATHISTORY",
+                "INVALID_MSGREFTYPE",
+                &target,
+                "Message references are msgid= or timestamp=",
+            );
+        };
+        let name = core_nick(&target);
+        let channel = self
+            .engine()
+            .query(move |core| {
+                if name.starts_with('#') {
+                    let c = core.channel_by_name(&name)?;
+                    let perms = core.channel_permissions(me, c.id);
+                    (core.is_member(me, c.id)
+                        && perms.contains(
+                            chat_core::Permissions::VIEW_CHANNEL
+                                | chat_core::Permissions::READ_MESSAGE_HISTORY,
+                        ))
+                    .then_some(c.id)
+                } else {
+                    let other = core.user_by_nick(&name)?;
+                    core.dm_channel(me, other.id)
+                }
+            })
+            .await
+            .ok()
+            .flatten();
+        let Some(channel) = channel else {
+            return self.fail(
+                "CHATHISTORY",
+                "INVALID_TARGET",
+                &target,
+                "Messages could not be retrieved",
+            );
+        };
+        // BETWEEN takes its references in either order; the page is read from the first toward the second.
+        let ascending = first
+            .after()
+            .zip(second.before())
+            .is_some_and(|(a, b)| a < b);
+        let (before, after, around) = match sub.as_str() {
+            "LATEST" => (None, first.after(), None),
+            "BEFORE" => (first.before(), None, None),
+            "AFTER" => (None, first.after(), None),
+            "AROUND" => (None, None, first.at()),
+            _ if ascending => (second.before(), first.after(), None),
+            _ => (first.before(), second.after(), None),
+        };
+        if sub == "AROUND" && around.is_none() {
+            return self.fail(
+                "CHATHISTORY",
+                "INVALID_MSGREFTYPE",
+                &target,
+                "AROUND needs a msgid=",
+            );
+        }
+        // A whole page is read and cut here, from the side the subcommand reads from.
+        // The store reads from one bound (before, else after, else the newest); the other bound is applied
+        // here. LATEST reads the newest page and keeps what is after its reference.
+        let (read_before, read_after) = match sub.as_str() {
+            "LATEST" => (None, None),
+            _ if between && ascending => (None, after),
+            _ => (before, if before.is_some() { None } else { after }),
+        };
+        let query = chat_engine::HistoryQuery {
+            channel,
+            before: read_before,
+            after: read_after,
+            around,
+            limit: CHATHISTORY_MAX,
+        };
+        let page = match self.engine().history(query).await {
+            Ok(page) => page,
+            Err(_) => {
+                return self.fail(
+                    "CHATHISTORY",
+                    "MESSAGE_ERROR",
+                    &target,
+                    "Messages could not be retrieved",
+                );
+            }
+        };
+        // AFTER and BETWEEN read forward from their lower bound; LATEST and BEFORE give the newest first.
+        let mut page = page;
+        // Joins, parts and the like are stored as system messages; IRC's history holds what was said.
+        page.retain(|m| {
+            matches!(
+                m.kind,
+                MessageKind::Message | MessageKind::Action | MessageKind::Notice
+            ) && before.is_none_or(|b| m.id < b)
+                && after.is_none_or(|a| m.id > a)
+        });
+        page.sort_by_key(|m| m.id);
+        let forward = sub == "AFTER" || (between && ascending);
+        if sub == "AROUND" {
+            // As many on each side of the reference as fit.
+            let at = page
+                .iter()
+                .position(|m| Some(m.id) == around)
+                .unwrap_or(page.len() / 2);
+            let start = at
+                .saturating_sub(limit / 2)
+                .min(page.len().saturating_sub(limit));
+            page = page.into_iter().skip(start).take(limit).collect();
+        } else if page.len() > limit {
+            if forward {
+                page.truncate(limit);
+            } else {
+                page.drain(..page.len() - limit);
+            }
+        }
+        let lines: Vec<Line> = {
+            let dir = self.engine().directory();
+            let view = View {
+                dir: &dir,
+                server: self.server(),
+                me,
+                caps: self.caps,
+                playback: false,
+            };
+            page.iter()
+                .flat_map(|m| {
+                    view.message_lines(&crate::render::Said {
+                        ts: m.ts,
+                        id: m.id,
+                        channel: m.channel,
+                        author: m.author,
+                        kind: m.kind,
+                        body: &m.body,
+                        reply_to: m.reply_to,
+                        attachments: &m.attachments,
+                    })
+                })
+                .collect()
+        };
+        let batch = self.caps.batch.then(|| self.batch_id());
+        if let Some(id) = &batch {
+            self.send(
+                Line::new("BATCH")
+                    .source(self.server().to_owned())
+                    .arg(format!("+{id}"))
+                    .arg("chathistory")
+                    .arg(target.clone()),
+            );
+        }
+        for line in lines {
+            let line = match &batch {
+                Some(id) => line.tag("batch", Some(id.clone())),
+                None => line,
+            };
+            self.send(line);
+        }
+        if let Some(id) = batch {
+            self.send(
+                Line::new("BATCH")
+                    .source(self.server().to_owned())
+                    .arg(format!("-{id}")),
+            );
+        }
+    }
+
+    /// An IRCv3 standard reply: `FAIL <command> <code> <context> :<text>`.
+    fn fail(&mut self, command: &str, code: &str, context: &str, text: &str) {
+        let line = Line::new("FAIL")
+            .source(self.server().to_owned())
+            .arg(command)
+            .arg(code)
+            .arg(context)
+            .trailing(text);
+        self.send(line);
+    }
+
     async fn who(&mut self, m: &Message) {
         let mask = m.param(0).unwrap_or("*").to_owned();
         let Some(me) = self.live.as_ref().map(|l| l.session.user) else {
@@ -2088,5 +2306,68 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// A CHATHISTORY message reference.
+enum Bound {
+    /// `*` (LATEST): no bound.
+    None,
+    /// `msgid=`.
+    Id(MessageId),
+    /// `timestamp=`, in Unix milliseconds.
+    Time(u64),
+}
+
+/// Parses a reference; `*` is accepted only where `star` allows it.
+fn msgref(text: &str, star: bool) -> Option<Bound> {
+    if text == "*" {
+        return star.then_some(Bound::None);
+    }
+    if let Some(id) = text.strip_prefix("msgid=") {
+        return id
+            .parse::<u64>()
+            .ok()
+            .and_then(MessageId::from_raw)
+            .map(Bound::Id);
+    }
+    let at = humantime::parse_rfc3339_weak(text.strip_prefix("timestamp=")?).ok()?;
+    let ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+    u64::try_from(ms).ok().map(Bound::Time)
+}
+
+/// The lowest id a snowflake made at `ms` can have.
+fn first_id_at(ms: u64) -> Option<MessageId> {
+    let since = ms.saturating_sub(chat_core::DISCORD_EPOCH);
+    MessageId::from_raw((since << 22).max(1))
+}
+
+impl Bound {
+    /// As an exclusive upper bound: messages before it.
+    fn before(&self) -> Option<MessageId> {
+        match self {
+            Bound::None => None,
+            Bound::Id(id) => Some(*id),
+            Bound::Time(ms) => first_id_at(*ms),
+        }
+    }
+
+    /// As an exclusive lower bound: messages after it.
+    fn after(&self) -> Option<MessageId> {
+        match self {
+            Bound::None => None,
+            Bound::Id(id) => Some(*id),
+            // After the last id of that millisecond.
+            Bound::Time(ms) => {
+                first_id_at(ms.saturating_add(1)).and_then(|id| MessageId::from_raw(id.get() - 1))
+            }
+        }
+    }
+
+    fn at(&self) -> Option<MessageId> {
+        match self {
+            Bound::Id(id) => Some(*id),
+            _ => None,
+        }
     }
 }

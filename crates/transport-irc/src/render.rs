@@ -19,6 +19,7 @@ pub(crate) struct Caps {
     pub(crate) message_tags: bool,
     pub(crate) echo_message: bool,
     pub(crate) batch: bool,
+    pub(crate) chathistory: bool,
     pub(crate) labeled_response: bool,
     pub(crate) account_tag: bool,
     pub(crate) away_notify: bool,
@@ -134,51 +135,16 @@ impl View<'_> {
         let mut out = Vec::new();
         match &event.kind {
             EventKind::MessageCreated { message } => {
-                let Some(target) = self.target(message.channel, message.author) else {
-                    return out;
-                };
-                let (command, action) = match message.kind {
-                    MessageKind::Message => ("PRIVMSG", false),
-                    MessageKind::Action => ("PRIVMSG", true),
-                    MessageKind::Notice => ("NOTICE", false),
-                    // Joins, parts, topics... are their own events; the stored system line is not shown.
-                    _ => return out,
-                };
-                let mut tags = self.tags(ts, Some(message.author));
-                if self.caps.message_tags {
-                    tags.push(("msgid".into(), Some(message.id.to_string())));
-                    if let Some(reply) = message.reply_to {
-                        tags.push(("+draft/reply".into(), Some(reply.to_string())));
-                    }
-                }
-                let source = self.source(message.author);
-                let mut body = message.body.clone();
-                for a in &message.attachments {
-                    body.push_str(&format!("\n[file: {} ({} bytes)]", a.filename, a.size));
-                }
-                let overhead = source.len() + target.len() + 24;
-                let pieces = split_text(&body, overhead);
-                for (i, piece) in pieces.iter().enumerate() {
-                    let text = self.stamped(ts, piece);
-                    let text = if action {
-                        format!("\u{1}ACTION {text}\u{1}")
-                    } else {
-                        text
-                    };
-                    // The message's id goes on its first line only: a client keys replies on it.
-                    let line_tags = if i == 0 {
-                        tags.clone()
-                    } else {
-                        tags.iter().filter(|(k, _)| k != "msgid").cloned().collect()
-                    };
-                    out.push(
-                        Line::new(command)
-                            .tags(line_tags)
-                            .source(source.clone())
-                            .arg(target.clone())
-                            .trailing(text),
-                    );
-                }
+                out = self.message_lines(&Said {
+                    ts,
+                    id: message.id,
+                    channel: message.channel,
+                    author: message.author,
+                    kind: message.kind,
+                    body: &message.body,
+                    reply_to: message.reply_to,
+                    attachments: &message.attachments,
+                });
             }
             _ if self.playback => {
                 // Played back: what happened to messages, as notices; membership and modes are shown as they
@@ -415,6 +381,73 @@ impl View<'_> {
             }
             _ => None,
         }
+    }
+}
+
+/// A message as the lines need it (from an event or from history).
+pub(crate) struct Said<'a> {
+    pub(crate) ts: UnixMillis,
+    pub(crate) id: chat_core::MessageId,
+    pub(crate) channel: ChannelId,
+    pub(crate) author: UserId,
+    pub(crate) kind: MessageKind,
+    pub(crate) body: &'a str,
+    pub(crate) reply_to: Option<chat_core::MessageId>,
+    pub(crate) attachments: &'a [chat_core::Attachment],
+}
+
+impl View<'_> {
+    /// A message's lines: PRIVMSG (a CTCP ACTION for an action) or NOTICE, one per line of its text, with
+    /// its time, id, author's account and the message it replies to as tags where negotiated.
+    pub(crate) fn message_lines(&self, m: &Said<'_>) -> Vec<Line> {
+        let mut out = Vec::new();
+        let Some(target) = self.target(m.channel, m.author) else {
+            return out;
+        };
+        let (command, action) = match m.kind {
+            MessageKind::Message => ("PRIVMSG", false),
+            MessageKind::Action => ("PRIVMSG", true),
+            MessageKind::Notice => ("NOTICE", false),
+            // Joins, parts, topics... are their own events; the stored system line is not shown.
+            _ => return out,
+        };
+        let ts = m.ts;
+        let mut tags = self.tags(ts, Some(m.author));
+        if self.caps.message_tags {
+            tags.push(("msgid".into(), Some(m.id.to_string())));
+            if let Some(reply) = m.reply_to {
+                tags.push(("+draft/reply".into(), Some(reply.to_string())));
+            }
+        }
+        let source = self.source(m.author);
+        let mut body = m.body.to_owned();
+        for a in m.attachments {
+            body.push_str(&format!("\n[file: {} ({} bytes)]", a.filename, a.size));
+        }
+        let overhead = source.len() + target.len() + 24;
+        let pieces = split_text(&body, overhead);
+        for (i, piece) in pieces.iter().enumerate() {
+            let text = self.stamped(ts, piece);
+            let text = if action {
+                format!("\u{1}ACTION {text}\u{1}")
+            } else {
+                text
+            };
+            // The message's id goes on its first line only: a client keys replies on it.
+            let line_tags = if i == 0 {
+                tags.clone()
+            } else {
+                tags.iter().filter(|(k, _)| k != "msgid").cloned().collect()
+            };
+            out.push(
+                Line::new(command)
+                    .tags(line_tags)
+                    .source(source.clone())
+                    .arg(target.clone())
+                    .trailing(text),
+            );
+        }
+        out
     }
 }
 

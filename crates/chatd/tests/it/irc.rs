@@ -989,3 +989,149 @@ async fn irc_over_tls_with_the_configured_certificate() {
     .await;
     assert!(!String::from_utf8_lossy(&buf).contains(" 001 "), "{buf:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chathistory_pages_a_targets_history() {
+    let server = start().await;
+    let talker = server.guest("tina").await;
+    server
+        .ok(&talker, json!({"command": "JOIN", "to": "#hist"}))
+        .await;
+    server
+        .ok(&talker, json!({"command": "JOIN", "to": "#closed"}))
+        .await;
+    let mut ids = Vec::new();
+    for i in 1..=10 {
+        let (_, v) = server
+            .post(
+                "/api/v1/messages",
+                Some(&talker.token),
+                json!({"command": "PRIVMSG", "to": "#hist", "body": format!("m{i}")}),
+            )
+            .await;
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let mut c = Irc::connect(&server).await;
+    let lines = c
+        .register(
+            "hal",
+            "hal",
+            &[
+                "CAP LS 302",
+                "CAP REQ :draft/chathistory batch server-time message-tags",
+                "CAP END",
+            ],
+        )
+        .await;
+    let isupport: String = lines
+        .iter()
+        .filter(|l| command_of(l) == "005")
+        .cloned()
+        .collect();
+    assert!(
+        isupport.contains(" CHATHISTORY=100 ")
+            && isupport.contains(" MSGREFTYPES=msgid,timestamp "),
+        "{isupport}"
+    );
+    c.send("JOIN #hist").await;
+    c.until("366", "#hist").await;
+
+    async fn page(c: &mut Irc, request: &str) -> Vec<String> {
+        c.send(request).await;
+        let open = c.until("BATCH", "chathistory").await;
+        let id = open
+            .split(' ')
+            .find_map(|p| p.strip_prefix('+'))
+            .unwrap()
+            .to_owned();
+        let mut bodies = Vec::new();
+        loop {
+            let line = c.next().await.unwrap();
+            if command_of(&line) == "BATCH" {
+                assert!(line.ends_with(&format!("-{id}")), "{line}");
+                return bodies;
+            }
+            assert_eq!(tag(&line, "batch"), Some(id.as_str()), "{line}");
+            assert!(
+                tag(&line, "msgid").is_some() && tag(&line, "time").is_some(),
+                "{line}"
+            );
+            bodies.push(trailing(&line).to_owned());
+        }
+    }
+    assert_eq!(
+        page(&mut c, "CHATHISTORY LATEST #hist * 3").await,
+        ["m8", "m9", "m10"]
+    );
+    assert_eq!(
+        page(
+            &mut c,
+            &format!("CHATHISTORY LATEST #hist msgid={} 50", ids[7])
+        )
+        .await,
+        ["m9", "m10"]
+    );
+    assert_eq!(
+        page(
+            &mut c,
+            &format!("CHATHISTORY BEFORE #hist msgid={} 2", ids[7])
+        )
+        .await,
+        ["m6", "m7"]
+    );
+    assert_eq!(
+        page(
+            &mut c,
+            &format!("CHATHISTORY AFTER #hist msgid={} 2", ids[1])
+        )
+        .await,
+        ["m3", "m4"]
+    );
+    assert_eq!(
+        page(
+            &mut c,
+            &format!(
+                "CHATHISTORY BETWEEN #hist msgid={} msgid={} 10",
+                ids[0], ids[4]
+            )
+        )
+        .await,
+        ["m2", "m3", "m4"]
+    );
+    assert_eq!(
+        page(
+            &mut c,
+            &format!(
+                "CHATHISTORY BETWEEN #hist msgid={} msgid={} 2",
+                ids[4], ids[0]
+            )
+        )
+        .await,
+        ["m3", "m4"]
+    );
+    assert_eq!(
+        page(
+            &mut c,
+            &format!("CHATHISTORY AROUND #hist msgid={} 3", ids[4])
+        )
+        .await,
+        ["m4", "m5", "m6"]
+    );
+    assert_eq!(
+        page(
+            &mut c,
+            "CHATHISTORY AFTER #hist timestamp=2000-01-01T00:00:00.000Z 2"
+        )
+        .await,
+        ["m1", "m2"]
+    );
+    // What hal may not read, and bad requests: standard replies.
+    c.send("CHATHISTORY LATEST #closed * 5").await;
+    assert!(c.until("FAIL", "INVALID_TARGET").await.contains("#closed"));
+    c.send("CHATHISTORY LATEST #hist * lots").await;
+    c.until("FAIL", "INVALID_PARAMS").await;
+    c.send("CHATHISTORY BEFORE #hist * 5").await;
+    c.until("FAIL", "INVALID_MSGREFTYPE").await;
+    c.send("CHATHISTORY LATEST #hist").await;
+    c.until("FAIL", "NEED_MORE_PARAMS").await;
+}
