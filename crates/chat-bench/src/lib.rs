@@ -1,4 +1,5 @@
-//! Benchmark tooling for chatd: the bare hyper long-poll baseline server ([`bare`]), the bare
+//! Benchmark tooling for chatd: the bare hyper long-poll baseline server ([`bare`]), the bare IRC
+//! line-broadcast server ([`bare_irc`]), the bare
 //! tokio-tungstenite broadcast server that speaks just enough of chatd's gateway ([`bare_ws`]), a one-connection
 //! HTTP/1.1 bench client ([`client::Conn`]) and child-process handling for servers under test
 //! ([`process::ServerProcess`]).
@@ -24,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod bare;
+pub mod bare_irc;
 pub mod bare_ws;
 pub mod client;
 pub mod process;

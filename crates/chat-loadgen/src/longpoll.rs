@@ -38,6 +38,10 @@ pub(crate) enum Kind {
     Bare,
     /// nats-server over its WebSocket listener (`--url` is that listener): `fanout` and `rooms` only.
     Nats,
+    /// chatd's IRC door (`--irc` is its address; setup goes over `--url`): `idle` and `fanout`.
+    Irc,
+    /// `chat-bench`'s bare IRC line-broadcast server (`--irc` is its address): `idle` and `fanout`.
+    BareIrc,
 }
 
 impl Kind {
@@ -46,13 +50,17 @@ impl Kind {
             Self::Chatd => "chatd",
             Self::Bare => "bare",
             Self::Nats => "nats",
+            Self::Irc => "irc",
+            Self::BareIrc => "bare-irc",
         }
     }
 
     fn poll_path(self, after: u64) -> String {
         match self {
             Self::Chatd => format!("/api/v1/messages?after={after}&timeout={POLL_TIMEOUT_SECS}"),
-            Self::Bare | Self::Nats => format!("/poll?after={after}&timeout={POLL_TIMEOUT_SECS}"),
+            Self::Bare | Self::Nats | Self::Irc | Self::BareIrc => {
+                format!("/poll?after={after}&timeout={POLL_TIMEOUT_SECS}")
+            }
         }
     }
 
@@ -96,7 +104,9 @@ impl Sender {
     ) -> Result<(Self, u64)> {
         let mut conn = Conn::connect(server, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         match kind {
-            Kind::Nats => bail!("longpoll does not drive NATS"),
+            Kind::Nats | Kind::Irc | Kind::BareIrc => {
+                bail!("longpoll drives chatd or bare-longpoll")
+            }
             Kind::Bare => {
                 let (_, body) = conn.request(Method::GET, "/stats", None, None).await?;
                 let stats: Value = serde_json::from_slice(&body).context("bare /stats")?;
@@ -154,7 +164,9 @@ impl Sender {
     pub(crate) async fn send(&mut self) -> Result<()> {
         let stamp = crate::util::stamped_body();
         let (path, body) = match self.kind {
-            Kind::Bare | Kind::Nats => ("/send", json!({ "body": stamp })),
+            Kind::Bare | Kind::Nats | Kind::Irc | Kind::BareIrc => {
+                ("/send", json!({ "body": stamp }))
+            }
             Kind::Chatd => (
                 "/api/v1/messages",
                 json!({ "command": "PRIVMSG", "to": self.channel, "body": stamp }),
@@ -307,7 +319,9 @@ pub(crate) async fn run(cli: &crate::Cli, server: SocketAddr) -> Result<()> {
 
     let started_at = SystemTime::now();
     let kind = match cli.server_kind {
-        Some(Kind::Nats) => bail!("--server-kind nats drives fanout and rooms, not longpoll"),
+        Some(Kind::Nats | Kind::Irc | Kind::BareIrc) => {
+            bail!("--server-kind nats, irc and bare-irc drive fanout (and idle), not longpoll")
+        }
         Some(k) => k,
         None => Kind::detect(server).await?,
     };
@@ -332,7 +346,7 @@ pub(crate) async fn run(cli: &crate::Cli, server: SocketAddr) -> Result<()> {
                 .map(Some)
                 .collect()
         }
-        Kind::Bare | Kind::Nats => vec![None; n],
+        Kind::Bare | Kind::Nats | Kind::Irc | Kind::BareIrc => vec![None; n],
     };
     // The sender joins last, so its JOIN's seq is past every poller's join: the pollers start there.
     let (mut sender, cursor) = Sender::start(kind, server, &format!("lg{run}s"), &channel).await?;

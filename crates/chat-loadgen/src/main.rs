@@ -18,6 +18,7 @@
 mod durable;
 mod gateway;
 mod http;
+mod irc;
 mod longpoll;
 mod nats;
 mod raw_ws;
@@ -158,6 +159,10 @@ struct Cli {
     /// about 2,400 of these frames), so that every server is measured at the rate it sustains. 0: none.
     #[arg(long, default_value_t = 1000)]
     window: u64,
+    /// With `--server-kind irc` or `bare-irc`: the IRC listener's address (`127.0.0.1:6667`), where the
+    /// connections and the sender go; chatd's setup (guests and their joins) still goes over `--url`.
+    #[arg(long)]
+    irc: Option<SocketAddr>,
     #[arg(long, hide = true)]
     child_index: Option<usize>,
     #[arg(long, hide = true)]
@@ -296,6 +301,20 @@ fn validate(cli: &Cli) -> Result<SocketAddr> {
     if cli.messages.is_some_and(|m| m > 10_000_000) {
         bail!("--messages must be at most 10000000");
     }
+    if let Some(kind @ (longpoll::Kind::Irc | longpoll::Kind::BareIrc)) = cli.server_kind {
+        let addr = cli
+            .irc
+            .context("--server-kind irc and bare-irc need --irc ADDR")?;
+        if !addr.ip().is_loopback() {
+            bail!("--irc {addr}: loopback only");
+        }
+        if !matches!(cli.scenario, Scenario::Idle | Scenario::Fanout) {
+            bail!("--server-kind {} drives idle and fanout", kind.name());
+        }
+        if cli.send_url.is_some() {
+            bail!("--send-url is for fanout on chatd's HTTP API");
+        }
+    }
     if let Some(url) = &cli.send_url {
         util::loopback_target(url)?;
         if cli.scenario != Scenario::Fanout || cli.server_kind == Some(longpoll::Kind::Nats) {
@@ -303,6 +322,16 @@ fn validate(cli: &Cli) -> Result<SocketAddr> {
         }
     }
     Ok(server)
+}
+
+/// The IRC listener the connections go to, with `--server-kind irc` or `bare-irc`.
+fn irc_addr(cli: &Cli) -> Option<SocketAddr> {
+    matches!(
+        cli.server_kind,
+        Some(longpoll::Kind::Irc | longpoll::Kind::BareIrc)
+    )
+    .then_some(cli.irc)
+    .flatten()
 }
 
 /// Every `--url`'s address, in order.
@@ -340,6 +369,8 @@ async fn child(cli: Cli, index: usize, of: usize) -> Result<()> {
         longpoll::start(server, kind, pollers, index, of)
     } else if cli.server_kind == Some(longpoll::Kind::Nats) {
         nats::start(server, tokens, index, of, cli.socket_buffer())
+    } else if let Some(addr) = irc_addr(&cli) {
+        irc::start(addr, tokens, index, of, cli.socket_buffer())
     } else {
         Swarm::start(
             &servers(&cli)?,
@@ -407,6 +438,9 @@ impl ChildSwarm {
         let mut command = tokio::process::Command::new(exe);
         if let Some(kind) = cli.server_kind {
             command.args(["--server-kind", kind.name()]);
+        }
+        if let Some(addr) = cli.irc {
+            command.args(["--irc", &addr.to_string()]);
         }
         let mut process = command
             .arg(cli.scenario.name())
@@ -491,6 +525,8 @@ impl Swarms {
             return Ok(Self::Local(
                 if cli.server_kind == Some(longpoll::Kind::Nats) {
                     nats::start(server, tokens, 0, 1, cli.socket_buffer())
+                } else if let Some(addr) = irc_addr(cli) {
+                    irc::start(addr, tokens, 0, 1, cli.socket_buffer())
                 } else {
                     Swarm::start(&servers(cli)?, 0, tokens, 0, 1, cli.socket_buffer())
                 },
@@ -765,7 +801,20 @@ async fn parent(cli: Cli) -> Result<()> {
     let fan_subject = format!("lg{run}.all");
     let subject_prefix = format!("lg{run}.r");
     let room_subject = move |r: usize| format!("{subject_prefix}{r}");
+    let bare_irc = cli.server_kind == Some(longpoll::Kind::BareIrc);
+    let chatd_irc = cli.server_kind == Some(longpoll::Kind::Irc);
     let tokens = match cli.scenario {
+        // The bare IRC server needs no setup: its receivers join as they register.
+        _ if bare_irc => Ok((0..n)
+            .map(|i| {
+                let channel = if cli.scenario == Scenario::Fanout {
+                    fan_channel.as_str()
+                } else {
+                    "-"
+                };
+                format!("- lg{run}r{i} {channel}")
+            })
+            .collect()),
         _ if nats && cli.scenario == Scenario::Fanout => Ok(vec![fan_subject.clone(); n]),
         _ if nats => Ok((0..n).map(|i| room_subject(i / size)).collect()),
         Scenario::Fanout => api.users(nicks, |_| Some(fan_channel.clone())).await,
@@ -773,12 +822,22 @@ async fn parent(cli: Cli) -> Result<()> {
         _ => api.users(nicks, |_| None).await,
     }
     .map_err(|e| anyhow::anyhow!("{e:#}\n{HINT}"))?;
+    // chatd's IRC door: each connection continues the session made over HTTP (already on the channel).
+    let tokens = if chatd_irc {
+        tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, token)| format!("{token} lg{run}u{i} -"))
+            .collect()
+    } else {
+        tokens
+    };
     // The sender's server: the receivers' own, or a linked one (`--send-url`).
     let send_api = match &cli.send_url {
         Some(url) => Api::new(url)?,
         None => Api::new(&cli.url)?,
     };
-    let sender = if cli.scenario == Scenario::Fanout && !nats {
+    let sender = if cli.scenario == Scenario::Fanout && !nats && !bare_irc {
         let t = send_api.guest(&format!("lg{run}s")).await?;
         send_api.join(&t, &fan_channel).await?;
         Some(t)
@@ -876,6 +935,16 @@ async fn parent(cli: Cli) -> Result<()> {
                         let (room, members) = room_of(k);
                         (room_subject(room), members)
                     }
+                })
+                .await?
+            } else if let Some(addr) = irc_addr(&cli) {
+                let receivers = u64::try_from(n).unwrap_or(0);
+                let line = match &sender {
+                    Some(token) => format!("{token} lg{run}s -"),
+                    None => format!("- lg{run}s {fan_channel}"),
+                };
+                irc::publish_all(addr, &line, messages, cli.rate(), deadline, window, |_| {
+                    (fan_channel.clone(), receivers)
                 })
                 .await?
             } else if let Some(sender) = &sender {

@@ -59,6 +59,8 @@ type ReadFuture = Pin<Box<dyn Future<Output = Result<StreamRead, EngineError>> +
 /// What the writer task is given.
 enum Out {
     Text(String),
+    /// Lines encoded once for many connections.
+    Shared(Arc<[String]>),
     /// Save the client's cursor once everything before is written.
     Mark(Session, Cursor),
 }
@@ -118,18 +120,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut buf = String::with_capacity(16 * 1024);
     while let Some(first) = rx.recv().await {
         let mut marks = Vec::new();
-        let mut items = vec![first];
-        // Whatever else is queued goes out in the same write.
-        while buf.len() < 64 * 1024 {
-            match rx.try_recv() {
-                Ok(item) => items.push(item),
-                Err(_) => break,
-            }
-        }
-        for item in items {
+        let mut next = Some(first);
+        // Whatever else is queued goes out in the same write (up to 64 KiB of it).
+        while let Some(item) = next.take() {
             match item {
                 Out::Text(text) => buf.push_str(&text),
+                Out::Shared(lines) => lines.iter().for_each(|l| buf.push_str(l)),
                 Out::Mark(session, cursor) => marks.push((session, cursor)),
+            }
+            if buf.len() < 64 * 1024 {
+                next = rx.try_recv().ok();
             }
         }
         if !buf.is_empty() {
@@ -2222,6 +2222,35 @@ impl Conn {
         {
             self.nick = Some(irc_nick(new));
         }
+        // A live channel event: encoded once for every connection with these capabilities.
+        if !playback && label.is_none() {
+            let key = (event.seq, self.caps.render_key());
+            let shared = {
+                let dir = self.engine().directory();
+                crate::render::shared_by_all(&dir, event).then(|| {
+                    let cached = lock(&self.shared.rendered).get(key);
+                    cached.unwrap_or_else(|| {
+                        let view = View {
+                            dir: &dir,
+                            server: self.server(),
+                            me,
+                            caps: self.caps,
+                            playback,
+                        };
+                        let lines: Arc<[String]> =
+                            view.lines(event).iter().map(Line::encode).collect();
+                        lock(&self.shared.rendered).put(key, Arc::clone(&lines));
+                        lines
+                    })
+                })
+            };
+            if let Some(lines) = shared {
+                let bytes = lines.iter().map(String::len).sum();
+                self.queued.fetch_add(bytes, Ordering::Relaxed);
+                let _ = self.tx.send(Out::Shared(lines));
+                return self.after_event(event, me).await;
+            }
+        }
         let lines = {
             let dir = self.engine().directory();
             let view = View {
@@ -2244,9 +2273,14 @@ impl Conn {
             }
             self.enqueue(line.encode());
         }
-        // My own join: the channel's topic and names follow, as after a JOIN on any server.
-        if !playback
-            && let EventKind::Joined { channel, user, .. } = &event.kind
+        if !playback {
+            self.after_event(event, me).await;
+        }
+    }
+
+    /// My own join: the channel's topic and names follow, as after a JOIN on any server.
+    async fn after_event(&mut self, event: &Event, me: UserId) {
+        if let EventKind::Joined { channel, user, .. } = &event.kind
             && *user == me
         {
             let name = self
@@ -2370,4 +2404,8 @@ impl Bound {
             _ => None,
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -120,6 +120,8 @@ pub(crate) struct Shared {
     pub(crate) open: AtomicU64,
     /// When the door started (RPL_CREATED).
     pub(crate) started: String,
+    /// Lines of recent channel events, encoded once for every connection with the same capabilities.
+    pub(crate) rendered: Mutex<render::Cache>,
 }
 
 impl Irc {
@@ -134,6 +136,7 @@ impl Irc {
                 per_ip: Mutex::new(HashMap::new()),
                 open: AtomicU64::new(0),
                 started,
+                rendered: Mutex::new(render::Cache::default()),
             }),
             tls: None,
         }

@@ -3,6 +3,8 @@
 //! TAGMSG with IRCv3 client tags where the client negotiated `message-tags`. Spaces' channels and threads
 //! have no IRC name and are not shown (see the README's "IRC" section).
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use chat_core::{
@@ -25,6 +27,67 @@ pub(crate) struct Caps {
     pub(crate) away_notify: bool,
     pub(crate) multi_prefix: bool,
     pub(crate) sasl: bool,
+}
+
+/// Channel events kept encoded: the most recent this many (event, capabilities) pairs.
+const CACHE_ENTRIES: usize = 8192;
+
+/// The encoded lines of recent events of network channels, by seq and the capabilities that change them:
+/// such an event's lines are the same for every member, so a message to a channel of 10,000 connections is
+/// encoded a handful of times (once per set of capabilities in use), not 10,000 times.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    lines: HashMap<(u64, u8), Arc<[String]>>,
+    order: VecDeque<(u64, u8)>,
+}
+
+impl Cache {
+    pub(crate) fn get(&self, key: (u64, u8)) -> Option<Arc<[String]>> {
+        self.lines.get(&key).cloned()
+    }
+
+    pub(crate) fn put(&mut self, key: (u64, u8), lines: Arc<[String]>) {
+        if self.lines.insert(key, lines).is_none() {
+            self.order.push_back(key);
+            while self.order.len() > CACHE_ENTRIES {
+                if let Some(old) = self.order.pop_front() {
+                    self.lines.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+impl Caps {
+    /// The capabilities a channel event's lines depend on, as a cache key.
+    pub(crate) fn render_key(self) -> u8 {
+        u8::from(self.server_time)
+            | u8::from(self.message_tags) << 1
+            | u8::from(self.account_tag) << 2
+    }
+}
+
+/// Whether an event's lines are the same for every viewer (an event of a network channel that names no
+/// viewer), and so may come from the [`Cache`].
+pub(crate) fn shared_by_all(dir: &Directory, event: &Event) -> bool {
+    let channel = match &event.kind {
+        EventKind::MessageCreated { message } => message.channel,
+        EventKind::Joined { channel, .. }
+        | EventKind::Parted { channel, .. }
+        | EventKind::Kicked { channel, .. }
+        | EventKind::TopicChanged { channel, .. }
+        | EventKind::ModeChanged { channel, .. }
+        | EventKind::MessageEdited { channel, .. }
+        | EventKind::MessageDeleted { channel, .. }
+        | EventKind::MessagesDeleted { channel, .. }
+        | EventKind::ReactionAdded { channel, .. }
+        | EventKind::ReactionRemoved { channel, .. }
+        | EventKind::Pinned { channel, .. }
+        | EventKind::Unpinned { channel, .. } => *channel,
+        _ => return false,
+    };
+    dir.channel(channel)
+        .is_some_and(|c| c.kind == ChannelKind::Text && c.name.starts_with('#'))
 }
 
 /// Who is looking, and how.
