@@ -78,7 +78,15 @@ async fn web_client_end_to_end() {
             ("FEDERATION_HANDSHAKE_EVERY", "300ms"),
         ]
     };
-    let mut server = Server::start(&federated("web.example")).await;
+    // And it runs the IRC door, on a port kept across the restarts the tests ask for.
+    let irc_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let irc_listen = format!("127.0.0.1:{irc_port}");
+    let mut env = federated("web.example").to_vec();
+    env.push(("IRC_LISTEN", irc_listen.as_str()));
+    let mut server = Server::start(&env).await;
     let peer = Server::start(&federated("peer.example")).await;
     crate::federation::link_add_at(&server, "peer.example", &peer.base, None);
     crate::federation::link_add_at(&peer, "web.example", &server.base, None);
@@ -89,6 +97,7 @@ async fn web_client_end_to_end() {
         .current_dir(&dir)
         .env("CHATD_URL", &server.base)
         .env("CHATD_PEER_URL", &peer.base)
+        .env("CHATD_IRC", &irc_listen)
         .env("CHROMIUM", &chromium)
         .env("CHATD_RESTART", "1")
         .stdin(Stdio::piped())

@@ -5,6 +5,7 @@
 // Environment:
 //   CHATD_URL        base URL of a running chatd (required; a trailing '/' is dropped)
 //   CHATD_PEER_URL   base URL of a second chatd linked to it by federation (for federation.test.mjs)
+//   CHATD_IRC        HOST:PORT of CHATD_URL's IRC door (for irc.test.mjs)
 //   CHROMIUM         Chromium executable (default /usr/bin/chromium)
 //   SCREENSHOT_DIR   where t.screenshot() writes PNGs (default <repo>/docs/screenshots)
 //   FILTER           only run test files whose name contains this string
@@ -18,6 +19,7 @@
 // with t = {
 //   baseUrl      string, CHATD_URL without a trailing '/'
 //   peerUrl      string, CHATD_PEER_URL without a trailing '/' (undefined when not set)
+//   ircAddr      string, CHATD_IRC (undefined when not set)
 //   browser      the playwright-core Browser
 //   newPage(options?) -> Promise<Page>
 //                a page in a new browser context (`options` go to browser.newContext, e.g. { viewport });
@@ -150,6 +152,7 @@ async function runFile(file) {
   const t = {
     baseUrl,
     peerUrl: (process.env.CHATD_PEER_URL || '').replace(/\/+$/, '') || undefined,
+    ircAddr: process.env.CHATD_IRC || undefined,
     browser,
     file,
     assert,
