@@ -202,6 +202,11 @@ pub(crate) struct ConfigArgs {
     #[arg(long, env = "IRC_TLS_KEY", global = true)]
     pub(crate) irc_tls_key: Option<PathBuf>,
 
+    /// An IRC connection whose send queue stays over a quarter of IRC_SENDQ this long (it does not read what
+    /// it is sent) is closed, and resumes from its cursor when it comes back.
+    #[arg(long, env = "IRC_SENDQ_TIMEOUT", default_value = "30s", global = true)]
+    pub(crate) irc_sendq_timeout: String,
+
     /// An IRC connection silent this long is pinged, and closed if it stays silent as long again.
     #[arg(long, env = "IRC_PING_INTERVAL", default_value = "90s", global = true)]
     pub(crate) irc_ping_interval: String,
@@ -370,6 +375,7 @@ pub(crate) struct Config {
     pub(crate) irc_ping_interval: Duration,
     pub(crate) irc_flood: RateLimit,
     pub(crate) irc_sendq: u64,
+    pub(crate) irc_sendq_timeout: Duration,
 }
 
 /// A bad configuration value, naming its variable.
@@ -792,6 +798,12 @@ impl Config {
             )?,
             irc_flood,
             irc_sendq: parse_size("IRC_SENDQ", &args.irc_sendq)?,
+            irc_sendq_timeout: parse_duration(
+                "IRC_SENDQ_TIMEOUT",
+                &args.irc_sendq_timeout,
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            )?,
         })
     }
 
@@ -869,6 +881,7 @@ impl Config {
             flood_burst: self.irc_flood.burst,
             flood_rate: self.irc_flood.per_second,
             sendq: usize::try_from(self.irc_sendq).unwrap_or(usize::MAX),
+            slow_limit: self.irc_sendq_timeout,
             ..transport_irc::Settings::default()
         }
     }

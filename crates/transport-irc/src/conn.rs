@@ -51,6 +51,8 @@ const CAPS: &[&str] = &[
 ];
 /// The most messages one CHATHISTORY answers (the history API's page).
 const CHATHISTORY_MAX: usize = 100;
+/// The least time between two probes (PINGs that confirm what a client has read).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// SASL's most bytes of credentials (base64), as in other servers.
 const SASL_MAX: usize = 4096;
 
@@ -58,7 +60,10 @@ type ReadFuture = Pin<Box<dyn Future<Output = Result<StreamRead, EngineError>> +
 
 /// What the writer task is given.
 enum Out {
+    /// A reply to the client's own commands.
     Text(String),
+    /// Lines of the user's stream (flow-controlled by the low-water mark, not by the cap).
+    Stream(String),
     /// Lines encoded once for many connections.
     Shared(Arc<[String]>),
     /// Save the client's cursor once everything before is written.
@@ -85,19 +90,40 @@ where
     let (read, write) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
+    let written = Arc::new(AtomicUsize::new(0));
+    let stream_queued = Arc::new(AtomicUsize::new(0));
     let writer = tokio::spawn(write_loop(
         write,
         rx,
         Arc::clone(&queued),
+        Arc::clone(&stream_queued),
+        Arc::clone(&written),
         shared.engine.clone(),
     ));
     let mut conn = Conn::new(Arc::clone(&shared), peer, tx, queued);
+    conn.written = written;
+    conn.stream_queued = stream_queued;
     conn.run(LineReader::new(read)).await;
     let live = conn.live.as_ref().map(|l| l.session);
     let guest_quit = conn.quit_guest.take();
-    // The writer ends once every queued line is written (or the socket fails), saving cursors as it goes.
+    let stuck = conn.stuck;
+    let confirmed = conn.confirmed;
+    // The writer ends once every queued line is written (or the socket fails), saving cursors as it goes. A
+    // client that stopped reading is cut off at once: what was not written stays after its cursor.
     drop(conn);
-    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    let mut writer = writer;
+    if stuck
+        || tokio::time::timeout(Duration::from_secs(10), &mut writer)
+            .await
+            .is_err()
+    {
+        writer.abort();
+        // What the kernel took for a client that does not read may never reach it (a connection closed with
+        // data unsent ends in a reset): it resumes from what it showed it had read.
+        if let (Some(session), Some(cursor)) = (live, confirmed) {
+            shared.engine.save_cursor(&session, cursor);
+        }
+    }
     if let Some(session) = live {
         let engine = &shared.engine;
         if let Some(reason) = guest_quit {
@@ -115,17 +141,27 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut write: W,
     mut rx: mpsc::UnboundedReceiver<Out>,
     queued: Arc<AtomicUsize>,
+    stream_queued: Arc<AtomicUsize>,
+    written: Arc<AtomicUsize>,
     engine: Engine,
 ) {
     let mut buf = String::with_capacity(16 * 1024);
     while let Some(first) = rx.recv().await {
         let mut marks = Vec::new();
+        let mut stream_bytes = 0;
         let mut next = Some(first);
         // Whatever else is queued goes out in the same write (up to 64 KiB of it).
         while let Some(item) = next.take() {
             match item {
                 Out::Text(text) => buf.push_str(&text),
-                Out::Shared(lines) => lines.iter().for_each(|l| buf.push_str(l)),
+                Out::Stream(text) => {
+                    buf.push_str(&text);
+                    stream_bytes += text.len();
+                }
+                Out::Shared(lines) => lines.iter().for_each(|l| {
+                    buf.push_str(l);
+                    stream_bytes += l.len();
+                }),
                 Out::Mark(session, cursor) => marks.push((session, cursor)),
             }
             if buf.len() < 64 * 1024 {
@@ -133,10 +169,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
         if !buf.is_empty() {
-            let written = write.write_all(buf.as_bytes()).await;
+            let done = write.write_all(buf.as_bytes()).await;
             queued.fetch_sub(buf.len(), Ordering::Relaxed);
+            stream_queued.fetch_sub(stream_bytes, Ordering::Relaxed);
+            written.fetch_add(buf.len(), Ordering::Relaxed);
             buf.clear();
-            if written.is_err() {
+            if done.is_err() {
                 return;
             }
         }
@@ -164,6 +202,11 @@ struct Conn {
     peer: SocketAddr,
     tx: mpsc::UnboundedSender<Out>,
     queued: Arc<AtomicUsize>,
+    /// Bytes the writer has written so far: a connection whose queue stays full while this stands still
+    /// is not reading.
+    written: Arc<AtomicUsize>,
+    /// The part of `queued` that is the user's stream.
+    stream_queued: Arc<AtomicUsize>,
     caps: Caps,
     negotiating: bool,
     nick: Option<String>,
@@ -175,6 +218,14 @@ struct Conn {
     closing: bool,
     /// A guest's QUIT: the session ends with this reason.
     quit_guest: Option<Option<String>>,
+    /// Closed for not reading what it was sent (`SendQ exceeded`): what is queued is dropped.
+    stuck: bool,
+    /// The last position the client showed it had read (it answered a PING written after it); a client cut
+    /// off for not reading resumes from here, not from what the kernel took.
+    confirmed: Option<Cursor>,
+    /// The PING written after the position it confirms, not answered yet; and when the last was sent.
+    probe: Option<(u64, Cursor)>,
+    probed_at: Option<Instant>,
     /// Ids of messages sent by this connection (their echo is left out without `echo-message`).
     sent: VecDeque<MessageId>,
     /// `labeled-response`: the label of the command being handled, and its replies so far.
@@ -204,6 +255,8 @@ impl Conn {
             peer,
             tx,
             queued,
+            written: Arc::new(AtomicUsize::new(0)),
+            stream_queued: Arc::new(AtomicUsize::new(0)),
             caps: Caps::default(),
             negotiating: false,
             nick: None,
@@ -213,6 +266,10 @@ impl Conn {
             live: None,
             closing: false,
             quit_guest: None,
+            stuck: false,
+            confirmed: None,
+            probe: None,
+            probed_at: None,
             sent: VecDeque::new(),
             label: None,
             labeled: Vec::new(),
@@ -235,6 +292,13 @@ impl Conn {
     }
 
     /// Queues text for the writer.
+    /// Queues lines of the user's stream for the writer.
+    fn enqueue_stream(&self, text: String) {
+        self.queued.fetch_add(text.len(), Ordering::Relaxed);
+        self.stream_queued.fetch_add(text.len(), Ordering::Relaxed);
+        let _ = self.tx.send(Out::Stream(text));
+    }
+
     fn enqueue(&self, text: String) {
         self.queued.fetch_add(text.len(), Ordering::Relaxed);
         let _ = self.tx.send(Out::Text(text));
@@ -257,6 +321,7 @@ impl Conn {
     }
 
     fn error_and_close(&mut self, why: &str) {
+        tracing::debug!(peer = %self.peer, nick = %self.me(), reason = why, "closing an IRC connection");
         self.label = None;
         let text = Line::new("ERROR")
             .trailing(format!("Closing link: {why}"))
@@ -279,7 +344,7 @@ impl Conn {
         let mut pending: Option<ReadFuture> = None;
         let mut last_heard = started;
         let mut pinged = false;
-        let mut slow_since: Option<Instant> = None;
+        let mut slow_since: Option<(Instant, usize)> = None;
         let low_water = settings.sendq / 4;
         while !self.closing {
             if pending.is_none()
@@ -348,13 +413,25 @@ impl Conn {
                 () = sleep_until(register_by), if register_by.is_some() => {
                     self.error_and_close("Registration timed out");
                 }
+                // While the send queue is over its low-water mark, look again now and then: a client that
+                // reads nothing sends nothing either, and nothing else would wake this loop.
+                () = tokio::time::sleep(settings.slow_limit / 4), if slow_since.is_some() => {}
             }
+            // The stream is read only while under the low-water mark (a page of it may overshoot); what
+            // overflows the cap is replies to a client that asks faster than it reads.
             let queued = self.queued.load(Ordering::Relaxed);
-            if queued > settings.sendq {
+            let replies = queued.saturating_sub(self.stream_queued.load(Ordering::Relaxed));
+            if replies > settings.sendq {
+                self.stuck = true;
                 self.error_and_close("SendQ exceeded");
             } else if queued >= low_water && self.live.is_some() {
-                let since = *slow_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > settings.slow_limit {
+                // Stuck: the queue stayed full and the writer wrote nothing for `slow_limit`.
+                let progress = self.written.load(Ordering::Relaxed);
+                let (since, at) = *slow_since.get_or_insert((Instant::now(), progress));
+                if progress != at {
+                    slow_since = Some((Instant::now(), progress));
+                } else if since.elapsed() > settings.slow_limit {
+                    self.stuck = true;
                     self.error_and_close("SendQ exceeded");
                 }
             } else {
@@ -456,7 +533,16 @@ impl Conn {
                     .trailing(token);
                 return self.send(line);
             }
-            "PONG" => return,
+            "PONG" => {
+                // The answer to a probe: the client has read everything written before it.
+                if let Some((token, cursor)) = &self.probe
+                    && m.params.iter().any(|p| *p == format!("chatd-{token}"))
+                {
+                    self.confirmed = Some(*cursor);
+                    self.probe = None;
+                }
+                return;
+            }
             "QUIT" => {
                 if let Some(live) = &self.live
                     && self
@@ -746,6 +832,29 @@ impl Conn {
         }
     }
 
+    /// Waits until the send queue is under its low-water mark; a client that reads nothing for `slow_limit`
+    /// meanwhile is closed (`false`).
+    async fn wait_for_room(&mut self) -> bool {
+        let settings = &self.shared.settings;
+        let (low_water, limit) = (settings.sendq / 4, settings.slow_limit);
+        let (mut since, mut at) = (Instant::now(), self.written.load(Ordering::Relaxed));
+        while self.queued.load(Ordering::Relaxed) >= low_water {
+            let progress = self.written.load(Ordering::Relaxed);
+            if progress != at {
+                (since, at) = (Instant::now(), progress);
+            } else if since.elapsed() > limit {
+                self.stuck = true;
+                self.error_and_close("SendQ exceeded");
+                return false;
+            }
+            if self.tx.is_closed() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
     /// Writes the stream up to `seq` (what a command just did) before the next line is handled: a client
     /// sees its JOIN before the replies to what it sent after it, as from any IRC server.
     async fn catch_up(&mut self, seq: u64) {
@@ -757,6 +866,10 @@ impl Conn {
                 return;
             }
             let (session, cursor, generation) = (live.session, live.cursor, live.generation);
+            // Flow control as in the run loop: the next page waits for the writer to drain the last.
+            if !self.wait_for_room().await {
+                return;
+            }
             let read = self
                 .engine()
                 .follow(
@@ -1123,6 +1236,7 @@ impl Conn {
             playback_until,
             batch: None,
         });
+        self.confirmed = Some(cursor);
         self.welcome().await;
         if let Some(token) = guest_token {
             // A guest has no password: this token is how it continues its session (and what it missed)
@@ -2194,7 +2308,21 @@ impl Conn {
             }
         }
         if let Some(live) = &self.live {
-            let _ = self.tx.send(Out::Mark(session, live.cursor));
+            let cursor = live.cursor;
+            let _ = self.tx.send(Out::Mark(session, cursor));
+            // At most once a second while the stream delivers: a PING after these lines, whose PONG shows
+            // the client read them.
+            if self.probe.is_none() && self.probed_at.is_none_or(|at| at.elapsed() >= PROBE_EVERY) {
+                self.batches += 1;
+                let token = self.batches;
+                self.probe = Some((token, cursor));
+                self.probed_at = Some(Instant::now());
+                self.enqueue_stream(
+                    Line::new("PING")
+                        .trailing(format!("chatd-{token}"))
+                        .encode(),
+                );
+            }
         }
     }
 
@@ -2247,6 +2375,7 @@ impl Conn {
             if let Some(lines) = shared {
                 let bytes = lines.iter().map(String::len).sum();
                 self.queued.fetch_add(bytes, Ordering::Relaxed);
+                self.stream_queued.fetch_add(bytes, Ordering::Relaxed);
                 let _ = self.tx.send(Out::Shared(lines));
                 return self.after_event(event, me).await;
             }
@@ -2271,7 +2400,7 @@ impl Conn {
             if playback && self.caps.batch {
                 line = self.in_playback_batch(line);
             }
-            self.enqueue(line.encode());
+            self.enqueue_stream(line.encode());
         }
         if !playback {
             self.after_event(event, me).await;
@@ -2303,7 +2432,7 @@ impl Conn {
             Some((id, t)) if t == target => id,
             other => {
                 if let Some((old, _)) = other {
-                    self.enqueue(
+                    self.enqueue_stream(
                         Line::new("BATCH")
                             .source(self.server().to_owned())
                             .arg(format!("-{old}"))
@@ -2311,7 +2440,7 @@ impl Conn {
                     );
                 }
                 let id = self.batch_id();
-                self.enqueue(
+                self.enqueue_stream(
                     Line::new("BATCH")
                         .source(self.server().to_owned())
                         .arg(format!("+{id}"))
