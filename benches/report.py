@@ -411,6 +411,58 @@ def federation(summary, section):
     section("federation", "Federation: two linked servers", lines or ["Not measured."])
 
 
+def irc(summary, section):
+    """The IRC door's rows (SPEC §14): idle connections, and fan-out beside the bare line-broadcast server."""
+    lines = []
+    d = load("irc-idle-chatd")
+    if d:
+        srv = d.get("server") or {}
+        lines += [
+            "Registered IRC connections (each a guest's session made over HTTP and continued with PASS), held by",
+            "chatd's IRC door; the load generator answers the door's PINGs.",
+            "",
+            "| asked | registered | open at the end | dropped | held | RSS before (MiB) | RSS peak (MiB) | RSS per connection (KiB) | CPU (cores) |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| {d['connections']['target']:,} | {d['connections']['ready']:,} | {d['connections']['open_at_end']:,} | "
+            f"{d['errors']['closed']} | {num(d['duration_s'])} s | {num(srv.get('rss_before_connect_mib'), 1)} | "
+            f"{num(srv.get('rss_peak_mib'), 1)} | {num(srv.get('rss_per_connection_kib'), 1)} | {num(srv.get('cpu_cores'), 3)} |",
+            "",
+        ]
+        held = d["connections"]["open_at_end"]
+        ok = held >= 19000 and d["errors"]["closed"] == 0 and d["duration_s"] >= 300
+        summary.append(
+            ("IRC: idle registered connections, 5 min", ">= 19,000, none dropped", f"{held:,} held, {d['errors']['closed']} dropped, "
+             + num(srv.get("rss_per_connection_kib"), 1, " KiB/conn"), "–", "–", verdict(ok))
+        )
+    runs = sorted(
+        int(m.group(1)) for m in (re.match(r"irc-fanout-(\d+)-chatd-irc\.json$", f) for f in listdir()) if m
+    )
+    for n in runs:
+        c, b = load(f"irc-fanout-{n}-chatd-irc"), load(f"irc-fanout-{n}-bare-irc")
+        lines += [
+            f"Fan-out to one channel of {n:,} IRC connections, one IRC sender, unpaced, the same `--window`:",
+            "",
+            "| server | delivered / expected | deliveries/s | p50 ms | p99 ms | server CPU (cores) | RSS per connection (KiB) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, d in (("chatd (IRC door)", c), ("bare-irc", b)):
+            if d:
+                lines.append(
+                    f"| {name} | {d['delivered']:,} / {d['expected']:,} | {num(d['deliveries_per_s'])} | "
+                    f"{num(lat(d, 'p50'), 1)} | {num(lat(d, 'p99'), 1)} | {num(cpu(d), 2)} | "
+                    f"{num((d.get('server') or {}).get('rss_per_connection_kib'), 1)} |"
+                )
+        lines.append("")
+        if c and b:
+            r = c["deliveries_per_s"] / b["deliveries_per_s"] if b["deliveries_per_s"] else None
+            ok = r is not None and r >= 1.0 and c["delivered"] == c["expected"]
+            summary.append(
+                (f"IRC: fan-out to {n:,} connections", ">= 1.0x bare-irc", num(c["deliveries_per_s"], 0, "/s"),
+                 num(b["deliveries_per_s"], 0, "/s"), ratio(c["deliveries_per_s"], b["deliveries_per_s"]), verdict(ok))
+            )
+    section("irc", "IRC: the IRC door", lines or ["Not measured."])
+
+
 def listdir():
     return os.listdir(RESULTS) if os.path.isdir(RESULTS) else []
 
@@ -676,6 +728,7 @@ def main():
 
     cluster(summary, section)
     federation(summary, section)
+    irc(summary, section)
 
     head = [
         "# Benchmarks",
@@ -699,6 +752,7 @@ def main():
         "QUICK=1 benches/run.sh         # small sizes, to try the script",
         "benches/run.sh pg-durable cluster-fanout cluster-rooms cluster-failover   # PostgreSQL and cluster rows",
         "benches/run.sh federation     # two linked servers",
+        "benches/run.sh irc-idle irc-fanout  # the IRC door",
         "```",
         "",
         "It needs python3 and, for the fan-out peer, nats-server (`apt-get install -y nats-server`); the",

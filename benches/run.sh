@@ -7,6 +7,7 @@
 #   QUICK=1 benches/run.sh        # small sizes and short phases, to try the script (figures are not comparable)
 #   benches/run.sh pg-durable cluster-fanout cluster-rooms cluster-failover   # PostgreSQL and cluster (§12)
 #   benches/run.sh federation     # two linked servers (§13): relay throughput, added latency, catch-up
+#   benches/run.sh irc-idle irc-fanout  # the IRC door (§14): 19,000 idle connections; fan-out beside bare-irc
 #
 # Rows: idle fanout rooms longpoll durable search restart, and (not in the default set, they need PostgreSQL
 # 15 at /usr/lib/postgresql/15/bin) pg-durable cluster-fanout cluster-rooms cluster-failover, which start a
@@ -30,17 +31,21 @@ BARE_WS_ADDR=127.0.0.1:18081
 NATS_WS_ADDR=127.0.0.1:18082
 BARE_LP_ADDR=127.0.0.1:18083
 RESTART_ADDR=127.0.0.1:18084
+CHATD_IRC_ADDR=127.0.0.1:18085
+BARE_IRC_ADDR=127.0.0.1:18086
 # The cluster's nodes listen on 18091, 18092, ...
 CLUSTER_PORT_BASE=18090
 
 if [ "$QUICK" = 1 ]; then
   IDLE_CONNS=${IDLE_CONNS:-2000}; IDLE_SECONDS=${IDLE_SECONDS:-10}
+  IRC_IDLE_CONNS=${IRC_IDLE_CONNS:-2000}; IRC_FANOUT_CONNS=${IRC_FANOUT_CONNS:-1000}
   FANOUT_SIZES=${FANOUT_SIZES:-"100 1000"}; FANOUT_DELIVERIES=${FANOUT_DELIVERIES:-200000}
   ROOMS_CONNS=${ROOMS_CONNS:-1000}; ROOMS_LOADS=${ROOMS_LOADS:-"20 60"}; LONGPOLL_SIZES=${LONGPOLL_SIZES:-"1000"}; PHASE=${PHASE:-5}
   CLUSTER_FANOUT_CONNS=${CLUSTER_FANOUT_CONNS:-3000}; CLUSTER_FANOUT_MESSAGES=${CLUSTER_FANOUT_MESSAGES:-10}
   FAILOVER_KILLS=${FAILOVER_KILLS:-3}; PG_COMMIT_SECONDS=${PG_COMMIT_SECONDS:-5}; ROOMS_REPEAT=${ROOMS_REPEAT:-1}
 else
   IDLE_CONNS=${IDLE_CONNS:-19500}; IDLE_SECONDS=${IDLE_SECONDS:-300}
+  IRC_IDLE_CONNS=${IRC_IDLE_CONNS:-19000}; IRC_FANOUT_CONNS=${IRC_FANOUT_CONNS:-10000}
   FANOUT_SIZES=${FANOUT_SIZES:-"100 1000 5000 10000"}; FANOUT_DELIVERIES=${FANOUT_DELIVERIES:-3000000}
   ROOMS_CONNS=${ROOMS_CONNS:-10000}; ROOMS_LOADS=${ROOMS_LOADS:-"10 20 40 60 80"}; LONGPOLL_SIZES=${LONGPOLL_SIZES:-"1000 15000"}; PHASE=${PHASE:-20}
   CLUSTER_FANOUT_CONNS=${CLUSTER_FANOUT_CONNS:-57000}; CLUSTER_FANOUT_MESSAGES=${CLUSTER_FANOUT_MESSAGES:-50}
@@ -93,6 +98,16 @@ start_server() {
         DBURL="$dburl" DATA_DIR="$dir/data" RUST_LOG=warn \
         $BIN/chatd serve >"$dir/log" 2>&1 &
       SERVER_PID=$!; wait_port $CHATD_ADDR ;;
+    chatd-irc)
+      # chatd with its IRC door; flood control off, as for the HTTP senders (RATE_LIMIT=off).
+      dir=$(mktemp -d "$WORK/chatd.XXXX")
+      MAX_CONNECTIONS_PER_IP=1000000 RATE_LIMIT=off LISTEN=$CHATD_ADDR IRC_LISTEN=$CHATD_IRC_ADDR \
+        IRC_FLOOD=1000000/1000000 DBURL="sqlite://$dir/chat.db" DATA_DIR="$dir/data" RUST_LOG=warn \
+        $BIN/chatd serve >"$dir/log" 2>&1 &
+      SERVER_PID=$!; wait_port $CHATD_ADDR; wait_port $CHATD_IRC_ADDR ;;
+    bare-irc)
+      $BIN/bare-irc --listen $BARE_IRC_ADDR >"$WORK/bare-irc.log" 2>&1 &
+      SERVER_PID=$!; wait_port $BARE_IRC_ADDR ;;
     bare-ws)
       $BIN/bare-ws --listen $BARE_WS_ADDR >"$WORK/bare-ws.log" 2>&1 &
       SERVER_PID=$!; wait_port $BARE_WS_ADDR ;;
@@ -190,7 +205,8 @@ stop_cluster() {
 
 url_of() {
   case $1 in
-    chatd|chatd-pg) echo "http://$CHATD_ADDR" ;;
+    chatd|chatd-pg|chatd-irc) echo "http://$CHATD_ADDR" ;;
+    bare-irc) echo "http://$BARE_IRC_ADDR" ;;
     bare-ws) echo "http://$BARE_WS_ADDR" ;;
     bare-longpoll) echo "http://$BARE_LP_ADDR" ;;
     nats) echo "http://$NATS_WS_ADDR" ;;
@@ -205,6 +221,8 @@ loadgen() {
   local server=$1 name=$2; shift 2
   local extra=()
   [ "$server" = nats ] && extra=(--server-kind nats)
+  [ "$server" = chatd-irc ] && extra=(--server-kind irc --irc "$CHATD_IRC_ADDR")
+  [ "$server" = bare-irc ] && extra=(--server-kind bare-irc --irc "$BARE_IRC_ADDR")
   start_server "$server"
   log "$name: chat-loadgen $* ${extra[*]}"
   "$LOADGEN" "$@" "${extra[@]}" --url "$(url_of "$server")" --server-pid "$SERVER_PID" \
@@ -232,6 +250,20 @@ row_idle() {
   local procs=2
   for s in chatd bare-ws; do
     loadgen "$s" "idle-$s" idle --conns "$IDLE_CONNS" --duration "$IDLE_SECONDS" --procs $procs
+  done
+}
+
+# IRC (SPEC §14): idle registered connections held by chatd's IRC door (RSS per connection, none dropped),
+# and fan-out to one channel of IRC connections beside the bare line-broadcast server (chat-bench's bare-irc).
+row_irc-idle() {
+  loadgen chatd-irc irc-idle-chatd idle --conns "$IRC_IDLE_CONNS" --duration "$IDLE_SECONDS" --procs 2
+}
+
+row_irc-fanout() {
+  local n=$IRC_FANOUT_CONNS messages=$(( FANOUT_DELIVERIES / IRC_FANOUT_CONNS ))
+  for s in chatd-irc bare-irc; do
+    loadgen "$s" "irc-fanout-$n-$s" fanout --conns "$n" --messages "$messages" --rate 0 \
+      --procs "$(procs_for "$n")"
   done
 }
 
