@@ -49,11 +49,12 @@ pub struct Settings {
     pub flood_rate: f64,
     /// ...and a client this many lines past its allowance is disconnected (`Excess Flood`).
     pub flood_excess: u32,
-    /// The most bytes waiting to be written to a connection; replies past it close the connection
-    /// (`SendQ exceeded`). The stream is read only while less than a quarter of it waits.
+    /// The most bytes of replies waiting to be written to a connection; past it the connection is closed
+    /// (`SendQ exceeded`). The stream is read only while less than a quarter of all that waits.
     pub sendq: usize,
-    /// A connection whose send queue stays over a quarter of [`Settings::sendq`] this long is closed
-    /// (`SendQ exceeded`); it resumes from the last line written when it comes back.
+    /// A connection whose send queue stays over a quarter of [`Settings::sendq`] with nothing written for
+    /// this long is closed (`SendQ exceeded`); it resumes from the last position it showed it had read (the
+    /// PONG to a PING written after it).
     pub slow_limit: Duration,
 }
 
