@@ -149,3 +149,66 @@ async fn the_password_rule_holds_on_both_doors() {
     let (s, v) = discord("        ").await;
     assert_eq!(s, StatusCode::OK, "{v}");
 }
+
+/// The IRC door asks guests for the same proof of work: `PASS hashcash:<stamp>`; without one, a NOTICE names
+/// the bits and resource and the connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn irc_guests_pay_with_a_stamp_in_pass() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let server = Server::start(&[
+        ("HASHCASH_BITS", "12"),
+        ("SERVER_NAME", "chat.test"),
+        ("IRC_LISTEN", "127.0.0.1:0"),
+    ])
+    .await;
+    let addr = server.irc.expect("the IRC door");
+    async fn talk(addr: std::net::SocketAddr, lines: &str, until: &str) -> Vec<String> {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        write.write_all(lines.as_bytes()).await.unwrap();
+        let mut read = BufReader::new(read).lines();
+        let mut seen = Vec::new();
+        while let Ok(Ok(Some(line))) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), read.next_line()).await
+        {
+            let done = line.contains(until);
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen
+    }
+    let refused = talk(addr, "NICK carl\r\nUSER carl 0 * :c\r\n", "ERROR").await;
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("NOTICE") && l.contains("12 bits") && l.contains("chat.test")),
+        "{refused:#?}"
+    );
+    assert!(
+        refused.iter().any(|l| l.starts_with("ERROR")),
+        "{refused:#?}"
+    );
+    assert!(!refused.iter().any(|l| l.contains(" 001 ")), "{refused:#?}");
+    let stamp = mint(12, &date(0), "chat.test");
+    let welcomed = talk(
+        addr,
+        &format!("PASS hashcash:{stamp}\r\nNICK carl\r\nUSER carl 0 * :c\r\n"),
+        " 001 ",
+    )
+    .await;
+    assert!(
+        welcomed.iter().any(|l| l.starts_with(":chatd 001 carl ")),
+        "{welcomed:#?}"
+    );
+    // The stamp is spent.
+    let again = talk(
+        addr,
+        &format!("PASS hashcash:{stamp}\r\nNICK carla\r\nUSER carla 0 * :c\r\n"),
+        "ERROR",
+    )
+    .await;
+    assert!(!again.iter().any(|l| l.contains(" 001 ")), "{again:#?}");
+}

@@ -34,8 +34,13 @@ export default async function (t) {
   // From the list of conversations, with none open, the search covers every DM too.
   await page.getByTestId('search-input').fill('');
   await page.keyboard.press('Escape');
+  const dmItem = page.locator(`[data-testid="channel-item"][data-channel-id="${dm.id}"]`);
   await page.getByTestId('space-item').first().click();
+  // The space is shown (its channels, not the DMs) before going back to the conversations, and the
+  // conversations are listed again before searching: a search runs where the page is when it is sent.
+  await dmItem.waitFor({ state: 'detached', timeout: 10_000 });
   await page.getByTestId('space-dms').click();
+  await dmItem.waitFor({ timeout: 10_000 });
   await page.getByTestId('search-input').fill(`pelican${tag}`);
   await page.getByTestId('search-input').press('Enter');
   await page.locator('[data-testid="search-result"]', { hasText: `pelican${tag}` }).first().waitFor({ timeout: 10_000 });
