@@ -1434,7 +1434,7 @@ impl Engine {
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<StreamRead, EngineError> {
-        self.read_inner(session, after, limit, None).await
+        self.read_at(session, after, limit, None, true).await
     }
 
     /// Like [`Engine::read`], but when nothing is there yet, waits up to `timeout` for the user's next
@@ -1460,6 +1460,19 @@ impl Engine {
         timeout: Duration,
         live: Option<u64>,
     ) -> Result<StreamRead, EngineError> {
+        self.wait_inner(session, after, limit, timeout, live, true)
+            .await
+    }
+
+    async fn wait_inner(
+        &self,
+        session: &Session,
+        after: Option<Cursor>,
+        limit: usize,
+        timeout: Duration,
+        live: Option<u64>,
+        save: bool,
+    ) -> Result<StreamRead, EngineError> {
         // Callers pass what a client asked for; a timeout too large to represent waits for a day instead.
         let now = tokio::time::Instant::now();
         let deadline = now
@@ -1467,7 +1480,7 @@ impl Engine {
             .unwrap_or(now + Duration::from_secs(86_400));
         let (mut waiter, current) = lock(&self.shared.streams).subscribe(session.user);
         let live_since = live.map_or(current, |l| l.min(current));
-        let first = self.read_inner(session, after, limit, live).await?;
+        let first = self.read_at(session, after, limit, live, save).await?;
         if !first.events.is_empty() || first.reset {
             return Ok(first);
         }
@@ -1480,7 +1493,7 @@ impl Engine {
                 return Ok(first);
             }
             let next = self
-                .read_inner(session, Some(first.cursor), limit, Some(live_since))
+                .read_at(session, Some(first.cursor), limit, Some(live_since), save)
                 .await?;
             if !next.events.is_empty() || next.reset {
                 return Ok(next);
@@ -1500,32 +1513,8 @@ impl Engine {
         timeout: Duration,
         live: Option<u64>,
     ) -> Result<StreamRead, EngineError> {
-        let now = tokio::time::Instant::now();
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or(now + Duration::from_secs(86_400));
-        let (mut waiter, current) = lock(&self.shared.streams).subscribe(session.user);
-        let live_since = live.map_or(current, |l| l.min(current));
-        let first = self
-            .read_at(session, Some(after), limit, live, false)
-            .await?;
-        if !first.events.is_empty() || first.reset {
-            return Ok(first);
-        }
-        loop {
-            if tokio::time::timeout_at(deadline, waiter.changed())
-                .await
-                .is_err()
-            {
-                return Ok(first);
-            }
-            let next = self
-                .read_at(session, Some(first.cursor), limit, Some(live_since), false)
-                .await?;
-            if !next.events.is_empty() || next.reset {
-                return Ok(next);
-            }
-        }
+        self.wait_inner(session, Some(after), limit, timeout, live, false)
+            .await
     }
 
     /// Saves `cursor` as the client's position in its stream (what a reader that does not save on read,
@@ -1534,16 +1523,6 @@ impl Engine {
         if cursor.epoch == self.shared.epoch {
             self.shared.set_cursor(session.client, cursor.seq);
         }
-    }
-
-    async fn read_inner(
-        &self,
-        session: &Session,
-        after: Option<Cursor>,
-        limit: usize,
-        live_since: Option<u64>,
-    ) -> Result<StreamRead, EngineError> {
-        self.read_at(session, after, limit, live_since, true).await
     }
 
     async fn read_at(
