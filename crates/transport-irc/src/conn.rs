@@ -108,6 +108,14 @@ where
     let guest_quit = conn.quit_guest.take();
     let stuck = conn.stuck;
     let confirmed = conn.confirmed;
+    // A guest that said QUIT ends its session (its nick is free again, its channels see it quit) before its
+    // connection closes: once the client sees the close, the nick can be taken.
+    if let (Some(session), Some(reason)) = (live, guest_quit.clone()) {
+        let _ = shared
+            .engine
+            .command(&session, Command::Quit { reason }, None)
+            .await;
+    }
     // The writer ends once every queued line is written (or the socket fails), saving cursors as it goes. A
     // client that stopped reading is cut off at once: what was not written stays after its cursor.
     drop(conn);
@@ -124,16 +132,11 @@ where
             shared.engine.save_cursor(&session, cursor);
         }
     }
-    if let Some(session) = live {
-        let engine = &shared.engine;
-        if let Some(reason) = guest_quit {
-            // A guest that said QUIT ends its session: its nick is free again, its channels see it quit.
-            let _ = engine
-                .command(&session, Command::Quit { reason }, None)
-                .await;
-        } else {
-            let _ = engine.command(&session, Command::Disconnect, None).await;
-        }
+    if let Some(session) = live.filter(|_| guest_quit.is_none()) {
+        let _ = shared
+            .engine
+            .command(&session, Command::Disconnect, None)
+            .await;
     }
 }
 
@@ -1406,8 +1409,18 @@ impl Conn {
             return;
         };
         let user = live.session.user;
-        let channels = self
-            .engine()
+        let channels = self.my_channels(user).await;
+        let source = source_of(&self.engine().directory(), user);
+        for name in channels {
+            self.send(Line::new("JOIN").source(source.clone()).arg(name.clone()));
+            self.topic_reply(&name, false).await;
+            self.names(&name).await;
+        }
+    }
+
+    /// The network channels `user` is on, by name.
+    async fn my_channels(&self, user: UserId) -> Vec<String> {
+        self.engine()
             .query(move |core| {
                 core.channels()
                     .filter(|c| {
@@ -1419,13 +1432,7 @@ impl Conn {
                     .collect::<Vec<_>>()
             })
             .await
-            .unwrap_or_default();
-        let source = source_of(&self.engine().directory(), user);
-        for name in channels {
-            self.send(Line::new("JOIN").source(source.clone()).arg(name.clone()));
-            self.topic_reply(&name, false).await;
-            self.names(&name).await;
-        }
+            .unwrap_or_default()
     }
 
     async fn join(&mut self, m: &Message) {
@@ -1436,20 +1443,7 @@ impl Conn {
             let Some(user) = self.live.as_ref().map(|l| l.session.user) else {
                 return;
             };
-            let names = self
-                .engine()
-                .query(move |core| {
-                    core.channels()
-                        .filter(|c| {
-                            c.kind == ChannelKind::Text
-                                && c.name.starts_with('#')
-                                && core.is_member(user, c.id)
-                        })
-                        .map(|c| c.name.clone())
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default();
+            let names = self.my_channels(user).await;
             for name in names {
                 let c = Command::Part {
                     channel: ChannelRef::Name(name.clone()),
@@ -2356,7 +2350,12 @@ impl Conn {
             let shared = {
                 let dir = self.engine().directory();
                 crate::render::shared_by_all(&dir, event).then(|| {
-                    let cached = lock(&self.shared.rendered).get(key);
+                    let cached = self
+                        .shared
+                        .rendered
+                        .read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get(key);
                     cached.unwrap_or_else(|| {
                         let view = View {
                             dir: &dir,
@@ -2367,7 +2366,11 @@ impl Conn {
                         };
                         let lines: Arc<[String]> =
                             view.lines(event).iter().map(Line::encode).collect();
-                        lock(&self.shared.rendered).put(key, Arc::clone(&lines));
+                        self.shared
+                            .rendered
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .put(key, Arc::clone(&lines));
                         lines
                     })
                 })
@@ -2533,8 +2536,4 @@ impl Bound {
             _ => None,
         }
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -18,7 +18,7 @@ mod render;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use chat_engine::Engine;
@@ -121,8 +121,9 @@ pub(crate) struct Shared {
     pub(crate) open: AtomicU64,
     /// When the door started (RPL_CREATED).
     pub(crate) started: String,
-    /// Lines of recent channel events, encoded once for every connection with the same capabilities.
-    pub(crate) rendered: Mutex<render::Cache>,
+    /// Lines of recent channel events, encoded once for every connection with the same capabilities; read
+    /// by every member connection of a channel for each event, written once per event and capability set.
+    pub(crate) rendered: RwLock<render::Cache>,
 }
 
 impl Irc {
@@ -137,7 +138,7 @@ impl Irc {
                 per_ip: Mutex::new(HashMap::new()),
                 open: AtomicU64::new(0),
                 started,
-                rendered: Mutex::new(render::Cache::default()),
+                rendered: RwLock::new(render::Cache::default()),
             }),
             tls: None,
         }
