@@ -874,8 +874,7 @@ async fn a_client_that_comes_back_is_played_what_it_missed_once() {
 
     // A guest continues its session with the token it was told.
     let mut g = Irc::connect(&server).await;
-    let lines = g.register("gus", "gus", &[]).await;
-    let _ = lines;
+    g.register("gus", "gus", &[]).await;
     let notice = g.until("NOTICE", "PASS").await;
     let token = trailing(&notice)
         .split(' ')
@@ -1234,4 +1233,46 @@ async fn a_client_that_stops_reading_is_cut_off_and_resumes_from_its_cursor() {
         got.len(),
         again[0]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_capped() {
+    let server = Server::start(&[
+        ("IRC_LISTEN", "127.0.0.1:0"),
+        ("MAX_CONNECTIONS_PER_IP", "2"),
+    ])
+    .await;
+    let mut a = Irc::connect(&server).await;
+    a.register("cap1", "cap1", &[]).await;
+    let mut b = Irc::connect(&server).await;
+    b.register("cap2", "cap2", &[]).await;
+    // A third from the same address is refused before anything else.
+    let mut c = Irc::connect(&server).await;
+    let refused = c.closed().await;
+    assert_eq!(
+        refused,
+        vec!["ERROR :Closing link: Too many connections from your address"]
+    );
+    // The first two are unaffected; once one ends, its place is free again.
+    assert!(a.sync().await.iter().all(|l| command_of(l) != "ERROR"));
+    b.send("QUIT").await;
+    b.closed().await;
+    // The slot is given back once the ended connection's task is done: try until it has been.
+    for _ in 0..50 {
+        let mut d = Irc::connect(&server).await;
+        // (A refused connection may be closed before these are written.)
+        let _ = d
+            .write
+            .write_all(b"NICK cap3\r\nUSER cap3 0 * :cap3\r\n")
+            .await;
+        let first = d.next().await.unwrap_or_default();
+        if first.starts_with("ERROR") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        // Welcomed: the first line is 001.
+        assert!(first.starts_with(":chatd 001 cap3 "), "{first}");
+        return;
+    }
+    panic!("the ended connection's place was never given back");
 }
